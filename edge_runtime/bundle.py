@@ -1,0 +1,429 @@
+"""The device bundle: everything the device needs to identify pills, in one directory.
+
+    bundle/
+      bundle.json                        the sidecar: what the files are and how to use them
+      model-<sha256[:16]>.tflite         the int8 embedding model
+      index-<sha256[:16]>.ann            Annoy index (angular) over the gallery's embeddings
+      embeddings-<sha256[:16]>.npy       float32 (N, E) gallery embeddings, row i = item i
+      .lock                              flock of writers (exclusive) and readers (shared)
+
+Data files are named after their contents, and `bundle.json` is written last: renaming it into
+place is the single step that commits a new bundle. A crash at any earlier moment leaves the
+previous sidecar naming the previous files, all still there, so the previous bundle loads.
+Files no sidecar names any more are deleted after the commit.
+
+`load_bundle` verifies everything before Annoy or the interpreter touch a file: the sidecar's
+fields and types, that each file name is the one its checksum implies (so no name can point
+outside the directory), sizes and SHA-256 checksums, the embeddings' shape against the labels
+and embedding size, and the model's input and output against the sidecar. Anything wrong
+raises BundleError naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from edge_runtime import gallery, storage
+from edge_runtime.interpreter import ModelError, embedding_size, input_size, make_interpreter
+from edge_runtime.preprocessing import PreprocessConfig
+
+FORMAT = "pilltrack-bundle"
+FORMAT_VERSION = 1
+SIDECAR = "bundle.json"
+LOCK = ".lock"
+METRIC = "angular"  # Annoy's metric
+DISTANCE = "cosine"  # unit of unknown_threshold and of reported distances: 1 - cos
+SUFFIXES = {"model": ".tflite", "index": ".ann", "embeddings": ".npy"}
+
+_SIDECAR_LIMIT = 64 << 20  # bytes; a larger bundle.json is refused unread
+_DATA_FILE = re.compile(r"^(model|index|embeddings)-[0-9a-f]{16}\.(tflite|ann|npy)$")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+class FileEntry(NamedTuple):
+    name: str  # file name inside the bundle directory
+    sha256: str  # hex SHA-256 of its contents
+    size: int  # bytes
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bundle:
+    directory: str
+    labels: tuple[str, ...]  # one per gallery row, in index order
+    embeddings: np.ndarray  # float32 (N, E), read-only
+    index: AnnoyIndex  # angular; item i is row i
+    unknown_threshold: float  # cosine distance at or below which the best match is accepted
+    search_k: int  # Annoy nodes inspected per query (-1: trees x rows)
+    annoy_trees: int
+    seed: int  # seed the index was built with
+    preprocess: PreprocessConfig
+    files: dict  # "model" | "index" | "embeddings" -> FileEntry
+    extra: dict  # whatever the writer added (pipeline provenance, metrics)
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def model_path(self) -> str:
+        return os.path.join(self.directory, self.files["model"].name)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.files["model"].sha256
+
+
+def file_name(kind: str, sha256: str) -> str:
+    """The name a bundle gives a data file of `kind` with these contents."""
+    return f"{kind}-{sha256[:16]}{SUFFIXES[kind]}"
+
+
+def write_bundle(directory: str | os.PathLike, model: bytes | str | os.PathLike,
+                 embeddings: np.ndarray, labels: Sequence[str], threshold: float,
+                 preprocess_config: PreprocessConfig, annoy_trees: int, search_k: int,
+                 seed: int, extra: dict | None = None) -> dict:
+    """Write a bundle into `directory` (created if absent), replacing any bundle there
+    atomically, and return the sidecar's contents.
+
+    `model` is the .tflite file's bytes or path; `threshold` is a cosine distance (1 - cos);
+    `search_k` is Annoy's (-1: trees x rows); `extra` is any JSON-serialisable provenance."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    with storage.file_lock(os.path.join(directory, LOCK)):
+        return _write(directory, model, embeddings, labels, threshold, preprocess_config,
+                      annoy_trees, search_k, seed, extra)
+
+
+def load_bundle(directory: str | os.PathLike, verify_model: bool = True) -> Bundle:
+    """Read and verify the bundle in `directory`; see the module docstring for the checks.
+
+    With `verify_model`, a one-thread CPU interpreter checks the model's input size and
+    embedding size; pass False when the caller checks its own interpreter with `check_model`."""
+    directory = os.fspath(directory)
+    lock = os.path.join(directory, LOCK)
+    if not os.path.exists(lock):  # a read-only copy without a lock file has no writers
+        return _load(directory, verify_model)
+    with storage.file_lock(lock, shared=True):
+        return _load(directory, verify_model)
+
+
+GalleryChange = Callable[[np.ndarray, tuple], tuple[np.ndarray, Sequence[str]]]
+
+
+def update_gallery(directory: str | os.PathLike, change: GalleryChange) -> dict:
+    """Replace the gallery by `change(embeddings, labels) -> (embeddings, labels)` under the
+    bundle's exclusive lock, rebuilding the index; the model file is left untouched.
+    Returns the new sidecar's contents."""
+    directory = os.fspath(directory)
+    if not os.path.isfile(os.path.join(directory, SIDECAR)):
+        raise BundleError(f"{os.path.join(directory, SIDECAR)}: missing, so there is no bundle "
+                          "to change (the pipeline's package stage writes one)")
+    with storage.file_lock(os.path.join(directory, LOCK)):
+        current = _load(directory, verify_model=False)
+        embeddings, labels = change(current.embeddings, current.labels)
+        return _write(directory, current.model_path, embeddings, labels,
+                      current.unknown_threshold, current.preprocess, current.annoy_trees,
+                      current.search_k, current.seed, current.extra)
+
+
+def check_model(bundle: Bundle, interpreter) -> None:
+    """Raise BundleError unless the interpreter's model fits the bundle: a square input of
+    the preprocessing's image size and an embedding of the bundle's size."""
+    problem = _model_misfit(interpreter, bundle.preprocess.image_size, bundle.embedding_size)
+    if problem:
+        raise BundleError(f"{bundle.model_path}: {problem}")
+
+
+def _model_misfit(interpreter, image_size: int, dimensions: int) -> str | None:
+    """What stops the model serving this bundle, or None."""
+    try:
+        size, outputs = input_size(interpreter), embedding_size(interpreter)
+    except ModelError as error:
+        return str(error)
+    if size != image_size:
+        return f"model input is {size}x{size} pixels, preprocessing makes {image_size}"
+    if outputs != dimensions:
+        return (f"model outputs {outputs}-dimensional embeddings, the gallery's are "
+                f"{dimensions}-dimensional")
+    return None
+
+
+def _write(directory, model, embeddings, labels, threshold, preprocess_config, annoy_trees,
+           search_k, seed, extra) -> dict:
+    """`write_bundle` for a caller that holds the lock."""
+    embeddings = gallery.check_embeddings(embeddings)
+    labels = [gallery.check_label(label) for label in labels]
+    if len(labels) != len(embeddings):
+        raise ValueError(f"{len(labels)} labels for {len(embeddings)} embeddings")
+    if not _is_number(threshold) or not 0.0 <= threshold <= 2.0:
+        raise ValueError(f"threshold must be a cosine distance within [0, 2], got {threshold!r}")
+    if not isinstance(preprocess_config, PreprocessConfig):
+        raise ValueError(f"preprocess_config must be a PreprocessConfig, "
+                         f"got {preprocess_config!r}")
+    if not (_is_int(search_k) and (search_k >= 1 or search_k == -1)):
+        raise ValueError(f"search_k must be a positive integer or -1, got {search_k!r}")
+    if not (_is_int(seed) and 0 <= seed < 2**31):
+        raise ValueError(f"seed must be an integer within [0, 2**31), got {seed!r}")
+    extra = dict(extra or {})
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"extra must be JSON-serialisable ({error})") from None
+
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        source, model_bytes = "the model", bytes(model)
+    else:
+        source = os.fspath(model)
+        with open(source, "rb") as handle:
+            model_bytes = handle.read()
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings, allow_pickle=False)
+    with tempfile.TemporaryDirectory(prefix="pilltrack-bundle-") as scratch:
+        model_path = os.path.join(scratch, "model.tflite")
+        with open(model_path, "wb") as handle:
+            handle.write(model_bytes)
+        try:
+            interpreter = make_interpreter(model_path, threads=1)
+        except ModelError as error:
+            raise ModelError(f"{source}: not a usable TFLite model ({error})") from None
+        problem = _model_misfit(interpreter, preprocess_config.image_size, embeddings.shape[1])
+        if problem:
+            raise ValueError(f"{source}: {problem}")
+        index_path = os.path.join(scratch, "index.ann")
+        index = gallery.build_index(embeddings, annoy_trees, seed)
+        index.save(index_path)
+        index.unload()
+        with open(index_path, "rb") as handle:
+            index_bytes = handle.read()
+
+    files = {
+        "model": _store(directory, "model", model_bytes),
+        "index": _store(directory, "index", index_bytes),
+        "embeddings": _store(directory, "embeddings", buffer.getvalue()),
+    }
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metric": METRIC,
+        "distance": DISTANCE,
+        "embedding_size": int(embeddings.shape[1]),
+        "labels": labels,
+        "annoy_trees": annoy_trees,
+        "search_k": search_k,
+        "seed": seed,
+        "unknown_threshold": float(threshold),
+        "preprocess": preprocess_config.to_dict(),
+        "files": {kind: entry._asdict() for kind, entry in files.items()},
+        "extra": extra,
+    }
+    text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    storage.write_atomically(os.path.join(directory, SIDECAR), text.encode("utf-8"))
+    _collect_garbage(directory, keep={entry.name for entry in files.values()})
+    return sidecar
+
+
+def _store(directory: str, kind: str, data: bytes) -> FileEntry:
+    """Write a data file under its content-derived name, unless it is there already."""
+    entry = FileEntry(file_name(kind, storage.sha256_bytes(data)), storage.sha256_bytes(data),
+                      len(data))
+    path = os.path.join(directory, entry.name)
+    if not (os.path.isfile(path) and os.path.getsize(path) == entry.size
+            and storage.sha256_file(path) == entry.sha256):
+        storage.write_atomically(path, data)
+    return entry
+
+
+def _collect_garbage(directory: str, keep: set) -> None:
+    """Delete data files the sidecar no longer names and temporary files of crashed writes.
+    Only called under the exclusive lock, so no other writer's files are touched."""
+    for name in os.listdir(directory):
+        stale = _DATA_FILE.match(name) and name not in keep
+        if stale or name.startswith(storage.TEMP_PREFIX):
+            os.unlink(os.path.join(directory, name))
+    storage.fsync_directory(directory)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_label_list(value) -> bool:
+    return (isinstance(value, list) and len(value) > 0
+            and all(isinstance(label, str) and label.strip() for label in value))
+
+
+# Sidecar fields: name -> (test of the value, what the value must be).
+_FIELDS = {
+    "format": (lambda value: value == FORMAT, f"{FORMAT!r}"),
+    "format_version": (lambda value: _is_int(value) and value == FORMAT_VERSION,
+                       f"{FORMAT_VERSION}"),
+    "metric": (lambda value: value == METRIC, f"{METRIC!r}"),
+    "distance": (lambda value: value == DISTANCE, f"{DISTANCE!r} (1 - cos)"),
+    "embedding_size": (lambda value: _is_int(value) and value >= 1, "a positive integer"),
+    "labels": (_is_label_list, "a non-empty list of non-empty strings"),
+    "annoy_trees": (lambda value: _is_int(value) and value >= 1, "a positive integer"),
+    "search_k": (lambda value: _is_int(value) and (value >= 1 or value == -1),
+                 "a positive integer or -1"),
+    "seed": (lambda value: _is_int(value) and value >= 0, "a non-negative integer"),
+    "unknown_threshold": (lambda value: _is_number(value) and 0.0 <= value <= 2.0,
+                          "a cosine distance within [0, 2]"),
+    "preprocess": (lambda value: isinstance(value, dict), "an object"),
+    "files": (lambda value: isinstance(value, dict), "an object"),
+    "extra": (lambda value: isinstance(value, dict), "an object"),
+}
+_PREPROCESS_FIELDS = {
+    "image_size": _is_int,
+    "localise": lambda value: isinstance(value, bool),
+    "min_pill_fraction": _is_number,
+    "max_pill_fraction": _is_number,
+    "crop_margin": _is_number,
+    "max_image_pixels": _is_int,
+}
+
+
+def _read_sidecar(directory: str) -> dict:
+    path = os.path.join(directory, SIDECAR)
+    if not os.path.isdir(directory):
+        raise BundleError(f"{directory}: no such bundle directory (`dvc repro` writes one)")
+    try:
+        if os.path.getsize(path) > _SIDECAR_LIMIT:
+            raise BundleError(f"{path}: larger than {_SIDECAR_LIMIT} bytes")
+        with open(path, "rb") as handle:
+            sidecar = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing, so {directory} is not a PillTrack bundle") from None
+    except OSError as error:
+        raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(sidecar, dict):
+        raise BundleError(f"{path}: must hold a JSON object")
+    if sidecar.get("format") != FORMAT:
+        raise BundleError(f"{path}: 'format' is {sidecar.get('format')!r}, expected {FORMAT!r}")
+    if sidecar.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format version {sidecar.get('format_version')!r} is not "
+                          f"supported by this client, which reads version {FORMAT_VERSION}")
+    missing = sorted(set(_FIELDS) - set(sidecar))
+    unknown = sorted(set(sidecar) - set(_FIELDS))
+    if missing or unknown:
+        raise BundleError(f"{path}: missing fields {missing}, unknown fields {unknown}")
+    for name, (test, expected) in _FIELDS.items():
+        if not test(sidecar[name]):
+            raise BundleError(f"{path}: field {name!r} is {sidecar[name]!r}, expected {expected}")
+    return sidecar
+
+
+def _read_preprocess(path: str, values: dict) -> PreprocessConfig:
+    for name, test in _PREPROCESS_FIELDS.items():
+        if name in values and not test(values[name]):
+            raise BundleError(f"{path}: preprocess field {name!r} has the wrong type "
+                              f"({values[name]!r})")
+    try:
+        return PreprocessConfig.from_dict(values)
+    except ValueError as error:
+        raise BundleError(f"{path}: {error}") from None
+
+
+def _read_files(path: str, values: dict) -> dict:
+    if set(values) != set(SUFFIXES):
+        raise BundleError(f"{path}: 'files' must list exactly {sorted(SUFFIXES)}, "
+                          f"got {sorted(values)}")
+    files = {}
+    for kind, entry in values.items():
+        if not (isinstance(entry, dict) and set(entry) == set(FileEntry._fields)
+                and isinstance(entry["sha256"], str)
+                and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+                and _is_int(entry["size"]) and entry["size"] >= 0):
+            raise BundleError(f"{path}: files.{kind} must be {{name, sha256 (64 hex digits), "
+                              f"size (bytes)}}, got {entry!r}")
+        if entry["name"] != file_name(kind, entry["sha256"]):
+            raise BundleError(f"{path}: files.{kind} is named {entry['name']!r}, expected "
+                              f"{file_name(kind, entry['sha256'])!r} for its checksum")
+        files[kind] = FileEntry(entry["name"], entry["sha256"], entry["size"])
+    return files
+
+
+def _verify_file(directory: str, kind: str, entry: FileEntry) -> str:
+    path = os.path.join(directory, entry.name)
+    if not os.path.isfile(path):
+        raise BundleError(f"{path}: missing ({kind} file named in {SIDECAR})")
+    if os.path.getsize(path) != entry.size:
+        raise BundleError(f"{path}: {os.path.getsize(path)} bytes, {SIDECAR} says {entry.size}")
+    if storage.sha256_file(path) != entry.sha256:
+        raise BundleError(f"{path}: checksum mismatch, the file changed after the bundle "
+                          "was written")
+    return path
+
+
+def _load(directory: str, verify_model: bool) -> Bundle:
+    """`load_bundle` for a caller that holds the lock."""
+    sidecar = _read_sidecar(directory)
+    sidecar_path = os.path.join(directory, SIDECAR)
+    preprocess = _read_preprocess(sidecar_path, sidecar["preprocess"])
+    files = _read_files(sidecar_path, sidecar["files"])
+    paths = {kind: _verify_file(directory, kind, entry) for kind, entry in files.items()}
+    labels = tuple(sidecar["labels"])
+    dimensions = sidecar["embedding_size"]
+
+    try:
+        embeddings = np.load(paths["embeddings"], allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise BundleError(f"{paths['embeddings']}: not a readable .npy array ({error})") from None
+    if embeddings.dtype != np.float32 or embeddings.shape != (len(labels), dimensions):
+        raise BundleError(f"{paths['embeddings']}: {embeddings.dtype} {embeddings.shape}, "
+                          f"expected float32 ({len(labels)}, {dimensions}) for "
+                          f"{len(labels)} labels of embedding_size {dimensions}")
+    if not np.isfinite(embeddings).all():
+        raise BundleError(f"{paths['embeddings']}: holds NaN or infinite values")
+    embeddings.setflags(write=False)
+
+    index = AnnoyIndex(dimensions, METRIC)
+    try:
+        index.load(paths["index"], prefault=False)
+    except OSError as error:
+        raise BundleError(f"{paths['index']}: not an Annoy index of {dimensions}-dimensional "
+                          f"angular vectors ({error})") from None
+    if index.get_n_items() != len(labels):
+        raise BundleError(f"{paths['index']}: holds {index.get_n_items()} items for "
+                          f"{len(labels)} labels")
+    stored = np.array([index.get_item_vector(item) for item in range(len(labels))], np.float32)
+    if not np.allclose(stored, embeddings, rtol=1e-6, atol=1e-6):
+        raise BundleError(f"{paths['index']}: its vectors differ from {files['embeddings'].name}")
+
+    bundle = Bundle(
+        directory=directory,
+        labels=labels,
+        embeddings=embeddings,
+        index=index,
+        unknown_threshold=float(sidecar["unknown_threshold"]),
+        search_k=sidecar["search_k"],
+        annoy_trees=sidecar["annoy_trees"],
+        seed=sidecar["seed"],
+        preprocess=preprocess,
+        files=files,
+        extra=sidecar["extra"],
+    )
+    if verify_model:
+        try:
+            interpreter = make_interpreter(paths["model"], threads=1)
+        except ModelError as error:
+            raise BundleError(str(error)) from None
+        check_model(bundle, interpreter)
+    return bundle

@@ -1,0 +1,156 @@
+"""Frame sources: a camera, a video file, still images; each yields RGB Frames.
+
+A camera is anything with `read() -> (ok, bgr_frame)` and `release()` (cv2.VideoCapture's
+protocol); `open_camera` makes one (Picamera2 on a Raspberry Pi with a camera module,
+otherwise OpenCV), and `camera_frames` takes the opener as a parameter so tests can hand it a
+fake camera. Failed reads are retried with exponential backoff; too many in a row raise
+CaptureError.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+from edge_runtime.preprocessing import ImageError, read_image
+
+
+class CaptureError(RuntimeError):
+    """A camera or video that cannot deliver frames; the message says which and why."""
+
+
+class Frame(NamedTuple):
+    rgb: np.ndarray  # (H, W, 3) uint8
+    source: str  # image path, video path or "camera:<index>"
+    index: int  # position in its source, from 0
+
+
+class _OpenCVCamera:
+    def __init__(self, index: int):
+        self._capture = cv2.VideoCapture(index)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise CaptureError(f"camera {index}: cannot be opened (is it connected, and not "
+                               "in use by another program?)")
+
+    def read(self):
+        return self._capture.read()
+
+    def release(self):
+        self._capture.release()
+
+
+class _PiCamera:
+    """A Raspberry Pi camera module through Picamera2."""
+
+    def __init__(self, index: int):
+        from picamera2 import Picamera2
+
+        self._camera = Picamera2(index)
+        # libcamera's "RGB888" is laid out B, G, R in memory: the BGR order OpenCV uses.
+        self._camera.configure(self._camera.create_preview_configuration(
+            main={"format": "RGB888", "size": (640, 480)}))
+        self._camera.start()
+
+    def read(self):
+        try:
+            return True, self._camera.capture_array()
+        except Exception:  # Picamera2 raises many types; the retry loop reports the failure
+            return False, None
+
+    def release(self):
+        self._camera.stop()
+        self._camera.close()
+
+
+def open_camera(index: int):
+    """Open camera `index`: a Pi camera module via Picamera2 where one is attached and the
+    library is installed, otherwise OpenCV's device /dev/video<index>."""
+    if importlib.util.find_spec("picamera2") is not None:
+        from picamera2 import Picamera2
+
+        if index < len(Picamera2.global_camera_info()):
+            return _PiCamera(index)
+    return _OpenCVCamera(index)
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    """A camera's BGR, BGRA or grayscale frame as (H, W, 3) uint8 RGB."""
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def camera_frames(index: int, opener: Callable = open_camera, max_failures: int = 10,
+                  backoff_s: float = 0.1, max_backoff_s: float = 2.0,
+                  sleep: Callable[[float], None] = time.sleep) -> Iterator[Frame]:
+    """Frames from camera `index` until the consumer stops.
+
+    A failed read waits `backoff_s`, doubling each consecutive failure up to `max_backoff_s`,
+    with one line on stderr; `max_failures` failures in a row raise CaptureError."""
+    if max_failures < 1:
+        raise ValueError(f"max_failures must be at least 1, got {max_failures}")
+    source = f"camera:{index}"
+    camera = opener(index)
+    try:
+        failures, count = 0, 0
+        while True:
+            ok, frame = camera.read()
+            if ok and frame is not None and frame.size:
+                failures = 0
+                yield Frame(to_rgb(frame), source, count)
+                count += 1
+                continue
+            failures += 1
+            if failures >= max_failures:
+                raise CaptureError(f"camera {index}: {failures} reads in a row failed; check "
+                                   "its cable and that no other program is using it")
+            wait = min(max_backoff_s, backoff_s * 2 ** (failures - 1))
+            print(f"camera {index}: read failed ({failures}/{max_failures}), "
+                  f"retrying in {wait:.1f} s", file=sys.stderr)
+            sleep(wait)
+    finally:
+        camera.release()
+
+
+def video_frames(path: str | os.PathLike) -> Iterator[Frame]:
+    """Frames of a video file, to its end."""
+    source = os.fspath(path)
+    capture = cv2.VideoCapture(source)
+    try:
+        if not capture.isOpened():
+            raise CaptureError(f"{source}: cannot be opened as a video")
+        count = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            yield Frame(to_rgb(frame), source, count)
+            count += 1
+        if count == 0:
+            raise CaptureError(f"{source}: no frame could be decoded")
+    finally:
+        capture.release()
+
+
+def image_frames(paths: Iterable[str | os.PathLike], max_pixels: int,
+                 on_error: Callable[[ImageError], None] | None = None) -> Iterator[Frame]:
+    """One frame per image file, in order. An unreadable file raises ImageError, or, given
+    `on_error`, is passed to it and skipped."""
+    for count, path in enumerate(paths):
+        try:
+            rgb = read_image(path, max_pixels)
+        except ImageError as error:
+            if on_error is None:
+                raise
+            on_error(error)
+            continue
+        yield Frame(rgb, os.fspath(path), count)

@@ -1,0 +1,307 @@
+"""`pilltrack-edge`: identify pills on the device, and enroll new ones.
+
+    pilltrack-edge --image a.jpg b.jpg          a table of what each photo shows
+    pilltrack-edge --camera 0                   live view (q or Esc quits)
+    pilltrack-edge --video clip.mp4 --headless  one JSON line per frame
+    pilltrack-edge enroll --label "Ibuprofen 400" photos/*.jpg
+    pilltrack-edge remove --label "Ibuprofen 400"
+    pilltrack-edge list
+
+Exit codes: 0 done; 1 the camera, video or disk failed while running; 2 bad input (an
+unusable bundle, image, model or argument). Errors are one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import time
+
+import click
+import numpy as np
+
+from edge_runtime import capture, enrollment, gallery
+from edge_runtime.capture import CaptureError
+from edge_runtime.display import DisplayUnavailable, Window, annotate
+from edge_runtime.identification import STAGES, Identifier, Smoother
+
+
+class _Main(click.Group):
+    """Reads `--image a.jpg b.jpg` as `--image a.jpg --image b.jpg`, so shell globs work."""
+
+    def parse_args(self, ctx, args):
+        spread, expanding, pending = [], False, False  # pending: an --image still without path
+        for arg in args:
+            if arg == "--image":
+                if pending:
+                    spread.append("--image")
+                expanding = pending = True
+            elif expanding and not arg.startswith("-"):
+                spread += ["--image", arg]
+                pending = False
+            else:
+                if pending:
+                    spread.append("--image")  # click then reports the missing path
+                expanding = pending = False
+                spread.append(arg)
+        if pending:
+            spread.append("--image")
+        return super().parse_args(ctx, spread)
+
+
+@contextlib.contextmanager
+def _errors_reported():
+    """Expected failures become one line on stderr and an exit code (see the module doc)."""
+    try:
+        yield
+    except (CaptureError, OSError) as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+    except (ValueError, ImportError, DisplayUnavailable) as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+
+
+def _open_identifier(ctx, top_k: int = 3, threshold: float | None = None) -> Identifier:
+    settings = ctx.find_root().params
+    return Identifier.open(settings["bundle_dir"], settings["threads"], settings["edgetpu"],
+                           top_k, threshold)
+
+
+def _camera(ctx, index: int):
+    """Camera frames; tests inject `open_camera` and `sleep` through the context object."""
+    injected = ctx.find_root().obj or {}
+    return capture.camera_frames(index, opener=injected.get("open_camera", capture.open_camera),
+                                 sleep=injected.get("sleep", time.sleep))
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@click.group(cls=_Main, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bundle", "bundle_dir", default="bundle", show_default=True,
+              type=click.Path(file_okay=False), metavar="DIR",
+              help="Device bundle directory: model, gallery and bundle.json, as the "
+                   "pipeline's package stage writes it.")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              metavar="FILE...",
+              help="Photo file(s) to identify; `--image a.jpg b.jpg` takes several.")
+@click.option("--video", type=click.Path(exists=True, dir_okay=False),
+              help="Video file to identify frame by frame.")
+@click.option("--camera", type=click.IntRange(min=0), metavar="INDEX",
+              help="Camera index to identify from live, 0 being the first camera.")
+@click.option("--threads", type=click.IntRange(min=1), default=_cpu_count, metavar="N",
+              show_default="number of CPU cores", help="Interpreter threads.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="Closest enrolled pills reported per result (distinct pills).")
+@click.option("--threshold", type=click.FloatRange(0.0, 2.0), metavar="DISTANCE",
+              help="Unknown-pill threshold, a cosine distance (1 - cos, 0 to 2): a best match "
+                   "farther than this is reported as 'unknown'.  [default: the bundle's]")
+@click.option("--edgetpu", is_flag=True,
+              help="Run the model on a Coral Edge TPU, or on the CPU with a warning when "
+                   "none is found.  [default: off]")
+@click.option("--headless", is_flag=True,
+              help="No window or table: one JSON line per image or frame on stdout.  "
+                   "[default: off]")
+@click.option("--benchmark", is_flag=True,
+              help="At the end, print each stage's median and 95th-percentile time in "
+                   "milliseconds.  [default: off]")
+@click.option("--max-frames", type=click.IntRange(min=1), metavar="N",
+              help="Stop after this many frames or images.  [default: no limit]")
+@click.option("--smooth", type=click.IntRange(min=1), default=5, show_default=True,
+              metavar="FRAMES",
+              help="Frames (video or camera) voted over before a different pill is announced.")
+@click.pass_context
+def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edgetpu, headless,
+         benchmark, max_frames, smooth):
+    """Identify pills in photos, a video or a live camera view, with the device bundle.
+
+    Distances are cosine distances between embeddings (0 same, 2 opposite)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    given = [bool(images), video is not None, camera is not None]
+    if not any(given):
+        click.echo(ctx.get_help())
+        return
+    if sum(given) > 1:
+        raise click.UsageError("give only one of --image, --video and --camera")
+    with _errors_reported():
+        identifier = _open_identifier(ctx, top_k, threshold)
+        identifier.warm_up()
+        failed = []
+
+        def skip(error):
+            failed.append(error)
+            click.echo(f"error: {error}", err=True)
+
+        if images:
+            max_pixels = identifier.bundle.preprocess.max_image_pixels
+            frames = capture.image_frames(images, max_pixels, on_error=skip)
+        elif video is not None:
+            frames = capture.video_frames(video)
+        else:
+            frames = _camera(ctx, camera)
+        live = not images
+        window = Window() if live and not headless else None
+        width = max([len(str(path)) for path in images] + [5])
+        try:
+            with contextlib.closing(frames):
+                timings = _identify_frames(identifier, itertools.islice(frames, max_frames),
+                                           live, headless, window, Smoother(smooth), width)
+        finally:
+            if window is not None:
+                window.close()
+        if benchmark:
+            click.echo(_benchmark_table(timings), err=headless)
+        if failed:
+            raise SystemExit(2)
+
+
+def _identify_frames(identifier, frames, live, headless, window, smoother, source_width):
+    """Identify each frame and show the result: a JSON line (headless), the live window, or a
+    table row (still images). Returns the seconds each stage took, and in total, per frame."""
+    timings = {stage: [] for stage in (*STAGES, "total")}
+    fps, last = 0.0, None
+    for count, frame in enumerate(frames):
+        start = time.perf_counter()
+        result = identifier.identify_image(frame.rgb)
+        timings["total"].append(time.perf_counter() - start)
+        for stage, seconds in result.timings.items():
+            timings[stage].append(seconds)
+        announced = smoother.update(result.label) if live else result.label
+        if headless:
+            click.echo(json.dumps(_record(frame, result, announced)))
+        elif window is not None:
+            now = time.perf_counter()
+            if last is not None:  # frame rate, smoothed over about ten frames
+                rate = 1.0 / max(now - last, 1e-6)
+                fps = 0.9 * fps + 0.1 * rate if fps else rate
+            last = now
+            bgr = np.ascontiguousarray(frame.rgb[:, :, ::-1])
+            if not window.show(annotate(bgr, result, announced, fps)):
+                break
+        else:
+            if count == 0:
+                click.echo(f"{'image':<{source_width}}  {'pill':<20} {'distance':>8}  closest")
+            click.echo(_table_row(frame.source, result, source_width))
+    return timings
+
+
+def _record(frame, result, announced) -> dict:
+    """One headless JSON line: what a program reads about an image or frame."""
+    return {
+        "source": frame.source,
+        "frame": frame.index,
+        "label": result.label,
+        "announced": announced,
+        "distance": None if result.distance is None else round(result.distance, 6),
+        "top_k": [{"label": m.label, "distance": round(m.distance, 6)} for m in result.top_k],
+        "box": None if result.box is None else list(result.box),
+        "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()},
+    }
+
+
+def _table_row(source, result, width) -> str:
+    if result.label is None:
+        return f"{source:<{width}}  no pill found"
+    closest = ", ".join(f"{m.label} {m.distance:.3f}" for m in result.top_k)
+    return f"{source:<{width}}  {result.label:<20} {result.distance:>8.3f}  {closest}"
+
+
+def _benchmark_table(timings: dict) -> str:
+    lines = [f"{'stage':<12} {'count':>6} {'median ms':>10} {'p95 ms':>10}"]
+    for stage, seconds in timings.items():
+        if seconds:
+            milliseconds = np.asarray(seconds) * 1000.0
+            lines.append(f"{stage:<12} {len(seconds):>6} {np.median(milliseconds):>10.3f} "
+                         f"{np.percentile(milliseconds, 95):>10.3f}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--label", required=True, help="Name of the pill, as identification reports it.")
+@click.option("--camera", type=click.IntRange(min=0), metavar="INDEX",
+              help="Take the photos with this camera (0 the first) instead of from files.")
+@click.option("--shots", type=click.IntRange(min=1), default=5, show_default=True, metavar="N",
+              help="Photos to take with --camera, counting only frames where a pill is found.")
+@click.option("--interval", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help="Seconds between camera shots; turn the pill between them.")
+@click.argument("photos", nargs=-1, type=click.Path(dir_okay=False))
+@click.pass_context
+def enroll(ctx, label, camera, shots, interval, photos):
+    """Add a pill to the gallery from PHOTOS (or --camera shots).
+
+    Photos where no pill is found are reported and skipped. --bundle, --threads and --edgetpu
+    go before the command: pilltrack-edge --bundle DIR enroll --label NAME PHOTOS..."""
+    if bool(photos) == (camera is not None):
+        raise click.UsageError("give PHOTOS or --camera, not both or neither")
+    with _errors_reported():
+        gallery.check_label(label)
+        identifier = _open_identifier(ctx)
+        embeddings = []
+        if photos:
+            max_pixels = identifier.bundle.preprocess.max_image_pixels
+            for frame in capture.image_frames(
+                photos, max_pixels, on_error=lambda e: click.echo(f"skipped {e}", err=True)
+            ):
+                found = identifier.embed_image(frame.rgb)
+                if found is None:
+                    click.echo(f"skipped {frame.source}: no pill found", err=True)
+                else:
+                    embeddings.append(found[0])
+        else:
+            sleep = (ctx.find_root().obj or {}).get("sleep", time.sleep)
+            # Give up after 50 frames per shot without enough pills found.
+            with contextlib.closing(_camera(ctx, camera)) as frames:
+                for frame in itertools.islice(frames, 50 * shots):
+                    found = identifier.embed_image(frame.rgb)
+                    if found is None:
+                        continue
+                    embeddings.append(found[0])
+                    click.echo(f"shot {len(embeddings)}/{shots}: pill found", err=True)
+                    if len(embeddings) == shots:
+                        break
+                    sleep(interval)
+            if 0 < len(embeddings) < shots:
+                click.echo(f"only {len(embeddings)} of {shots} shots found a pill", err=True)
+        if not embeddings:
+            raise ValueError("no usable photo: no pill found in any, nothing enrolled")
+        count = enrollment.enroll(identifier.bundle.directory, label, np.stack(embeddings))
+        click.echo(f"enrolled {label!r} from {len(embeddings)} photos "
+                   f"({count} in the gallery)")
+
+
+@main.command()
+@click.option("--label", required=True, help="Name of the pill to remove from the gallery.")
+@click.pass_context
+def remove(ctx, label):
+    """Remove a pill (all its photos) from the gallery."""
+    with _errors_reported():
+        removed = enrollment.remove(ctx.find_root().params["bundle_dir"], label)
+        click.echo(f"removed {label!r} ({removed} photos)")
+
+
+@main.command(name="list")
+@click.pass_context
+def list_command(ctx):
+    """List the enrolled pills with their number of photos (JSON with --headless)."""
+    settings = ctx.find_root().params
+    with _errors_reported():
+        counts = enrollment.list_labels(settings["bundle_dir"])
+    if settings["headless"]:
+        click.echo(json.dumps(counts))
+        return
+    width = max([len(label) for label in counts] + [5])
+    click.echo(f"{'pill':<{width}}  photos")
+    for label, count in counts.items():
+        click.echo(f"{label:<{width}}  {count:>6}")
+    click.echo(f"{len(counts)} pills, {sum(counts.values())} photos")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The gallery: embeddings of the enrolled pills, an Annoy index over them, and search.
+
+Distances, one unit throughout: the COSINE DISTANCE 1 - cos(a, b) between embeddings, from 0
+(same direction) to 2 (opposite). Annoy's angular metric reports sqrt(2 - 2 cos), the Euclidean
+distance between the unit vectors; `search` converts it with `angular_to_cosine`, and the
+bundle's `unknown_threshold` is a cosine distance too.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from annoy import AnnoyIndex
+
+UNKNOWN = "unknown"  # what `identify` answers when no enrolled pill is close enough
+
+
+class Match(NamedTuple):
+    label: str
+    distance: float  # cosine distance, 1 - cos
+
+
+def angular_to_cosine(distance: float) -> float:
+    """Annoy's angular distance sqrt(2 - 2 cos) -> cosine distance 1 - cos."""
+    return distance * distance / 2.0
+
+
+def cosine_to_angular(distance: float) -> float:
+    """Cosine distance 1 - cos -> Annoy's angular distance sqrt(2 - 2 cos)."""
+    return math.sqrt(max(0.0, 2.0 * distance))
+
+
+def check_label(label: str) -> str:
+    """`label` if it can name an enrolled pill: a non-empty string without surrounding
+    whitespace or control characters, and not the reserved answer UNKNOWN."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"a pill's label must be a non-empty string, got {label!r}")
+    if label != label.strip() or not label.isprintable():
+        raise ValueError(f"label {label!r} has surrounding spaces or control characters")
+    if label == UNKNOWN:
+        raise ValueError(f"{UNKNOWN!r} is reserved for pills that match no enrolled one")
+    return label
+
+
+def check_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """`embeddings` as a float32 (N, E) array with N, E >= 1 and finite values."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
+        raise ValueError(f"embeddings must be a non-empty (N, E) array, got {embeddings.shape}")
+    if not np.issubdtype(embeddings.dtype, np.floating) or not np.isfinite(embeddings).all():
+        raise ValueError("embeddings must be finite floating-point numbers")
+    return embeddings.astype(np.float32)
+
+
+def build_index(embeddings: np.ndarray, trees: int, seed: int) -> AnnoyIndex:
+    """An angular Annoy index of `embeddings`, item i being row i. The same embeddings, trees
+    and seed build the same index: the seed is set and one thread builds it."""
+    embeddings = check_embeddings(embeddings)
+    if isinstance(trees, bool) or not isinstance(trees, int) or trees < 1:
+        raise ValueError(f"trees must be a positive integer, got {trees!r}")
+    index = AnnoyIndex(embeddings.shape[1], "angular")
+    index.set_seed(int(seed))
+    for item, vector in enumerate(embeddings):
+        index.add_item(item, vector.tolist())
+    index.build(trees, n_jobs=1)
+    return index
+
+
+def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_k: int,
+           search_k: int) -> list[Match]:
+    """The `top_k` closest enrolled pills to one embedding, best first: one Match per distinct
+    label, with the distance of that label's closest gallery row.
+
+    `search_k` is Annoy's number of nodes to inspect (-1: trees x rows)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if search_k < 1 and search_k != -1:
+        raise ValueError(f"search_k must be positive or -1, got {search_k}")
+    vector = np.asarray(embedding, np.float32).reshape(-1)
+    if vector.shape[0] != index.f:
+        raise ValueError(f"embedding has {vector.shape[0]} dimensions, the index {index.f}")
+    # Enough neighbours that `top_k` distinct labels are among them.
+    rows_per_label = max(collections.Counter(labels).values(), default=1)
+    items, distances = index.get_nns_by_vector(
+        vector.tolist(), top_k * rows_per_label, search_k=search_k, include_distances=True
+    )
+    matches: dict[str, Match] = {}
+    for item, distance in zip(items, distances):
+        label = labels[item]
+        if label not in matches:
+            matches[label] = Match(label, angular_to_cosine(distance))
+    return list(matches.values())[:top_k]
+
+
+def identify(matches: Sequence[Match], threshold: float) -> str:
+    """The best match's label when its cosine distance is at most `threshold`, else UNKNOWN."""
+    if matches and matches[0].distance <= threshold:
+        return matches[0].label
+    return UNKNOWN
+
+
+def choose_search_k(embeddings: np.ndarray, trees: int, target_agreement: float = 0.99,
+                    seed: int = 0, queries: np.ndarray | None = None) -> int:
+    """The smallest Annoy `search_k` whose top-1 answer agrees with exact search on at least
+    `target_agreement` of the queries.
+
+    Without `queries`, up to 200 gallery rows with a little Gaussian noise stand in for them.
+    A query agrees when Annoy's best distance is no worse than the exact best (so ties between
+    duplicate rows count as agreement). Candidates double from `trees` until one reaches the
+    target, then a bisection finds the smallest; rows x trees, where search is exhaustive, is
+    the largest answer.
+    """
+    if not 0.0 < target_agreement <= 1.0:
+        raise ValueError(f"target_agreement must be within (0, 1], got {target_agreement}")
+    embeddings = check_embeddings(embeddings)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    generator = np.random.default_rng(seed)
+    if queries is None:
+        rows = generator.choice(len(unit), size=min(200, len(unit)), replace=False)
+        queries = unit[rows] + generator.normal(0.0, 0.1 / math.sqrt(unit.shape[1]),
+                                                (len(rows), unit.shape[1]))
+    queries = check_embeddings(queries)
+    if queries.shape[1] != unit.shape[1]:
+        raise ValueError(f"queries have {queries.shape[1]} dimensions, embeddings {unit.shape[1]}")
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    exact = 1.0 - (queries @ unit.T).max(axis=1)  # best cosine distance of each query
+    index = build_index(embeddings, trees, seed)
+
+    def agreement(search_k: int) -> float:
+        agreed = 0
+        for query, best in zip(queries, exact):
+            _, distances = index.get_nns_by_vector(
+                query.tolist(), 1, search_k=search_k, include_distances=True
+            )
+            agreed += bool(distances) and angular_to_cosine(distances[0]) <= best + 1e-5
+        return agreed / len(queries)
+
+    # Collecting rows x trees candidates visits every leaf of every tree: exact search.
+    exhaustive = len(unit) * trees
+    low, high = 0, trees
+    while high < exhaustive and agreement(high) < target_agreement:
+        low, high = high, high * 2
+    high = min(high, exhaustive)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if agreement(middle) >= target_agreement:
+            high = middle
+        else:
+            low = middle
+    return high

@@ -1,0 +1,130 @@
+"""Identification: one photo or frame in, which pill it shows out.
+
+`Identifier` holds an interpreter and a verified bundle; `identify_image` localises the pill,
+crops it, embeds it and searches the gallery, timing each stage. "No pill found" is a result
+(label None), not an exception. `Smoother` votes over recent frames so a live view announces a
+new pill only once it has been seen steadily.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from edge_runtime import gallery
+from edge_runtime.bundle import Bundle, check_model, load_bundle
+from edge_runtime.interpreter import embed, make_interpreter
+from edge_runtime.preprocessing import Box, Crop, crop_square, localise
+
+STAGES = ("localise", "preprocess", "invoke", "search")
+
+
+class Result(NamedTuple):
+    label: str | None  # an enrolled label, gallery.UNKNOWN, or None when no pill was found
+    distance: float | None  # cosine distance of the best match; None when no pill was found
+    top_k: list  # gallery.Match list, best first, one per distinct label
+    box: Box | None  # where the pill is in the image
+    timings: dict  # seconds per stage of STAGES that ran
+
+
+class Identifier:
+    """An interpreter and a bundle, ready to identify pills."""
+
+    def __init__(self, interpreter, bundle: Bundle, top_k: int = 3,
+                 threshold: float | None = None):
+        check_model(bundle, interpreter)
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if threshold is not None and not 0.0 <= threshold <= 2.0:
+            raise ValueError(f"threshold must be a cosine distance within [0, 2], got {threshold}")
+        self.interpreter = interpreter
+        self.bundle = bundle
+        self.top_k = top_k
+        self.threshold = bundle.unknown_threshold if threshold is None else float(threshold)
+
+    @classmethod
+    def open(cls, bundle_dir: str | os.PathLike, threads: int, edgetpu: bool = False,
+             top_k: int = 3, threshold: float | None = None) -> "Identifier":
+        """Load and verify the bundle, then make its interpreter."""
+        bundle = load_bundle(bundle_dir, verify_model=False)
+        interpreter = make_interpreter(bundle.model_path, threads, edgetpu)
+        return cls(interpreter, bundle, top_k, threshold)
+
+    def warm_up(self) -> None:
+        """Run each stage once, so that one-off initialisation (OpenCV's, the interpreter's)
+        does not count in the first frame's timings."""
+        side = 2 * self.bundle.preprocess.image_size
+        self._crop(np.zeros((side, side, 3), np.uint8), {})
+        size = self.bundle.preprocess.image_size
+        embed(self.interpreter, np.zeros((size, size, 3), np.uint8))
+
+    def crop(self, rgb: np.ndarray) -> Crop | None:
+        """The model input for an RGB image, or None when no pill is found; the same result
+        as `preprocessing.preprocess` with the bundle's constants."""
+        return self._crop(rgb, {})
+
+    def embed_image(self, rgb: np.ndarray) -> tuple[np.ndarray, Crop] | None:
+        """(embedding (E,), crop) of the pill in an RGB image, or None when none is found."""
+        crop = self.crop(rgb)
+        if crop is None:
+            return None
+        return embed(self.interpreter, crop.pixels)[0], crop
+
+    def identify_image(self, rgb: np.ndarray) -> Result:
+        """Which enrolled pill an (H, W, 3) uint8 RGB image shows."""
+        timings: dict[str, float] = {}
+        crop = self._crop(rgb, timings)
+        if crop is None:
+            return Result(None, None, [], None, timings)
+        start = time.perf_counter()
+        embedding = embed(self.interpreter, crop.pixels)[0]
+        timings["invoke"] = time.perf_counter() - start
+        start = time.perf_counter()
+        matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, self.top_k,
+                                 self.bundle.search_k)
+        label = gallery.identify(matches, self.threshold)
+        timings["search"] = time.perf_counter() - start
+        distance = matches[0].distance if matches else None
+        return Result(label, distance, matches, crop.box, timings)
+
+    def _crop(self, rgb: np.ndarray, timings: dict) -> Crop | None:
+        # preprocessing.preprocess in two timed steps; a test checks they agree.
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        config = self.bundle.preprocess
+        start = time.perf_counter()
+        if config.localise:
+            box, margin = localise(rgb, config), config.crop_margin
+        else:
+            box, margin = Box(0, 0, rgb.shape[1], rgb.shape[0]), 0.0
+        timings["localise"] = time.perf_counter() - start
+        if box is None:
+            return None
+        start = time.perf_counter()
+        pixels = crop_square(rgb, box, margin, config.image_size)
+        timings["preprocess"] = time.perf_counter() - start
+        return Crop(pixels, box)
+
+
+class Smoother:
+    """Announces a label once it wins a majority of the last `window` frames' votes, and keeps
+    announcing it until another label does; None (no pill) votes too."""
+
+    def __init__(self, window: int = 5):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame, got {window}")
+        self.window = window
+        self.recent: collections.deque = collections.deque(maxlen=window)
+        self.announced: str | None = None
+
+    def update(self, label: str | None) -> str | None:
+        """Add one frame's label; return the label announced now."""
+        self.recent.append(label)
+        leader, votes = collections.Counter(self.recent).most_common(1)[0]
+        if votes > self.window // 2:
+            self.announced = leader
+        return self.announced

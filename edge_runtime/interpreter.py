@@ -1,0 +1,162 @@
+"""The TFLite interpreter: make one, and turn pixel crops into L2-normalised embeddings.
+
+The interpreter comes from LiteRT (`ai_edge_litert`) where it is installed, otherwise from
+`tflite_runtime`; TensorFlow itself is never imported.
+
+Model input, written out once. A crop's uint8 pixels become the models' float range
+
+    x = pixel * PIXEL_SCALE + PIXEL_OFFSET                       (preprocessing.normalise)
+
+and a quantised (uint8 or int8) input takes
+
+    q = clip(round(x / scale) + zero_point, dtype min, dtype max)
+
+with the input tensor's scale and zero point, rounding halves away from zero as TFLite's own
+quantize kernel does. A quantised output is dequantised as (q - zero_point) * scale; the
+embedding is then divided by its L2 norm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import numpy as np
+
+from edge_runtime.preprocessing import normalise
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+class ModelError(ValueError):
+    """A model file the interpreter cannot use; the message names the file and the reason."""
+
+
+def _runtime():
+    """(Interpreter class, load_delegate, name) of the first TFLite runtime installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "tflite_runtime"
+    except ImportError:
+        raise ImportError(
+            "no TFLite runtime: install ai-edge-litert (pip install 'pilltrack[edge]') "
+            "or tflite-runtime (pip install 'pilltrack[edge-tflite]')"
+        ) from None
+
+
+def runtime_name() -> str:
+    """Which library runs the models: "ai_edge_litert" or "tflite_runtime"."""
+    return _runtime()[2]
+
+
+def make_interpreter(model_path: str | os.PathLike, threads: int, edgetpu: bool = False):
+    """An interpreter for the model at `model_path` with its tensors allocated.
+
+    `threads` is always passed to the runtime. With `edgetpu`, the Edge TPU delegate is
+    loaded; where its library or the device is missing, one warning line goes to stderr and the
+    model runs on the CPU. Raises ModelError when the model cannot be loaded.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    interpreter_class, load_delegate, _ = _runtime()
+    delegates = []
+    if edgetpu:
+        try:
+            # Probing with ctypes first spares a missing library the runtime's noisy failure.
+            ctypes.CDLL(EDGETPU_LIBRARY)
+            delegates.append(load_delegate(EDGETPU_LIBRARY))
+        except (OSError, ValueError, RuntimeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(
+                f"warning: Edge TPU unavailable ({reason}); running on the CPU "
+                f"with {threads} threads",
+                file=sys.stderr,
+            )
+    source = os.fspath(model_path)
+    try:
+        interpreter = interpreter_class(
+            model_path=source, experimental_delegates=delegates or None, num_threads=threads
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError, OSError) as error:
+        raise ModelError(f"{source}: cannot be loaded as a TFLite model ({error})") from None
+    return interpreter
+
+
+def input_size(interpreter) -> int:
+    """Side of the model's square input in pixels; the input must be (1, S, S, 3)."""
+    shape = tuple(interpreter.get_input_details()[0]["shape"])
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+        raise ModelError(f"model input must be (1, S, S, 3), got {shape}")
+    return int(shape[1])
+
+
+def embedding_size(interpreter) -> int:
+    """Dimension of the model's embedding; the output must be (1, E)."""
+    shape = tuple(interpreter.get_output_details()[0]["shape"])
+    if len(shape) != 2 or shape[0] != 1:
+        raise ModelError(f"model output must be (1, E), got {shape}")
+    return int(shape[1])
+
+
+def quantise_input(pixels: np.ndarray, detail: dict) -> np.ndarray:
+    """uint8 pixels -> the input tensor's dtype, by the formula in the module docstring."""
+    x = normalise(pixels.astype(np.float32))
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    if dtype not in (np.uint8, np.int8) or scale == 0:
+        raise ModelError(f"unsupported model input: {dtype.name} with scale {scale}")
+    scaled = x / scale
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    limits = np.iinfo(dtype)
+    return np.clip(rounded + zero_point, limits.min, limits.max).astype(dtype)
+
+
+def dequantise_output(values: np.ndarray, detail: dict) -> np.ndarray:
+    """The output tensor as float32: (q - zero_point) * scale for a quantised output."""
+    if np.dtype(detail["dtype"]) == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        raise ModelError(f"model output is {np.dtype(detail['dtype']).name} but not quantised")
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Divide each row by its L2 norm (an all-zero row stays zero)."""
+    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def embed(interpreter, pixels: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 embeddings (N, E) of uint8 crops, (S, S, 3) or (N, S, S, 3).
+
+    The models take one image at a time, so the interpreter runs once per crop."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    size = input_size(interpreter)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"expected uint8 crops of shape ({size}, {size}, 3), "
+            f"got {pixels.dtype} {pixels.shape}"
+        )
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    embeddings = np.empty((len(pixels), embedding_size(interpreter)), np.float32)
+    for row, crop in enumerate(pixels):
+        interpreter.set_tensor(input_detail["index"], quantise_input(crop[None], input_detail))
+        interpreter.invoke()
+        output = interpreter.get_tensor(output_detail["index"])
+        embeddings[row] = dequantise_output(output, output_detail)[0]
+    return l2_normalise(embeddings)

@@ -1,0 +1,260 @@
+"""Image preprocessing: the one definition shared by training, export, enrollment and the device.
+
+Pixels in, pixels out. `read_image` decodes a file into RGB uint8, `localise` finds the pill,
+`preprocess` crops it to a square model input of uint8 pixels, and `normalise` maps those
+pixels to the float range every model is trained on:
+
+    x = pixel * PIXEL_SCALE + PIXEL_OFFSET        (so 0..255 -> -1..1)
+
+An int8 TFLite model then quantises x itself (see `interpreter.py`). Only numpy, OpenCV and
+Pillow are used here, so the device client can import it without TensorFlow; the training
+package imports it from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+PIXEL_SCALE = 1.0 / 127.5
+PIXEL_OFFSET = -1.0
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+# Localisation works on a copy whose longer side is at most this many pixels: enough to find a
+# pill's outline, cheap enough for every camera frame.
+_LOCALISE_SIDE = 160
+# Below this colour distance (CIE Lab units) from the background nothing counts as a pill,
+# whatever Otsu's threshold says: it stops a plain tray or sheet of paper becoming "a pill".
+_MIN_CONTRAST = 10.0
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """The constants of preprocessing; the pipeline reads them from params.yaml and
+    writes them into the device bundle, so both sides use the same values."""
+
+    image_size: int
+    localise: bool
+    min_pill_fraction: float
+    max_pill_fraction: float
+    crop_margin: float
+    max_image_pixels: int
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 0.0 < self.min_pill_fraction < self.max_pill_fraction <= 1.0:
+            raise ValueError(
+                "need 0 < min_pill_fraction < max_pill_fraction <= 1, got "
+                f"{self.min_pill_fraction} and {self.max_pill_fraction}"
+            )
+        if not 0.0 <= self.crop_margin <= 1.0:
+            raise ValueError(f"crop_margin must be within [0, 1], got {self.crop_margin}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessConfig":
+        names = {field.name for field in dataclasses.fields(cls)}
+        missing = sorted(names - set(values))
+        unknown = sorted(set(values) - names)
+        if missing or unknown:
+            raise ValueError(f"preprocessing constants: missing {missing}, unknown {unknown}")
+        return cls(**{name: values[name] for name in names})
+
+
+class Box(NamedTuple):
+    """A pill's bounding box in image pixels, right and bottom exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class Crop(NamedTuple):
+    pixels: np.ndarray  # (image_size, image_size, 3) uint8 RGB
+    box: Box  # where the pill was found in the full image (the whole image when not localising)
+
+
+def decode_image(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+    """Decode encoded image bytes into an (H, W, 3) uint8 RGB array.
+
+    EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and 16-bit
+    images are converted. Raises ImageError naming `source` for anything that cannot be used,
+    including images larger than `max_pixels`, which are refused before their pixels are decoded.
+    """
+    if not data:
+        raise ImageError(source, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    source, f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+                )
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(source, f"refused as a decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
+        raise ImageError(source, f"not a readable image ({error})") from None
+    if width < 1 or height < 1:
+        raise ImageError(source, f"image has no pixels ({width}x{height})")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block must not lose an otherwise good image
+        pass
+    return _to_rgb(image, source)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
+    """Read an image file into an (H, W, 3) uint8 RGB array; see `decode_image`."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ImageError(source, f"cannot be read ({error.strerror or error})") from None
+    return decode_image(data, source, max_pixels)
+
+
+def _to_rgb(image: Image.Image, source: str) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values * (255.0 / high)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    try:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise ImageError(source, f"cannot convert {mode} pixels to RGB ({error})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(source, f"unexpected pixel layout {rgb.shape}")
+    return np.ascontiguousarray(rgb)
+
+
+def localise(rgb: np.ndarray, config: PreprocessConfig) -> Box | None:
+    """Find the pill: the largest blob whose colour stands out from the image border.
+
+    The background colour is the median of a strip along the border; each pixel's CIE Lab
+    distance from it is thresholded with Otsu's method (never below a minimum contrast), and
+    the largest connected blob within the configured area limits is the pill. Returns None
+    when there is no such blob ("no pill found").
+    """
+    height, width = rgb.shape[:2]
+    scale = min(1.0, _LOCALISE_SIDE / max(height, width))
+    small = rgb
+    if scale < 1.0:
+        small = cv2.resize(
+            rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
+    if min(small.shape[:2]) < 8:
+        return None
+    lab = cv2.cvtColor(cv2.GaussianBlur(small, (3, 3), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
+    strip = max(1, round(0.06 * min(small.shape[:2])))
+    border = np.concatenate(
+        [
+            lab[:strip].reshape(-1, 3),
+            lab[-strip:].reshape(-1, 3),
+            lab[:, :strip].reshape(-1, 3),
+            lab[:, -strip:].reshape(-1, 3),
+        ]
+    )
+    background = np.median(border, axis=0)
+    distance = np.linalg.norm(lab - background, axis=2)
+    # Reference: a pixel at the border's 90th percentile distance is still background
+    # (textured cloth, a lighting gradient); the pill must stand out beyond that.
+    border_spread = np.percentile(np.linalg.norm(border - background, axis=1), 90)
+    scaled = np.clip(distance * (255.0 / max(distance.max(), 1e-6)), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(otsu * distance.max() / 255.0, _MIN_CONTRAST, border_spread)
+    mask = (distance > threshold).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    best = int(np.argmax(areas)) + 1
+    fraction = areas[best - 1] / float(mask.size)
+    if not config.min_pill_fraction <= fraction <= config.max_pill_fraction:
+        return None
+    left, top, box_width, box_height = stats[best, :4]
+    return Box(
+        left=int(np.floor(left / scale)),
+        top=int(np.floor(top / scale)),
+        right=min(width, int(np.ceil((left + box_width) / scale))),
+        bottom=min(height, int(np.ceil((top + box_height) / scale))),
+    )
+
+
+def crop_square(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
+    """Cut a square around `box` (plus `margin` of its longer side), pad with the edge pixels
+    where it leaves the image, and resize to size x size."""
+    side = max(box.right - box.left, box.bottom - box.top)
+    side = max(1, int(round(side * (1.0 + 2.0 * margin))))
+    centre_x = (box.left + box.right) / 2.0
+    centre_y = (box.top + box.bottom) / 2.0
+    left = int(round(centre_x - side / 2.0))
+    top = int(round(centre_y - side / 2.0))
+    height, width = rgb.shape[:2]
+    pad = max(0, -left, -top, left + side - width, top + side - height)
+    if pad:
+        rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        left += pad
+        top += pad
+    square = rgb[top:top + side, left:left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interpolation))
+
+
+def preprocess(rgb: np.ndarray, config: PreprocessConfig) -> Crop | None:
+    """The model input for one image: the localised pill (or the whole image when
+    localisation is off) as a square uint8 RGB crop. None means "no pill found"."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    height, width = rgb.shape[:2]
+    if config.localise:
+        box = localise(rgb, config)
+        if box is None:
+            return None
+        return Crop(crop_square(rgb, box, config.crop_margin, config.image_size), box)
+    whole = Box(0, 0, width, height)
+    return Crop(crop_square(rgb, whole, 0.0, config.image_size), whole)
+
+
+def normalise(pixels):
+    """Map uint8 pixels to the models' float input range. Works on numpy arrays and on
+    TensorFlow tensors alike (plain arithmetic), so tf.data pipelines use it too."""
+    return pixels * PIXEL_SCALE + PIXEL_OFFSET

@@ -1,0 +1,92 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------------------------------------
+# Edge runtime fixtures (tests/test_edge_*.py): a tiny int8 TFLite model, preprocessing
+# constants for it, and a bundle of three pills (red, green, blue) made with it.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def edge_model_path(request) -> str:
+    """Path of the tiny model (tests/edge_fixtures.py). Made once in a subprocess, so the
+    test process never imports TensorFlow, and cached in pytest's cache directory under the
+    hash of the script; PILLTRACK_EDGE_TEST_MODEL names a ready-made one instead."""
+    given = os.environ.get("PILLTRACK_EDGE_TEST_MODEL")
+    if given:
+        return given
+    script = os.path.join(TESTS, "edge_fixtures.py")
+    with open(script, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    path = os.path.join(str(request.config.cache.mkdir("edge_model")), f"tiny-{digest}.tflite")
+    if not os.path.exists(path):
+        if importlib.util.find_spec("tensorflow") is None:
+            pytest.skip("making the tiny model needs TensorFlow; or set "
+                        "PILLTRACK_EDGE_TEST_MODEL to a model from tests/edge_fixtures.py")
+        subprocess.run([sys.executable, script, path + ".part"], check=True,
+                       capture_output=True)
+        os.replace(path + ".part", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def edge_config():
+    from edge_runtime.preprocessing import PreprocessConfig
+
+    return PreprocessConfig(image_size=32, localise=True, min_pill_fraction=0.005,
+                            max_pill_fraction=0.9, crop_margin=0.15, max_image_pixels=10**7)
+
+
+@pytest.fixture(scope="session")
+def edge_interpreter(edge_model_path):
+    from edge_runtime.interpreter import make_interpreter
+
+    return make_interpreter(edge_model_path, threads=1)
+
+
+@pytest.fixture(scope="session")
+def edge_embed(edge_interpreter, edge_config):
+    """Embeddings (N, 8) of RGB photos, each preprocessed with `edge_config`."""
+    from edge_runtime.interpreter import embed
+    from edge_runtime.preprocessing import preprocess
+
+    def embed_photos(photos):
+        return embed(edge_interpreter, np.stack([preprocess(p, edge_config).pixels
+                                                 for p in photos]))
+
+    return embed_photos
+
+
+@pytest.fixture(scope="session")
+def _edge_bundle_template(tmp_path_factory, edge_model_path, edge_config, edge_embed):
+    from edge_fixtures import GALLERY_PILLS, THRESHOLD, pill_photos
+
+    from edge_runtime.bundle import write_bundle
+
+    labels = [name for name in GALLERY_PILLS for _ in range(3)]
+    photos = [photo for name in GALLERY_PILLS for photo in pill_photos(name, 3)]
+    directory = tmp_path_factory.mktemp("edge") / "bundle"
+    write_bundle(directory, edge_model_path, edge_embed(photos), labels, THRESHOLD,
+                 edge_config, annoy_trees=4, search_k=-1, seed=42, extra={"made_by": "tests"})
+    return directory
+
+
+@pytest.fixture
+def edge_bundle(tmp_path, _edge_bundle_template) -> str:
+    """A fresh copy of the three-pill bundle, for the test to change as it likes."""
+    directory = tmp_path / "bundle"
+    shutil.copytree(_edge_bundle_template, directory)
+    return str(directory)

@@ -1,0 +1,427 @@
+"""The device client: bundle, gallery, identification, enrollment, storage, interpreter."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from edge_fixtures import THRESHOLD, pill_photo, pill_photos
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_runtime import bundle as bundle_module
+from edge_runtime import gallery, storage
+from edge_runtime.bundle import BundleError, load_bundle, write_bundle
+from edge_runtime.enrollment import enroll, list_labels, remove
+from edge_runtime.identification import Identifier, Smoother
+from edge_runtime.interpreter import (
+    embed,
+    embedding_size,
+    input_size,
+    make_interpreter,
+    quantise_input,
+    runtime_name,
+)
+from edge_runtime.preprocessing import preprocess
+
+
+def test_client_runs_without_tensorflow(edge_model_path):
+    code = (
+        "import sys, edge_runtime.cli\n"
+        "assert 'tensorflow' not in sys.modules, 'import edge_runtime.cli imported tensorflow'\n"
+        "from edge_runtime.interpreter import make_interpreter\n"
+        f"make_interpreter({edge_model_path!r}, threads=1)\n"
+        "banned = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', "
+        "'tf_pilltrack')]\n"
+        "assert not banned, banned\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- bundle -----------------------------------------------------------------------------------
+
+
+def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
+    embeddings = edge_embed(pill_photos("red", 2) + pill_photos("blue", 2))
+    labels = ["red", "red", "blue", "blue"]
+    sidecar = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
+                           edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"})
+
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.labels == tuple(labels)
+    np.testing.assert_array_equal(loaded.embeddings, embeddings)
+    assert (loaded.unknown_threshold, loaded.search_k, loaded.annoy_trees, loaded.seed) == (
+        0.25, 50, 3, 7)
+    assert loaded.preprocess == edge_config
+    assert loaded.extra == {"run": "x"}
+    assert loaded.model_sha256 == storage.sha256_file(edge_model_path)
+    assert sidecar["metric"] == "angular" and sidecar["distance"] == "cosine"
+    matches = gallery.search(loaded.index, loaded.labels, embeddings[2], 2, loaded.search_k)
+    assert matches[0].label == "blue" and matches[0].distance < 1e-4
+    assert [m.label for m in matches] == ["blue", "red"]  # one match per distinct pill
+    cosine = 1.0 - embeddings[:2] @ embeddings[2]  # distances are 1 - cos, as in numpy
+    assert matches[1].distance == pytest.approx(cosine.min(), abs=1e-5)
+
+    # Rewriting the same content gives the same files (deterministic index), and stale
+    # files of an older gallery are removed.
+    write_bundle(tmp_path / "b", edge_model_path, embeddings[:3], labels[:3], 0.25,
+                 edge_config, annoy_trees=3, search_k=50, seed=7)
+    again = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
+                         edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"})
+    assert again == sidecar
+    names = sorted(os.listdir(tmp_path / "b"))
+    data_files = [entry["name"] for entry in sidecar["files"].values()]
+    assert names == sorted([".lock", "bundle.json", *data_files])
+
+
+def test_write_bundle_refuses_embeddings_the_model_cannot_make(tmp_path, edge_model_path,
+                                                               edge_config):
+    with pytest.raises(ValueError, match="outputs 8-dimensional"):
+        write_bundle(tmp_path / "b", edge_model_path, np.ones((2, 16), np.float32),
+                     ["a", "b"], 0.1, edge_config, 2, -1, 0)
+    with pytest.raises(ValueError, match="2 labels for 3 embeddings"):
+        write_bundle(tmp_path / "b", edge_model_path, np.ones((3, 8), np.float32),
+                     ["a", "b"], 0.1, edge_config, 2, -1, 0)
+    with pytest.raises(ValueError, match="reserved"):
+        write_bundle(tmp_path / "b", edge_model_path, np.ones((1, 8), np.float32),
+                     ["unknown"], 0.1, edge_config, 2, -1, 0)
+
+
+def _sidecar(directory):
+    with open(os.path.join(directory, "bundle.json")) as handle:
+        return json.load(handle)
+
+
+def _save_sidecar(directory, sidecar):
+    with open(os.path.join(directory, "bundle.json"), "w") as handle:
+        json.dump(sidecar, handle)
+
+
+def _replace_file(directory, kind, data):
+    """Swap a data file for `data`, with a matching name and checksum in the sidecar, as a
+    careful forger would."""
+    sidecar = _sidecar(directory)
+    os.unlink(os.path.join(directory, sidecar["files"][kind]["name"]))
+    sha = storage.sha256_bytes(data)
+    name = bundle_module.file_name(kind, sha)
+    with open(os.path.join(directory, name), "wb") as handle:
+        handle.write(data)
+    sidecar["files"][kind] = {"name": name, "sha256": sha, "size": len(data)}
+    _save_sidecar(directory, sidecar)
+    return sidecar
+
+
+def _npy_bytes(array, allow_pickle=False):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def _flip_byte(directory, kind):
+    path = os.path.join(directory, _sidecar(directory)["files"][kind]["name"])
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def _edit(field, value):
+    def change(directory):
+        sidecar = _sidecar(directory)
+        sidecar[field] = value
+        _save_sidecar(directory, sidecar)
+    return change
+
+
+def _delete_field(field):
+    def change(directory):
+        sidecar = _sidecar(directory)
+        del sidecar[field]
+        _save_sidecar(directory, sidecar)
+    return change
+
+
+def _drop_label(directory):
+    sidecar = _sidecar(directory)
+    sidecar["labels"].pop()
+    _save_sidecar(directory, sidecar)
+
+
+def _escape_path(directory):
+    sidecar = _sidecar(directory)
+    sidecar["files"]["model"]["name"] = "../model.tflite"
+    _save_sidecar(directory, sidecar)
+
+
+def _delete_file(kind):
+    def change(directory):
+        os.unlink(os.path.join(directory, _sidecar(directory)["files"][kind]["name"]))
+    return change
+
+
+def _wider_gallery(directory):
+    """Consistent 16-dimensional embeddings and index, but the model still makes 8."""
+    embeddings = np.random.default_rng(0).normal(size=(9, 16)).astype(np.float32)
+    _replace_file(directory, "embeddings", _npy_bytes(embeddings))
+    index_path = os.path.join(str(directory) + "-index.ann")
+    gallery.build_index(embeddings, 4, 42).save(index_path)
+    _replace_file(directory, "index", open(index_path, "rb").read())
+    _edit("embedding_size", 16)(directory)
+
+
+TAMPERING = {
+    "checksum mismatch": (lambda d: _flip_byte(d, "index"), r"index-.*checksum mismatch"),
+    "model changed": (lambda d: _flip_byte(d, "model"), r"model-.*checksum mismatch"),
+    "wrong embedding size": (_edit("embedding_size", 16),
+                             r"embeddings-.*expected float32 \(9, 16\)"),
+    "model output size": (_wider_gallery, r"model-.*outputs 8-dimensional"),
+    "wrong metric": (_edit("metric", "euclidean"), r"'metric' is 'euclidean', expected 'angular'"),
+    "missing file": (_delete_file("embeddings"), r"embeddings-.*missing"),
+    "missing sidecar": (lambda d: os.unlink(os.path.join(d, "bundle.json")),
+                        r"bundle.json: missing"),
+    "missing field": (_delete_field("search_k"), r"missing fields \['search_k'\]"),
+    "wrong type": (_edit("unknown_threshold", "0.1"), r"'unknown_threshold' is '0.1'"),
+    "labels do not match": (_drop_label, r"embeddings-.*\(9, 8\), expected float32 \(8, 8\)"),
+    "path escape": (_escape_path, r"files.model is named '../model.tflite'"),
+    "newer format": (_edit("format_version", 2), r"format version 2 is not supported"),
+    "not json": (lambda d: open(os.path.join(d, "bundle.json"), "w").write("{"),
+                 r"not valid JSON"),
+    "pickled embeddings": (
+        lambda d: _replace_file(d, "embeddings", _npy_bytes(np.array([{}], object), True)),
+        r"embeddings-.*not a readable .npy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampered_bundle_is_refused_clearly(case, edge_bundle):
+    tamper, message = TAMPERING[case]
+    tamper(edge_bundle)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(edge_bundle)
+
+
+def test_crash_while_writing_a_bundle_leaves_the_previous_one(edge_bundle, edge_model_path,
+                                                               edge_config, monkeypatch):
+    real_write = storage.write_atomically
+
+    def crash_on_sidecar(path, data):
+        if str(path).endswith("bundle.json"):
+            raise OSError("simulated power cut")
+        real_write(path, data)
+
+    monkeypatch.setattr(storage, "write_atomically", crash_on_sidecar)
+    with pytest.raises(OSError, match="power cut"):
+        write_bundle(edge_bundle, edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"],
+                     0.1, edge_config, 2, -1, 0)
+    monkeypatch.undo()
+    assert load_bundle(edge_bundle).labels[0] == "red"
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "data.bin"
+    storage.write_atomically(target, b"old")
+    with pytest.raises(RuntimeError):
+        with storage.atomic_writer(target) as handle:
+            handle.write(b"half of the new")
+            raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"old"
+
+    def failing_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_atomically(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["data.bin"]  # no temporary file left behind
+
+
+def test_file_lock_is_exclusive(tmp_path):
+    path = tmp_path / ".lock"
+    with storage.file_lock(path):
+        other = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    with storage.file_lock(path, shared=True):
+        with storage.file_lock(path, shared=True):  # readers share
+            pass
+
+
+# --- interpreter ------------------------------------------------------------------------------
+
+
+def test_interpreter_reports_model_shape_and_embeds_unit_vectors(edge_interpreter, edge_config):
+    assert runtime_name() in ("ai_edge_litert", "tflite_runtime")
+    assert input_size(edge_interpreter) == 32 and embedding_size(edge_interpreter) == 8
+    crops = np.stack([preprocess(p, edge_config).pixels for p in pill_photos("green", 3)])
+    batch = embed(edge_interpreter, crops)
+    assert batch.dtype == np.float32 and batch.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(embed(edge_interpreter, crops[1]), batch[1:2])
+    with pytest.raises(ValueError, match="uint8 crops"):
+        embed(edge_interpreter, crops.astype(np.float32))
+    with pytest.raises(ValueError, match="threads"):
+        make_interpreter("model.tflite", threads=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 255), st.sampled_from([(np.uint8, 1 / 127.5, 127), (np.int8, 1 / 127.5, -1),
+                                             (np.int8, 0.05, 3)]))
+def test_input_quantisation_follows_the_formula(pixel, quantisation):
+    dtype, scale, zero_point = quantisation
+    detail = {"dtype": dtype, "quantization": (scale, zero_point)}
+    q = quantise_input(np.array([[pixel]], np.uint8), detail)[0, 0]
+    x = pixel / 127.5 - 1.0
+    limits = np.iinfo(dtype)
+    assert q.dtype == dtype
+    assert abs(int(q) - min(max(x / scale + zero_point, limits.min), limits.max)) <= 0.5 + 1e-6
+
+
+def test_edgetpu_fallback_warns_and_runs_on_the_cpu(edge_model_path, edge_config, capfd):
+    interpreter = make_interpreter(edge_model_path, threads=1, edgetpu=True)
+    warning = [line for line in capfd.readouterr().err.splitlines() if "Edge TPU" in line]
+    assert len(warning) == 1 and "running on the CPU" in warning[0]
+    crop = preprocess(pill_photos("red", 1)[0], edge_config).pixels
+    assert embed(interpreter, crop).shape == (1, 8)
+
+
+# --- gallery ----------------------------------------------------------------------------------
+
+
+def test_choose_search_k_reaches_the_agreement():
+    generator = np.random.default_rng(3)
+    embeddings = generator.normal(size=(400, 16)).astype(np.float32)
+    search_k = gallery.choose_search_k(embeddings, trees=4, target_agreement=0.95, seed=1)
+    assert 1 <= search_k <= 400 * 4
+
+    queries = embeddings[:100] + generator.normal(0, 0.2, (100, 16)).astype(np.float32)
+    chosen = gallery.choose_search_k(embeddings, 4, 0.95, seed=1, queries=queries)
+    index = gallery.build_index(embeddings, 4, 1)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    unit_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = 1.0 - (unit_queries @ unit.T).max(axis=1)
+
+    def agreement(k):
+        found = [gallery.angular_to_cosine(index.get_nns_by_vector(
+            q.tolist(), 1, search_k=k, include_distances=True)[1][0]) for q in unit_queries]
+        return np.mean(np.array(found) <= exact + 1e-5)
+
+    assert agreement(chosen) >= 0.95
+    assert chosen == 1 or agreement(chosen - 1) < 0.95  # the smallest that reaches it
+
+
+def test_index_is_deterministic(tmp_path):
+    embeddings = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    for name in ("a.ann", "b.ann"):
+        gallery.build_index(embeddings, 5, seed=11).save(str(tmp_path / name))
+    assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+
+
+@given(st.floats(0.0, 2.0))
+def test_distance_units_convert_both_ways(distance):
+    angular = gallery.cosine_to_angular(distance)
+    assert gallery.angular_to_cosine(angular) == pytest.approx(distance)
+    # Annoy's angular distance is the Euclidean distance of unit vectors: sqrt(2 - 2 cos).
+    a = np.array([1.0, 0.0])
+    b = np.array([1.0 - distance, np.sqrt(max(0.0, 1.0 - (1.0 - distance) ** 2))])
+    assert np.linalg.norm(a - b) == pytest.approx(angular, abs=1e-9)
+
+
+def test_identify_compares_the_best_distance_with_the_threshold():
+    matches = [gallery.Match("red", 0.08), gallery.Match("blue", 0.5)]
+    assert gallery.identify(matches, 0.1) == "red"
+    assert gallery.identify(matches, 0.05) == gallery.UNKNOWN
+    assert gallery.identify([], 0.1) == gallery.UNKNOWN
+
+
+# --- identification ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def identifier(edge_bundle, edge_interpreter):
+    return Identifier(edge_interpreter, load_bundle(edge_bundle), top_k=3)
+
+
+def test_identifies_a_known_pill(identifier):
+    result = identifier.identify_image(pill_photos("green", 1, seed=9)[0])
+    assert result.label == "green"
+    assert result.distance <= THRESHOLD
+    assert [m.label for m in result.top_k][0] == "green" and len(result.top_k) == 3
+    assert result.box is not None
+    assert set(result.timings) == {"localise", "preprocess", "invoke", "search"}
+
+
+def test_a_pill_absent_from_the_gallery_is_unknown(identifier):
+    result = identifier.identify_image(pill_photos("black", 1, seed=9)[0])
+    assert result.label == gallery.UNKNOWN
+    assert result.distance > THRESHOLD
+    assert result.top_k[0].label in ("red", "green", "blue")
+
+
+def test_no_pill_found_is_a_result(identifier):
+    result = identifier.identify_image(np.full((64, 64, 3), 128, np.uint8))
+    assert result.label is None and result.box is None and result.top_k == []
+
+
+@pytest.mark.parametrize("localise", [True, False])
+def test_timed_crop_equals_preprocess(identifier, localise):
+    config = dataclasses.replace(identifier.bundle.preprocess, localise=localise)
+    identifier = Identifier(identifier.interpreter,
+                            dataclasses.replace(identifier.bundle, preprocess=config))
+    photo = pill_photo((200, 30, 30), centre=(30, 60), axes=(20, 9), angle=30)
+    expected = preprocess(photo, config)
+    crop = identifier.crop(photo)
+    assert crop.box == expected.box
+    np.testing.assert_array_equal(crop.pixels, expected.pixels)
+
+
+def test_smoother_waits_for_a_majority():
+    smoother = Smoother(window=3)
+    announced = [smoother.update(label) for label in
+                 ["red", "red", "blue", "red", "blue", "blue", None, None]]
+    assert announced == [None, "red", "red", "red", "blue", "blue", "blue", None]
+
+
+# --- enrollment -------------------------------------------------------------------------------
+
+
+def test_enroll_identify_remove_list(edge_bundle, edge_interpreter, edge_embed):
+    model_path = load_bundle(edge_bundle).model_path
+    model_before = os.stat(model_path)
+    cyan = pill_photos("cyan", 4, seed=5)
+
+    assert enroll(edge_bundle, "cyan", edge_embed(cyan[:3])) == 3
+    assert list_labels(edge_bundle) == {"blue": 3, "cyan": 3, "green": 3, "red": 3}
+    model_after = os.stat(model_path)
+    assert (model_after.st_ino, model_after.st_mtime_ns) == (
+        model_before.st_ino, model_before.st_mtime_ns)  # the model file is untouched
+    found = Identifier(edge_interpreter, load_bundle(edge_bundle)).identify_image(cyan[3])
+    assert found.label == "cyan"
+
+    assert remove(edge_bundle, "cyan") == 3
+    assert list_labels(edge_bundle) == {"blue": 3, "green": 3, "red": 3}
+    gone = Identifier(edge_interpreter, load_bundle(edge_bundle)).identify_image(cyan[3])
+    assert gone.label == gallery.UNKNOWN
+
+    with pytest.raises(ValueError, match="not enrolled"):
+        remove(edge_bundle, "cyan")
+    with pytest.raises(ValueError, match="4 dimensions, the gallery's 8"):
+        enroll(edge_bundle, "wide", np.ones((1, 4), np.float32))
+    remove(edge_bundle, "red")
+    remove(edge_bundle, "green")
+    with pytest.raises(ValueError, match="only enrolled pill"):
+        remove(edge_bundle, "blue")

@@ -1,0 +1,40 @@
+"""Training-time augmentation, per image within a batch: what a phone or a Pi camera changes
+between two photos of the same pill (exposure, contrast, colour cast and saturation,
+orientation). Works on float pixels in 0..255; `normalise` follows it."""
+
+from __future__ import annotations
+
+import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import tensorflow as tf
+
+
+def _uniform(batch: tf.Tensor, low: float, high: float) -> tf.Tensor:
+    return tf.random.uniform([batch, 1, 1, 1], low, high)
+
+
+def _where_random(x: tf.Tensor, transformed: tf.Tensor) -> tf.Tensor:
+    pick = tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) < 0.5
+    return tf.where(pick, transformed, x)
+
+
+def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
+    """Randomly perturb a (B, S, S, 3) batch of float pixels (0..255), each image on its own.
+
+    `settings` is the `augment` section of params.yaml."""
+    x = tf.cast(pixels, tf.float32) / 255.0
+    batch = tf.shape(x)[0]
+    if settings["rotate"]:  # the 8 symmetries of the square: pills lie any way up
+        x = _where_random(x, tf.transpose(x, [0, 2, 1, 3]))
+        x = _where_random(x, tf.reverse(x, axis=[2]))
+        x = _where_random(x, tf.reverse(x, axis=[1]))
+    gray = tf.reduce_mean(x, axis=3, keepdims=True)
+    saturation = settings["saturation"]
+    x = gray + (x - gray) * _uniform(batch, 1.0 - saturation, 1.0 + saturation)
+    cast = settings["colour_cast"]
+    x = x * tf.random.uniform([batch, 1, 1, 3], 1.0 - cast, 1.0 + cast)
+    contrast = settings["contrast"]
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    x = mean + (x - mean) * _uniform(batch, 1.0 - contrast, 1.0 + contrast)
+    x = x + _uniform(batch, -settings["brightness"], settings["brightness"])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0

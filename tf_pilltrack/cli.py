@@ -1,0 +1,101 @@
+"""`pilltrack`: one command per pipeline stage (dvc.yaml runs them), run from the project root.
+
+Each command reads and validates params.yaml before any work, then runs its stage module's
+`run(params)`. Heavy modules are imported inside the command that needs them, so `--help` and
+params errors are instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tf_pilltrack import params as params_module
+
+PARAMS_OPTION = click.option(
+    "--params", "params_path", default="params.yaml", show_default=True,
+    type=click.Path(dir_okay=False), help="Pipeline parameters file.",
+)
+
+
+def _load(params_path: str) -> dict:
+    try:
+        return params_module.load(params_path)
+    except params_module.ParamsError as error:
+        click.echo(f"error: {params_path}: {error}", err=True)
+        sys.exit(2)
+
+
+def _run_stage(module: str, params_path: str) -> None:
+    params = _load(params_path)
+    stage = importlib.import_module(f"tf_pilltrack.{module}")
+    try:
+        stage.run(params, echo=lambda line: click.echo(line))
+    except (FileNotFoundError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """PillTrack training pipeline. `dvc repro` runs these stages in order:
+    generate, prepare, teacher, distill, export, enroll, evaluate, check."""
+
+
+@main.command()
+@PARAMS_OPTION
+def generate(params_path: str) -> None:
+    """Render the synthetic pill photo set into data/synthetic."""
+    _run_stage("synthesis", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def prepare(params_path: str) -> None:
+    """Crop the photos of data.source and split them by class into data/prepared."""
+    _run_stage("preparation", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def teacher(params_path: str) -> None:
+    """Train the ResNet teacher with TensorFlow Similarity (models/teacher.weights.h5)."""
+    _run_stage("teacher", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def distill(params_path: str) -> None:
+    """Distil the teacher's embedding space into the quantization-aware MobileNet student."""
+    _run_stage("distillation", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def export(params_path: str) -> None:
+    """Convert the student to full-integer int8 TFLite (QAT and PTQ) and a TFLite Micro C array."""
+    _run_stage("export", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def enroll(params_path: str) -> None:
+    """Embed the novel classes' reference shots with the int8 model; write the device bundle."""
+    _run_stage("enrollment", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def evaluate(params_path: str) -> None:
+    """Open-set retrieval on novel classes for teacher, float student and int8 student."""
+    _run_stage("evaluation", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def check(params_path: str) -> None:
+    """Compare size, arena, latency and accuracy with the profile's budgets; exit 1 if over."""
+    _run_stage("budget", params_path)

@@ -1,0 +1,59 @@
+"""Prepared splits on disk: uint8 pill crops with their labels and source files (one .npz per
+split), written atomically. No TensorFlow here."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from edge_runtime.storage import atomic_writer
+from tf_pilltrack import paths
+
+
+class Split(NamedTuple):
+    pixels: np.ndarray  # (N, S, S, 3) uint8 RGB crops, the output of preprocessing.preprocess
+    labels: np.ndarray  # (N,) str class names
+    sources: np.ndarray  # (N,) str source file of each crop
+    groups: np.ndarray  # (N,) str source photo of each crop (crops of one photo share it)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def empty_split(image_size: int) -> Split:
+    return Split(
+        np.zeros((0, image_size, image_size, 3), np.uint8),
+        np.zeros((0,), str),
+        np.zeros((0,), str),
+        np.zeros((0,), str),
+    )
+
+
+def save_split(path: str | os.PathLike, split: Split) -> None:
+    with atomic_writer(path) as handle:
+        np.savez(
+            handle,
+            pixels=split.pixels,
+            labels=split.labels.astype(str),
+            sources=split.sources.astype(str),
+            groups=split.groups.astype(str),
+        )
+
+
+def load_split(name: str) -> Split:
+    """Load a prepared split by name (see paths.SPLITS)."""
+    path = paths.split_file(name)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Split(data["pixels"], data["labels"], data["sources"], data["groups"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first") from None
+
+
+def label_indices(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Integer class ids in sorted-name order, and the names."""
+    names = sorted(set(labels.tolist()))
+    lookup = {name: index for index, name in enumerate(names)}
+    return np.array([lookup[label] for label in labels.tolist()], np.int32), names

@@ -1,0 +1,81 @@
+"""Stage `enroll`: the device bundle, made with the device's own code.
+
+The novel classes' reference shots are embedded by the exported int8 model through
+`edge_runtime.interpreter` (the same code path as `pilltrack-edge`), and written with
+`edge_runtime.bundle.write_bundle`: model, Annoy index, embeddings and sidecar.
+
+The unknown-pill threshold is calibrated on the calibration classes, which neither training
+nor evaluation uses: their reference shots form a gallery, their other photos query it, and
+the threshold is the cosine distance that accepts `enroll.target_recall` of the correct
+top-1 answers. Annoy's search_k is the smallest that reaches `enroll.search_k_agreement`
+top-1 agreement with exact search on the gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime import bundle as bundle_module
+from edge_runtime import gallery, interpreter
+from edge_runtime.storage import write_atomically
+from tf_pilltrack import dataset, metrics, paths
+from tf_pilltrack import params as params_module
+
+
+def embed_split(model_interpreter, split: dataset.Split) -> np.ndarray:
+    return interpreter.embed(model_interpreter, split.pixels)
+
+
+def calibrate_threshold(model_interpreter, references: dataset.Split, queries: dataset.Split,
+                        target_recall: float) -> dict:
+    """The distance threshold keeping `target_recall` of correct top-1 answers, with the
+    figures it was set from."""
+    gallery_embeddings = embed_split(model_interpreter, references)
+    query_embeddings = embed_split(model_interpreter, queries)
+    order, distances = metrics.rank_gallery(query_embeddings, gallery_embeddings, 1)
+    correct = references.labels[order[:, 0]] == queries.labels
+    threshold = metrics.threshold_for_recall(distances[correct, 0], target_recall)
+    return {
+        "threshold": threshold,
+        "calibration_recall_at_1": float(correct.mean()),
+        "calibration_queries": int(len(queries)),
+        "target_recall": target_recall,
+    }
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    started = time.time()
+    settings = params["enroll"]
+    seed = params["base"]["seed"]
+    model_interpreter = interpreter.make_interpreter(paths.STUDENT_QAT_TFLITE, threads=1)
+    calibration = calibrate_threshold(
+        model_interpreter, dataset.load_split("calibration_references"),
+        dataset.load_split("calibration_queries"), settings["target_recall"])
+    references = dataset.load_split("references")
+    embeddings = embed_split(model_interpreter, references)
+    search_k = gallery.choose_search_k(embeddings, settings["annoy_trees"],
+                                       settings["search_k_agreement"], seed)
+    bundle_module.write_bundle(
+        paths.BUNDLE, paths.STUDENT_QAT_TFLITE, embeddings, [str(label) for label in references.labels],
+        calibration["threshold"], params_module.preprocess_config(params), settings["annoy_trees"],
+        search_k, seed, extra={"profile": params["base"]["profile"], "calibration": calibration},
+    )
+    summary = {
+        "gallery_items": int(len(references)),
+        "gallery_pills": int(len(set(references.labels.tolist()))),
+        "search_k": int(search_k),
+        "unknown_threshold": calibration["threshold"],
+        "calibration_recall_at_1": calibration["calibration_recall_at_1"],
+        "runtime": interpreter.runtime_name(),
+        "seconds": round(time.time() - started, 1),
+    }
+    paths.REPORTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(paths.REPORTS / "enroll.json", json.dumps(summary, indent=2).encode())
+    echo(f"enroll: {summary['gallery_pills']} novel pills ({summary['gallery_items']} photos) in {paths.BUNDLE}/ "
+         f"via {summary['runtime']}; unknown threshold {summary['unknown_threshold']:.3f} (cosine distance, keeps "
+         f"{settings['target_recall']:.0%} of correct answers on calibration classes); search_k {search_k}")
+    return summary

@@ -1,0 +1,128 @@
+"""Stage `evaluate`: open-set retrieval on the novel classes, which no model trained on.
+
+The gallery is the novel classes' reference shots, the queries their other photos. Each model
+embeds both; queries are answered by nearest neighbour. Reported per model: Recall@1,
+Recall@5 and mAP@R. The shipped int8 model is evaluated through the device bundle exactly as
+`pilltrack-edge` answers (LiteRT interpreter, Annoy search with the bundle's search_k).
+Open set: photos of novel classes kept out of the gallery must come back "unknown"; at the
+bundle's threshold we report the false-accept rate, the correct-accept rate of known pills and
+the AUROC of known vs absent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime import bundle as bundle_module
+from edge_runtime import gallery, interpreter
+from edge_runtime.storage import write_atomically
+from tf_pilltrack import dataset, distillation, metrics, paths
+from tf_pilltrack import teacher as teacher_stage
+
+RECALL_CURVE_DEPTH = 10
+
+
+def _recall_curve(ranked_labels: np.ndarray, query_labels: np.ndarray) -> list[float]:
+    hits = ranked_labels == query_labels[:, None]
+    return [float(hits[:, :k].any(axis=1).mean()) for k in range(1, ranked_labels.shape[1] + 1)]
+
+
+def _by_label(order: np.ndarray, gallery_labels: np.ndarray, depth: int) -> np.ndarray:
+    """Rankings of gallery items turned into rankings of distinct labels (padded with '')."""
+    rows = []
+    for row in gallery_labels[order]:
+        seen = list(dict.fromkeys(row.tolist()))[:depth]
+        rows.append(seen + [""] * (depth - len(seen)))
+    return np.array(rows, dtype=object)
+
+
+def score(query_embeddings: np.ndarray, query_labels: np.ndarray,
+          gallery_embeddings: np.ndarray, gallery_labels: np.ndarray) -> tuple[dict, list[float], np.ndarray]:
+    """Metrics by exact search, the Recall@k curve, and each query's top-1 label."""
+    result = metrics.evaluate_embeddings(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
+    order, _ = metrics.rank_gallery(query_embeddings, gallery_embeddings, len(gallery_embeddings))
+    curve = _recall_curve(_by_label(order, gallery_labels, RECALL_CURVE_DEPTH), query_labels)
+    return result, curve, gallery_labels[order[:, 0]]
+
+
+def evaluate_bundle(loaded, model_interpreter, queries: dataset.Split, absent: dataset.Split) -> dict:
+    """The shipped path: int8 embeddings, Annoy search with the bundle's search_k, threshold."""
+    labels = np.array(loaded.labels)
+    query_embeddings = interpreter.embed(model_interpreter, queries.pixels)
+    ranked, best = [], []
+    for embedding in query_embeddings:
+        matches = gallery.search(loaded.index, loaded.labels, embedding, 5, loaded.search_k)
+        ranked.append([match.label for match in matches] + [""] * (5 - len(matches)))
+        best.append(matches[0].distance)
+    ranked = np.array(ranked, dtype=object)
+    result = metrics.retrieval_metrics(ranked, queries.labels.astype(object), labels)
+    # mAP@R needs every gallery item's rank, which the per-label Annoy answer does not give:
+    # rank the bundle's own int8 embeddings exactly.
+    result["map_at_r"] = metrics.evaluate_embeddings(query_embeddings, queries.labels, loaded.embeddings, labels)["map_at_r"]
+    exact_order, _ = metrics.rank_gallery(query_embeddings, loaded.embeddings, 1)
+    result["annoy_exact_top1_agreement"] = float(np.mean(labels[exact_order[:, 0]] == ranked[:, 0]))
+    absent_best = [gallery.search(loaded.index, loaded.labels, embedding, 1, loaded.search_k)[0].distance
+                   for embedding in interpreter.embed(model_interpreter, absent.pixels)] if len(absent) else []
+    correct = ranked[:, 0] == queries.labels.astype(object)
+    result.update(metrics.open_set_rates(np.array(best), correct, np.array(absent_best), loaded.unknown_threshold))
+    result["unknown_threshold"] = loaded.unknown_threshold
+    return result
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    started = time.time()
+    references = dataset.load_split("references")
+    queries = dataset.load_split("queries")
+    absent = dataset.load_split("absent_queries")
+    echo(f"evaluate: {len(set(references.labels.tolist()))} novel pills, {len(references)} gallery photos, "
+         f"{len(queries)} queries, {len(absent)} photos of {len(set(absent.labels.tolist()))} gallery-absent pills")
+    keras_models = {
+        "teacher": teacher_stage.load(params),
+        "student_float": distillation.load_float_student(params),
+        "student_qat_keras": distillation.load_qat_student(params),
+    }
+    results, curves, top1 = {}, {}, {}
+    for name, model in keras_models.items():
+        results[name], curves[name], top1[name] = score(
+            teacher_stage.embed(model, queries.pixels), queries.labels,
+            teacher_stage.embed(model, references.pixels), references.labels)
+    ptq = interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1)
+    results["student_ptq_int8"], curves["student_ptq_int8"], top1["student_ptq_int8"] = score(
+        interpreter.embed(ptq, queries.pixels), queries.labels,
+        interpreter.embed(ptq, references.pixels), references.labels)
+    loaded = bundle_module.load_bundle(paths.BUNDLE)
+    shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
+    results["student_int8"] = evaluate_bundle(loaded, shipped, queries, absent)
+    _, curves["student_int8"], top1["student_int8"] = score(
+        interpreter.embed(shipped, queries.pixels), queries.labels, loaded.embeddings, np.array(loaded.labels))
+    results["parity"] = {
+        "float_vs_int8_top1_agreement": float(np.mean(top1["student_float"] == top1["student_int8"])),
+        "qat_keras_vs_int8_top1_agreement": float(np.mean(top1["student_qat_keras"] == top1["student_int8"])),
+        "int8_vs_teacher_recall_at_1": results["student_int8"]["recall_at_1"] / max(results["teacher"]["recall_at_1"], 1e-9),
+    }
+    results["sizes"] = {"student_int8_bytes": paths.STUDENT_QAT_TFLITE.stat().st_size,
+                        "student_ptq_int8_bytes": paths.STUDENT_PTQ_TFLITE.stat().st_size}
+    results["queries"] = int(len(queries))
+    paths.METRICS.mkdir(exist_ok=True)
+    write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
+    names = list(curves)
+    rows = ["k," + ",".join(names)] + [
+        f"{k + 1}," + ",".join(f"{curves[name][k]:.4f}" for name in names) for k in range(RECALL_CURVE_DEPTH)]
+    paths.REPORTS.mkdir(exist_ok=True)
+    write_atomically(paths.REPORTS / "recall_at_k.csv", ("\n".join(rows) + "\n").encode())
+    echo(f"\nNovel-class retrieval ({len(queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
+    echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
+    for name in ("teacher", "student_float", "student_qat_keras", "student_ptq_int8", "student_int8"):
+        row = results[name]
+        echo(f"{name:<20} {row['recall_at_1']:>9.3f} {row['recall_at_5']:>9.3f} {row['map_at_r']:>7.3f}")
+    shipped_row = results["student_int8"]
+    echo(f"int8 via bundle: false accepts of gallery-absent pills {shipped_row['false_accept_rate']:.3f}, "
+         f"correct accepts {shipped_row['correct_accept_rate']:.3f} at threshold {shipped_row['unknown_threshold']:.3f}, "
+         f"AUROC {shipped_row.get('auroc_known_vs_absent', float('nan')):.3f}; float/int8 top-1 agreement "
+         f"{results['parity']['float_vs_int8_top1_agreement']:.3f}; int8 size {results['sizes']['student_int8_bytes'] / 1024:.1f} KiB "
+         f"({time.time() - started:.0f} s)")
+    return results

@@ -1,0 +1,132 @@
+"""The two networks: a ResNet teacher (TF-Similarity SimilarityModel) and a MobileNetV2 student.
+
+Both are flat functional Keras 2 models that take normalised pixels (see
+`edge_runtime.preprocessing.normalise`) and return an embedding. The student contains only
+layers tensorflow-model-optimization can quantise and TFLite Micro and the Edge TPU run
+(Conv2D, DepthwiseConv2D, BatchNormalization, ReLU6, Add, GlobalAveragePooling2D, Dense): no
+hard-swish, no Lambda, no L2 normalisation inside (the device normalises after dequantising).
+"""
+
+from __future__ import annotations
+
+import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import tensorflow as tf
+import tensorflow_similarity as tfsim
+from tf_keras import layers
+import tf_keras
+
+
+def _residual_block(inputs, filters: int, stride: int, name: str):
+    """A pre-activation-free basic block (two 3x3 convolutions) as in ResNet-18."""
+    shortcut = inputs
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(inputs)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = layers.ReLU(name=f"{name}_relu1")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    if stride != 1 or inputs.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(inputs)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return layers.ReLU(name=f"{name}_out")(x)
+
+
+def build_teacher(image_size: int, embedding_size: int, widths: list[int], blocks: list[int]):
+    """A ResNet-18-style backbone sized for small pill crops, with TF-Similarity's
+    MetricEmbedding head (a dense layer followed by L2 normalisation).
+
+    The stem quarters the resolution (a 3x3 stride-2 convolution and a max pool, as in ResNet),
+    unlike TF-Similarity's ResNet18Sim, which keeps full resolution for CIFAR-size images and
+    trains ~10x slower on a CPU.
+    """
+    if len(widths) != len(blocks):
+        raise ValueError(f"widths {widths} and blocks {blocks} must have the same length")
+    inputs = layers.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, (filters, count) in enumerate(zip(widths, blocks)):
+        for block in range(count):
+            stride = 2 if block == 0 and stage > 0 else 1
+            x = _residual_block(x, filters, stride, name=f"stage{stage + 1}_block{block + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = tfsim.layers.MetricEmbedding(embedding_size, name="embedding")(x)
+    return tfsim.models.SimilarityModel(inputs, outputs, name="teacher")
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+# MobileNetV2's inverted residual stages: (expansion, output channels, repeats, first stride).
+# Profiles in params.yaml give their own list; this is the paper's, for reference and tests.
+MOBILENET_V2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _inverted_residual(inputs, expansion: int, filters: int, stride: int, name: str):
+    channels = inputs.shape[-1]
+    x = inputs
+    if expansion != 1:
+        x = layers.Conv2D(expansion * channels, 1, use_bias=False, name=f"{name}_expand")(x)
+        x = layers.BatchNormalization(name=f"{name}_expand_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
+    if stride == 2:
+        x = layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_pad")(x)
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="valid" if stride == 2 else "same",
+                               use_bias=False, name=f"{name}_depthwise")(x)
+    x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_depthwise_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
+    x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
+    if stride == 1 and channels == filters:
+        x = layers.Add(name=f"{name}_add")([inputs, x])
+    return x
+
+
+def build_student(image_size: int, alpha: float, last_channels: int, embedding_size: int,
+                  stages=MOBILENET_V2_STAGES):
+    """MobileNetV2 (width multiplier `alpha`, inverted residual `stages` of (expansion,
+    channels, repeats, first stride)) with a narrow last 1x1 convolution and a linear
+    embedding layer. Returns an un-normalised embedding; callers L2-normalise it.
+
+    An int8 TFLite file stores, besides one byte per weight, a float scale and an int64 zero
+    point per output channel of every convolution, so on a microcontroller budget the number
+    of channels (expansions, late stages) costs as much as the weights do."""
+    for stage in stages:
+        if len(stage) != 4 or min(stage) < 1 or stage[3] not in (1, 2):
+            raise ValueError(f"a student stage is (expansion, channels, repeats, stride 1|2), got {stage}")
+    inputs = layers.Input((image_size, image_size, 3), name="pixels")
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)), name="stem_pad")(inputs)
+    x = layers.Conv2D(_make_divisible(32 * alpha), 3, strides=2, padding="valid",
+                      use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    block = 0
+    for expansion, filters, repeats, first_stride in stages:
+        for repeat in range(repeats):
+            stride = first_stride if repeat == 0 else 1
+            x = _inverted_residual(x, expansion, _make_divisible(filters * alpha), stride, name=f"block{block}")
+            block += 1
+    x = layers.Conv2D(last_channels, 1, use_bias=False, name="last_conv")(x)
+    x = layers.BatchNormalization(name="last_bn")(x)
+    x = layers.ReLU(6.0, name="last_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(embedding_size, name="embedding")(x)
+    return tf_keras.Model(inputs, outputs, name="student")
+
+
+def l2_normalise(embeddings):
+    return tf.math.l2_normalize(embeddings, axis=-1)

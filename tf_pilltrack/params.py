@@ -1,0 +1,250 @@
+"""params.yaml: loaded once, validated, and handed to each stage as plain dictionaries.
+
+The schema below lists every key with its type and allowed range and nothing else: the values
+(and their meanings, in comments) live only in params.yaml. A missing key, an unknown key, a
+wrong type or an out-of-range value is one `ParamsError` naming the key, raised before any
+stage starts work.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable
+
+import yaml
+
+from edge_runtime.preprocessing import PreprocessConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key."""
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        _check_range(key, value, low, high)
+
+    return check
+
+
+def _number(low: float | None = None, high: float | None = None) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        _check_range(key, value, low, high)
+
+    return check
+
+
+def _check_range(key: str, value: float, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise ParamsError(f"{key}: {value!r} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ParamsError(f"{key}: {value!r} is above the maximum {high}")
+
+
+def _boolean(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ParamsError(f"{key}: expected true or false, got {value!r}")
+
+
+def _choice(*options: str) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if value not in options:
+            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(options)}")
+
+    return check
+
+
+def _text(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsError(f"{key}: expected a non-empty string, got {value!r}")
+
+
+def _integers(length: int, low: int) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if not isinstance(value, list) or len(value) != length:
+            raise ParamsError(f"{key}: expected a list of {length} integers, got {value!r}")
+        for position, item in enumerate(value):
+            _integer(low)(f"{key}[{position}]", item)
+
+    return check
+
+
+_PROFILE = {
+    "image_size": _integer(16, 512),
+    "student_alpha": _number(0.1, 1.4),
+    "student_last_channels": _integer(8, 2048),
+    "student_stages": lambda key, value: _stages(key, value),
+}
+
+
+def _stages(key: str, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise ParamsError(f"{key}: expected a list of [expansion, channels, repeats, stride]")
+    for position, stage in enumerate(value):
+        _integers(4, 1)(f"{key}[{position}]", stage)
+        if stage[3] not in (1, 2):
+            raise ParamsError(f"{key}[{position}]: stride must be 1 or 2, got {stage[3]}")
+
+_BUDGET = {
+    "max_model_bytes": _integer(1),
+    "max_arena_bytes": _integer(1),
+    "max_invoke_ms": _number(0.0),
+    "max_reference_ratio": _number(0.0, 1.0),
+    "min_recall_at_1": _number(0.0, 1.0),
+}
+
+SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
+    "base": {"seed": _integer(0, 2**31 - 1), "profile": _text},
+    "data": {
+        "source": _text,
+        "synthetic_classes": _integer(4),
+        "synthetic_images_per_class": _integer(2),
+        "synthetic_photo_size": _integer(32, 1024),
+        "max_image_pixels": _integer(1),
+    },
+    "preprocess": {
+        "localise": _boolean,
+        "min_pill_fraction": _number(0.0, 1.0),
+        "max_pill_fraction": _number(0.0, 1.0),
+        "crop_margin": _number(0.0, 1.0),
+    },
+    "prepare": {
+        "novel_classes": _number(0.0, 1.0),
+        "calibration_classes": _number(0.0, 1.0),
+        "absent_classes": _number(0.0, 1.0),
+        "reference_shots": _integer(1),
+        "validation_images": _number(0.0, 1.0),
+    },
+    "teacher": {
+        "embedding_size": _integer(2, 1024),
+        "widths": _integers(4, 1),
+        "blocks": _integers(4, 1),
+        "loss": _choice("triplet", "multisimilarity"),
+        "triplet_margin": _number(0.0, 2.0),
+        "positive_mining": _choice("hard", "easy"),
+        "negative_mining": _choice("semi-hard", "hard", "easy"),
+        "epochs": _integer(1),
+        "steps_per_epoch": _integer(1),
+        "classes_per_batch": _integer(2),
+        "examples_per_class": _integer(2),
+        "learning_rate": _number(0.0, 1.0),
+    },
+    "distill": {
+        "float_epochs": _integer(0),
+        "qat_epochs": _integer(0),
+        "steps_per_epoch": _integer(1),
+        "classes_per_batch": _integer(2),
+        "examples_per_class": _integer(2),
+        "learning_rate": _number(0.0, 1.0),
+        "qat_learning_rate": _number(0.0, 1.0),
+        "embedding_weight": _number(0.0),
+        "relation_weight": _number(0.0),
+        "triplet_weight": _number(0.0),
+        "triplet_margin": _number(0.0, 2.0),
+    },
+    "export": {"calibration_images": _integer(1)},
+    "enroll": {
+        "annoy_trees": _integer(1, 1000),
+        "search_k_agreement": _number(0.0, 1.0),
+        "target_recall": _number(0.0, 1.0),
+    },
+    "augment": {
+        "brightness": _number(0.0, 1.0),
+        "contrast": _number(0.0, 1.0),
+        "colour_cast": _number(0.0, 1.0),
+        "saturation": _number(0.0, 1.0),
+        "rotate": _boolean,
+    },
+    "tracking": {"experiment": _text},
+}
+
+
+def validate(params: Any) -> dict:
+    """Check `params` against the schema; return it unchanged or raise ParamsError."""
+    if not isinstance(params, dict):
+        raise ParamsError("params.yaml must be a mapping of sections")
+    expected = set(SCHEMA) | {"profiles", "budgets"}
+    _check_keys("", params, expected)
+    for section, keys in SCHEMA.items():
+        _check_section(section, params[section], keys)
+    for table, keys in (("profiles", _PROFILE), ("budgets", _BUDGET)):
+        entries = params[table]
+        if not isinstance(entries, dict) or not entries:
+            raise ParamsError(f"{table}: expected a mapping of profile names")
+        for name, values in entries.items():
+            _check_section(f"{table}.{name}", values, keys)
+    profile = params["base"]["profile"]
+    for table in ("profiles", "budgets"):
+        if profile not in params[table]:
+            raise ParamsError(
+                f"base.profile: {profile!r} has no entry in {table} "
+                f"(known: {', '.join(params[table])})"
+            )
+    preprocess = params["preprocess"]
+    if preprocess["min_pill_fraction"] >= preprocess["max_pill_fraction"]:
+        raise ParamsError("preprocess.min_pill_fraction: must be below max_pill_fraction")
+    prepare = params["prepare"]
+    if prepare["novel_classes"] + prepare["calibration_classes"] >= 1.0:
+        raise ParamsError("prepare.novel_classes: with calibration_classes it leaves no training class")
+    if params["distill"]["float_epochs"] + params["distill"]["qat_epochs"] < 1:
+        raise ParamsError("distill.float_epochs: float_epochs + qat_epochs must be at least 1")
+    return params
+
+
+def _check_keys(where: str, values: dict, expected: set[str]) -> None:
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(values) - expected)
+    if unknown:
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(expected))})")
+    missing = sorted(expected - set(values))
+    if missing:
+        raise ParamsError(f"{prefix}{missing[0]}: missing key")
+
+
+def _check_section(section: str, values: Any, keys: dict) -> None:
+    if not isinstance(values, dict):
+        raise ParamsError(f"{section}: expected a mapping, got {values!r}")
+    _check_keys(section, values, set(keys))
+    for key, check in keys.items():
+        check(f"{section}.{key}", values[key])
+
+
+def load(path: str | pathlib.Path = "params.yaml") -> dict:
+    """Read and validate params.yaml."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})") from None
+    return validate(params)
+
+
+def profile(params: dict) -> dict:
+    """The deployment profile named by base.profile."""
+    return params["profiles"][params["base"]["profile"]]
+
+
+def budget(params: dict) -> dict:
+    """The budgets of the deployment profile named by base.profile."""
+    return params["budgets"][params["base"]["profile"]]
+
+
+def preprocess_config(params: dict) -> PreprocessConfig:
+    """The preprocessing constants shared by training and the device."""
+    values = params["preprocess"]
+    return PreprocessConfig(
+        image_size=profile(params)["image_size"],
+        localise=values["localise"],
+        min_pill_fraction=values["min_pill_fraction"],
+        max_pill_fraction=values["max_pill_fraction"],
+        crop_margin=values["crop_margin"],
+        max_image_pixels=params["data"]["max_image_pixels"],
+    )

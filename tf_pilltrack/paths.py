@@ -1,0 +1,26 @@
+"""Fixed artefact paths of the pipeline, relative to the project root (dvc.yaml names the same
+paths; tests/test_pipeline_definition.py checks that they agree)."""
+
+import pathlib
+
+SYNTHETIC = pathlib.Path("data/synthetic")
+PREPARED = pathlib.Path("data/prepared")
+MODELS = pathlib.Path("models")
+TEACHER_WEIGHTS = MODELS / "teacher.weights.h5"
+STUDENT_FLOAT_WEIGHTS = MODELS / "student_float.weights.h5"
+STUDENT_QAT_WEIGHTS = MODELS / "student_qat.weights.h5"
+STUDENT_QAT_TFLITE = MODELS / "student_int8.tflite"
+STUDENT_PTQ_TFLITE = MODELS / "student_ptq_int8.tflite"
+MICRO = MODELS / "micro"
+BUNDLE = pathlib.Path("bundle")
+METRICS = pathlib.Path("metrics")
+REPORTS = pathlib.Path("reports")
+
+SPLITS = ("train", "validation", "calibration_references", "calibration_queries",
+          "references", "queries", "absent_queries")
+
+
+def split_file(name: str) -> pathlib.Path:
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+    return PREPARED / f"{name}.npz"

@@ -1,0 +1,291 @@
+"""Stage `prepare`: read a photo folder (or a zip of one), crop each pill with the shared
+preprocessing, and split by class into training, calibration and novel classes.
+
+Source layout: `<class>/<image>` (JPEG, PNG, WebP, BMP), optionally with a `manifest.csv` at its
+root whose `crop` and `source_photo` columns group crops cut from one photo, so that no photo
+is split across references and queries. Unreadable files and photos without a findable pill
+are reported (file and reason) and skipped; the run continues. The data report names them.
+
+Splits (all deterministic from base.seed):
+- training classes: `train`, and `validation` (a fraction of each class's photos);
+- calibration classes (never trained on): `calibration_references` / `calibration_queries`,
+  used only to set the unknown-pill threshold;
+- novel classes (never trained on): `references` (enrolled in the gallery) and `queries`;
+  a fraction of them are absent from the gallery entirely (`absent_queries`, open-set test).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+import time
+import zipfile
+from collections import Counter, defaultdict
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, PreprocessConfig, decode_image, preprocess
+from edge_runtime.storage import write_atomically
+from tf_pilltrack import dataset, paths
+from tf_pilltrack import params as params_module
+
+
+class SourceImage(NamedTuple):
+    label: str
+    name: str  # path relative to the source root, with '/' separators
+    read: Callable[[], bytes]
+
+
+def list_source(source: pathlib.Path) -> tuple[list[SourceImage], dict[str, str], list[dict]]:
+    """The images of a `<class>/<image>` folder or zip, the manifest's photo groups (crop name to
+    source photo; empty without a manifest) and the entries skipped while listing."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: data source not found (data.source in params.yaml)")
+    if source.is_dir():
+        return _list_folder(source)
+    if zipfile.is_zipfile(source):
+        return _list_zip(source)
+    raise ValueError(f"{source}: data source must be a folder <class>/<image> or a .zip of one")
+
+
+def _skip(name: str, reason: str) -> dict:
+    return {"file": name, "reason": reason}
+
+
+def _classify(relative: str) -> tuple[str | None, str | None]:
+    """(label, reason-to-skip) for a path relative to the source root."""
+    parts = relative.split("/")
+    if len(parts) != 2:
+        return None, "not directly inside a class folder"
+    if not parts[1].lower().endswith(IMAGE_SUFFIXES):
+        return None, "not an image file name"
+    if not parts[0].strip():
+        return None, "empty class name"
+    return parts[0], None
+
+
+def _list_folder(root: pathlib.Path):
+    images, skipped = [], []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if relative == "manifest.csv" or relative.startswith(".") or path.name.startswith("."):
+            continue
+        label, reason = _classify(relative)
+        if reason:
+            skipped.append(_skip(relative, reason))
+            continue
+        images.append(SourceImage(label, relative, path.read_bytes))
+    manifest = root / "manifest.csv"
+    groups = _read_manifest(manifest.read_text(encoding="utf-8")) if manifest.exists() else {}
+    return images, groups, skipped
+
+
+def _list_zip(archive: pathlib.Path):
+    images, skipped, groups = [], [], {}
+    with zipfile.ZipFile(archive) as handle:
+        names = sorted(info.filename for info in handle.infolist() if not info.is_dir())
+    # A zip of a folder may keep the folder as a single top-level directory: strip it.
+    tops = {name.split("/")[0] for name in names}
+    prefix = f"{tops.pop()}/" if len(tops) == 1 and all(name.count("/") >= 2 for name in names) else ""
+    for name in names:
+        relative = name[len(prefix):]
+        if relative == "manifest.csv":
+            with zipfile.ZipFile(archive) as handle:
+                groups = _read_manifest(handle.read(name).decode("utf-8"))
+            continue
+        if relative.split("/")[-1].startswith(".") or relative.startswith("__MACOSX"):
+            continue
+        label, reason = _classify(relative)
+        if reason:
+            skipped.append(_skip(relative, reason))
+            continue
+
+        def read(member=name):
+            with zipfile.ZipFile(archive) as handle:
+                return handle.read(member)
+
+        images.append(SourceImage(label, relative, read))
+    return images, groups, skipped
+
+
+def _read_manifest(text: str) -> dict[str, str]:
+    rows = csv.DictReader(io.StringIO(text))
+    if rows.fieldnames is None or not {"crop", "source_photo"} <= set(rows.fieldnames):
+        raise ValueError("manifest.csv: needs the columns 'crop' and 'source_photo'")
+    return {row["crop"]: row["source_photo"] for row in rows}
+
+
+class Ingested(NamedTuple):
+    crops: dict[str, list[tuple[np.ndarray, str, str]]]  # label -> [(pixels, source, group)]
+    skipped: list[dict]
+    sizes: list[tuple[int, int]]
+
+
+def ingest(images: list[SourceImage], groups: dict[str, str], config: PreprocessConfig,
+           progress: Callable[[int, int], None] | None = None) -> Ingested:
+    """Decode and crop every image; report and skip what cannot be used."""
+    crops: dict[str, list] = defaultdict(list)
+    skipped: list[dict] = []
+    sizes: list[tuple[int, int]] = []
+    for done, image in enumerate(images, start=1):
+        if progress:
+            progress(done, len(images))
+        try:
+            rgb = decode_image(image.read(), image.name, config.max_image_pixels)
+        except ImageError as error:
+            skipped.append(_skip(image.name, error.reason))
+            continue
+        except OSError as error:
+            skipped.append(_skip(image.name, f"cannot be read ({error})"))
+            continue
+        sizes.append((rgb.shape[1], rgb.shape[0]))
+        crop = preprocess(rgb, config)
+        if crop is None:
+            skipped.append(_skip(image.name, "no pill found"))
+            continue
+        group = groups.get(image.name, image.name)
+        crops[image.label].append((crop.pixels, image.name, group))
+    return Ingested(dict(crops), skipped, sizes)
+
+
+def _shuffled(items: list, rng: np.random.Generator) -> list:
+    order = rng.permutation(len(items))
+    return [items[index] for index in order]
+
+
+def _split_by_group(items: list, count: int, rng: np.random.Generator) -> tuple[list, list]:
+    """Take whole photo groups (in seeded order) until `count` items are chosen; the chosen
+    ones and the items of the remaining groups. Crops of a chosen group beyond `count` are
+    left out of both, so no photo feeds both sides."""
+    by_group: dict[str, list] = defaultdict(list)
+    for item in items:
+        by_group[item[2]].append(item)
+    chosen, rest = [], []
+    for group in _shuffled(sorted(by_group), rng):
+        members = by_group[group]
+        if len(chosen) < count:
+            chosen.extend(members[: count - len(chosen)])
+        else:
+            rest.extend(members)
+    return chosen, rest
+
+
+def split_classes(labels: list[str], novel: float, calibration: float, absent: float,
+                  rng: np.random.Generator) -> dict[str, list[str]]:
+    """Partition class names into training, calibration, novel-in-gallery and absent classes."""
+    order = _shuffled(sorted(labels), rng)
+    total = len(order)
+    novel_count = max(2, round(novel * total))
+    calibration_count = max(1, round(calibration * total))
+    absent_count = min(novel_count - 1, round(absent * novel_count))
+    if novel_count + calibration_count >= total:
+        raise ValueError(
+            f"{total} usable classes are too few for {novel_count} novel and "
+            f"{calibration_count} calibration classes plus training classes"
+        )
+    novel_classes = sorted(order[:novel_count])
+    return {
+        "absent": novel_classes[:absent_count],
+        "novel": novel_classes[absent_count:],
+        "calibration": sorted(order[novel_count:novel_count + calibration_count]),
+        "train": sorted(order[novel_count + calibration_count:]),
+    }
+
+
+def _to_split(items: list[tuple[np.ndarray, str, str]], labels: list[str], image_size: int) -> dataset.Split:
+    if not items:
+        return dataset.empty_split(image_size)
+    return dataset.Split(
+        np.stack([item[0] for item in items]).astype(np.uint8),
+        np.array(labels, dtype=str),
+        np.array([item[1] for item in items], dtype=str),
+        np.array([item[2] for item in items], dtype=str),
+    )
+
+
+def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset.Split], dict]:
+    """Split the cropped images; returns the splits and the class partition."""
+    settings = params["prepare"]
+    image_size = params_module.profile(params)["image_size"]
+    shots = settings["reference_shots"]
+    rng = np.random.default_rng(params["base"]["seed"])
+    usable = [label for label, items in crops.items() if len(items) > shots]
+    partition = split_classes(usable, settings["novel_classes"], settings["calibration_classes"],
+                              settings["absent_classes"], rng)
+    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in paths.SPLITS}
+
+    def add(split: str, label: str, items: list) -> None:
+        parts[split][0].extend(items)
+        parts[split][1].extend([label] * len(items))
+
+    for label in partition["train"]:
+        items = crops[label]
+        held = int(round(settings["validation_images"] * len(items)))
+        validation, train = _split_by_group(items, held, rng)
+        add("train", label, train)
+        add("validation", label, validation)
+    for kind, references, queries in (("calibration", "calibration_references", "calibration_queries"),
+                                      ("novel", "references", "queries")):
+        for label in partition[kind]:
+            chosen, rest = _split_by_group(crops[label], shots, rng)
+            add(references, label, chosen)
+            add(queries, label, rest)
+    for label in partition["absent"]:
+        add("absent_queries", label, crops[label])
+    splits = {name: _to_split(items, labels, image_size) for name, (items, labels) in parts.items()}
+    partition["too_few_images"] = sorted(set(crops) - set(usable))
+    return splits, partition
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    """Ingest data.source, write the splits and reports/data_report.json; return the report."""
+    started = time.time()
+    config = params_module.preprocess_config(params)
+    source = pathlib.Path(params["data"]["source"])
+    images, groups, skipped = list_source(source)
+    echo(f"prepare: {len(images)} images in {len({image.label for image in images})} class folders of {source}")
+
+    def progress(done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            echo(f"  read {done}/{total}")
+
+    ingested = ingest(images, groups, config, progress)
+    skipped.extend(ingested.skipped)
+    empty = sorted({image.label for image in images} - set(ingested.crops))
+    splits, partition = make_splits(ingested.crops, params)
+    paths.PREPARED.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        dataset.save_split(paths.split_file(name), split)
+    sizes = np.array(ingested.sizes or [(0, 0)])
+    report = {
+        "source": str(source),
+        "images_found": len(images),
+        "images_used": int(sum(len(items) for items in ingested.crops.values())),
+        "skipped": skipped,
+        "skipped_by_reason": dict(Counter(entry["reason"].split(" (")[0] for entry in skipped)),
+        "classes_without_usable_images": empty,
+        "classes": {label: len(items) for label, items in sorted(ingested.crops.items())},
+        "class_partition": partition,
+        "split_sizes": {name: len(split) for name, split in splits.items()},
+        "image_size_spread": {
+            "width": {"min": int(sizes[:, 0].min()), "median": float(np.median(sizes[:, 0])), "max": int(sizes[:, 0].max())},
+            "height": {"min": int(sizes[:, 1].min()), "median": float(np.median(sizes[:, 1])), "max": int(sizes[:, 1].max())},
+        },
+        "seconds": round(time.time() - started, 1),
+    }
+    paths.REPORTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(paths.REPORTS / "data_report.json", json.dumps(report, indent=2).encode())
+    for entry in skipped[:20]:
+        echo(f"  skipped {entry['file']}: {entry['reason']}")
+    if len(skipped) > 20:
+        echo(f"  ... and {len(skipped) - 20} more skipped files (reports/data_report.json)")
+    echo(
+        f"prepare: {report['images_used']} crops used, {len(skipped)} skipped; classes: "
+        f"{len(partition['train'])} training, {len(partition['calibration'])} calibration, "
+        f"{len(partition['novel'])} novel in gallery, {len(partition['absent'])} absent; "
+        + ", ".join(f"{name} {size}" for name, size in report["split_sizes"].items())
+    )
+    return report
