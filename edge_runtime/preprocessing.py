@@ -120,7 +120,9 @@ def decode_image(data: bytes, source: str, max_pixels: int) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(source, f"refused as a decompression bomb ({error})") from None
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
+    except Image.UnidentifiedImageError:
+        raise ImageError(source, "not a readable image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(source, f"not a readable image ({error})") from None
     if width < 1 or height < 1:
         raise ImageError(source, f"image has no pixels ({width}x{height})")

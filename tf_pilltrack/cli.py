@@ -29,20 +29,23 @@ def _load(params_path: str) -> dict:
         sys.exit(2)
 
 
-def _run_stage(module: str, params_path: str) -> None:
+def _run_stage(module: str, params_path: str, function: str = "run") -> None:
     params = _load(params_path)
     stage = importlib.import_module(f"tf_pilltrack.{module}")
     try:
-        stage.run(params, echo=lambda line: click.echo(line))
+        getattr(stage, function)(params, echo=lambda line: click.echo(line))
     except (FileNotFoundError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except RuntimeError as error:  # budget.BudgetExceeded among others
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
 
 
 @click.group()
 def main() -> None:
     """PillTrack training pipeline. `dvc repro` runs these stages in order:
-    generate, prepare, teacher, distill, export, enroll, evaluate, check."""
+    generate, prepare, teacher, distill, export, enroll, evaluate, reference, check."""
 
 
 @main.command()
@@ -92,6 +95,13 @@ def enroll(params_path: str) -> None:
 def evaluate(params_path: str) -> None:
     """Open-set retrieval on novel classes for teacher, float student and int8 student."""
     _run_stage("evaluation", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def reference(params_path: str) -> None:
+    """Convert the reference model (MobileNetV2 1.0, 224 px, int8) the latency budget compares with."""
+    _run_stage("budget", params_path, "run_reference")
 
 
 @main.command()

@@ -20,7 +20,7 @@ import numpy as np
 from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import dataset, distillation, metrics, paths
+from tf_pilltrack import baseline, dataset, distillation, metrics, paths
 from tf_pilltrack import teacher as teacher_stage
 
 RECALL_CURVE_DEPTH = 10
@@ -90,6 +90,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         results[name], curves[name], top1[name] = score(
             teacher_stage.embed(model, queries.pixels), queries.labels,
             teacher_stage.embed(model, references.pixels), references.labels)
+    results["baseline_colour_shape"], curves["baseline_colour_shape"], _ = score(
+        baseline.embed(queries.pixels), queries.labels, baseline.embed(references.pixels), references.labels)
     ptq = interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1)
     results["student_ptq_int8"], curves["student_ptq_int8"], top1["student_ptq_int8"] = score(
         interpreter.embed(ptq, queries.pixels), queries.labels,
@@ -116,7 +118,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     write_atomically(paths.REPORTS / "recall_at_k.csv", ("\n".join(rows) + "\n").encode())
     echo(f"\nNovel-class retrieval ({len(queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
     echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
-    for name in ("teacher", "student_float", "student_qat_keras", "student_ptq_int8", "student_int8"):
+    for name in ("baseline_colour_shape", "teacher", "student_float", "student_qat_keras", "student_ptq_int8",
+                 "student_int8"):
         row = results[name]
         echo(f"{name:<20} {row['recall_at_1']:>9.3f} {row['recall_at_5']:>9.3f} {row['map_at_r']:>7.3f}")
     shipped_row = results["student_int8"]

@@ -8,6 +8,7 @@ stage starts work.
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any, Callable
 
@@ -31,8 +32,10 @@ def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, 
 
 def _number(low: float | None = None, high: float | None = None) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        # YAML's .nan and .inf are floats too; NaN would pass every range check below.
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value))):
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
         _check_range(key, value, low, high)
 
     return check
@@ -185,6 +188,8 @@ def validate(params: Any) -> dict:
                 f"(known: {', '.join(params[table])})"
             )
     preprocess = params["preprocess"]
+    if preprocess["min_pill_fraction"] <= 0.0:  # PreprocessConfig needs 0 < min_pill_fraction
+        raise ParamsError("preprocess.min_pill_fraction: must be above 0")
     if preprocess["min_pill_fraction"] >= preprocess["max_pill_fraction"]:
         raise ParamsError("preprocess.min_pill_fraction: must be below max_pill_fraction")
     prepare = params["prepare"]
@@ -197,7 +202,7 @@ def validate(params: Any) -> dict:
 
 def _check_keys(where: str, values: dict, expected: set[str]) -> None:
     prefix = f"{where}." if where else ""
-    unknown = sorted(set(values) - expected)
+    unknown = sorted(set(values) - expected, key=str)  # YAML keys need not all be strings
     if unknown:
         raise ParamsError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(expected))})")
     missing = sorted(expected - set(values))
@@ -220,6 +225,8 @@ def load(path: str | pathlib.Path = "params.yaml") -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error})") from None
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -22,6 +22,7 @@ import json
 import pathlib
 import time
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from typing import Callable, Iterator, NamedTuple
 
@@ -79,24 +80,29 @@ def _list_folder(root: pathlib.Path):
             continue
         images.append(SourceImage(label, relative, path.read_bytes))
     manifest = root / "manifest.csv"
-    groups = _read_manifest(manifest.read_text(encoding="utf-8")) if manifest.exists() else {}
+    groups = _read_manifest(manifest.read_text(encoding="utf-8-sig")) if manifest.exists() else {}
     return images, groups, skipped
 
 
 def _list_zip(archive: pathlib.Path):
     images, skipped, groups = [], [], {}
     with zipfile.ZipFile(archive) as handle:
-        names = sorted(info.filename for info in handle.infolist() if not info.is_dir())
-    # A zip of a folder may keep the folder as a single top-level directory: strip it.
+        names = sorted(info.filename for info in handle.infolist()
+                       if not info.is_dir() and not _hidden(info.filename))
+    # A zip of a folder may keep the folder as a single top-level directory: strip it when
+    # everything is inside one and something lies deeper than <folder>/<file> (files at the
+    # folder's own level, manifest.csv or a stray readme, must not stop that).
     tops = {name.split("/")[0] for name in names}
-    prefix = f"{tops.pop()}/" if len(tops) == 1 and all(name.count("/") >= 2 for name in names) else ""
+    wrapped = (len(tops) == 1 and all("/" in name for name in names)
+               and any(name.count("/") >= 2 for name in names))
+    prefix = f"{tops.pop()}/" if wrapped else ""
     for name in names:
         relative = name[len(prefix):]
         if relative == "manifest.csv":
             with zipfile.ZipFile(archive) as handle:
-                groups = _read_manifest(handle.read(name).decode("utf-8"))
+                groups = _read_manifest(handle.read(name).decode("utf-8-sig"))
             continue
-        if relative.split("/")[-1].startswith(".") or relative.startswith("__MACOSX"):
+        if _hidden(relative):
             continue
         label, reason = _classify(relative)
         if reason:
@@ -109,6 +115,11 @@ def _list_zip(archive: pathlib.Path):
 
         images.append(SourceImage(label, relative, read))
     return images, groups, skipped
+
+
+def _hidden(name: str) -> bool:
+    """Hidden files (.DS_Store), hidden top-level folders and macOS's __MACOSX resource forks."""
+    return name.startswith((".", "__MACOSX/")) or name.split("/")[-1].startswith(".")
 
 
 def _read_manifest(text: str) -> dict[str, str]:
@@ -138,7 +149,7 @@ def ingest(images: list[SourceImage], groups: dict[str, str], config: Preprocess
         except ImageError as error:
             skipped.append(_skip(image.name, error.reason))
             continue
-        except OSError as error:
+        except (OSError, zipfile.BadZipFile, zlib.error) as error:  # the last two: a corrupt zip member
             skipped.append(_skip(image.name, f"cannot be read ({error})"))
             continue
         sizes.append((rgb.shape[1], rgb.shape[0]))

@@ -351,7 +351,7 @@ def _describe_family(rng: np.random.Generator, family: int, seen: set[str]) -> l
         "gloss": round(float(gloss), 3),
         "shininess": int(rng.integers(50, 160)),
         "dome": round(float(0.0 if capsule else rng.uniform(0.0, 0.1)), 3),
-        "thickness": round(float(1.0 if capsule else rng.uniform(0.3, 0.55)), 3),
+        "thickness": round(float(1.0 if capsule else rng.uniform(0.25, 0.45)), 3),
         "imprint_style": style,
         "ink": ink,
         "ink_rgb": list(_INKS[ink]) if ink else None,
@@ -374,7 +374,10 @@ def _describe_family(rng: np.random.Generator, family: int, seen: set[str]) -> l
                 front = {"kind": "logo", "logo": logos[index]}
             else:
                 front = {"kind": "text", "text": texts[index]}
-            back, score = (family_back, family_score) if shared_back else _describe_back(rng, scored)
+            if shared_back:
+                back, score = family_back, family_score
+            else:
+                back, score = _describe_back(rng, scored)
             member = {**body, "front": front, "back": back, **score}
             signature = json.dumps([member[key] for key in sorted(member) if key != "family"])
             if signature not in seen:
@@ -469,7 +472,7 @@ def _face(pill_type: dict, which: str, length: float) -> _Face:
     width = length * pill_type["aspect"]
     side = int(math.ceil(length * 1.08)) + 8
     centre = side / 2.0
-    outline, core_centre, rounding = _outline(shape, length, width, centre)
+    outline, core_centre = _outline(shape, length, width, centre)
     mask = np.zeros((side, side), np.uint8)
     cv2.fillPoly(mask, [np.round(outline * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     alpha = mask.astype(np.float32) * (1.0 / 255.0)
@@ -523,13 +526,13 @@ def _face(pill_type: dict, which: str, length: float) -> _Face:
             cut = (len(text) + 1) // 2
             offset = 0.24 * box[0] / 0.6 if shape == "round" else 0.22 * length
             small = (box[0] * 0.4, box[1] * (1.3 if shape == "round" else 1.0))
-            _draw_text(marks, text[:cut], (cx - offset, cy), small, pill_type, stroke)
-            _draw_text(marks, text[cut:], (cx + offset, cy), small, pill_type, stroke)
+            _draw_text(marks, text[:cut], (cx - offset, cy), small, pill_type)
+            _draw_text(marks, text[cut:], (cx + offset, cy), small, pill_type)
         elif scored and pill_type["score"] == "cross":
             _draw_text(marks, text, (cx, cy - 0.25 * width), (box[0] * 0.5, box[1] * 0.55),
-                       pill_type, stroke)
+                       pill_type)
         else:
-            _draw_text(marks, text, box_centre, box, pill_type, stroke)
+            _draw_text(marks, text, box_centre, box, pill_type)
     elif imprint["kind"] == "logo":
         logo_box = min(box[0], box[1] * 1.6)
         if scored:
@@ -564,13 +567,13 @@ def _face(pill_type: dict, which: str, length: float) -> _Face:
 
 
 def _outline(shape: str, length: float, width: float, centre: float):
-    """Outline polygon (float (N, 2)) of a shape with its bounding box length x width centred on
-    `centre`, the centre for its imprint, and the corner rounding radius."""
+    """The outline polygon (float (N, 2)) of a shape whose bounding box, length x width, is
+    centred on (centre, centre), and the point its imprint is centred on."""
     if shape in ("round", "oval"):
         angles = np.linspace(0, 2 * np.pi, 96, endpoint=False)
         points = np.stack([centre + length / 2 * np.cos(angles),
                            centre + width / 2 * np.sin(angles)], axis=1)
-        return points, (centre, centre), 0.0
+        return points, (centre, centre)
     if shape == "capsule":
         radius = width / 2.0
         core = np.array([[-1.0, 0.0], [1.0, 0.0]]) * (length / 2 - radius)
@@ -602,10 +605,10 @@ def _outline(shape: str, length: float, width: float, centre: float):
         imprint_centre = (centre + float(core[:, 0].mean()), centre + float(core[:, 1].mean()))
     else:
         imprint_centre = (centre, centre)
-    return hull.astype(np.float64), imprint_centre, radius
+    return hull.astype(np.float64), imprint_centre
 
 
-def _draw_text(canvas: np.ndarray, text: str, centre, box, pill_type: dict, stroke: float):
+def _draw_text(canvas: np.ndarray, text: str, centre, box, pill_type: dict):
     font = _FONTS[pill_type["font"]]
     (reference_width, reference_height), _ = cv2.getTextSize(text, font, 1.0, 2)
     scale = min(box[0] / max(reference_width, 1), box[1] / max(reference_height, 1))
@@ -696,7 +699,7 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     which = "front" if rng.random() < 0.5 else "back"
     scale = rng.uniform(0.86, 1.15)
     rotation = rng.uniform(0.0, 2 * np.pi)
-    tilt = rng.uniform(0.0, np.radians(32)) if rng.random() < 0.75 else 0.0
+    tilt = rng.uniform(0.0, np.radians(28)) if rng.random() < 0.75 else 0.0
     tilt_axis = rng.uniform(0.0, np.pi)
     focal = render * rng.uniform(1.0, 1.8)
     light_azimuth = rng.uniform(0.0, 2 * np.pi)
@@ -916,14 +919,14 @@ def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dic
         shade += grain(0.012)
         shade += 1.0
         creases = np.zeros((size, size), np.uint8)
-        for _ in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(0, 3))):
             start, bend, end = rng.uniform(0, size, (3, 2))
             u = np.linspace(0, 1, 12)[:, None]
             curve = (1 - u) ** 2 * start + 2 * u * (1 - u) * bend + u ** 2 * end
             cv2.polylines(creases, [np.round(curve * 16).astype(np.int32)], False, 255,
-                          max(1, size // 64), cv2.LINE_AA, shift=4)
-        creases = cv2.GaussianBlur(creases, (0, 0), size / 110).astype(np.float32)
-        shade *= 1.0 - creases * (rng.uniform(0.06, 0.14) / 255.0)
+                          max(1, size // 48), cv2.LINE_AA, shift=4)
+        creases = cv2.GaussianBlur(creases, (0, 0), size / 80).astype(np.float32)
+        shade *= 1.0 - creases * (rng.uniform(0.05, 0.1) / 255.0)
     elif kind == "cloth":
         period = size * rng.uniform(0.025, 0.05)
         angle = rng.uniform(0, np.pi)
@@ -992,7 +995,8 @@ def _render_class_job(job) -> dict[str, list[int]]:
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
-            raise RuntimeError(f"OpenCV could not encode photo {image_index} of {pill_type['name']}")
+            raise RuntimeError(
+                f"OpenCV could not encode photo {image_index} of {pill_type['name']}")
         name = f"{pill_type['name']}_{image_index:03d}.jpg"
         (folder / name).write_bytes(data.tobytes())
         boxes[f"{pill_type['name']}/{name}"] = list(box)

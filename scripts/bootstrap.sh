@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Set up PillTrack's Python environments on a Linux machine. Safe to run again: an environment
+# that is already complete is left as it is.
+#
+#   bash scripts/bootstrap.sh [ENVIRONMENT ...]          (no argument: train)
+#
+#   ENVIRONMENT   folder              installs                          for
+#   train         .venv               -e '.[train,test]'                the pipeline (dvc repro), all tests
+#   edge          .venv-edge          -e '.[edge,test]'                 the device client on LiteRT, NumPy 2
+#   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,test]'          the device client on tflite-runtime, NumPy 1
+#
+# The edge environments hold only the client's dependencies (and the test tools): no TensorFlow,
+# which this script checks. Every pin lives in pyproject.toml. An environment is complete when its
+# stamp file (.pilltrack-bootstrap inside it) holds the hash of pyproject.toml, this script, the
+# extras and the Python version; anything else is installed again with pip (which keeps what is
+# already there at the right version).
+#
+# PYTHON=/path/to/python picks the interpreter; otherwise python3.11 if present, else python3.
+# It must be Python >= 3.10 (tflite-runtime 2.14 needs <= 3.11).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STAMP=.pilltrack-bootstrap
+
+say() { printf '[bootstrap] %s\n' "$*"; }
+die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
+
+if [[ -n "${PYTHON:-}" ]]; then
+    python=$PYTHON
+elif command -v python3.11 >/dev/null 2>&1; then
+    python=python3.11
+elif command -v python3 >/dev/null 2>&1; then
+    python=python3
+else
+    die "no python3.11 or python3 on PATH (set PYTHON=/path/to/python)"
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || die "$("$python" --version 2>&1) is too old: PillTrack needs Python >= 3.10 (3.11 recommended)"
+"$python" -c 'import venv, ensurepip' 2>/dev/null \
+    || die "$python cannot make virtual environments (Debian/Ubuntu: apt-get install python3-venv)"
+
+# folder and pip extras of each environment
+folder_of() {
+    case $1 in
+        train) echo .venv ;;
+        edge) echo .venv-edge ;;
+        edge-tflite) echo .venv-edge-tflite ;;
+        *) return 1 ;;
+    esac
+}
+extras_of() {
+    case $1 in
+        train) echo train,test ;;
+        edge) echo edge,test ;;
+        edge-tflite) echo edge-tflite,test ;;
+    esac
+}
+
+# What an environment's stamp must hold: a hash of everything that decides its contents.
+fingerprint() {  # ENVIRONMENT
+    "$python" - "$1" "$(extras_of "$1")" <<'EOF'
+import hashlib, sys
+digest = hashlib.sha256()
+for path in ("pyproject.toml", "scripts/bootstrap.sh"):
+    with open(path, "rb") as handle:
+        digest.update(handle.read())
+digest.update(" ".join(sys.argv[1:] + [sys.version]).encode())
+print(digest.hexdigest())
+EOF
+}
+
+complete() {  # FOLDER FINGERPRINT: the environment runs and its stamp matches
+    [[ -f "$1/$STAMP" && "$(cat "$1/$STAMP")" == "$2" ]] \
+        && "$1/bin/python" -c 'import edge_runtime' >/dev/null 2>&1
+}
+
+setup() {  # ENVIRONMENT
+    local name=$1 folder extras want start
+    folder=$(folder_of "$name") || die "unknown environment '$name' (train, edge or edge-tflite)"
+    extras=$(extras_of "$name")
+    want=$(fingerprint "$name")
+    if complete "$folder" "$want"; then
+        say "$name: $folder is up to date"
+        return
+    fi
+    start=$SECONDS
+    if [[ -d "$folder" ]] && ! "$folder/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        say "$name: $folder is broken (its interpreter does not run); making it again"
+        rm -rf "$folder"
+    fi
+    if [[ ! -d "$folder" ]]; then
+        "$python" -m venv "$folder"
+    fi
+    rm -f "$folder/$STAMP"
+    say "$name: installing -e '.[$extras]' into $folder (a few minutes the first time)"
+    PIP_PROGRESS_BAR=off "$folder/bin/python" -m pip install --no-input --quiet \
+        --disable-pip-version-check -e ".[$extras]" \
+        || die "$name: pip install -e '.[$extras]' failed (see above)"
+    if [[ $name == edge* ]]; then
+        # the device client's dependency list must stand on its own
+        "$folder/bin/python" -c \
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)" \
+            || die "$name: TensorFlow got into $folder; an edge dependency pulls it in"
+    fi
+    "$folder/bin/python" -c 'import edge_runtime.cli' \
+        || die "$name: the client does not import in $folder"
+    echo "$want" > "$folder/$STAMP"
+    say "$name: $folder ready in $((SECONDS - start)) s"
+}
+
+if [[ $# -eq 0 ]]; then
+    set -- train
+fi
+for name in "$@"; do
+    folder_of "$name" >/dev/null || die "unknown environment '$name' (train, edge or edge-tflite)"
+done
+ready=""
+for name in "$@"; do
+    setup "$name"
+    ready+="${ready:+, }$name ($(folder_of "$name"))"
+done
+say "ready: $ready"

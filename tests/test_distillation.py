@@ -1,0 +1,104 @@
+"""The distiller on a tiny problem: only the student learns, and each loss term, trained alone,
+goes down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+tf = pytest.importorskip("tensorflow")
+import tf_keras  # noqa: E402
+
+from tf_pilltrack import distillation, models  # noqa: E402
+
+SIZE = 32
+EMBEDDING = 8
+TINY_STAGES = [(1, 8, 1, 1), (4, 16, 1, 2), (4, 24, 1, 2)]
+
+
+def _problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # 4 classes of 8 images: a class-specific colour plus noise, in the normalised range.
+    colours = rng.uniform(-0.8, 0.8, size=(4, 1, 1, 3))
+    labels = np.repeat(np.arange(4), 8).astype(np.int32)
+    images = colours[labels] + rng.normal(0, 0.1, size=(32, SIZE, SIZE, 3))
+    return tf.constant(images, tf.float32), tf.constant(labels)
+
+
+def _models():
+    tf_keras.utils.set_random_seed(1)
+    teacher = models.build_teacher(SIZE, EMBEDDING, [8, 8, 16, 16], [1, 1, 1, 1])
+    student = models.build_student(SIZE, 0.35, 16, EMBEDDING, TINY_STAGES)
+    return teacher, student
+
+
+def _distiller(teacher, student, embedding=0.0, relation=0.0, triplet=0.0):
+    distiller = distillation.Distiller(student, teacher, embedding, relation, triplet, triplet_margin=0.1)
+    distiller.compile(optimizer=tf_keras.optimizers.Adam(0.01))
+    return distiller
+
+
+def test_train_step_changes_only_the_student():
+    teacher, student = _models()
+    images, labels = _problem()
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    distiller = _distiller(teacher, student, embedding=1.0, relation=1.0, triplet=1.0)
+    for _ in range(3):
+        distiller.train_on_batch(images, labels)
+    for before, after in zip(teacher_before, teacher.get_weights()):
+        np.testing.assert_array_equal(before, after)  # BatchNorm statistics included
+    changed = [not np.array_equal(b, a) for b, a in zip(student_before, student.get_weights())]
+    assert sum(changed) > len(changed) // 2
+
+
+@pytest.mark.parametrize("term", ["embedding", "relation", "triplet"])
+def test_each_loss_term_decreases_when_trained_alone(term):
+    teacher, student = _models()
+    images, labels = _problem()
+    distiller = _distiller(teacher, student, **{term: 1.0})
+    # Measured as trained (BatchNorm on batch statistics): a few steps do not move the moving
+    # averages that inference uses far enough to compare.
+    before = float(distiller.compute_terms(images, labels, training=True)[f"{term}_loss"])
+    for _ in range(25):
+        distiller.train_on_batch(images, labels)
+    after = float(distiller.compute_terms(images, labels, training=True)[f"{term}_loss"])
+    assert after < 0.8 * before, (term, before, after)
+
+
+def test_loss_terms_are_zero_for_identical_embeddings():
+    embeddings = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=3), axis=-1)
+    assert float(distillation.embedding_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation.relation_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
+    other = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=4), axis=-1)
+    assert float(distillation.embedding_loss(embeddings, other)) > 0.1
+    assert float(distillation.relation_loss(embeddings, other)) > 0.0
+
+
+def test_relation_loss_ignores_a_global_rotation():
+    """Pairwise geometry is what the relational term compares: rotating every student
+    embedding by the same orthogonal matrix leaves it at zero."""
+    embeddings = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=5), axis=-1)
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(EMBEDDING, EMBEDDING)))
+    rotated = tf.matmul(embeddings, tf.constant(rotation, tf.float32))
+    assert float(distillation.relation_loss(embeddings, rotated)) == pytest.approx(0.0, abs=1e-5)
+    assert float(distillation.embedding_loss(embeddings, rotated)) > 0.05
+
+
+def test_negative_weights_are_refused():
+    teacher, student = _models()
+    with pytest.raises(ValueError, match="relation_weight"):
+        distillation.Distiller(student, teacher, 1.0, -1.0, 0.0, 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        distillation.Distiller(student, teacher, 0.0, 0.0, 0.0, 0.1)
+
+
+def test_student_has_no_ops_microcontrollers_lack():
+    _, student = _models()
+    kinds = {type(layer).__name__ for layer in student.layers}
+    assert kinds <= {"InputLayer", "ZeroPadding2D", "Conv2D", "BatchNormalization", "ReLU",
+                     "DepthwiseConv2D", "Add", "GlobalAveragePooling2D", "Dense"}
+    with pytest.raises(ValueError, match="stage"):
+        models.build_student(SIZE, 0.35, 16, EMBEDDING, [(6, 16, 1, 3)])
