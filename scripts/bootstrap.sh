@@ -13,7 +13,7 @@
 # which this script checks. Every pin lives in pyproject.toml. An environment is complete when its
 # stamp file (.pilltrack-bootstrap inside it) holds the hash of pyproject.toml, this script, the
 # extras and the Python version; anything else is installed again with pip (which keeps what is
-# already there at the right version).
+# already there at the right version). pip prints errors only.
 #
 # PYTHON=/path/to/python picks the interpreter; otherwise python3.11 if present, else python3.
 # It must be Python >= 3.10 (tflite-runtime 2.14 needs <= 3.11).
@@ -93,7 +93,7 @@ setup() {  # ENVIRONMENT
     fi
     rm -f "$folder/$STAMP"
     say "$name: installing -e '.[$extras]' into $folder (a few minutes the first time)"
-    PIP_PROGRESS_BAR=off "$folder/bin/python" -m pip install --no-input --quiet \
+    PIP_PROGRESS_BAR=off "$folder/bin/python" -m pip install --no-input --quiet --quiet \
         --disable-pip-version-check -e ".[$extras]" \
         || die "$name: pip install -e '.[$extras]' failed (see above)"
     if [[ $name == edge* ]]; then

@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import subprocess
-import tomllib
+import tomllib  # Python >= 3.11: the suite runs in the training environment
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -207,3 +207,27 @@ def test_edge_tests_pass_in_edge_environment(name, edge_model_path, tmp_path):
                          if "TensorFlow" in message or "PILLTRACK_EDGE_TEST_MODEL" in message or "model" in message]
     assert not for_want_of_model, f"edge tests skipped for want of the model: {for_want_of_model}\n{output}"
 
+
+
+# --- scripts/bootstrap.sh ------------------------------------------------------------------------
+
+
+def bootstrap(*names: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/bootstrap.sh", *names], cwd=ROOT, capture_output=True, text=True,
+                          env=clean_environment(), timeout=900)
+
+
+def test_bootstrap_leaves_a_complete_environment_alone():
+    edge_python("edge")
+    bootstrap("edge")  # brings it up to date if pyproject.toml changed since
+    result = bootstrap("edge")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "edge: .venv-edge is up to date" in result.stdout, result.stdout
+    assert "ready: edge (.venv-edge)" in result.stdout
+
+
+def test_bootstrap_refuses_an_unknown_environment():
+    result = bootstrap("edge", "gpu")
+    assert result.returncode != 0
+    assert "unknown environment 'gpu'" in result.stderr
+    assert "installing" not in result.stdout  # refused before touching anything

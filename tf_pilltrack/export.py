@@ -25,7 +25,10 @@ from tf_pilltrack import dataset, distillation, micro, paths
 
 
 def _converter(model, calibration_pixels: np.ndarray):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # A fixed batch of one: static shapes, as the Edge TPU compiler and TFLite Micro want.
+    signature = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    function = tf.function(lambda pixels: model(pixels, training=False), input_signature=[signature])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8

@@ -24,7 +24,7 @@ import time
 import zipfile
 import zlib
 from collections import Counter, defaultdict
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 

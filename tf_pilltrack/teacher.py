@@ -16,7 +16,6 @@ import numpy as np
 
 import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
