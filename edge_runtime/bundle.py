@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from typing import Callable, NamedTuple, Sequence
 
@@ -173,8 +174,9 @@ def _write(directory, model, embeddings, labels, threshold, preprocess_config, a
     if not isinstance(preprocess_config, PreprocessConfig):
         raise ValueError(f"preprocess_config must be a PreprocessConfig, "
                          f"got {preprocess_config!r}")
-    if not (_is_int(search_k) and (search_k >= 1 or search_k == -1)):
-        raise ValueError(f"search_k must be a positive integer or -1, got {search_k!r}")
+    if not (_is_int(search_k) and (1 <= search_k < _ANNOY_INT or search_k == -1)):
+        raise ValueError(f"search_k must be a positive integer below 2**31 or -1, "
+                         f"got {search_k!r}")
     if not (_is_int(seed) and 0 <= seed < 2**31):
         raise ValueError(f"seed must be an integer within [0, 2**31), got {seed!r}")
     extra = dict(extra or {})
@@ -191,7 +193,9 @@ def _write(directory, model, embeddings, labels, threshold, preprocess_config, a
             model_bytes = handle.read()
     buffer = io.BytesIO()
     np.save(buffer, embeddings, allow_pickle=False)
-    with tempfile.TemporaryDirectory(prefix="pilltrack-bundle-") as scratch:
+    # Scratch space inside the bundle, under the temporary prefix: what a killed writer leaves
+    # there is deleted by the next write (in the system's temporary directory it would stay).
+    with tempfile.TemporaryDirectory(prefix=storage.TEMP_PREFIX, dir=directory) as scratch:
         model_path = os.path.join(scratch, "model.tflite")
         with open(model_path, "wb") as handle:
             handle.write(model_bytes)
@@ -247,12 +251,16 @@ def _store(directory: str, kind: str, data: bytes) -> FileEntry:
 
 
 def _collect_garbage(directory: str, keep: set) -> None:
-    """Delete data files the sidecar no longer names and temporary files of crashed writes.
-    Only called under the exclusive lock, so no other writer's files are touched."""
+    """Delete data files the sidecar no longer names, and temporary files and scratch
+    directories of crashed writes. Only called under the exclusive lock, so no other writer's
+    files are touched."""
     for name in os.listdir(directory):
-        stale = _DATA_FILE.match(name) and name not in keep
-        if stale or name.startswith(storage.TEMP_PREFIX):
-            os.unlink(os.path.join(directory, name))
+        path = os.path.join(directory, name)
+        temporary = name.startswith(storage.TEMP_PREFIX)
+        if temporary and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)  # scratch directory of _write
+        elif temporary or (_DATA_FILE.match(name) and name not in keep):
+            os.unlink(path)
     storage.fsync_directory(directory)
 
 
@@ -261,12 +269,25 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # an int too large for a float is finite
+
+
+def _is_label(value) -> bool:
+    """Whether enrollment would accept `value` as a label (gallery.check_label)."""
+    try:
+        gallery.check_label(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_label_list(value) -> bool:
-    return (isinstance(value, list) and len(value) > 0
-            and all(isinstance(label, str) and label.strip() for label in value))
+    return isinstance(value, list) and len(value) > 0 and all(map(_is_label, value))
+
+
+_ANNOY_INT = 2**31  # Annoy takes tree counts, search_k and seeds as C ints, so below this
 
 
 # Sidecar fields: name -> (test of the value, what the value must be).
@@ -277,11 +298,14 @@ _FIELDS = {
     "metric": (lambda value: value == METRIC, f"{METRIC!r}"),
     "distance": (lambda value: value == DISTANCE, f"{DISTANCE!r} (1 - cos)"),
     "embedding_size": (lambda value: _is_int(value) and value >= 1, "a positive integer"),
-    "labels": (_is_label_list, "a non-empty list of non-empty strings"),
-    "annoy_trees": (lambda value: _is_int(value) and value >= 1, "a positive integer"),
-    "search_k": (lambda value: _is_int(value) and (value >= 1 or value == -1),
-                 "a positive integer or -1"),
-    "seed": (lambda value: _is_int(value) and value >= 0, "a non-negative integer"),
+    "labels": (_is_label_list, "a non-empty list of labels (printable, without surrounding "
+               f"spaces, not {gallery.UNKNOWN!r})"),
+    "annoy_trees": (lambda value: _is_int(value) and 1 <= value < _ANNOY_INT,
+                    "a positive integer below 2**31"),
+    "search_k": (lambda value: _is_int(value) and (1 <= value < _ANNOY_INT or value == -1),
+                 "a positive integer below 2**31, or -1"),
+    "seed": (lambda value: _is_int(value) and 0 <= value < _ANNOY_INT,
+             "an integer within [0, 2**31)"),
     "unknown_threshold": (lambda value: _is_number(value) and 0.0 <= value <= 2.0,
                           "a cosine distance within [0, 2]"),
     "preprocess": (lambda value: isinstance(value, dict), "an object"),
@@ -311,7 +335,11 @@ def _read_sidecar(directory: str) -> dict:
         raise BundleError(f"{path}: missing, so {directory} is not a PillTrack bundle") from None
     except OSError as error:
         raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except BundleError:
+        raise
+    except (ValueError, RecursionError) as error:
+        # Besides malformed JSON and UTF-8 (ValueErrors): an integer beyond Python's digit limit
+        # (a ValueError) and nesting deeper than the recursion limit.
         raise BundleError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(sidecar, dict):
         raise BundleError(f"{path}: must hold a JSON object")

@@ -151,7 +151,8 @@ def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edge
         try:
             with contextlib.closing(frames):
                 timings = _identify_frames(identifier, itertools.islice(frames, max_frames),
-                                           live, headless, window, Smoother(smooth), width)
+                                           live, headless, window, Smoother(smooth), width,
+                                           timed=benchmark)
         finally:
             if window is not None:
                 window.close()
@@ -161,17 +162,20 @@ def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edge
             raise SystemExit(2)
 
 
-def _identify_frames(identifier, frames, live, headless, window, smoother, source_width):
+def _identify_frames(identifier, frames, live, headless, window, smoother, source_width,
+                     timed=False):
     """Identify each frame and show the result: a JSON line (headless), the live window, or a
-    table row (still images). Returns the seconds each stage took, and in total, per frame."""
+    table row (still images). Returns the seconds each stage took, and in total, per frame;
+    these are kept only when `timed` (--benchmark), as a live run may last for days."""
     timings = {stage: [] for stage in (*STAGES, "total")}
     fps, last = 0.0, None
     for count, frame in enumerate(frames):
         start = time.perf_counter()
         result = identifier.identify_image(frame.rgb)
-        timings["total"].append(time.perf_counter() - start)
-        for stage, seconds in result.timings.items():
-            timings[stage].append(seconds)
+        if timed:
+            timings["total"].append(time.perf_counter() - start)
+            for stage, seconds in result.timings.items():
+                timings[stage].append(seconds)
         announced = smoother.update(result.label) if live else result.label
         if headless:
             click.echo(json.dumps(_record(frame, result, announced)))

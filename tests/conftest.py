@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from loopback import BIN, ROOT, free_port, run, start_server, stop_server
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,3 +91,48 @@ def edge_bundle(tmp_path, _edge_bundle_template) -> str:
     directory = tmp_path / "bundle"
     shutil.copytree(_edge_bundle_template, directory)
     return str(directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow server and pipeline fixtures (tests/test_pipeline.py, tests/test_remote.py): a real
+# MLflow tracking server on loopback, and a copy of the project with the small params after
+# `dvc repro` tracked on that server. Helpers in tests/loopback.py.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """URL of an `mlflow server` on 127.0.0.1: SQLite backend and registry, artefacts served
+    through the server (mlflow-artifacts:/) into a temporary folder. Stopped at the end."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+               "--serve-artifacts", "--artifacts-destination", (home / "artifacts").as_uri()]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    server = start_server(command, f"{url}/health", home / "server.log", env=env, cwd=home)
+    yield url
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, mlflow_server):
+    """A copy of the project with the small params and the project's DVC config (its S3 remote,
+    without credentials: `dvc repro` must not need them), after `dvc repro` with its MLflow runs
+    on `mlflow_server`."""
+    work = tmp_path_factory.mktemp("pipeline")
+    for name in ("tf_pilltrack", "edge_runtime"):
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    shutil.copy(ROOT / "tests" / "params_small.yaml", work / "params.yaml")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_TRACKING_URI"] = mlflow_server
+    env.pop("PILLTRACK_PIPELINE_ID", None)
+    run(["git", "init", "-q"], work, env)
+    run([str(BIN / "dvc"), "init", "-q"], work, env)
+    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
+    first = run([str(BIN / "dvc"), "repro"], work, env)
+    return {"dir": work, "env": env, "first": first}

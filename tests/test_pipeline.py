@@ -5,42 +5,14 @@ the pipeline's own bundle."""
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import shutil
-import subprocess
-import sys
 
-import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BIN = pathlib.Path(sys.executable).parent
+from loopback import BIN, ROOT
+from loopback import run as _run
 
-
-def _run(command: list[str], cwd: pathlib.Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
-    """A copy of the project with the small params, after `dvc repro`."""
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in ("tf_pilltrack", "edge_runtime"):
-        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
-    shutil.copy(ROOT / "tests" / "params_small.yaml", work / "params.yaml")
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    env.pop("PILLTRACK_PIPELINE_ID", None)
-    _run(["git", "init", "-q"], work, env)
-    _run([str(BIN / "dvc"), "init", "-q"], work, env)
-    first = _run([str(BIN / "dvc"), "repro"], work, env)
-    return {"dir": work, "env": env, "first": first}
+# The `pipeline` fixture (the project's copy after `dvc repro`, MLflow on a loopback server) is
+# in tests/conftest.py, shared with tests/test_remote.py.
 
 
 def test_repro_writes_every_artefact(pipeline):
@@ -108,15 +80,41 @@ def test_device_client_names_an_enrolled_photo(pipeline):
 
 
 def test_mlflow_has_a_run_per_training_stage(pipeline):
+    """The runs, read back from the MLflow server: one per training stage, grouped by the
+    repro's pipeline id, with their params, one metric value per epoch and their artefacts."""
     import mlflow
 
-    client = mlflow.tracking.MlflowClient(tracking_uri=pipeline["env"]["MLFLOW_TRACKING_URI"])
+    from tf_pilltrack import params as params_module
+    from tf_pilltrack import tracking
+
+    uri = pipeline["env"]["MLFLOW_TRACKING_URI"]
+    assert uri.startswith("http://127.0.0.1:")
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("pilltrack-tests")
-    runs = client.search_runs([experiment.experiment_id])
+    # the first repro's runs (a later test reruns distill with other params: another pipeline id)
+    params = params_module.load(ROOT / "tests" / "params_small.yaml")
+    pipeline_id = f"unknown-{tracking.params_digest(params)}"  # the copy's git has no commit
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.pipeline_id = '{pipeline_id}'")
     by_stage = {run.data.tags["stage"]: run for run in runs}
-    assert {"teacher", "distill"} <= set(by_stage)
-    assert "teacher_loss" in by_stage["teacher"].data.metrics
-    assert by_stage["distill"].data.params["distill.qat_epochs"] == "1"
+    assert {"teacher", "distill"} <= set(by_stage), [run.data.tags for run in runs]
+    assert len(runs) == len(by_stage)  # one run per stage
+    teacher, distill = by_stage["teacher"], by_stage["distill"]
+    assert teacher.data.tags["git_commit"] == "unknown"
+    # params: the sections each stage depends on
+    assert teacher.data.params["teacher.epochs"] == str(params["teacher"]["epochs"])
+    assert teacher.data.params["base.seed"] == str(params["base"]["seed"])
+    assert distill.data.params["distill.qat_epochs"] == "1"
+    # per-epoch metrics, one value per epoch (distillation's two phases make one history)
+    for run, metric, epochs in (
+            (teacher, "teacher_loss", params["teacher"]["epochs"]),
+            (distill, "distill_loss", params["distill"]["float_epochs"] + params["distill"]["qat_epochs"])):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(point.step for point in history) == list(range(epochs)), (metric, history)
+    assert "teacher_final_loss" in teacher.data.metrics
+    # artefacts, stored through the server
+    assert [item.path for item in client.list_artifacts(teacher.info.run_id)] == ["teacher.weights.h5"]
+    assert "student_qat.weights.h5" in [item.path for item in client.list_artifacts(distill.info.run_id)]
+    assert teacher.info.artifact_uri.startswith("mlflow-artifacts:")
 
 
 def test_distill_param_change_reruns_only_distill_and_after(pipeline):

@@ -17,17 +17,27 @@ from tf_keras import layers
 import tf_keras
 
 
+# BatchNorm's moving statistics follow the batches with this momentum. Keras' default (0.99)
+# needs ~500 steps to forget its initial values, longer than a short CPU schedule or a test
+# runs; until then inference-mode outputs of the student are far off its training-mode ones.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def _batch_norm(name: str):
+    return layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name)
+
+
 def _residual_block(inputs, filters: int, stride: int, name: str):
     """A pre-activation-free basic block (two 3x3 convolutions) as in ResNet-18."""
     shortcut = inputs
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(inputs)
-    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = _batch_norm(name=f"{name}_bn1")(x)
     x = layers.ReLU(name=f"{name}_relu1")(x)
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = _batch_norm(name=f"{name}_bn2")(x)
     if stride != 1 or inputs.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(inputs)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = _batch_norm(name=f"{name}_proj_bn")(shortcut)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)
 
@@ -44,7 +54,7 @@ def build_teacher(image_size: int, embedding_size: int, widths: list[int], block
         raise ValueError(f"widths {widths} and blocks {blocks} must have the same length")
     inputs = layers.Input((image_size, image_size, 3), name="pixels")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, (filters, count) in enumerate(zip(widths, blocks)):
@@ -81,16 +91,16 @@ def _inverted_residual(inputs, expansion: int, filters: int, stride: int, name: 
     x = inputs
     if expansion != 1:
         x = layers.Conv2D(expansion * channels, 1, use_bias=False, name=f"{name}_expand")(x)
-        x = layers.BatchNormalization(name=f"{name}_expand_bn")(x)
+        x = _batch_norm(name=f"{name}_expand_bn")(x)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
     if stride == 2:
         x = layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_pad")(x)
     x = layers.DepthwiseConv2D(3, strides=stride, padding="valid" if stride == 2 else "same",
                                use_bias=False, name=f"{name}_depthwise")(x)
-    x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+    x = _batch_norm(name=f"{name}_depthwise_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
-    x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
+    x = _batch_norm(name=f"{name}_project_bn")(x)
     if stride == 1 and channels == filters:
         x = layers.Add(name=f"{name}_add")([inputs, x])
     return x
@@ -112,7 +122,7 @@ def build_student(image_size: int, alpha: float, last_channels: int, embedding_s
     x = layers.ZeroPadding2D(((0, 1), (0, 1)), name="stem_pad")(inputs)
     x = layers.Conv2D(_make_divisible(32 * alpha), 3, strides=2, padding="valid",
                       use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm(name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     block = 0
     for expansion, filters, repeats, first_stride in stages:
@@ -121,7 +131,7 @@ def build_student(image_size: int, alpha: float, last_channels: int, embedding_s
             x = _inverted_residual(x, expansion, _make_divisible(filters * alpha), stride, name=f"block{block}")
             block += 1
     x = layers.Conv2D(last_channels, 1, use_bias=False, name="last_conv")(x)
-    x = layers.BatchNormalization(name="last_bn")(x)
+    x = _batch_norm(name="last_bn")(x)
     x = layers.ReLU(6.0, name="last_relu")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(embedding_size, name="embedding")(x)
