@@ -10,7 +10,9 @@
 #   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,test]'          the device client on tflite-runtime, NumPy 1
 #
 # The edge environments hold only the client's dependencies (and the test tools): no TensorFlow,
-# which this script checks. Every pin lives in pyproject.toml. An environment is complete when its
+# which this script checks. Direct pins live in pyproject.toml; constraints/<environment>.txt
+# fixes every transitive version too (pip freeze of a tested environment), so pip installs
+# without a resolver search (an unconstrained install backtracked for 15 minutes). An environment is complete when its
 # stamp file (.pilltrack-bootstrap inside it) holds the hash of pyproject.toml, this script, the
 # extras and the Python version; anything else is installed again with pip (which keeps what is
 # already there at the right version). pip prints errors only.
@@ -61,7 +63,7 @@ fingerprint() {  # ENVIRONMENT
     "$python" - "$1" "$(extras_of "$1")" <<'EOF'
 import hashlib, sys
 digest = hashlib.sha256()
-for path in ("pyproject.toml", "scripts/bootstrap.sh"):
+for path in ("pyproject.toml", "scripts/bootstrap.sh", f"constraints/{sys.argv[1]}.txt"):
     with open(path, "rb") as handle:
         digest.update(handle.read())
 digest.update(" ".join(sys.argv[1:] + [sys.version]).encode())
@@ -94,7 +96,7 @@ setup() {  # ENVIRONMENT
     rm -f "$folder/$STAMP"
     say "$name: installing -e '.[$extras]' into $folder (a few minutes the first time)"
     PIP_PROGRESS_BAR=off "$folder/bin/python" -m pip install --no-input --quiet --quiet \
-        --disable-pip-version-check -e ".[$extras]" \
+        --disable-pip-version-check -c "constraints/$name.txt" -e ".[$extras]" \
         || die "$name: pip install -e '.[$extras]' failed (see above)"
     if [[ $name == edge* ]]; then
         # the device client's dependency list must stand on its own
