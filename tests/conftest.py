@@ -111,7 +111,8 @@ def mlflow_server(tmp_path_factory) -> str:
                "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                "--serve-artifacts", "--artifacts-destination", (home / "artifacts").as_uri()]
     env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    # no background job runner (GenAI jobs, 8 processes): tracking, registry and artefacts need none
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     server = start_server(command, f"{url}/health", home / "server.log", env=env, cwd=home)
     yield url
     stop_server(server)

@@ -57,14 +57,24 @@ def test_keras_litert_and_micro_agree(tiny):
     assert cosine.min() > 0.98, cosine
 
     micro_interpreter = micro.micro_interpreter(tiny["bytes"])
-    output_detail = lite.get_output_details()[0]
+    reference = micro._lite_interpreter(tiny["bytes"])  # LiteRT's builtin kernels, no XNNPACK
     for pixels in tiny["pixels"]:
         raw_micro = micro.micro_invoke(micro_interpreter, pixels[None])
-        lite.set_tensor(lite.get_input_details()[0]["index"], pixels[None])
-        lite.invoke()
-        raw_lite = lite.get_tensor(output_detail["index"])
-        # Both run the reference int8 kernels' arithmetic: at most one quantisation step apart.
-        assert np.abs(raw_micro.astype(int) - raw_lite.astype(int)).max() <= 1
+        raw_reference = _invoke(reference, pixels)
+        raw_device = _invoke(lite, pixels)  # what the device runs: LiteRT with XNNPACK
+        # Stated tolerance: TFLite Micro's reference kernels and LiteRT's optimised builtin kernels
+        # round some requantisations differently (measured: up to 1 step); XNNPACK, up to 2.
+        assert np.abs(raw_reference.astype(int) - raw_micro.astype(int)).max() <= 1
+        assert np.abs(raw_device.astype(int) - raw_micro.astype(int)).max() <= 2
+        micro_unit = raw_micro.astype(float).ravel() / np.linalg.norm(raw_micro.astype(float))
+        device_unit = raw_device.astype(float).ravel() / np.linalg.norm(raw_device.astype(float))
+        assert micro_unit @ device_unit > 0.99
+
+
+def _invoke(interpreter, pixels):
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels[None])
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
 
 
 def test_ptq_conversion_needs_calibration(tiny):

@@ -115,6 +115,9 @@ def test_mlflow_has_a_run_per_training_stage(pipeline):
     assert [item.path for item in client.list_artifacts(teacher.info.run_id)] == ["teacher.weights.h5"]
     assert "student_qat.weights.h5" in [item.path for item in client.list_artifacts(distill.info.run_id)]
     assert teacher.info.artifact_uri.startswith("mlflow-artifacts:")
+    # the shipped int8 student, registered with its evaluation figures
+    versions = client.search_model_versions("name='pilltrack-student-tiny'")
+    assert versions and "novel_recall_at_1" in versions[0].tags
 
 
 def test_distill_param_change_reruns_only_distill_and_after(pipeline):

@@ -14,11 +14,17 @@ import shutil
 import sys
 
 import pytest
+import yaml
 
 from loopback import BIN, ROOT, free_port, run, start_server, stop_server
 
-# Everything the pipeline writes into the DVC cache (dvc.yaml's outs that are not `cache: false`).
-CACHED_OUTPUTS = ("data", "models", "bundle")
+
+def cached_outputs() -> list[str]:
+    """What the pipeline writes into the DVC cache: dvc.yaml's `outs` (metrics and plots are
+    `cache: false`, kept in git)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return [next(iter(out)) if isinstance(out, dict) else out
+            for stage in stages.values() for out in stage.get("outs", [])]
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +74,16 @@ def project_remote() -> tuple[str, dict]:
     return name, dict(config[f'remote "{name}"'])
 
 
-def without_cache_and_outputs(directory: str, names: list[str]) -> list[str]:
-    """copytree's ignore: what a fresh checkout lacks (the DVC cache and the cached outputs)."""
-    directory = pathlib.Path(directory)
-    if directory.name == ".dvc":
-        return [name for name in names if name in ("cache", "tmp")]
-    if (directory / "dvc.yaml").is_file():
-        return [name for name in names if name in CACHED_OUTPUTS]
-    return []
+def digests_of(directory: pathlib.Path, outputs: list[str]) -> dict[str, str]:
+    """output/relative path -> SHA-256 of every file of `outputs` (files or folders) in `directory`."""
+    found = {}
+    for output in outputs:
+        path = directory / output
+        if path.is_file():
+            found[output] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            found.update({f"{output}/{name}": digest for name, digest in digests(path).items()})
+    return found
 
 
 # --- the project's remote -----------------------------------------------------------------------
@@ -130,14 +138,22 @@ def test_push_then_pull_restores_the_pipeline_outputs(pipeline, s3, tmp_path):
     run(dvc("remote", "modify", "--local", remote, "endpointurl", s3["endpoint"]), work, env)
     assert "up to date" in run(dvc("status"), work, env).stdout
     run(dvc("push"), work, env)
-    before = {name: digests(work / name) for name in CACHED_OUTPUTS}
-    assert before["bundle"] and before["models"]
+    outputs = cached_outputs()
+    assert "bundle" in outputs and "models/student_int8.tflite" in outputs
+    before = digests_of(work, outputs)
+    assert any(name.startswith("bundle/") for name in before)
 
-    clone = tmp_path / "clone"
-    shutil.copytree(work, clone, ignore=without_cache_and_outputs)
-    assert not (clone / ".dvc" / "cache").exists() and not (clone / "bundle").exists()
+    clone = tmp_path / "clone"  # a fresh checkout: what git holds, no DVC cache, no outputs
+    shutil.copytree(work, clone, ignore=shutil.ignore_patterns("__pycache__"))
+    for output in [".dvc/cache", ".dvc/tmp"] + outputs:
+        path = clone / output
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    assert "deleted" in run(dvc("status"), clone, env).stdout
     run(dvc("pull"), clone, env)
-    assert {name: digests(clone / name) for name in CACHED_OUTPUTS} == before
+    assert digests_of(clone, outputs) == before
     assert "up to date" in run(dvc("status"), clone, env).stdout
     assert "in sync" in run(dvc("status", "--cloud"), clone, env).stdout
 

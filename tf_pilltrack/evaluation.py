@@ -20,7 +20,7 @@ import numpy as np
 from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, dataset, distillation, metrics, paths
+from tf_pilltrack import baseline, dataset, distillation, metrics, paths, tracking
 from tf_pilltrack import teacher as teacher_stage
 
 RECALL_CURVE_DEPTH = 10
@@ -111,6 +111,13 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     results["queries"] = int(len(queries))
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
+    shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
+    with tracking.stage_run("evaluate", params, ("profiles", "prepare")) as mlflow:
+        mlflow.log_metrics(shipped_metrics)
+        mlflow.log_metrics({f"{name}_recall_at_1": results[name]["recall_at_1"] for name in curves})
+        mlflow.log_artifact(str(paths.METRICS / "evaluation.json"))
+        tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{params['base']['profile']}",
+                                shipped_metrics)
     names = list(curves)
     rows = ["k," + ",".join(names)] + [
         f"{k + 1}," + ",".join(f"{curves[name][k]:.4f}" for name in names) for k in range(RECALL_CURVE_DEPTH)]
