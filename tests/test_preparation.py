@@ -607,3 +607,19 @@ def test_png_round_trips_exactly(rgb):
     decoded = decode_image(encode(rgb, "PNG"), "round-trip.png", 1_000_000)
     assert decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, rgb)
+
+
+def test_duplicate_photos_are_reported_and_kept_once(tmp_path, config):
+    rng = np.random.default_rng(5)
+    photo = encode(pill_photo((200, 40, 40), rng), "PNG")
+    other = encode(pill_photo((40, 40, 200), rng), "PNG")
+    root = write_folder(tmp_path / "source", {
+        "red/a.png": photo, "red/a_copy.png": photo, "blue/b.png": other, "blue/same_as_red.png": photo})
+    images, groups, skipped = preparation.list_source(root)
+    ingested = preparation.ingest(images, groups, config)
+    reasons = {entry["file"]: entry["reason"] for entry in ingested.skipped}
+    # files are read in path order, so blue/same_as_red.png is the copy that stays
+    assert reasons == {"red/a.png": "duplicate of blue/same_as_red.png in another class (blue)",
+                       "red/a_copy.png": "duplicate of blue/same_as_red.png in another class (blue)"}
+    assert {label: len(items) for label, items in ingested.crops.items()} == {"blue": 2}
+    assert preparation.empty_class_folders(root) == ["empty_class"]

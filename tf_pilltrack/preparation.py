@@ -17,6 +17,7 @@ Splits (all deterministic from base.seed):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -84,6 +85,15 @@ def _list_folder(root: pathlib.Path):
     return images, groups, skipped
 
 
+def empty_class_folders(source: pathlib.Path) -> list[str]:
+    """Class folders of a folder source that hold no file at all (reported, not an error)."""
+    if not source.is_dir():
+        return []
+    return sorted(folder.name for folder in source.iterdir()
+                  if folder.is_dir() and not folder.name.startswith(".")
+                  and not any(child.is_file() for child in folder.rglob("*")))
+
+
 def _list_zip(archive: pathlib.Path):
     images, skipped, groups = [], [], {}
     with zipfile.ZipFile(archive) as handle:
@@ -141,11 +151,22 @@ def ingest(images: list[SourceImage], groups: dict[str, str], config: Preprocess
     crops: dict[str, list] = defaultdict(list)
     skipped: list[dict] = []
     sizes: list[tuple[int, int]] = []
+    first_seen: dict[str, SourceImage] = {}  # SHA-256 of the file's bytes -> where it was first
     for done, image in enumerate(images, start=1):
         if progress:
             progress(done, len(images))
         try:
-            rgb = decode_image(image.read(), image.name, config.max_image_pixels)
+            data = image.read()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in first_seen:
+                # The same photo twice: within a class it could land in both gallery and queries;
+                # across classes its label is contradictory. The first copy is kept.
+                original = first_seen[digest]
+                where = "" if original.label == image.label else f" in another class ({original.label})"
+                skipped.append(_skip(image.name, f"duplicate of {original.name}{where}"))
+                continue
+            first_seen[digest] = image
+            rgb = decode_image(data, image.name, config.max_image_pixels)
         except ImageError as error:
             skipped.append(_skip(image.name, error.reason))
             continue
@@ -278,6 +299,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(entry["reason"].split(" (")[0] for entry in skipped)),
         "classes_without_usable_images": empty,
+        "empty_class_folders": empty_class_folders(source),
         "classes": {label: len(items) for label, items in sorted(ingested.crops.items())},
         "class_partition": partition,
         "split_sizes": {name: len(split) for name, split in splits.items()},
