@@ -7,8 +7,8 @@ environment or an edge environment with the repository on the path:
 
 For each gallery size it builds an Annoy index over int8 embeddings (the pipeline's real
 embeddings of every prepared crop, then copies of them with small Gaussian perturbations up to
-the size), chooses search_k with the device's own `choose_search_k`, and measures on held-out
-query crops: top-1 agreement with exact search, lookup latency (median, p95), build time and
+the size), chooses search_k with the device's own `choose_search_k` on 500 query crops, and
+measures on 500 other query crops: top-1 agreement with exact search, lookup latency (median, p95), build time and
 index size. Then it times the device step (localise, preprocess, invoke, search) on raw
 synthetic photos with the 10k gallery. Writes reports/edge_benchmark.json.
 """
@@ -54,11 +54,13 @@ def gallery_of_size(base: np.ndarray, size: int, rng: np.random.Generator) -> np
     return (tiled / np.linalg.norm(tiled, axis=1, keepdims=True)).astype(np.float32)
 
 
-def measure_search(embeddings: np.ndarray, queries: np.ndarray, trees: int, seed: int, target: float) -> dict:
+def measure_search(embeddings: np.ndarray, tuning: np.ndarray, queries: np.ndarray, trees: int, seed: int,
+                   target: float) -> dict:
+    """search_k is chosen on `tuning` queries, agreement and latency measured on `queries`."""
     started = time.perf_counter()
     index = gallery.build_index(embeddings, trees, seed)
     build_seconds = time.perf_counter() - started
-    search_k = gallery.choose_search_k(embeddings, trees, target, seed)
+    search_k = gallery.choose_search_k(embeddings, trees, target, seed, queries=tuning)
     exact = 1.0 - (queries @ embeddings.T).max(axis=1)
     labels = [str(i) for i in range(len(embeddings))]
     agreed, latencies = 0, []
@@ -95,9 +97,10 @@ def main() -> None:
     base = np.concatenate([interpreter.embed(model, _load_crops(name)[0]) for name in splits])
     query_pixels, query_sources = _load_crops("queries")
     queries = interpreter.embed(model, query_pixels[:500])
+    tuning = interpreter.embed(model, query_pixels[500:1000])
     report = {"runtime": interpreter.runtime_name(), "search": []}
     for size in arguments.sizes:
-        row = measure_search(gallery_of_size(base, size, rng), queries, loaded.annoy_trees, arguments.seed, 0.99)
+        row = measure_search(gallery_of_size(base, size, rng), tuning, queries, loaded.annoy_trees, arguments.seed, 0.99)
         report["search"].append(row)
         print(f"gallery {size:>7}: search_k {row['search_k']:>6}, top-1 agreement {row['top1_agreement']:.3f}, "
               f"Annoy {row['annoy']['median_ms'] * 1000:.0f} us median / {row['annoy']['p95_ms'] * 1000:.0f} us p95, "

@@ -30,12 +30,10 @@ def embed_split(model_interpreter, split: dataset.Split) -> np.ndarray:
     return interpreter.embed(model_interpreter, split.pixels)
 
 
-def calibrate_threshold(model_interpreter, references: dataset.Split, queries: dataset.Split,
-                        target_recall: float) -> dict:
+def calibrate_threshold(gallery_embeddings: np.ndarray, references: dataset.Split,
+                        query_embeddings: np.ndarray, queries: dataset.Split, target_recall: float) -> dict:
     """The distance threshold keeping `target_recall` of correct top-1 answers, with the
     figures it was set from."""
-    gallery_embeddings = embed_split(model_interpreter, references)
-    query_embeddings = embed_split(model_interpreter, queries)
     order, distances = metrics.rank_gallery(query_embeddings, gallery_embeddings, 1)
     correct = references.labels[order[:, 0]] == queries.labels
     threshold = metrics.threshold_for_recall(distances[correct, 0], target_recall)
@@ -52,13 +50,18 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     settings = params["enroll"]
     seed = params["base"]["seed"]
     model_interpreter = interpreter.make_interpreter(paths.STUDENT_QAT_TFLITE, threads=1)
+    calibration_references = dataset.load_split("calibration_references")
+    calibration_queries = dataset.load_split("calibration_queries")
+    calibration_query_embeddings = embed_split(model_interpreter, calibration_queries)
     calibration = calibrate_threshold(
-        model_interpreter, dataset.load_split("calibration_references"),
-        dataset.load_split("calibration_queries"), settings["target_recall"])
+        embed_split(model_interpreter, calibration_references), calibration_references,
+        calibration_query_embeddings, calibration_queries, settings["target_recall"])
     references = dataset.load_split("references")
     embeddings = embed_split(model_interpreter, references)
-    search_k = gallery.choose_search_k(embeddings, settings["annoy_trees"],
-                                       settings["search_k_agreement"], seed)
+    # search_k is chosen on real photos of pills outside the gallery (the calibration classes'),
+    # not on perturbed gallery rows, whose nearest neighbour is too easy to find.
+    search_k = gallery.choose_search_k(embeddings, settings["annoy_trees"], settings["search_k_agreement"],
+                                       seed, queries=calibration_query_embeddings)
     bundle_module.write_bundle(
         paths.BUNDLE, paths.STUDENT_QAT_TFLITE, embeddings, [str(label) for label in references.labels],
         calibration["threshold"], params_module.preprocess_config(params), settings["annoy_trees"],
