@@ -15,7 +15,6 @@ fake quantisation, so the int8 export keeps what was learned.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from typing import Callable
@@ -28,7 +27,7 @@ import tensorflow_similarity as tfsim
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
-from edge_runtime.storage import atomic_path, write_atomically
+from edge_runtime.storage import atomic_path
 from tf_pilltrack import dataset, models, paths, tracking
 from tf_pilltrack import params as params_module
 from tf_pilltrack import teacher as teacher_stage
@@ -212,21 +211,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         for model, path in ((student, paths.STUDENT_FLOAT_WEIGHTS), (qat_student, paths.STUDENT_QAT_WEIGHTS)):
             with atomic_path(path) as temporary:
                 model.save_weights(temporary, save_format="h5")
-        seconds = time.time() - started
         epochs = settings["float_epochs"] + settings["qat_epochs"]
         images = epochs * settings["steps_per_epoch"] * settings["classes_per_batch"] * settings["examples_per_class"]
-        summary = {
-            "calibration_recall_at_1": float(history["calibration_recall_at_1"][-1]),
-            "final_loss": float(history["loss"][-1]),
-            "seconds": round(seconds, 1),
-            "images_per_second": round(images / seconds, 1),
-            "parameters": int(student.count_params()),
-        }
-        teacher_stage.write_history(history, paths.REPORTS / "distill_history.csv")
-        paths.METRICS.mkdir(exist_ok=True)
-        write_atomically(paths.METRICS / "distill.json", json.dumps(summary, indent=2).encode())
-        mlflow.log_metrics({f"distill_{key}": value for key, value in summary.items()})
-        mlflow.log_artifact(str(paths.STUDENT_QAT_WEIGHTS))
+        summary = teacher_stage.record_training("distill", history, student, images, started, mlflow,
+                                                paths.STUDENT_QAT_WEIGHTS)
     echo(f"distill: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f} (quantization-aware "
          f"student), {summary['images_per_second']} images/s, {summary['seconds']} s")
     return summary

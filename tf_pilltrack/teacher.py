@@ -93,6 +93,26 @@ def write_history(history: dict, path) -> None:
     write_atomically(path, ("\n".join(rows) + "\n").encode())
 
 
+def record_training(stage: str, history: dict, model, images: int, started: float, mlflow, artefact) -> dict:
+    """A training stage's summary: reports/<stage>_history.csv (per epoch), metrics/<stage>.json
+    and the same figures and the weights file in the stage's MLflow run."""
+    seconds = time.time() - started
+    summary = {
+        "calibration_recall_at_1": float(history["calibration_recall_at_1"][-1]),
+        "final_loss": float(history["loss"][-1]),
+        "seconds": round(seconds, 1),
+        "images_per_second": round(images / seconds, 1),
+        "parameters": int(model.count_params()),
+    }
+    paths.REPORTS.mkdir(parents=True, exist_ok=True)
+    write_history(history, paths.REPORTS / f"{stage}_history.csv")
+    paths.METRICS.mkdir(exist_ok=True)
+    write_atomically(paths.METRICS / f"{stage}.json", json.dumps(summary, indent=2).encode())
+    mlflow.log_metrics({f"{stage}_{key}": value for key, value in summary.items()})
+    mlflow.log_artifact(str(artefact))
+    return summary
+
+
 def train(params: dict, train_split: dataset.Split, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2):
     """Train the teacher; returns (model, history dict)."""
@@ -137,21 +157,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         paths.MODELS.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths.TEACHER_WEIGHTS) as temporary:
             model.save_weights(temporary, save_format="h5")
-        seconds = time.time() - started
         images = settings["epochs"] * settings["steps_per_epoch"] * settings["classes_per_batch"] * settings["examples_per_class"]
-        summary = {
-            "calibration_recall_at_1": float(history["calibration_recall_at_1"][-1]),
-            "final_loss": float(history["loss"][-1]),
-            "seconds": round(seconds, 1),
-            "images_per_second": round(images / seconds, 1),
-            "parameters": int(model.count_params()),
-        }
-        paths.REPORTS.mkdir(parents=True, exist_ok=True)
-        write_history(history, paths.REPORTS / "teacher_history.csv")
-        paths.METRICS.mkdir(exist_ok=True)
-        write_atomically(paths.METRICS / "teacher.json", json.dumps(summary, indent=2).encode())
-        mlflow.log_metrics({f"teacher_{key}": value for key, value in summary.items()})
-        mlflow.log_artifact(str(paths.TEACHER_WEIGHTS))
+        summary = record_training("teacher", history, model, images, started, mlflow, paths.TEACHER_WEIGHTS)
     echo(f"teacher: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f}, "
          f"{summary['images_per_second']} images/s, {summary['seconds']} s")
     return summary
