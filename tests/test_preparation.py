@@ -623,3 +623,15 @@ def test_duplicate_photos_are_reported_and_kept_once(tmp_path, config):
                        "red/a_copy.png": "duplicate of blue/same_as_red.png in another class (blue)"}
     assert {label: len(items) for label, items in ingested.crops.items()} == {"blue": 2}
     assert preparation.empty_class_folders(root) == ["empty_class"]
+
+
+def test_cmyk_jpeg_is_converted_to_rgb():
+    from PIL import Image
+
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8] = (200, 30, 30)
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    decoded = decode_image(encode(cmyk, "JPEG", quality=95), "cmyk.jpg", 10**6)
+    assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8
+    assert decoded[8, 2, 0] > 150 and decoded[8, 2, 1] < 80  # the red half stays red
+    assert decoded[8, 13].max() < 40  # the black half stays black
