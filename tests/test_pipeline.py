@@ -67,7 +67,6 @@ def test_int8_model_fits_tflite_micro(pipeline):
 def test_device_client_names_an_enrolled_photo(pipeline):
     """`pilltrack-edge --image` on a reference photo (raw, through localisation) answers its pill."""
     work, env = pipeline["dir"], pipeline["env"]
-    from tf_pilltrack import paths  # noqa: F401  (paths are relative; read the split in `work`)
     import numpy as np
 
     with np.load(work / "data/prepared/references.npz", allow_pickle=False) as split:

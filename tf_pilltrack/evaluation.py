@@ -49,10 +49,11 @@ def score(query_embeddings: np.ndarray, query_labels: np.ndarray,
     return result, curve, gallery_labels[order[:, 0]]
 
 
-def evaluate_bundle(loaded, model_interpreter, queries: dataset.Split, absent: dataset.Split) -> dict:
-    """The shipped path: int8 embeddings, Annoy search with the bundle's search_k, threshold."""
+def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, queries: dataset.Split,
+                    absent: dataset.Split) -> dict:
+    """The shipped path: int8 embeddings (`query_embeddings`, by the bundle's model), Annoy search
+    with the bundle's search_k, threshold."""
     labels = np.array(loaded.labels)
-    query_embeddings = interpreter.embed(model_interpreter, queries.pixels)
     ranked, best = [], []
     for embedding in query_embeddings:
         matches = gallery.search(loaded.index, loaded.labels, embedding, 5, loaded.search_k)
@@ -98,9 +99,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         interpreter.embed(ptq, references.pixels), references.labels)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
     shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
-    results["student_int8"] = evaluate_bundle(loaded, shipped, queries, absent)
+    shipped_queries = interpreter.embed(shipped, queries.pixels)
+    results["student_int8"] = evaluate_bundle(loaded, shipped, shipped_queries, queries, absent)
     _, curves["student_int8"], top1["student_int8"] = score(
-        interpreter.embed(shipped, queries.pixels), queries.labels, loaded.embeddings, np.array(loaded.labels))
+        shipped_queries, queries.labels, loaded.embeddings, np.array(loaded.labels))
     results["parity"] = {
         "float_vs_int8_top1_agreement": float(np.mean(top1["student_float"] == top1["student_int8"])),
         "qat_keras_vs_int8_top1_agreement": float(np.mean(top1["student_qat_keras"] == top1["student_int8"])),

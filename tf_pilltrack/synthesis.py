@@ -1030,8 +1030,11 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     settings = params["data"]
     total = settings["synthetic_classes"] * settings["synthetic_images_per_class"]
 
-    def progress(done: int, count: int) -> None:
-        if done % 2000 == 0 or done == count:
+    printed = [0]
+
+    def progress(done: int, count: int) -> None:  # called once per pill type rendered
+        if done - printed[0] >= 1000 or done == count:
+            printed[0] = done
             echo(f"  rendered {done}/{count} photos")
 
     echo(f"generate: {settings['synthetic_classes']} pill types x {settings['synthetic_images_per_class']} "
