@@ -98,17 +98,38 @@ def test_ci_workflow_runs_the_tests_and_the_small_pipeline():
     pipeline = " ".join(step.get("run", "") for step in steps("pipeline"))
     assert "cp tests/params_small.yaml params.yaml" in pipeline
     assert os.path.exists(os.path.join(ROOT, "tests", "params_small.yaml")), "tests/params_small.yaml is missing"
-    for command in ("dvc repro", "pilltrack check", "dvc metrics diff --md"):
+    for command in ("dvc repro", "pilltrack check", "bash scripts/pr_comment.sh"):
         assert command in pipeline, command
     uploaded = next(step["with"]["path"] for step in steps("pipeline")
                     if step.get("uses", "").startswith("actions/upload-artifact"))
-    assert {"bundle/", "reports/", "metrics/"} <= set(uploaded.split())
+    assert {"bundle/", "reports/", "metrics/", "pr-comment.md"} <= set(uploaded.split())
+
+
+def test_pull_request_comment_is_the_scripts_output():
+    """The comment step writes pr-comment.md with scripts/pr_comment.sh (tests/test_pr_comment.py
+    runs that step's block), even after a failed run, and the sticky comment posts that file."""
+    names = [step.get("name", "") for step in steps("pipeline")]
+    write = next(step for step in steps("pipeline") if "scripts/pr_comment.sh" in step.get("run", ""))
+    assert write.get("if") == "always()"
+    assert "> pr-comment.md" in write["run"] and "GITHUB_STEP_SUMMARY" in write["run"]
+    post = next(step for step in steps("pipeline")
+                if step.get("uses", "").startswith("marocchino/sticky-pull-request-comment"))
+    assert post["with"]["path"] == "pr-comment.md"
+    assert "github.event_name == 'pull_request'" in post["if"]
+    assert names.index(write["name"]) < names.index(post["name"])
+    assert names.index("Run the pipeline") < names.index(write["name"])
 
 
 def test_dvc_pull_only_with_credentials():
     pull = next(step for step in steps("pipeline") if "dvc pull" in step.get("run", ""))
     assert pull.get("if") == "env.AWS_ACCESS_KEY_ID != ''"
     assert "secrets.AWS_SECRET_ACCESS_KEY" in pull["env"]["AWS_SECRET_ACCESS_KEY"]
+    # the secret reaches the pull step alone; without the key id the job says it pulls nothing
+    assert [step["name"] for step in steps("pipeline")
+            if "secrets.AWS_SECRET_ACCESS_KEY" in str(step.get("env", {}))] == [pull["name"]]
+    assert "AWS_SECRET_ACCESS_KEY" not in str(ci()["jobs"]["pipeline"].get("env", {}))
+    notice = next(step for step in steps("pipeline") if step.get("if") == "env.AWS_ACCESS_KEY_ID == ''")
+    assert "::notice" in notice["run"] and "dvc pull" not in notice["run"]
 
 
 def workflow_scripts():
