@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
+import zipfile
 from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
+from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import episodes
 
 
@@ -300,3 +306,84 @@ def test_summarise_mean_and_sample_std():
     assert episodes.summarise([{"x": 0.3}]) == {"x": 0.3, "x_std": 0.0}
     with pytest.raises(ValueError, match="no episodes"):
         episodes.summarise([])
+
+
+# --- the real photo set -------------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED_REAL = REPO / "data" / "real" / "pushin_pill.zip"
+SHARED_REAL = REPO.parent / "shared" / "data" / "pills_real" / "pushin_pill"
+
+
+def _config(localise: bool = True) -> PreprocessConfig:
+    return PreprocessConfig(image_size=32, localise=localise, min_pill_fraction=0.005, max_pill_fraction=0.9,
+                            crop_margin=0.15, max_image_pixels=10**7)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pill_photo(colour: tuple[int, int, int]) -> np.ndarray:
+    photo = np.full((48, 48, 3), 235, np.uint8)
+    cv2.ellipse(photo, (24, 24), (12, 8), 0, 0, 360, colour, -1)
+    return photo
+
+
+def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures(tmp_path):
+    archive = tmp_path / "real.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("set/red/r1.png", _png(_pill_photo((200, 30, 30))))
+        handle.writestr("set/red/r2.png", _png(_pill_photo((190, 40, 30))))
+        handle.writestr("set/blue/b1.png", _png(_pill_photo((30, 30, 200))))
+        handle.writestr("set/blue/plain.png", _png(np.full((48, 48, 3), 235, np.uint8)))  # no pill to find
+        handle.writestr("set/manifest.csv", "crop,class_name,source_photo\nred/r1.png,red,P1\nred/r2.png,red,P1\n"
+                                            "blue/b1.png,blue,P1\n")
+    pool, report, skipped = episodes.load_real(str(archive), _config(), localise=False)
+    order = np.argsort(pool.sources)
+    assert pool.sources[order].tolist() == ["blue/b1.png", "blue/plain.png", "red/r1.png", "red/r2.png"]
+    assert pool.labels[order].tolist() == ["blue", "blue", "red", "red"]
+    # manifest rows give the source photo; a crop it does not list is its own photo
+    assert pool.groups[order].tolist() == ["P1", "blue/plain.png", "P1", "P1"]
+    assert pool.pixels.shape == (4, 32, 32, 3) and pool.pixels.dtype == np.uint8
+    assert report["localisation_no_pill_found"] == 1
+    assert report["localisation_no_pill_found_fraction"] == pytest.approx(0.25)
+    assert report["crops_used"] == 4 and report["classes"] == 2 and report["photos"] == 2 and skipped == []
+    localised, report_on, skipped_on = episodes.load_real(str(archive), _config(), localise=True)
+    assert len(localised) == 3 and report_on["crops_used"] == 3
+    assert skipped_on == [{"file": "blue/plain.png", "reason": "no pill found"}]
+
+
+def test_load_real_names_a_missing_or_empty_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.zip: real photo set not found \(episodes.real_source"):
+        episodes.load_real(str(tmp_path / "nowhere.zip"), _config(), localise=False)
+    (tmp_path / "empty" / "red").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty: no images"):
+        episodes.load_real(str(tmp_path / "empty"), _config(), localise=False)
+
+
+def test_shipped_real_set_is_complete():
+    pool, report, skipped = episodes.load_real(str(SHIPPED_REAL), _config(), localise=False)
+    assert skipped == []
+    assert report["images"] == report["crops_used"] == 557
+    assert report["classes"] == 17 and report["photos"] == 103
+    counts = Counter(pool.labels.tolist())
+    assert counts["tylenol-er"] == 99 and counts["tylenol"] == 18
+    # photo groups from the manifest: tylenol-er's 99 crops come from 42 photos
+    assert len(set(pool.groups[pool.labels == "tylenol-er"].tolist())) == 42
+    assert len(episodes.eligible_classes(pool.labels, pool.groups, 5)) == 17
+    assert "CC BY 4.0" in (SHIPPED_REAL.parent / "README.md").read_text()
+    with zipfile.ZipFile(SHIPPED_REAL) as handle:
+        assert b"CC BY 4.0" in handle.comment
+
+
+@pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="../shared/data/pills_real not present")
+def test_shipped_real_set_is_a_byte_identical_copy_of_the_shared_one():
+    with zipfile.ZipFile(SHIPPED_REAL) as handle:
+        shipped = {name.removeprefix("pushin_pill/"): handle.read(name) for name in handle.namelist()}
+    shared = {path.relative_to(SHARED_REAL).as_posix(): path.read_bytes()
+              for path in SHARED_REAL.rglob("*") if path.is_file()}
+    assert shipped.keys() == shared.keys()
+    assert all(shipped[name] == shared[name] for name in shared)

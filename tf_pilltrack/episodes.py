@@ -22,16 +22,21 @@ AUROC of known vs absent queries, and false accepts of absent queries / correct 
 ones at given fixed thresholds (e.g. the bundle's calibrated one) and at the threshold keeping
 `keep_correct` of this episode's own correct answers (an oracle: it is set on the very answers
 it is scored on). `summarise` gives the mean and sample standard deviation over episodes.
+
+`load_real` reads a real photo set into such a pool with the ingest code of `prepare`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 from collections import defaultdict
 from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from tf_pilltrack import metrics
+from edge_runtime.preprocessing import PreprocessConfig
+from tf_pilltrack import dataset, metrics, preparation
 
 RECALL_KS = (1, 5)
 
@@ -236,3 +241,37 @@ def summarise(results: list[Mapping[str, float]]) -> dict[str, float]:
         if len(values) < len(results):
             summary[f"{name}_episodes"] = len(values)
     return summary
+
+
+def load_real(source: str, config: PreprocessConfig, localise: bool) -> tuple[dataset.Split, dict, list[dict]]:
+    """The real photo set as one pool of crops (labels, source photos from its manifest),
+    through the same listing, decoding and preprocessing as `prepare`, with `config`'s constants
+    and localisation on or off; a report of it, which always counts the images in which
+    localisation (on) finds no pill; and the files skipped (file and reason)."""
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: real photo set not found (episodes.real_source in params.yaml)")
+    images, groups, listing_skipped = preparation.list_source(path)
+    if not images:
+        raise ValueError(f"{path}: no images in <class>/<image> folders (episodes.real_source in params.yaml)")
+    localised = preparation.ingest(images, groups, dataclasses.replace(config, localise=True))
+    chosen = localised if localise else preparation.ingest(images, groups, dataclasses.replace(config, localise=False))
+    items = [(label, *item) for label, crops in sorted(chosen.crops.items()) for item in crops]
+    if not items:
+        raise ValueError(f"{path}: no usable crop in {len(images)} images")
+    pool = dataset.Split(np.stack([item[1] for item in items]).astype(np.uint8),
+                         np.array([item[0] for item in items], dtype=str),
+                         np.array([item[2] for item in items], dtype=str),
+                         np.array([item[3] for item in items], dtype=str))
+    no_pill = sum(entry["reason"] == "no pill found" for entry in localised.skipped)
+    skipped = listing_skipped + chosen.skipped
+    report = {
+        "images": len(images),
+        "crops_used": len(pool),
+        "classes": len(set(pool.labels.tolist())),
+        "photos": len(set(pool.groups.tolist())),
+        "skipped": len(skipped),
+        "localisation_no_pill_found": int(no_pill),
+        "localisation_no_pill_found_fraction": no_pill / max(len(localised.sizes), 1),
+    }
+    return pool, report, skipped
