@@ -8,6 +8,7 @@ params errors are instant.
 from __future__ import annotations
 
 import importlib
+import pathlib
 import sys
 
 import click
@@ -29,11 +30,11 @@ def _load(params_path: str) -> dict:
         sys.exit(2)
 
 
-def _run_stage(module: str, params_path: str, function: str = "run") -> None:
+def _run_stage(module: str, params_path: str, function: str = "run", **options) -> None:
     params = _load(params_path)
     stage = importlib.import_module(f"tf_pilltrack.{module}")
     try:
-        getattr(stage, function)(params, echo=lambda line: click.echo(line))
+        getattr(stage, function)(params, echo=lambda line: click.echo(line), **options)
     except (FileNotFoundError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -109,3 +110,32 @@ def reference(params_path: str) -> None:
 def check(params_path: str) -> None:
     """Compare size, arena, latency and accuracy with the profile's budgets; exit 1 if over."""
     _run_stage("budget", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+@click.option("--artefacts", "artefacts", multiple=True, metavar="PROFILE=DIR",
+              help="A pipeline run of another profile (its models/ and metrics/) to measure instead of an "
+                   "untrained build of it; repeatable.")
+@click.option("--repro-seconds", type=click.FloatRange(min=0.0), default=None,
+              help="Wall time of the default `dvc repro`, seconds, for the report.")
+@click.option("--repro-times", nargs=2, type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="START_FILE END_FILE", help="Files holding the unix seconds `dvc repro` started and ended.")
+@click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for benchmark.md, benchmark.json and the plots.")
+def bench(params_path: str, artefacts: tuple[str, ...], repro_seconds: float | None,
+          repro_times: tuple[str, str] | None, out_dir: str) -> None:
+    """Benchmark every model and runtime: accuracy, size, arena, MACs, latency, search (not a dvc stage)."""
+    given = {}
+    for item in artefacts:
+        profile, separator, directory = item.partition("=")
+        if not separator or not profile or not directory:
+            raise click.BadParameter(f"expected PROFILE=DIR, got {item!r}", param_hint="--artefacts")
+        given[profile] = directory
+    if repro_times:
+        try:
+            start, end = (float(pathlib.Path(path).read_text().strip()) for path in repro_times)
+        except ValueError as error:
+            raise click.BadParameter(f"not unix seconds ({error})", param_hint="--repro-times") from None
+        repro_seconds = end - start
+    _run_stage("benchmark", params_path, artefacts=given, repro_seconds=repro_seconds, out_dir=out_dir)

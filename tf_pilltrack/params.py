@@ -76,6 +76,33 @@ def _integers(length: int, low: int) -> Callable[[str, Any], None]:
     return check
 
 
+def _list_of(item_check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """A non-empty list without repeats, each item passing `item_check`."""
+    def check(key: str, value: Any) -> None:
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"{key}: expected a non-empty list, got {value!r}")
+        for position, item in enumerate(value):
+            item_check(f"{key}[{position}]", item)
+        if len(set(value)) != len(value):
+            raise ParamsError(f"{key}: repeated values in {value!r}")
+
+    return check
+
+
+def _mapping(keys: dict[str, Callable[[str, Any], None]]) -> Callable[[str, Any], None]:
+    return lambda key, value: _check_section(key, value, keys)
+
+
+_BENCH_TARGETS = {
+    "profile": _text,
+    "gallery_size": _integer(1),
+    "max_device_step_ms": _number(0.0),
+    "min_speedup": _number(0.0),
+    "min_size_ratio": _number(0.0),
+    "min_annoy_agreement": _number(0.0, 1.0),
+    "max_annoy_lookup_us": _number(0.0),
+}
+
 _PROFILE = {
     "image_size": _integer(16, 512),
     "student_alpha": _number(0.1, 1.4),
@@ -163,6 +190,18 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "rotate": _boolean,
     },
     "tracking": {"experiment": _text},
+    "bench": {
+        "profiles": _list_of(_text),
+        "gallery_sizes": _list_of(_integer(10, 10_000_000)),
+        "frames": _integer(1),
+        "repeats": _integer(1),
+        "micro_repeats": _integer(1),
+        "threads": _integer(1, 256),
+        "calibration_images": _integer(1),
+        "peak_conv": _integers(3, 1),
+        "tflite_runtime_python": _text,
+        "targets": _mapping(_BENCH_TARGETS),
+    },
 }
 
 
@@ -187,6 +226,11 @@ def validate(params: Any) -> dict:
                 f"base.profile: {profile!r} has no entry in {table} "
                 f"(known: {', '.join(params[table])})"
             )
+    named = {f"bench.profiles[{position}]": name for position, name in enumerate(params["bench"]["profiles"])}
+    named["bench.targets.profile"] = params["bench"]["targets"]["profile"]
+    for key, name in named.items():
+        if name not in params["profiles"]:
+            raise ParamsError(f"{key}: {name!r} is not a profile (known: {', '.join(params['profiles'])})")
     preprocess = params["preprocess"]
     if preprocess["min_pill_fraction"] <= 0.0:  # PreprocessConfig needs 0 < min_pill_fraction
         raise ParamsError("preprocess.min_pill_fraction: must be above 0")
