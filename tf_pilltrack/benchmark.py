@@ -362,12 +362,14 @@ def peak_conv_model(side: int, in_channels: int, out_channels: int, seed: int) -
 
 
 def search_benchmark(settings: dict, workdir: pathlib.Path, echo: Callable[[str], None]) -> dict:
-    """Run benchmarks/edge_speed.py (the project's copy, else this repository's) with the same
-    interpreter on the pipeline's bundle; its JSON report, or {"error": ...}."""
-    script = EDGE_SPEED if EDGE_SPEED.is_file() else REPOSITORY / EDGE_SPEED
+    """Run benchmarks/edge_speed.py with the same interpreter on the project's bundle and data
+    (the current directory), the device step at the targets' gallery size; its JSON report, or
+    {"error": ...}."""
+    script = REPOSITORY / EDGE_SPEED
     out = workdir / "edge_benchmark.json"
     command = [sys.executable, str(script), "--sizes", *map(str, settings["gallery_sizes"]),
-               "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE), "--out", str(out)]
+               "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE), "--data-root", ".",
+               "--device-gallery", str(settings["targets"]["gallery_size"]), "--out", str(out)]
     echo(f"bench: search and device step: {' '.join(command[1:])}")
     started = time.time()
     finished = subprocess.run(command, capture_output=True, text=True)
@@ -635,6 +637,13 @@ def _number(value, digits: int = 3, prefix: str = "") -> str:
     return "—" if value is None else f"{prefix}{value:.{digits}f}"
 
 
+def _params_cell(values) -> str:
+    if not isinstance(values, dict):
+        return ""
+    return ", ".join(f"{key} {value}" for key, value in values.items() if isinstance(value, (int, float, str))
+                     and key not in ("call", "seed"))
+
+
 def _accuracy_cell(entry: dict, kind: str, metric: str) -> str:
     values = entry["accuracy"][kind]
     if values and metric in values:
@@ -735,7 +744,7 @@ def to_markdown(report: dict) -> str:
     if report["search"]:
         rows = [[row.get("library"), f"{row.get('gallery_size'):,}", _number(row.get("top1_agreement")),
                  _number(row.get("median_us"), 1), _number(row.get("p95_us"), 1), _number(row.get("build_s"), 2),
-                 _bytes(row.get("index_bytes")), json.dumps(row.get("params"), sort_keys=True) if row.get("params") else ""]
+                 _bytes(row.get("index_bytes")), _params_cell(row.get("params"))]
                 for row in report["search"]]
         lines += _table(["library", "gallery", "top-1 agreement with exact", "median µs", "p95 µs", "build s",
                          "index size", "params"], rows)
@@ -810,6 +819,7 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
         if reference_value:
             axes.axvline(reference_value, linestyle=":", color="black", label="reference MobileNetV2 1.0 224 px int8")
         axes.set_xscale("log")
+        axes.margins(x=0.25)
         axes.set_xlabel(axis_label)
         axes.set_ylabel("novel-class Recall@1")
         axes.set_ylim(0.0, 1.0)
