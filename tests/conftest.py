@@ -128,6 +128,7 @@ def pipeline(tmp_path_factory, mlflow_server):
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
     shutil.copy(ROOT / "tests" / "params_small.yaml", work / "params.yaml")
+    shutil.copytree(ROOT / "data" / "real", work / "data" / "real")  # episodes.real_source, shipped in git
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = mlflow_server

@@ -387,3 +387,20 @@ def _env_with_repo_on_path() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return env
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("episodes.shots", [1, 5, 1], "repeated values"),
+    ("episodes.shots", [], "non-empty list"),
+    ("episodes.shots[0]", 0, "below the minimum 1"),
+    ("episodes.views", 1, "below the minimum 2"),
+    ("episodes.absent_classes", 0.95, "above the maximum 0.9"),
+    ("episodes.real_localise", "no", "expected true or false"),
+    ("episodes.real_source", "", "non-empty string"),
+])
+def test_bad_episode_settings_are_named(params, dotted, value, expected):
+    if dotted.endswith("[0]"):
+        params["episodes"]["shots"] = [value]
+    else:
+        _set(params, dotted, value)
+    assert expected in _rejects(params, dotted)

@@ -38,6 +38,30 @@ def test_evaluation_reports_every_model(pipeline):
     assert "Recall@1" in pipeline["first"].stdout  # the summary table a person reads
 
 
+def test_evaluation_reports_episodes_on_synthetic_and_real_data(pipeline):
+    work = pipeline["dir"]
+    params = yaml.safe_load((work / "params.yaml").read_text())["episodes"]
+    episodes = json.loads((work / "metrics/evaluation.json").read_text())["episodes"]
+    assert episodes["count"] == params["count"]
+    assert episodes["real"]["crops_used"] == 557 and episodes["real"]["classes"] == 17  # the shipped real set
+    assert 0 <= episodes["real"]["localisation_no_pill_found"] <= 557
+    for data in ("synthetic", "real"):
+        for shots in params["shots"]:
+            entry = episodes[data][f"shots_{shots}"]
+            assert entry["known_classes"] >= 2 and entry["absent_classes"] >= 1
+            for model in ("baseline_colour_shape", "teacher", "student_int8"):
+                for views in ("single", "multi"):
+                    summary = entry[model][views]
+                    assert summary["episodes"] == params["count"]
+                    assert 0.0 <= summary["recall_at_1"] <= summary["recall_at_5"] <= 1.0
+                    assert 0.0 <= summary["false_accept_rate_episode"] <= 1.0
+                    assert summary["recall_at_1_std"] >= 0.0
+            # only the int8 model has the bundle's calibrated threshold
+            assert "false_accept_rate_bundle" in entry["student_int8"]["single"]
+            assert "false_accept_rate_bundle" not in entry["baseline_colour_shape"]["single"]
+    assert "Few-shot episodes" in pipeline["first"].stdout
+
+
 def test_metrics_show_lists_evaluation(pipeline):
     shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], pipeline["dir"], pipeline["env"]).stdout
     assert "recall_at_1" in shown

@@ -176,7 +176,7 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
                   gallery_labels: np.ndarray, absent_embeddings: np.ndarray, keep_correct: float,
                   thresholds: Mapping[str, float] | None = None) -> dict[str, float]:
     """Figures of one set of queries against one gallery (see the module docstring). Keys:
-    recall_at_1, recall_at_5, map_at_r, queries, absent_queries; with absent queries
+    recall_at_1, recall_at_5, map_at_r; with absent queries
     auroc_known_vs_absent; for each named threshold t: false_accept_rate_t and
     correct_accept_rate_t; with at least one correct answer threshold_episode,
     false_accept_rate_episode and correct_accept_rate_episode."""
@@ -189,8 +189,6 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
     result = metrics.retrieval_metrics(_by_pill(ranked, max(RECALL_KS)), query_labels.astype(object),
                                        gallery_labels, RECALL_KS)
     result["map_at_r"] = metrics.retrieval_metrics(ranked, query_labels, gallery_labels)["map_at_r"]
-    result["queries"] = float(len(query_labels))
-    result["absent_queries"] = float(len(absent_embeddings))
     best, correct = distances[:, 0], ranked[:, 0] == query_labels
     absent_best = (metrics.rank_gallery(absent_embeddings, gallery_embeddings, 1)[1][:, 0]
                    if len(absent_embeddings) else np.zeros(0))

@@ -7,6 +7,18 @@ Recall@5 and mAP@R. The shipped int8 model is evaluated through the device bundl
 Open set: photos of novel classes kept out of the gallery must come back "unknown"; at the
 bundle's threshold we report the false-accept rate, the correct-accept rate of known pills and
 the AUROC of known vs absent.
+
+Few-shot episodes (issue #3's protocol, `tf_pilltrack/episodes.py`, settings `episodes` in
+params.yaml), in the same run: on the synthetic novel classes (their reference, query and
+absent photos pooled and re-drawn in every episode) and on the embedded real photo set
+(`episodes.real_source`: 17 real pill types, all novel to a model trained on synthetic pills),
+for K = each of `episodes.shots`, with single-view and multi-view queries, for the shipped int8
+model (embedded by the device code, `interpreter.embed`), the teacher and the colour/shape
+baseline on the same episodes. Real images go through the same ingest and preprocessing as
+`prepare` (with the bundle's preprocessing constants). Search is exact. False accepts of
+gallery-absent pills are reported at two thresholds: "bundle", the int8 bundle's unknown
+threshold calibrated on the synthetic calibration classes (int8 only), and "episode", the one
+keeping `episodes.keep_correct` of the episode's own correct answers.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import numpy as np
 from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, dataset, distillation, metrics, paths, tracking
+from tf_pilltrack import baseline, dataset, distillation, episodes, metrics, paths, tracking
 from tf_pilltrack import teacher as teacher_stage
 
 RECALL_CURVE_DEPTH = 10
@@ -74,6 +86,66 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     return result
 
 
+def concatenate(*splits: dataset.Split) -> dataset.Split:
+    return dataset.Split(*(np.concatenate([getattr(split, field) for split in splits]) for field in dataset.Split._fields))
+
+
+def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarray], settings: dict,
+                 thresholds: dict[str, dict[str, float]]) -> dict:
+    """Every model's figures over `settings["count"]` seeded episodes per K (shots_<K>), each
+    as {"single": summary, "multi": summary} (episodes.summarise, plus the episode count), with
+    the classes and the mean query counts of the episodes."""
+    result = {"classes": len(set(pool.labels.tolist())), "crops": len(pool), "photos": len(set(pool.groups.tolist()))}
+    for shots in settings["shots"]:
+        try:
+            drawn = episodes.draw_episodes(pool.labels, pool.groups, shots, settings["absent_classes"],
+                                           settings["views"], settings["count"], settings["seed"])
+        except ValueError as error:
+            raise ValueError(f"{name} episodes: {error}") from None
+        entry = {"known_classes": len(drawn[0].known_classes), "absent_classes": len(drawn[0].absent_classes),
+                 "classes_with_too_few_photos": result["classes"] - len(drawn[0].known_classes) - len(drawn[0].absent_classes),
+                 "queries": float(np.mean([len(episode.queries) for episode in drawn])),
+                 "absent_queries": float(np.mean([len(episode.absent) for episode in drawn])),
+                 "multi_view_queries": float(np.mean([len(episode.query_views) for episode in drawn])),
+                 "absent_multi_view_queries": float(np.mean([len(episode.absent_views) for episode in drawn]))}
+        for model, model_embeddings in embeddings.items():
+            scored = [episodes.score_episode(model_embeddings, pool.labels, episode, settings["keep_correct"],
+                                             thresholds.get(model)) for episode in drawn]
+            entry[model] = {}
+            for views in ("single", "multi"):
+                present = [figures[views] for figures in scored if views in figures]
+                if present:
+                    entry[model][views] = {"episodes": len(present), **episodes.summarise(present)}
+        result[f"shots_{shots}"] = entry
+    return result
+
+
+EPISODE_MODELS = ("baseline_colour_shape", "teacher", "student_int8")
+
+
+def episode_table(results: dict, settings: dict) -> list[str]:
+    """The episode figures as text rows, mean ± std."""
+    def cell(summary: dict, key: str) -> str:
+        return f"{summary[key]:.3f}±{summary[key + '_std']:.3f}" if key in summary else "-"
+
+    rows = [f"{'data':<10}{'K':>3} {'query':<9}{'model':<22}{'Recall@1':>13}{'Recall@5':>13}{'mAP@R':>13}"
+            f"{'AUROC':>13}{'FAR@episode':>13}{'FAR@bundle':>13}"]
+    for data in ("synthetic", "real"):
+        for shots in settings["shots"]:
+            entry = results[data][f"shots_{shots}"]
+            for views in ("single", "multi"):
+                for model in EPISODE_MODELS:
+                    summary = entry.get(model, {}).get(views)
+                    if summary is None:
+                        continue
+                    label = "1 view" if views == "single" else f"{settings['views']} views"
+                    rows.append(f"{data:<10}{shots:>3} {label:<9}{model:<22}" + "".join(
+                        f"{cell(summary, key):>13}" for key in ("recall_at_1", "recall_at_5", "map_at_r",
+                                                                "auroc_known_vs_absent", "false_accept_rate_episode",
+                                                                "false_accept_rate_bundle")))
+    return rows
+
+
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
     references = dataset.load_split("references")
@@ -86,20 +158,46 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "student_float": distillation.load_float_student(params),
         "student_qat_keras": distillation.load_qat_student(params),
     }
+    settings = params["episodes"]
+    # Synthetic episodes pool every photo of the novel classes; the fixed-split figures below
+    # slice the same embeddings (references first, then queries).
+    synthetic_pool = concatenate(references, queries, absent)
+    cut = len(references)
+    loaded = bundle_module.load_bundle(paths.BUNDLE)
+    real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
+    echo(f"evaluate: real set {settings['real_source']}: {real_report['crops_used']} crops of "
+         f"{real_report['classes']} pills from {real_report['photos']} photos; localisation finds no pill in "
+         f"{real_report['localisation_no_pill_found']} of {real_report['images']} images"
+         + (" (localisation off for the episodes: tight crops)" if not settings["real_localise"] else ""))
+    for entry in real_skipped[:10]:
+        echo(f"  skipped {entry['file']}: {entry['reason']}")
+    pool_embeddings = {"synthetic": {}, "real": {}}
     results, curves, top1 = {}, {}, {}
     for name, model in keras_models.items():
-        results[name], curves[name], top1[name] = score(
-            teacher_stage.embed(model, queries.pixels), queries.labels,
-            teacher_stage.embed(model, references.pixels), references.labels)
+        if name == "teacher":
+            pooled = teacher_stage.embed(model, synthetic_pool.pixels)
+            pool_embeddings["synthetic"][name] = pooled
+            pool_embeddings["real"][name] = teacher_stage.embed(model, real_pool.pixels)
+            query_embeddings, reference_embeddings = pooled[cut:cut + len(queries)], pooled[:cut]
+        else:
+            query_embeddings = teacher_stage.embed(model, queries.pixels)
+            reference_embeddings = teacher_stage.embed(model, references.pixels)
+        results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
+                                                        reference_embeddings, references.labels)
+    pooled = baseline.embed(synthetic_pool.pixels)
+    pool_embeddings["synthetic"]["baseline_colour_shape"] = pooled
+    pool_embeddings["real"]["baseline_colour_shape"] = baseline.embed(real_pool.pixels)
     results["baseline_colour_shape"], curves["baseline_colour_shape"], _ = score(
-        baseline.embed(queries.pixels), queries.labels, baseline.embed(references.pixels), references.labels)
+        pooled[cut:cut + len(queries)], queries.labels, pooled[:cut], references.labels)
     ptq = interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1)
     results["student_ptq_int8"], curves["student_ptq_int8"], top1["student_ptq_int8"] = score(
         interpreter.embed(ptq, queries.pixels), queries.labels,
         interpreter.embed(ptq, references.pixels), references.labels)
-    loaded = bundle_module.load_bundle(paths.BUNDLE)
     shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
-    shipped_queries = interpreter.embed(shipped, queries.pixels)
+    pooled = interpreter.embed(shipped, synthetic_pool.pixels)
+    pool_embeddings["synthetic"]["student_int8"] = pooled
+    pool_embeddings["real"]["student_int8"] = interpreter.embed(shipped, real_pool.pixels)
+    shipped_queries = pooled[cut:cut + len(queries)]
     results["student_int8"] = evaluate_bundle(loaded, shipped, shipped_queries, queries, absent)
     _, curves["student_int8"], top1["student_int8"] = score(
         shipped_queries, queries.labels, loaded.embeddings, np.array(loaded.labels))
@@ -111,11 +209,28 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     results["sizes"] = {"student_int8_bytes": paths.STUDENT_QAT_TFLITE.stat().st_size,
                         "student_ptq_int8_bytes": paths.STUDENT_PTQ_TFLITE.stat().st_size}
     results["queries"] = int(len(queries))
+    thresholds = {"student_int8": {"bundle": loaded.unknown_threshold}}
+    results["episodes"] = {
+        "count": settings["count"],
+        "views": settings["views"],
+        "keep_correct": settings["keep_correct"],
+        "bundle_unknown_threshold": loaded.unknown_threshold,
+        "synthetic": run_episodes("synthetic", synthetic_pool, pool_embeddings["synthetic"], settings, thresholds),
+        "real": {**real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
+                                               pool_embeddings["real"], settings, thresholds)},
+    }
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
     shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
-    with tracking.stage_run("evaluate", params, ("profiles", "prepare")) as mlflow:
+    episode_metrics = {
+        f"episodes_{data}_k{shots}_{views}_{model}_{key}": results["episodes"][data][f"shots_{shots}"][model][views][key]
+        for data in ("synthetic", "real") for shots in settings["shots"] for model in EPISODE_MODELS
+        for views in results["episodes"][data][f"shots_{shots}"][model]
+        for key in ("recall_at_1", "false_accept_rate_episode", "false_accept_rate_bundle")
+        if key in results["episodes"][data][f"shots_{shots}"][model][views]}
+    with tracking.stage_run("evaluate", params, ("profiles", "prepare", "episodes")) as mlflow:
         mlflow.log_metrics(shipped_metrics)
+        mlflow.log_metrics(episode_metrics)
         mlflow.log_metrics({f"{name}_recall_at_1": results[name]["recall_at_1"] for name in curves})
         mlflow.log_artifact(str(paths.METRICS / "evaluation.json"))
         tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{params['base']['profile']}",
@@ -137,4 +252,11 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"AUROC {shipped_row.get('auroc_known_vs_absent', float('nan')):.3f}; float/int8 top-1 agreement "
          f"{results['parity']['float_vs_int8_top1_agreement']:.3f}; int8 size {results['sizes']['student_int8_bytes'] / 1024:.1f} KiB "
          f"({time.time() - started:.0f} s)")
+    echo(f"\nFew-shot episodes on novel classes ({settings['count']} per row, mean ± sample std; K shots per known "
+         f"pill, by source photo; Recall@k over distinct pills; {settings['absent_classes']:.0%} of the classes "
+         f"absent from the gallery; FAR = gallery-absent queries accepted; FAR@bundle at the int8 bundle's "
+         f"calibrated threshold {loaded.unknown_threshold:.3f}, FAR@episode at the threshold keeping "
+         f"{settings['keep_correct']:.0%} of the episode's correct answers):")
+    for row in episode_table(results["episodes"], settings):
+        echo(row)
     return results

@@ -202,6 +202,16 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "tflite_runtime_python": _text,
         "targets": _mapping(_BENCH_TARGETS),
     },
+    "episodes": {
+        "count": _integer(1, 1000),
+        "seed": _integer(0, 2**31 - 1),
+        "shots": _list_of(_integer(1, 100)),
+        "absent_classes": _number(0.0, 0.9),
+        "views": _integer(2, 16),
+        "keep_correct": _number(0.01, 1.0),
+        "real_source": _text,
+        "real_localise": _boolean,
+    },
 }
 
 
