@@ -13,6 +13,7 @@ from edge_runtime.gallery import (
     cosine_to_angular,
     identify,
     search,
+    search_k_for_size,
 )
 from edge_runtime.identification import Identifier, Result, Smoother
 from edge_runtime.interpreter import (
@@ -30,5 +31,5 @@ __all__ = [
     "PreprocessConfig", "Result", "Smoother", "angular_to_cosine", "build_index",
     "check_model", "choose_search_k", "cosine_to_angular", "embed", "embedding_size", "enroll",
     "identify", "input_size", "list_labels", "load_bundle", "make_interpreter", "preprocess",
-    "read_image", "remove", "runtime_name", "search", "write_bundle",
+    "read_image", "remove", "runtime_name", "search", "search_k_for_size", "write_bundle",
 ]

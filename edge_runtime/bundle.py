@@ -73,6 +73,7 @@ class Bundle:
     preprocess: PreprocessConfig
     files: dict  # "model" | "index" | "embeddings" -> FileEntry
     extra: dict  # whatever the writer added (pipeline provenance, metrics)
+    rows_per_label: int  # the most rows any one label has (gallery.most_rows_per_label)
 
     @property
     def embedding_size(self) -> int:
@@ -135,9 +136,15 @@ def update_gallery(directory: str | os.PathLike, change: GalleryChange) -> dict:
     with storage.file_lock(os.path.join(directory, LOCK)):
         current = _load(directory, verify_model=False)
         embeddings, labels = change(current.embeddings, current.labels)
+        embeddings = gallery.check_embeddings(embeddings)
+        # search_k follows the gallery's size (gallery.search_k_for_size), unless the bundle
+        # searches exhaustively (-1) by choice.
+        search_k = current.search_k
+        if search_k != -1:
+            search_k = gallery.search_k_for_size(len(embeddings), current.annoy_trees)
         return _write(directory, current.model_path, embeddings, labels,
                       current.unknown_threshold, current.preprocess, current.annoy_trees,
-                      current.search_k, current.seed, current.extra)
+                      search_k, current.seed, current.extra)
 
 
 def check_model(bundle: Bundle, interpreter) -> None:
@@ -447,6 +454,7 @@ def _load(directory: str, verify_model: bool) -> Bundle:
         preprocess=preprocess,
         files=files,
         extra=sidecar["extra"],
+        rows_per_label=gallery.most_rows_per_label(labels),
     )
     if verify_model:
         try:

@@ -69,12 +69,19 @@ def build_index(embeddings: np.ndarray, trees: int, seed: int) -> AnnoyIndex:
     return index
 
 
+def most_rows_per_label(labels: Sequence[str]) -> int:
+    """The most gallery rows any one label has (1 for no labels). `search` needs it; a caller
+    that searches the same gallery many times computes it once (`Bundle.rows_per_label`)."""
+    return max(collections.Counter(labels).values(), default=1)
+
+
 def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_k: int,
-           search_k: int) -> list[Match]:
+           search_k: int, rows_per_label: int | None = None) -> list[Match]:
     """The `top_k` closest enrolled pills to one embedding, best first: one Match per distinct
     label, with the distance of that label's closest gallery row.
 
-    `search_k` is Annoy's number of nodes to inspect (-1: trees x rows)."""
+    `search_k` is Annoy's number of nodes to inspect (-1: trees x rows). `rows_per_label` is
+    `most_rows_per_label(labels)`, computed here when not given."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if search_k < 1 and search_k != -1:
@@ -82,8 +89,11 @@ def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_
     vector = np.asarray(embedding, np.float32).reshape(-1)
     if vector.shape[0] != index.f:
         raise ValueError(f"embedding has {vector.shape[0]} dimensions, the index {index.f}")
+    if rows_per_label is None:
+        rows_per_label = most_rows_per_label(labels)
+    elif rows_per_label < 1:
+        raise ValueError(f"rows_per_label must be at least 1, got {rows_per_label}")
     # Enough neighbours that `top_k` distinct labels are among them.
-    rows_per_label = max(collections.Counter(labels).values(), default=1)
     items, distances = index.get_nns_by_vector(
         vector.tolist(), top_k * rows_per_label, search_k=search_k, include_distances=True
     )
@@ -92,7 +102,9 @@ def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_
         label = labels[item]
         if label not in matches:
             matches[label] = Match(label, angular_to_cosine(distance))
-    return list(matches.values())[:top_k]
+            if len(matches) == top_k:
+                break
+    return list(matches.values())
 
 
 def identify(matches: Sequence[Match], threshold: float) -> str:
@@ -102,41 +114,91 @@ def identify(matches: Sequence[Match], threshold: float) -> str:
     return UNKNOWN
 
 
+# Annoy's search_k for a gallery of R rows (`search_k_for_size`): SEARCH_K_PER_SQRT_ROW * sqrt(R)
+# candidates, at least MIN_SEARCH_K. benchmarks/edge_speed.py measures it: with the mcu model's
+# embeddings, 16 trees and real query photos of enrolled pills, the smallest search_k reaching
+# 0.99 top-1 agreement with exact search was about 100 at 1k rows, 100-200 at 10k and 800 at 100k;
+# the rule gives 200, 500 and 1,582, about twice as many.
+SEARCH_K_PER_SQRT_ROW = 5.0
+MIN_SEARCH_K = 200
+
+
+def search_k_for_size(rows: int, trees: int) -> int:
+    """The search_k a bundle records for a gallery of `rows` rows in an index of `trees` trees:
+    grows with the gallery, so enrolling pills raises it; never more than rows x trees, where
+    Annoy's search is already exhaustive."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    if isinstance(trees, bool) or not isinstance(trees, int) or trees < 1:
+        raise ValueError(f"trees must be a positive integer, got {trees!r}")
+    wanted = max(MIN_SEARCH_K, math.ceil(SEARCH_K_PER_SQRT_ROW * math.sqrt(rows)))
+    return min(wanted, rows * trees)
+
+
+def top1_agreement(index: AnnoyIndex, embeddings: np.ndarray, queries: np.ndarray,
+                   search_k: int) -> float:
+    """Fraction of `queries` whose Annoy top-1 (with `search_k`) is as close as the exact
+    nearest row of `embeddings` (the index's rows); ties between rows count as agreement."""
+    unit = _unit_rows(check_embeddings(embeddings))
+    queries = _unit_rows(check_embeddings(queries))
+    if queries.shape[1] != unit.shape[1]:
+        raise ValueError(f"queries have {queries.shape[1]} dimensions, embeddings {unit.shape[1]}")
+    return _agreement(index, queries, _exact_best(unit, queries), search_k)
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _exact_best(unit: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Best cosine distance of each unit query to the unit rows, in blocks of queries."""
+    return np.concatenate([1.0 - (queries[start:start + 256] @ unit.T).max(axis=1)
+                           for start in range(0, len(queries), 256)])
+
+
+def _agreement(index: AnnoyIndex, queries: np.ndarray, exact: np.ndarray, search_k: int) -> float:
+    agreed = 0
+    for query, best in zip(queries, exact):
+        _, distances = index.get_nns_by_vector(query.tolist(), 1, search_k=search_k,
+                                                include_distances=True)
+        agreed += bool(distances) and angular_to_cosine(distances[0]) <= best + 1e-5
+    return agreed / len(queries)
+
+
 def choose_search_k(embeddings: np.ndarray, trees: int, target_agreement: float = 0.99,
                     seed: int = 0, queries: np.ndarray | None = None) -> int:
     """The smallest Annoy `search_k` whose top-1 answer agrees with exact search on at least
-    `target_agreement` of the queries.
+    `target_agreement` of the queries: a measurement, for checking `search_k_for_size`.
 
-    Without `queries`, up to 200 gallery rows with a little Gaussian noise stand in for them.
-    A query agrees when Annoy's best distance is no worse than the exact best (so ties between
-    duplicate rows count as agreement). Candidates double from `trees` until one reaches the
-    target, then a bisection finds the smallest; rows x trees, where search is exhaustive, is
-    the largest answer.
+    Queries should be real photos outside the gallery, as the device's are. Without `queries`,
+    up to 200 gallery rows are held out: the index is built over the other rows and the held-out
+    ones query it (a held-out photo's pill usually keeps its other photos in the gallery, as an
+    enrolled pill does). A query agrees when Annoy's best distance is no worse than the exact
+    best (so ties between duplicate rows count as agreement). Candidates double from `trees`
+    until one reaches the target, then a bisection finds the smallest; rows x trees, where
+    search is exhaustive, is the largest answer.
     """
     if not 0.0 < target_agreement <= 1.0:
         raise ValueError(f"target_agreement must be within (0, 1], got {target_agreement}")
     embeddings = check_embeddings(embeddings)
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    generator = np.random.default_rng(seed)
     if queries is None:
-        rows = generator.choice(len(unit), size=min(200, len(unit)), replace=False)
-        queries = unit[rows] + generator.normal(0.0, 0.1 / math.sqrt(unit.shape[1]),
-                                                (len(rows), unit.shape[1]))
+        if len(embeddings) < 2:
+            raise ValueError("holding out query rows needs a gallery of at least 2 rows")
+        held_out = np.zeros(len(embeddings), bool)
+        generator = np.random.default_rng(seed)
+        held_out[generator.choice(len(embeddings), size=min(200, len(embeddings) // 2),
+                                  replace=False)] = True
+        embeddings, queries = embeddings[~held_out], embeddings[held_out]
     queries = check_embeddings(queries)
+    unit = _unit_rows(embeddings)
     if queries.shape[1] != unit.shape[1]:
         raise ValueError(f"queries have {queries.shape[1]} dimensions, embeddings {unit.shape[1]}")
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    exact = 1.0 - (queries @ unit.T).max(axis=1)  # best cosine distance of each query
+    queries = _unit_rows(queries)
+    exact = _exact_best(unit, queries)
     index = build_index(embeddings, trees, seed)
 
     def agreement(search_k: int) -> float:
-        agreed = 0
-        for query, best in zip(queries, exact):
-            _, distances = index.get_nns_by_vector(
-                query.tolist(), 1, search_k=search_k, include_distances=True
-            )
-            agreed += bool(distances) and angular_to_cosine(distances[0]) <= best + 1e-5
-        return agreed / len(queries)
+        return _agreement(index, queries, exact, search_k)
 
     # Collecting rows x trees candidates visits every leaf of every tree: exact search.
     exhaustive = len(unit) * trees

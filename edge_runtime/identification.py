@@ -85,7 +85,7 @@ class Identifier:
         timings["invoke"] = time.perf_counter() - start
         start = time.perf_counter()
         matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, self.top_k,
-                                 self.bundle.search_k)
+                                 self.bundle.search_k, self.bundle.rows_per_label)
         label = gallery.identify(matches, self.threshold)
         timings["search"] = time.perf_counter() - start
         distance = matches[0].distance if matches else None

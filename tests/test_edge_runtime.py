@@ -324,6 +324,63 @@ def test_choose_search_k_reaches_the_agreement():
     assert chosen == 1 or agreement(chosen - 1) < 0.95  # the smallest that reaches it
 
 
+def test_search_k_grows_with_the_gallery_and_is_capped_at_exhaustive():
+    sizes = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
+    chosen = [gallery.search_k_for_size(rows, 16) for rows in sizes]
+    assert chosen == sorted(chosen) and chosen[-1] > chosen[3]
+    assert all(1 <= k <= rows * 16 for k, rows in zip(chosen, sizes))
+    assert gallery.search_k_for_size(1, 16) == 16  # rows x trees: already exhaustive
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="rows must be a positive integer"):
+            gallery.search_k_for_size(bad, 16)
+    with pytest.raises(ValueError, match="trees must be a positive integer"):
+        gallery.search_k_for_size(100, 0)
+
+
+def test_search_k_for_size_agrees_with_exact_search_on_clustered_galleries():
+    # Pills as clusters of shots, queried with other shots of enrolled pills.
+    generator = np.random.default_rng(5)
+    centres = generator.normal(size=(1000, 32))
+    rows = np.repeat(np.arange(1000), 5)
+    embeddings = (centres[rows] + generator.normal(0, 0.3, (5000, 32))).astype(np.float32)
+    queries = (centres[generator.integers(0, 1000, 300)]
+               + generator.normal(0, 0.3, (300, 32))).astype(np.float32)
+    index = gallery.build_index(embeddings, 16, seed=3)
+    search_k = gallery.search_k_for_size(len(embeddings), 16)
+    assert gallery.top1_agreement(index, embeddings, queries, search_k) >= 0.99
+    assert gallery.top1_agreement(index, embeddings, queries, 5000 * 16) == 1.0  # exhaustive
+
+
+def test_search_with_a_cached_rows_per_label_matches_the_uncached():
+    generator = np.random.default_rng(8)
+    embeddings = generator.normal(size=(60, 8)).astype(np.float32)
+    labels = [f"pill {row % 7}" for row in range(60)]  # 9 rows for some labels, 8 for others
+    index = gallery.build_index(embeddings, 4, seed=2)
+    assert gallery.most_rows_per_label(labels) == 9
+    for query in generator.normal(size=(20, 8)):
+        cached = gallery.search(index, labels, query, 3, -1, rows_per_label=9)
+        assert cached == gallery.search(index, labels, query, 3, -1)
+        assert len({match.label for match in cached}) == 3
+    with pytest.raises(ValueError, match="rows_per_label must be at least 1"):
+        gallery.search(index, labels, embeddings[0], 3, -1, rows_per_label=0)
+
+
+def test_enrolling_updates_search_k_from_the_gallery_size(edge_bundle, edge_embed):
+    assert _sidecar(edge_bundle)["search_k"] == -1  # the fixture searches exhaustively
+    loaded = load_bundle(edge_bundle)
+    write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
+                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, 5, loaded.seed)
+    assert _sidecar(edge_bundle)["search_k"] == 5
+    enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 4)))
+    rows = len(loaded.labels) + 4
+    assert _sidecar(edge_bundle)["search_k"] == gallery.search_k_for_size(rows, loaded.annoy_trees)
+    assert load_bundle(edge_bundle).rows_per_label == 4
+    write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
+                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, -1, loaded.seed)
+    enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 2)))
+    assert _sidecar(edge_bundle)["search_k"] == -1  # an exhaustive search stays exhaustive
+
+
 def test_index_is_deterministic(tmp_path):
     embeddings = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     for name in ("a.ann", "b.ann"):

@@ -7,8 +7,9 @@ The novel classes' reference shots are embedded by the exported int8 model throu
 The unknown-pill threshold is calibrated on the calibration classes, which neither training
 nor evaluation uses: their reference shots form a gallery, their other photos query it, and
 the threshold is the cosine distance that accepts `enroll.target_recall` of the correct
-top-1 answers. Annoy's search_k is the smallest that reaches `enroll.search_k_agreement`
-top-1 agreement with exact search on the gallery.
+top-1 answers. Annoy's search_k follows the gallery's size (`gallery.search_k_for_size`, as on
+the device after enrolling); its top-1 agreement with exact search on the calibration photos,
+and the smallest search_k reaching `enroll.search_k_agreement` there, are reported beside it.
 """
 
 from __future__ import annotations
@@ -58,19 +59,32 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         calibration_query_embeddings, calibration_queries, settings["target_recall"])
     references = dataset.load_split("references")
     embeddings = embed_split(model_interpreter, references)
-    # search_k is chosen on real photos of pills outside the gallery (the calibration classes'),
-    # not on perturbed gallery rows, whose nearest neighbour is too easy to find.
-    search_k = gallery.choose_search_k(embeddings, settings["annoy_trees"], settings["search_k_agreement"],
-                                       seed, queries=calibration_query_embeddings)
+    # search_k follows the gallery's size, as it does when the device enrolls more pills; it is
+    # checked here on real photos of pills outside the gallery (the calibration classes').
+    search_k = gallery.search_k_for_size(len(embeddings), settings["annoy_trees"])
+    index = gallery.build_index(embeddings, settings["annoy_trees"], seed)
+    search = {
+        "search_k": search_k,
+        "top1_agreement": gallery.top1_agreement(index, embeddings, calibration_query_embeddings, search_k),
+        "smallest_search_k_for_target": gallery.choose_search_k(
+            embeddings, settings["annoy_trees"], settings["search_k_agreement"], seed,
+            queries=calibration_query_embeddings),
+        "target_agreement": settings["search_k_agreement"],
+        "queries": int(len(calibration_query_embeddings)),
+    }
+    index.unload()
     bundle_module.write_bundle(
         paths.BUNDLE, paths.STUDENT_QAT_TFLITE, embeddings, [str(label) for label in references.labels],
         calibration["threshold"], params_module.preprocess_config(params), settings["annoy_trees"],
-        search_k, seed, extra={"profile": params["base"]["profile"], "calibration": calibration},
+        search_k, seed, extra={"profile": params["base"]["profile"], "calibration": calibration,
+               "search_k_check": search},
     )
     summary = {
         "gallery_items": int(len(references)),
         "gallery_pills": int(len(set(references.labels.tolist()))),
         "search_k": int(search_k),
+        "search_k_top1_agreement": search["top1_agreement"],
+        "smallest_search_k_for_target": search["smallest_search_k_for_target"],
         "unknown_threshold": calibration["threshold"],
         "calibration_recall_at_1": calibration["calibration_recall_at_1"],
         "runtime": interpreter.runtime_name(),
@@ -80,5 +94,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     write_atomically(paths.REPORTS / "enroll.json", json.dumps(summary, indent=2).encode())
     echo(f"enroll: {summary['gallery_pills']} novel pills ({summary['gallery_items']} photos) in {paths.BUNDLE}/ "
          f"via {summary['runtime']}; unknown threshold {summary['unknown_threshold']:.3f} (cosine distance, keeps "
-         f"{settings['target_recall']:.0%} of correct answers on calibration classes); search_k {search_k}")
+         f"{settings['target_recall']:.0%} of correct answers on calibration classes); search_k {search_k} "
+         f"(top-1 agreement with exact search {search['top1_agreement']:.3f} on {search['queries']} calibration "
+         f"photos; the smallest reaching {search['target_agreement']} there: "
+         f"{search['smallest_search_k_for_target']})")
     return summary
