@@ -138,6 +138,18 @@ def test_accuracy_comes_from_the_evaluation_and_untrained_is_marked(bench):
         untrained = by_id[f"untrained/{model}"]
         assert untrained["trained"] is False
         assert untrained["accuracy"]["synthetic"] is None and untrained["accuracy"]["note"] == "not trained in this run"
+    real = (evaluation.get("episodes") or {}).get("real")
+    if real:  # the evaluation's real-photo few-shot episodes: K = the gallery's shots where evaluated, else the most
+        evaluated = sorted(int(key.split("_", 1)[1]) for key in real if key.startswith("shots_"))
+        shots = bench["params"]["prepare"]["reference_shots"]
+        episodes = real[f"shots_{shots if shots in evaluated else evaluated[-1]}"]
+        for model, key in (("teacher", "teacher"), ("student_qat_int8", "student_int8"), ("baseline", "baseline_colour_shape")):
+            measured = by_id[f"tiny/{model}"]["accuracy"]["real"]
+            assert measured["recall_at_1"] == pytest.approx(episodes[key]["single"]["recall_at_1"])
+            assert measured["map_at_r"] == pytest.approx(episodes[key]["single"]["map_at_r"])
+        assert by_id["tiny/student_float"]["accuracy"]["real"] is None  # the episodes do not evaluate it
+    else:
+        assert all(entry["accuracy"]["real"] is None for entry in bench["report"]["models"])
     baseline = by_id["tiny/baseline"]["accuracy"]["synthetic"]
     assert baseline["recall_at_1"] == pytest.approx(evaluation["baseline_colour_shape"]["recall_at_1"])
     rows = [row for row in _tables(bench["markdown"])[0][1:] if row[0] == "untrained"]

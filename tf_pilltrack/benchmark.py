@@ -231,27 +231,38 @@ MODEL_LABELS = {
     "baseline": "colour/shape baseline",
     "peak_conv": "int8 3x3 convolution (throughput)",
 }
-# Sections of metrics/evaluation.json that may hold real-photo metrics, per model key.
-REAL_SECTIONS = ("real", "episodes", "real_photos")
 
 
-def _accuracy(evaluation: dict | None, model: str, note: str | None = None) -> dict:
-    """Synthetic novel-class and real-photo accuracy of `model` from an evaluation.json, or
-    None for each with the reason in `note`."""
+def _real_episodes(evaluation: dict, shots: int) -> tuple[dict, str] | tuple[None, None]:
+    """The real-photo few-shot episode figures of the evaluation (`episodes.real`), per model,
+    for `shots` reference shots (the largest K evaluated where that K is not), single-view
+    queries; and what they are, in words."""
+    real = (evaluation.get("episodes") or {}).get("real")
+    if not isinstance(real, dict):
+        return None, None
+    evaluated = sorted(int(key.split("_", 1)[1]) for key in real if key.startswith("shots_"))
+    if not evaluated:
+        return None, None
+    chosen = shots if shots in evaluated else evaluated[-1]
+    per_model = {model: views["single"] for model, views in real[f"shots_{chosen}"].items()
+                 if isinstance(views, dict) and isinstance(views.get("single"), dict)}
+    return per_model, f"real photos (episodes.real_source), {chosen}-shot few-shot episodes, single-view queries, mean over episodes"
+
+
+def _accuracy(evaluation: dict | None, model: str, note: str | None = None, shots: int = 5) -> dict:
+    """Synthetic novel-class accuracy of `model` from an evaluation.json and its real-photo
+    episode accuracy where evaluated; None for each with the reason in `note`."""
     if evaluation is None:
         return {"synthetic": None, "real": None, "note": note or NOT_TRAINED}
     key = EVALUATION_KEYS[model]
     synthetic = evaluation.get(key)
-    real = None
-    for section in REAL_SECTIONS:
-        values = evaluation.get(section)
-        if isinstance(values, dict) and isinstance(values.get(key), dict):
-            real = values[key]
-            break
-    pick = ("recall_at_1", "recall_at_5", "map_at_r")
+    real_models, real_what = _real_episodes(evaluation, shots)
+    real = (real_models or {}).get(key)
+    pick = ("recall_at_1", "recall_at_5", "map_at_r", "recall_at_1_std", "map_at_r_std")
     return {
         "synthetic": {name: float(synthetic[name]) for name in pick if name in synthetic} if synthetic else None,
         "real": {name: float(real[name]) for name in pick if name in real} if real else None,
+        "real_what": real_what if real else None,
         "note": None,
     }
 
@@ -292,6 +303,7 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
     from tf_pilltrack import teacher as teacher_stage
 
     profile_params = _profile_params(params, profile)
+    shots = params["prepare"]["reference_shots"]
     keras_models = {"teacher": teacher_stage.build(profile_params), "student_float": distillation.build_student(profile_params)}
     files: dict[str, pathlib.Path] = {}
     if artefacts is not None:
@@ -314,11 +326,11 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
         evaluation, note = None, NOT_TRAINED
         source, trained = f"built from params.yaml profiles.{profile}, untrained; int8 calibrated on {len(calibration)} photos", False
     entries = [
-        _keras_entry(profile, name, keras_models[name], source, trained, _accuracy(evaluation, name, note))
+        _keras_entry(profile, name, keras_models[name], source, trained, _accuracy(evaluation, name, note, shots))
         for name in ("teacher", "student_float")
     ] + [
         _int8_entry(profile, name, files[name].read_bytes(), str(files[name]) if trained else source, trained,
-                    _accuracy(evaluation, name, note))
+                    _accuracy(evaluation, name, note, shots))
         for name in ("student_qat_int8", "student_ptq_int8")
     ]
     return entries, {f"{profile}/{name}": path for name, path in files.items()}, {f"{profile}/{name}": model for name, model in keras_models.items()}
@@ -370,7 +382,7 @@ def search_benchmark(settings: dict, workdir: pathlib.Path, echo: Callable[[str]
     command = [sys.executable, str(script), "--sizes", *map(str, settings["gallery_sizes"]),
                "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE), "--data-root", ".",
                "--device-gallery", str(settings["targets"]["gallery_size"]), "--out", str(out)]
-    echo(f"bench: search and device step: {' '.join(command[1:])}")
+    echo(f"  {' '.join(command[1:])}")
     started = time.time()
     finished = subprocess.run(command, capture_output=True, text=True)
     for line in finished.stdout.splitlines():
@@ -447,24 +459,26 @@ def _derive(entries: list[dict], peak: dict) -> None:
 
 
 def _attach_device_step(entries: list[dict], step: dict | None, shipped_id: str) -> None:
-    """Device step (preprocess + invoke + search, ms) per int8 model under LiteRT 1 thread: the
-    search benchmark's measured one for the shipped model; for the others its preprocess and
-    search medians plus the model's own invoke median (an estimate, marked so)."""
+    """Device step (preprocess + invoke + search, ms, LiteRT 1 thread) per int8 student: the
+    search benchmark's measured one for the shipped model; for the others an estimate, that
+    measurement with the shipped model's bare invoke median replaced by theirs (the device
+    step's invoke also quantises the input and dequantises the output, which stays)."""
+    shipped = next((entry for entry in entries if entry["id"] == shipped_id), None)
+    shipped_invoke = (shipped or {}).get("latency", {}).get("litert_1", {}).get("median_ms")
     for entry in entries:
         entry["device_step"] = None
-        timing = entry["latency"].get("litert_1", {})
-        if step is None or entry["format"] != "int8 TFLite" or entry["model"] in ("peak_conv",) or "median_ms" not in timing:
+        invoke = entry["latency"].get("litert_1", {}).get("median_ms")
+        if step is None or shipped_invoke is None or invoke is None or not entry["model"].startswith("student_"):
             continue
-        stages = step["stages"]
+        total = step["total_without_localise"]
         if entry["id"] == shipped_id:
-            total = step["total_without_localise"]
             entry["device_step"] = {"median_ms": total["median_ms"], "p95_ms": total.get("p95_ms"), "measured": True,
                                     "with_localise_median_ms": step.get("total", {}).get("median_ms"),
                                     "gallery_size": step.get("gallery_size")}
-        elif entry["model"] != "reference":
-            median = stages["preprocess"]["median_ms"] + timing["median_ms"] + stages["search"]["median_ms"]
-            entry["device_step"] = {"median_ms": median, "p95_ms": None, "measured": False,
-                                    "with_localise_median_ms": None, "gallery_size": step.get("gallery_size")}
+        else:
+            entry["device_step"] = {"median_ms": total["median_ms"] - shipped_invoke + invoke, "p95_ms": None,
+                                    "measured": False, "with_localise_median_ms": None,
+                                    "gallery_size": step.get("gallery_size")}
 
 
 def evaluate_targets(report: dict, targets: dict) -> list[dict]:
@@ -505,6 +519,24 @@ def evaluate_targets(report: dict, targets: dict) -> list[dict]:
     return rows
 
 
+class _Phases:
+    """Wall seconds of each phase of the run, announced as it starts."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo, self.seconds, self._current = echo, {}, None
+
+    def start(self, name: str, message: str) -> None:
+        self.stop()
+        self._current = (name, time.time())
+        self.echo(f"bench: {message}")
+
+    def stop(self) -> None:
+        if self._current:
+            name, started = self._current
+            self.seconds[name] = round(time.time() - started, 1)
+            self._current = None
+
+
 def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | None = None,
         repro_seconds: float | None = None, out_dir: str | os.PathLike = paths.REPORTS) -> dict:
     started = time.time()
@@ -526,11 +558,14 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
     report: dict = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": _machine(), "settings": settings, "pipeline_profile": pipeline_profile,
                     "runtimes": labels}
+    phases = _Phases(echo)
     with tempfile.TemporaryDirectory(prefix="pilltrack-bench-") as directory:
         workdir = pathlib.Path(directory)
+        phases.start("search", "search and device step (benchmarks/edge_speed.py)")
         search = search_benchmark(settings, workdir, echo)
         entries, files, keras_models = [], {}, {}
-        for profile in settings["profiles"]:
+        phases.start("models", f"models of profiles {', '.join(settings['profiles'])}, the reference, the throughput convolution")
+        for profile in dict.fromkeys([pipeline_profile, *settings["profiles"]]):  # the pipeline's always
             profile_entries, profile_files, profile_keras = profile_models(
                 params, profile, given.get(profile), settings, workdir, echo)
             entries += profile_entries
@@ -549,7 +584,7 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
         entries.append(peak_entry)
         by_id = {entry["id"]: entry for entry in entries}
 
-        echo(f"bench: LiteRT, 1 and {threads} threads, {repeats} invocations per model")
+        phases.start("litert", f"LiteRT, 1 and {threads} threads, {repeats} invocations per model")
         jobs = [[f"{model_id}|{count}", str(path), count] for model_id, path in files.items()
                 for count in sorted({1, threads})]
         litert = interpreter_timings(jobs, repeats)
@@ -559,29 +594,32 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
             by_id[model_id]["latency"][f"litert_{count}"] = timing
 
         python = REPOSITORY / settings["tflite_runtime_python"]
-        echo(f"bench: tflite-runtime ({python}), 1 thread")
+        phases.start("tflite_runtime", f"tflite-runtime ({python}), 1 thread")
         edge = tflite_runtime_timings(python, [[model_id, str(path), 1] for model_id, path in files.items()], repeats)
         report["tflite_runtime"] = {"python": str(python), "version": edge.get("version"), "error": edge.get("error")}
         for model_id in files:
             by_id[model_id]["latency"]["tflite_runtime_1"] = (edge["timings"][model_id] if "timings" in edge
                                                               else {"error": edge["error"]})
 
-        echo(f"bench: TFLite Micro, {settings['micro_repeats']} invocations per model")
+        phases.start("tflm", f"TFLite Micro, {settings['micro_repeats']} invocations per model")
         for model_id, path in files.items():
             by_id[model_id]["latency"]["tflm"] = micro_timing(path.read_bytes(), settings["micro_repeats"])
 
-        echo(f"bench: Keras models under TensorFlow, {repeats} invocations each")
+        phases.start("tensorflow", f"Keras models under TensorFlow, {repeats} invocations each")
         for model_id, keras_model in keras_models.items():
             by_id[model_id]["latency"]["tensorflow"] = keras_timing(keras_model, repeats)
 
+        phases.start("baseline", "colour/shape baseline, per crop")
         evaluation = _read_json(paths.METRICS / "evaluation.json")
         baseline_entry = _entry(pipeline_profile, "baseline", format="features (no model)", trained=True,
-                                source="tf_pilltrack/baseline.py", accuracy=_accuracy(evaluation, "baseline"))
+                                source="tf_pilltrack/baseline.py",
+                                accuracy=_accuracy(evaluation, "baseline", shots=params["prepare"]["reference_shots"]))
         from tf_pilltrack import baseline, dataset
 
         crop = dataset.load_split("train").pixels[0]
         baseline_entry["latency"]["numpy"] = numpy_timing(baseline.describe, crop, repeats)
         entries.insert(len([entry for entry in entries if entry["profile"] is not None]), baseline_entry)
+        phases.stop()
 
     peak = {runtime: peak_entry["macs"] / (timing["median_ms"] / 1000.0)
             for runtime, timing in peak_entry["latency"].items() if "median_ms" in timing}
@@ -600,6 +638,7 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
     report["training"]["export_seconds"] = export_report.get("seconds") if export_report else None
     report["repro_seconds"] = repro_seconds
     report["targets"] = evaluate_targets(report, settings["targets"])
+    report["phase_seconds"] = phases.seconds
     report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     report["seconds"] = round(time.time() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -708,8 +747,11 @@ def to_markdown(report: dict) -> str:
                      "untrained weights and exported to int8 as `pilltrack export` does (size, arena, MACs, ops and "
                      "latency do not depend on the weights; accuracy does). `--artefacts PROFILE=DIR` uses a trained run.")
     if any(entry.get("device_step") and not entry["device_step"]["measured"] for entry in report["models"]):
-        notes.append("≈: device step estimated as the measured preprocess and search medians of the shipped model's "
-                     "device step plus this model's own invoke median.")
+        notes.append("≈: device step estimated: the shipped model's measured device step with its invoke median "
+                     "replaced by this model's (LiteRT, 1 thread; same preprocessing, search and I/O conversion).")
+    real_what = next((entry["accuracy"].get("real_what") for entry in report["models"] if entry["accuracy"].get("real_what")), None)
+    notes.append(f"Real columns: {real_what}; models the episodes do not evaluate say {NOT_MEASURED}." if real_what
+                 else f"Real columns: {NOT_MEASURED} (metrics/evaluation.json has no real-photo episodes).")
     notes.append("Keras rows: size is float32 weights; the reference's TensorFlow row is the same architecture in Keras float32.")
     lines += [""] + [f"- {note}" for note in notes]
 
