@@ -449,7 +449,8 @@ def _derive(entries: list[dict], peak: dict) -> None:
             if "median_ms" not in timing:
                 continue
             base = reference["latency"].get(runtime, {})
-            timing["reference_ratio"] = timing["median_ms"] / base["median_ms"] if "median_ms" in base else None
+            timing["reference_ratio"] = (timing["median_ms"] / base["median_ms"]
+                                         if "median_ms" in base and entry["model"] != "peak_conv" else None)
             throughput = peak.get(runtime)
             if throughput and entry["macs"]:
                 timing["floor_ms"] = entry["macs"] / throughput * 1000.0
@@ -828,14 +829,17 @@ def to_markdown(report: dict) -> str:
 
 
 def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
-    """Accuracy (synthetic Recall@1, and real where measured) against size and against invoke
-    latency, one point per trained model; the baseline and the reference as lines."""
+    """Accuracy (novel-class Recall@1: synthetic filled, real-photo episodes hollow) against size
+    and against invoke latency, one colour per trained model; the baseline and the reference as
+    lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     entries = report["models"]
+    trained = [entry for entry in entries if entry["accuracy"]["synthetic"] and entry["model"] != "baseline"]
     baseline = next((entry for entry in entries if entry["model"] == "baseline"), None)
     reference = next(entry for entry in entries if entry["model"] == "reference")
     written = []
@@ -847,26 +851,37 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
          reference["latency"].get("litert_1", {}).get("median_ms")),
     ):
         figure, axes = plt.subplots(figsize=(8, 5))
-        for kind, marker in (("synthetic", "o"), ("real", "s")):
-            for entry in entries:
-                value, accuracy = value_of(entry), entry["accuracy"][kind]
-                if value is None or not accuracy or entry["model"] == "baseline":
-                    continue
-                axes.scatter(value, accuracy["recall_at_1"], marker=marker, facecolors="none" if kind == "real" else None)
-                axes.annotate(f"{entry['profile']} {entry['label']} ({kind})", (value, accuracy["recall_at_1"]),
-                              fontsize=7, xytext=(4, 4), textcoords="offset points")
-        if baseline and baseline["accuracy"]["synthetic"]:
-            axes.axhline(baseline["accuracy"]["synthetic"]["recall_at_1"], linestyle="--", color="grey",
-                         label="colour/shape baseline (synthetic)")
+        handles = []
+        for number, entry in enumerate(trained):
+            value = value_of(entry)
+            if value is None:
+                continue
+            colour = f"C{number % 10}"
+            synthetic, real = entry["accuracy"]["synthetic"]["recall_at_1"], (entry["accuracy"]["real"] or {}).get("recall_at_1")
+            axes.scatter(value, synthetic, marker="o", color=colour, zorder=3)
+            if real is not None:
+                axes.scatter(value, real, marker="s", facecolors="none", edgecolors=colour, zorder=3)
+                axes.plot([value, value], [synthetic, real], color=colour, linewidth=0.6, zorder=2)
+            handles.append(Line2D([], [], marker="o", color=colour, linestyle="none",
+                                  label=f"{entry['profile']}: {entry['label']}"))
+        handles += [Line2D([], [], marker="o", color="grey", linestyle="none", label="synthetic novel classes"),
+                    Line2D([], [], marker="s", markerfacecolor="none", color="grey", linestyle="none",
+                           label="real photos (episodes)")]
+        if baseline:
+            for kind, style in (("synthetic", "--"), ("real", "-.")):
+                if baseline["accuracy"][kind]:
+                    handles.append(axes.axhline(baseline["accuracy"][kind]["recall_at_1"], linestyle=style, color="grey",
+                                                linewidth=1, label=f"colour/shape baseline ({kind})"))
         if reference_value:
-            axes.axvline(reference_value, linestyle=":", color="black", label="reference MobileNetV2 1.0 224 px int8")
+            handles.append(axes.axvline(reference_value, linestyle=":", color="black",
+                                        label="reference MobileNetV2 1.0 224 px int8"))
         axes.set_xscale("log")
         axes.margins(x=0.25)
         axes.set_xlabel(axis_label)
         axes.set_ylabel("novel-class Recall@1")
         axes.set_ylim(0.0, 1.0)
         axes.set_title(f"PillTrack: accuracy vs {'size' if 'size' in name else 'latency'} (trained models)")
-        axes.legend(fontsize=7, loc="lower right")
+        axes.legend(handles=handles, fontsize=7, loc="upper left")
         figure.tight_layout()
         figure.savefig(out_dir / name, dpi=120)
         plt.close(figure)
