@@ -207,9 +207,45 @@ def test_markdown_tables_are_well_formed(bench):
     assert tuple(main_table[0]) == MAIN_COLUMNS
     rows = sum(len(entry["latency"]) for entry in bench["report"]["models"])
     assert len(main_table) - 1 == rows
-    for heading in ("## int8 throughput", "## Size, TFLite Micro arena and the Edge TPU op report", "## Search",
-                    "## Targets", "## Training"):
+    for heading in ("## int8 throughput", "## Size, TFLite Micro arena and the Edge TPU op report",
+                    "## Runtime parity", "## Search", "## Targets", "## Training"):
         assert heading in bench["markdown"]
+
+
+def test_runtime_parity_is_reported(bench):
+    """The shipped model's raw int8 outputs and top-1 answers under every runtime against the
+    device's (LiteRT, XNNPACK): a row per runtime, well formed; no assertion on how close they are
+    beyond the device agreeing with itself."""
+    parity = bench["report"]["parity"]
+    queries = np.load(bench["work"] / "data/prepared/queries.npz")["labels"]
+    gallery = np.load(bench["work"] / "data/prepared/references.npz")["labels"]
+    assert parity["queries"] == min(bench["params"]["bench"]["parity_queries"] or len(queries), len(queries))
+    assert parity["queries_available"] == len(queries) and parity["gallery"] == len(gallery)
+    assert parity["model"].endswith("student_int8.tflite") and parity["output_scale"] > 0.0
+    assert parity["reference_runtime"] == "litert_1" and "tolerance" in parity
+    rows = parity["runtimes"]
+    assert set(rows) == {"litert_1", "litert_builtin", "tflite_runtime_1", "tflm"}
+    for name, row in rows.items():
+        assert isinstance(row["tolerance_steps"], int) and isinstance(row["tolerance_steps_builtin"], int)
+        if "error" in row:  # only the tflite-runtime environment may be missing
+            assert name == "tflite_runtime_1" and row["error"].startswith("not installed")
+            assert row["within_tolerance"] is None
+            continue
+        for key in ("identical_values", "identical_embeddings", "identical_values_builtin", "top1_agreement",
+                    "top1_index_agreement", "recall_at_1"):
+            assert 0.0 <= row[key] <= 1.0, (name, key)
+        assert 0 <= row["max_abs_steps"] <= 255 and 0 <= row["max_abs_steps_builtin"] <= 255
+        assert 0.0 <= row["mean_abs_steps"] <= row["max_abs_steps"]
+        assert row["top1_index_agreement"] <= row["top1_agreement"]
+        assert row["changed_answers"] == round((1.0 - row["top1_agreement"]) * parity["queries"])
+        assert (row["changed_max_cosine_gap"] is None) == (row["changed_answers"] == 0)
+        assert row["within_tolerance"] == (row["max_abs_steps"] <= row["tolerance_steps"]
+                                           and row["max_abs_steps_builtin"] <= row["tolerance_steps_builtin"])
+    device = rows["litert_1"]
+    assert device["max_abs_steps"] == 0 and device["identical_embeddings"] == 1.0 and device["top1_agreement"] == 1.0
+    assert rows["litert_builtin"]["max_abs_steps_builtin"] == 0
+    table = next(table for table in _tables(bench["markdown"]) if table[0][0] == "runtime" and "max Δ vs device" in table[0])
+    assert len(table) - 1 == len(rows)
 
 
 def test_bench_params_are_validated(tmp_path):

@@ -200,6 +200,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "calibration_images": _integer(1),
         "peak_conv": _integers(3, 1),
         "tflite_runtime_python": _text,
+        "parity_queries": _integer(0),
         "targets": _mapping(_BENCH_TARGETS),
     },
     "episodes": {
