@@ -115,12 +115,13 @@ def identify(matches: Sequence[Match], threshold: float) -> str:
 
 
 # Annoy's search_k for a gallery of R rows (`search_k_for_size`): SEARCH_K_PER_SQRT_ROW * sqrt(R)
-# candidates, at least MIN_SEARCH_K. benchmarks/edge_speed.py measures it: with the mcu model's
-# embeddings, 16 trees and real query photos of enrolled pills, the smallest search_k reaching
-# 0.99 top-1 agreement with exact search was about 100 at 1k rows, 100-200 at 10k and 800 at 100k;
-# the rule gives 200, 500 and 1,582, about twice as many.
-SEARCH_K_PER_SQRT_ROW = 5.0
-MIN_SEARCH_K = 200
+# candidates, at least MIN_SEARCH_K. benchmarks/edge_speed.py measures it: with the default mcu
+# model's embeddings (multi-similarity teacher, 40-epoch distillation), 16 trees and real query
+# photos of enrolled pills, the smallest search_k reaching 0.99 top-1 agreement with exact search
+# was 174 at 1k rows, 339 at 10k and 993 at 100k (an earlier, weaker model needed 21, 72 and
+# 408: better-spread embeddings need more candidates); the rule gives 400, 1,000 and 3,163.
+SEARCH_K_PER_SQRT_ROW = 10.0
+MIN_SEARCH_K = 400
 
 
 def search_k_for_size(rows: int, trees: int) -> int:

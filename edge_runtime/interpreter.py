@@ -12,7 +12,11 @@ and a quantised (uint8 or int8) input takes
     q = clip(round(x / scale) + zero_point, dtype min, dtype max)
 
 with the input tensor's scale and zero point, rounding halves away from zero as TFLite's own
-quantize kernel does. A quantised output is dequantised as (q - zero_point) * scale; the
+quantize kernel does. One exception: a uint8 input whose scale is PIXEL_SCALE and whose zero
+point is within half a step of -PIXEL_OFFSET / PIXEL_SCALE (127.5; the converter picks 128) takes
+the pixels themselves. The formula would put every pixel on a tie (q = pixel + 0.5) and round it
+up, while a firmware passes the camera's pixels unchanged (models/micro/main.cc); both are
+within half a step of x, and taking the pixels keeps this client and the firmware identical. A quantised output is dequantised as (q - zero_point) * scale; the
 embedding is then divided by its L2 norm.
 """
 
@@ -24,7 +28,7 @@ import sys
 
 import numpy as np
 
-from edge_runtime.preprocessing import normalise
+from edge_runtime.preprocessing import PIXEL_OFFSET, PIXEL_SCALE, normalise
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -107,6 +111,16 @@ def embedding_size(interpreter) -> int:
     return int(shape[1])
 
 
+def takes_pixels(detail: dict) -> bool:
+    """Whether a model input takes uint8 pixels as they are: uint8, scale PIXEL_SCALE and zero
+    point within half a step of the pixel that normalises to 0 (see the module docstring)."""
+    if np.dtype(detail["dtype"]) != np.uint8:
+        return False
+    scale, zero_point = detail["quantization"]
+    return (scale > 0 and abs(scale / PIXEL_SCALE - 1.0) < 1e-4
+            and abs(zero_point + PIXEL_OFFSET / PIXEL_SCALE) <= 0.5)
+
+
 def quantise_input(pixels: np.ndarray, detail: dict) -> np.ndarray:
     """uint8 pixels -> the input tensor's dtype, by the formula in the module docstring."""
     x = normalise(pixels.astype(np.float32))
@@ -116,6 +130,8 @@ def quantise_input(pixels: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     if dtype not in (np.uint8, np.int8) or scale == 0:
         raise ModelError(f"unsupported model input: {dtype.name} with scale {scale}")
+    if takes_pixels(detail):
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
     scaled = x / scale
     rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
     limits = np.iinfo(dtype)

@@ -291,6 +291,17 @@ def test_input_quantisation_follows_the_formula(pixel, quantisation):
     assert abs(int(q) - min(max(x / scale + zero_point, limits.min), limits.max)) <= 0.5 + 1e-6
 
 
+def test_pixel_scale_uint8_input_takes_the_pixels_themselves():
+    """The converter's uint8 input for the pixel range (scale 1/127.5, zero point 128) puts every
+    pixel on a rounding tie; the client passes the pixels unchanged, as a firmware does."""
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    detail = {"dtype": np.uint8, "quantization": (np.float32(1 / 127.5), 128)}
+    assert np.array_equal(quantise_input(pixels, detail), pixels)
+    # any other quantisation follows the formula: here it differs from the pixels
+    other = {"dtype": np.uint8, "quantization": (0.01, 100)}
+    assert not np.array_equal(quantise_input(pixels, other), pixels)
+
+
 def test_edgetpu_fallback_warns_and_runs_on_the_cpu(edge_model_path, edge_config, capfd):
     interpreter = make_interpreter(edge_model_path, threads=1, edgetpu=True)
     warning = [line for line in capfd.readouterr().err.splitlines() if "Edge TPU" in line]
