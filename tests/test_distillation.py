@@ -102,3 +102,22 @@ def test_student_has_no_ops_microcontrollers_lack():
                      "DepthwiseConv2D", "Add", "GlobalAveragePooling2D", "Dense"}
     with pytest.raises(ValueError, match="stage"):
         models.build_student(SIZE, 0.35, 16, EMBEDDING, [(6, 16, 1, 3)])
+
+
+def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
+    """A pharmacy's own photo set may hold fewer training classes than classes_per_batch (16):
+    the sampler then draws every class, instead of failing."""
+    from tf_pilltrack import dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["a", "b", "c"]), 6)
+    split = dataset.Split(rng.integers(0, 256, size=(18, SIZE, SIZE, 3), dtype=np.uint8), labels,
+                          labels, labels)
+    params = {"distill": {"classes_per_batch": 16, "examples_per_class": 2, "steps_per_epoch": 1},
+              "augment": {"brightness": 0.1, "contrast": 0.1, "colour_cast": 0.1, "saturation": 0.1,
+                          "rotate": True}}
+    pixels, batch_labels = distillation.make_sampler(params, split)[0]
+    assert len(pixels) == 3 * 2 and len(set(np.asarray(batch_labels).tolist())) == 3
+    assert dataset.batch_classes(16, labels) == 3 and dataset.batch_classes(2, labels) == 2
+    with pytest.raises(ValueError, match="at least 2"):
+        dataset.batch_classes(16, np.array(["a", "a"]))

@@ -57,3 +57,13 @@ def label_indices(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     names = sorted(set(labels.tolist()))
     lookup = {name: index for index, name in enumerate(names)}
     return np.array([lookup[label] for label in labels.tolist()], np.int32), names
+
+
+def batch_classes(requested: int, labels: np.ndarray) -> int:
+    """Classes each training batch samples: `requested` (`classes_per_batch` in params.yaml), or
+    every training class when a data set has fewer (a pharmacy's own set of a dozen pills), since
+    the sampler cannot draw more classes than exist. Needs at least two classes."""
+    count = len(set(np.asarray(labels).tolist()))
+    if count < 2:
+        raise ValueError(f"training needs photos of at least 2 pill classes, the training split has {count}")
+    return min(int(requested), count)

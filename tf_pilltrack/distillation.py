@@ -151,7 +151,7 @@ def make_sampler(params: dict, split: dataset.Split):
 
     return tfsim.samplers.MultiShotMemorySampler(
         split.pixels, targets,
-        classes_per_batch=settings["classes_per_batch"],
+        classes_per_batch=dataset.batch_classes(settings["classes_per_batch"], split.labels),
         examples_per_class_per_batch=settings["examples_per_class"],
         steps_per_epoch=settings["steps_per_epoch"],
         augmenter=augmenter,
@@ -212,7 +212,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             with atomic_path(path) as temporary:
                 model.save_weights(temporary, save_format="h5")
         epochs = settings["float_epochs"] + settings["qat_epochs"]
-        images = epochs * settings["steps_per_epoch"] * settings["classes_per_batch"] * settings["examples_per_class"]
+        classes = dataset.batch_classes(settings["classes_per_batch"], train_split.labels)
+        images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
         summary = teacher_stage.record_training("distill", history, student, images, started, mlflow,
                                                 paths.STUDENT_QAT_WEIGHTS)
     echo(f"distill: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f} (quantization-aware "

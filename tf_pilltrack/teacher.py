@@ -127,7 +127,7 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
 
     sampler = tfsim.samplers.MultiShotMemorySampler(
         train_split.pixels, targets,
-        classes_per_batch=settings["classes_per_batch"],
+        classes_per_batch=dataset.batch_classes(settings["classes_per_batch"], train_split.labels),
         examples_per_class_per_batch=settings["examples_per_class"],
         steps_per_epoch=settings["steps_per_epoch"],
         augmenter=augmenter,
@@ -149,15 +149,19 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["teacher"]
+    classes = dataset.batch_classes(settings["classes_per_batch"], train_split.labels)
     echo(f"teacher: {len(train_split)} training crops of {len(set(train_split.labels))} classes; "
-         f"{settings['loss']} loss, {settings['epochs']} epochs x {settings['steps_per_epoch']} steps")
+         f"{settings['loss']} loss, {settings['epochs']} epochs x {settings['steps_per_epoch']} steps of "
+         f"{classes} classes x {settings['examples_per_class']} crops"
+         + (f" (fewer training classes than teacher.classes_per_batch {settings['classes_per_batch']})"
+            if classes < settings["classes_per_batch"] else ""))
     with tracking.stage_run("teacher", params, SECTIONS) as mlflow:
         model, history = train(params, train_split, references, queries,
                                callbacks=[tracking.epoch_logger("teacher_")])
         paths.MODELS.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths.TEACHER_WEIGHTS) as temporary:
             model.save_weights(temporary, save_format="h5")
-        images = settings["epochs"] * settings["steps_per_epoch"] * settings["classes_per_batch"] * settings["examples_per_class"]
+        images = settings["epochs"] * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
         summary = record_training("teacher", history, model, images, started, mlflow, paths.TEACHER_WEIGHTS)
     echo(f"teacher: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f}, "
          f"{summary['images_per_second']} images/s, {summary['seconds']} s")
