@@ -165,9 +165,16 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     cut = len(references)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
     real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
+    # Pills the models trained on are not novel: when the real set is also the training source
+    # (data.source), its episodes keep only the pills that no model trained on.
+    trained = np.isin(real_pool.labels, dataset.load_split("train").labels)
+    real_report["trained_classes_left_out"] = len(set(real_pool.labels[trained].tolist()))
+    real_pool = dataset.Split(*(field[~trained] for field in real_pool))
     echo(f"evaluate: real set {settings['real_source']}: {real_report['crops_used']} crops of "
          f"{real_report['classes']} pills from {real_report['photos']} photos; localisation finds no pill in "
          f"{real_report['localisation_no_pill_found']} of {real_report['images']} images"
+         + (f"; {real_report['trained_classes_left_out']} pills left out, the models trained on them"
+            if real_report["trained_classes_left_out"] else "")
          + (" (localisation off for the episodes: tight crops)" if not settings["real_localise"] else ""))
     for entry in real_skipped[:10]:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
