@@ -1,0 +1,122 @@
+"""Compare training settings without touching the pipeline's artefacts: the tables behind
+params.yaml's teacher and distill choices (loss, epochs, width, distillation terms).
+
+Run from the project root after `dvc repro prepare` (it reads data/prepared), in the training
+environment:
+
+    python benchmarks/training_sweep.py teacher '{"teacher.loss": "triplet"}' --save /tmp/t.h5
+    python benchmarks/training_sweep.py distill '{"distill.relation_weight": 0}' --teacher /tmp/t.h5
+
+`teacher` trains a teacher with params.yaml's settings overridden by the JSON object
+("section.key": value) and reports its per-epoch calibration-class Recall@1 and its novel-class
+figures. `distill` distils a student from the teacher weights given (default: the pipeline's),
+converts it to int8 both ways (QAT and PTQ, as `pilltrack export` does) and reports novel-class
+figures of the float, QAT Keras, QAT int8 and PTQ int8 models, and how often the int8 model's
+top-1 gallery answer matches its Keras model's. Choose on calibration classes; the novel-class
+figures are what the evaluate stage would report. One JSON line per run goes to stdout and is
+appended to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edge_runtime import interpreter  # noqa: E402
+from tf_pilltrack import dataset, distillation, export, metrics, paths  # noqa: E402
+from tf_pilltrack import params as params_module  # noqa: E402
+from tf_pilltrack import teacher as teacher_stage  # noqa: E402
+
+
+def override(params: dict, changes: dict) -> dict:
+    """params with each "section.key" of `changes` replaced; an unknown key is an error."""
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition(".")
+        if section not in params or key not in params[section]:
+            raise ValueError(f"unknown parameter {dotted!r}")
+        params[section][key] = value
+    return params
+
+
+def novel_scores(embed) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Novel-class figures (exact search, 5-shot gallery) of an embedding function, and the
+    query and gallery embeddings."""
+    references, queries = dataset.load_split("references"), dataset.load_split("queries")
+    query_embeddings, gallery_embeddings = embed(queries.pixels), embed(references.pixels)
+    scores = metrics.evaluate_embeddings(query_embeddings, queries.labels, gallery_embeddings, references.labels)
+    return scores, query_embeddings, gallery_embeddings
+
+
+def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.ndarray:
+    return np.argmax(query_embeddings @ gallery_embeddings.T, axis=1)
+
+
+def sweep_teacher(params: dict, save: str | None) -> dict:
+    splits = [dataset.load_split(name) for name in ("train", "calibration_references", "calibration_queries")]
+    started = time.time()
+    model, history = teacher_stage.train(params, *splits, verbose=0)
+    result = {"seconds": round(time.time() - started, 1),
+              "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
+              "novel": novel_scores(lambda pixels: teacher_stage.embed(model, pixels))[0]}
+    if save:
+        model.save_weights(save, save_format="h5")
+    return result
+
+
+def sweep_distill(params: dict, teacher_weights: str) -> dict:
+    teacher = teacher_stage.build(params)
+    teacher.load_weights(teacher_weights)
+    train_split = dataset.load_split("train")
+    splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
+    started = time.time()
+    student, qat_student, history = distillation.train(params, teacher, train_split, *splits, verbose=0)
+    result = {"seconds": round(time.time() - started, 1),
+              "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
+              "teacher": novel_scores(lambda pixels: teacher_stage.embed(teacher, pixels))[0]}
+    calibration = export.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
+    for name, keras_model, convert in (("qat", qat_student, export.convert_qat),
+                                       ("ptq", student, export.convert_ptq)):
+        keras_scores, keras_queries, keras_gallery = novel_scores(
+            lambda pixels, model=keras_model: teacher_stage.embed(model, pixels))
+        result["float" if name == "ptq" else "qat_keras"] = keras_scores
+        with tempfile.TemporaryDirectory() as folder:
+            path = pathlib.Path(folder) / f"{name}.tflite"
+            path.write_bytes(convert(keras_model, calibration))
+            lite = interpreter.make_interpreter(path, threads=1)
+            scores, int8_queries, int8_gallery = novel_scores(lambda pixels: interpreter.embed(lite, pixels))
+        scores["keras_vs_int8_top1_agreement"] = float(np.mean(
+            top1(keras_queries, keras_gallery) == top1(int8_queries, int8_gallery)))
+        result[f"{name}_int8"] = scores
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("teacher", "distill"))
+    parser.add_argument("overrides", nargs="?", default="{}", help='JSON object {"section.key": value}')
+    parser.add_argument("--teacher", default=str(paths.TEACHER_WEIGHTS), help="teacher weights for `distill`")
+    parser.add_argument("--save", help="where `teacher` saves the weights it trained")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="reports/training_sweep.jsonl", help="JSON lines appended here")
+    args = parser.parse_args()
+    changes = json.loads(args.overrides)
+    params = override(params_module.load(args.params), changes)
+    result = sweep_teacher(params, args.save) if args.stage == "teacher" else sweep_distill(params, args.teacher)
+    line = json.dumps({"stage": args.stage, "overrides": changes, **result})
+    print(line)
+    with open(args.out, "a") as handle:
+        handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
