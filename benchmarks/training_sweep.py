@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime import interpreter  # noqa: E402
-from tf_pilltrack import dataset, distillation, export, metrics, paths  # noqa: E402
+from tf_pilltrack import dataset, distillation, episodes, evaluation, export, metrics, paths  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
 from tf_pilltrack import teacher as teacher_stage  # noqa: E402
 
@@ -57,6 +57,24 @@ def novel_scores(embed) -> tuple[dict, np.ndarray, np.ndarray]:
     return scores, query_embeddings, gallery_embeddings
 
 
+def real_pool(params: dict) -> dataset.Split:
+    """The real photo set (episodes.real_source) as the evaluate stage reads it, less any pill
+    the models trained on."""
+    settings = params["episodes"]
+    pool, _, _ = episodes.load_real(settings["real_source"], params_module.preprocess_config(params),
+                                    settings["real_localise"])
+    trained = np.isin(pool.labels, dataset.load_split("train").labels)
+    return dataset.Split(*(field[~trained] for field in pool))
+
+
+def real_scores(embed, params: dict, pool: dataset.Split) -> dict:
+    """Mean Recall@1 over the evaluate stage's seeded real-photo episodes, per K and view count."""
+    settings = params["episodes"]
+    result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, settings, {})
+    return {f"k{shots}_{views}": round(result[f"shots_{shots}"]["model"][views]["recall_at_1"], 4)
+            for shots in settings["shots"] for views in ("single", "multi")}
+
+
 def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.ndarray:
     return np.argmax(query_embeddings @ gallery_embeddings.T, axis=1)
 
@@ -67,7 +85,8 @@ def sweep_teacher(params: dict, save: str | None) -> dict:
     model, history = teacher_stage.train(params, *splits, verbose=0)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
-              "novel": novel_scores(lambda pixels: teacher_stage.embed(model, pixels))[0]}
+              "novel": novel_scores(lambda pixels: teacher_stage.embed(model, pixels))[0],
+              "real": real_scores(lambda pixels: teacher_stage.embed(model, pixels), params, real_pool(params))}
     if save:
         model.save_weights(save, save_format="h5")
     return result
@@ -83,6 +102,7 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "teacher": novel_scores(lambda pixels: teacher_stage.embed(teacher, pixels))[0]}
+    real = real_pool(params)
     calibration = export.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
     for name, keras_model, convert in (("qat", qat_student, export.convert_qat),
                                        ("ptq", student, export.convert_ptq)):
@@ -94,6 +114,7 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
             path.write_bytes(convert(keras_model, calibration))
             lite = interpreter.make_interpreter(path, threads=1)
             scores, int8_queries, int8_gallery = novel_scores(lambda pixels: interpreter.embed(lite, pixels))
+            scores["real"] = real_scores(lambda pixels: interpreter.embed(lite, pixels), params, real)
         scores["keras_vs_int8_top1_agreement"] = float(np.mean(
             top1(keras_queries, keras_gallery) == top1(int8_queries, int8_gallery)))
         result[f"{name}_int8"] = scores

@@ -526,7 +526,8 @@ def test_run_writes_every_split_and_the_report(prepared, tmp_path):
     splits = {name: dataset.load_split(name) for name in paths.SPLITS}  # relative paths: cwd is tmp_path
     assert {name: len(split) for name, split in splits.items()} == report["split_sizes"]
     assert sum(report["split_sizes"].values()) == report["images_used"]  # no manifest: nothing dropped
-    assert all(len(splits[name]) > 0 for name in paths.SPLITS)
+    assert all(len(splits[name]) > 0 for name in paths.SPLITS if name != "mix")
+    assert len(splits["mix"]) == 0 and report["mix"] is None  # data.mix_ratio 0: no mix set
     labels = set().union(*(set(split.labels.tolist()) for split in splits.values()))
     assert labels == set(GOOD_CLASSES)
     assert lines[0].startswith("prepare: ") and lines[-1].startswith("prepare: ")
@@ -564,6 +565,42 @@ def test_run_is_reproducible(prepared, tmp_path, folder, repo_params):
         again = dataset.load_split(name)
         for field in dataset.Split._fields:
             np.testing.assert_array_equal(getattr(first[name], field), getattr(again, field))
+
+
+def test_mix_source_becomes_the_mix_split_of_training_classes(tmp_path, monkeypatch, folder, source_files,
+                                                             repo_params):
+    """data.mix_source's pills (here: the folder's own photos, zipped, as another set) all go to
+    the `mix` split, preprocessed the same way, with their bad files reported; the main splits
+    do not change."""
+    monkeypatch.chdir(tmp_path)
+    params = _params(repo_params, source=str(folder))
+    preparation.run(params, echo=lambda line: None)
+    without = {name: dataset.load_split(name) for name in paths.SPLITS}
+    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)), mix_localise=True,
+                          mix_ratio=0.5)
+    lines: list[str] = []
+    report = preparation.run(params, echo=lines.append)
+    mix = dataset.load_split("mix")
+    good = len(GOOD_CLASSES) * PHOTOS_PER_CLASS + len(EXTRA_GOOD)
+    assert len(mix) == report["mix"]["crops_used"] == report["split_sizes"]["mix"] == good
+    assert set(mix.labels.tolist()) == set(GOOD_CLASSES) == set(report["mix"]["classes"])
+    assert mix.pixels.shape[1:] == (64, 64, 3)
+    assert {entry["file"] for entry in report["mix"]["skipped"]} >= {"class_0/truncated.jpg", "class_4/plain.png"}
+    assert any(line.startswith("prepare: mix set") and "50% of each batch" in line for line in lines)
+    for name in paths.SPLITS:
+        if name != "mix":
+            np.testing.assert_array_equal(dataset.load_split(name).sources, without[name].sources)
+
+
+def test_mix_source_that_is_the_source_is_refused(tmp_path, monkeypatch, folder, repo_params):
+    monkeypatch.chdir(tmp_path)
+    params = _params(repo_params, source=str(folder))
+    params["data"].update(mix_source=str(folder) + "/", mix_ratio=0.3)
+    with pytest.raises(ValueError, match="mix_source is data.source itself"):
+        preparation.run(params, echo=lambda line: None)
+    params["data"].update(mix_source=str(tmp_path / "missing"), mix_ratio=0.3)
+    with pytest.raises(FileNotFoundError, match="missing: data.mix_source not found"):
+        preparation.run(params, echo=lambda line: None)
 
 
 # --- decode_image properties ------------------------------------------------------------------

@@ -21,19 +21,18 @@ from typing import Callable
 
 import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from edge_runtime.preprocessing import normalise
 from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, models, paths, tracking
+from tf_pilltrack import dataset, models, paths, sampling, tracking
 from tf_pilltrack import params as params_module
 from tf_pilltrack import teacher as teacher_stage
-from tf_pilltrack.augmentation import augment
 
-SECTIONS = ("profiles", "teacher", "distill", "augment")
+SECTIONS = ("profiles", "teacher", "distill", "augment", "data")
 
 
 def embedding_loss(teacher_embeddings: tf.Tensor, student_embeddings: tf.Tensor) -> tf.Tensor:
@@ -140,22 +139,12 @@ def load_qat_student(params: dict):
     return student
 
 
-def make_sampler(params: dict, split: dataset.Split):
+def make_sampler(params: dict, split: dataset.Split, mix: dataset.Split | None = None):
     """Class-balanced batches (several shots per class, so the triplet term has positives),
-    augmented and normalised exactly as the teacher's."""
-    settings = params["distill"]
-    targets, _ = dataset.label_indices(split.labels)
-
-    def augmenter(x, y, examples_per_class, is_warmup):
-        return normalise(augment(x, params["augment"])), y
-
-    return tfsim.samplers.MultiShotMemorySampler(
-        split.pixels, targets,
-        classes_per_batch=dataset.batch_classes(settings["classes_per_batch"], split.labels),
-        examples_per_class_per_batch=settings["examples_per_class"],
-        steps_per_epoch=settings["steps_per_epoch"],
-        augmenter=augmenter,
-    )
+    augmented and normalised exactly as the teacher's, with the mix split's share of classes."""
+    return sampling.make_sampler(params["distill"], params["augment"], split,
+                                 mix if mix is not None else dataset.empty_split(split.pixels.shape[1]),
+                                 params["data"]["mix_ratio"])
 
 
 def _fit_phase(student, teacher, params: dict, sampler, epochs: int, learning_rate: float,
@@ -171,13 +160,15 @@ def _fit_phase(student, teacher, params: dict, sampler, epochs: int, learning_ra
 
 
 def train(params: dict, teacher, train_split: dataset.Split, references: dataset.Split,
-          queries: dataset.Split, callbacks: list | None = None, verbose: int = 2):
-    """Float then quantization-aware distillation; returns (float student, QAT student, history)."""
+          queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
+          mix: dataset.Split | None = None):
+    """Float then quantization-aware distillation on the training split (and the mix split);
+    returns (float student, QAT student, history)."""
     settings = params["distill"]
     seed = params["base"]["seed"]
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
-    sampler = make_sampler(params, train_split)
+    sampler = make_sampler(params, train_split, mix)
     monitor = teacher_stage.OpenSetMonitor(references, queries)
     student = build_student(params)
     history: dict[str, list] = {}
@@ -197,22 +188,23 @@ def train(params: dict, teacher, train_split: dataset.Split, references: dataset
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    train_split = dataset.load_split("train")
+    train_split, mix = dataset.load_split("train"), dataset.load_split("mix")
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["distill"]
     teacher = teacher_stage.load(params)
     echo(f"distill: {settings['float_epochs']} float + {settings['qat_epochs']} quantization-aware epochs "
-         f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops")
+         f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops"
+         + (f" + {len(mix)} mix crops" if len(mix) else ""))
     with tracking.stage_run("distill", params, SECTIONS) as mlflow:
         student, qat_student, history = train(params, teacher, train_split, references, queries,
-                                              callbacks=[tracking.epoch_logger("distill_")])
+                                              callbacks=[tracking.epoch_logger("distill_")], mix=mix)
         paths.MODELS.mkdir(parents=True, exist_ok=True)
         for model, path in ((student, paths.STUDENT_FLOAT_WEIGHTS), (qat_student, paths.STUDENT_QAT_WEIGHTS)):
             with atomic_path(path) as temporary:
                 model.save_weights(temporary, save_format="h5")
         epochs = settings["float_epochs"] + settings["qat_epochs"]
-        classes = dataset.batch_classes(settings["classes_per_batch"], train_split.labels)
+        classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
         images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
         summary = teacher_stage.record_training("distill", history, student, images, started, mlflow,
                                                 paths.STUDENT_QAT_WEIGHTS)

@@ -166,8 +166,13 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     loaded = bundle_module.load_bundle(paths.BUNDLE)
     real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
     # Pills the models trained on are not novel: when the real set is also the training source
-    # (data.source), its episodes keep only the pills that no model trained on.
-    trained = np.isin(real_pool.labels, dataset.load_split("train").labels)
+    # (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
+    # model trained on (by class name).
+    trained_labels = np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")])
+    trained = np.isin(real_pool.labels, trained_labels)
+    if trained.all():
+        raise ValueError(f"{settings['real_source']}: every pill of episodes.real_source was trained on "
+                         "(data.source or data.mix_source): no novel real pill is left to evaluate")
     real_report["trained_classes_left_out"] = len(set(real_pool.labels[trained].tolist()))
     real_pool = dataset.Split(*(field[~trained] for field in real_pool))
     echo(f"evaluate: real set {settings['real_source']}: {real_report['crops_used']} crops of "

@@ -135,6 +135,9 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "synthetic_images_per_class": _integer(2),
         "synthetic_photo_size": _integer(32, 1024),
         "max_image_pixels": _integer(1),
+        "mix_source": _text,
+        "mix_localise": _boolean,
+        "mix_ratio": _number(0.0, 0.9),
     },
     "preprocess": {
         "localise": _boolean,
@@ -188,6 +191,9 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "colour_cast": _number(0.0, 1.0),
         "saturation": _number(0.0, 1.0),
         "rotate": _boolean,
+        "zoom": _number(0.0, 0.9),
+        "min_resolution": _integer(4, 4096),
+        "noise": _number(0.0, 1.0),
     },
     "tracking": {"experiment": _text},
     "bench": {

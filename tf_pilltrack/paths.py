@@ -17,7 +17,7 @@ METRICS = pathlib.Path("metrics")
 REPORTS = pathlib.Path("reports")
 
 SPLITS = ("train", "validation", "calibration_references", "calibration_queries",
-          "references", "queries", "absent_queries")
+          "references", "queries", "absent_queries", "mix")
 
 
 def split_file(name: str) -> pathlib.Path:

@@ -17,6 +17,7 @@ Splits (all deterministic from base.seed):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -272,6 +273,36 @@ def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset
     return splits, partition
 
 
+def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None]) -> dict:
+    """The `mix` split: every usable crop of data.mix_source, all of them training classes,
+    when data.mix_ratio is above zero (else empty); {"split", "report"}. The same preprocessing
+    as data.source, with data.mix_localise for localisation."""
+    settings = params["data"]
+    image_size = params_module.profile(params)["image_size"]
+    if settings["mix_ratio"] <= 0:
+        return {"split": dataset.empty_split(image_size), "report": None}
+    mix_source = pathlib.Path(settings["mix_source"])
+    if mix_source.resolve() == source.resolve():
+        raise ValueError(f"{mix_source}: data.mix_source is data.source itself; its novel classes would be "
+                         "trained on (set mix_ratio: 0, or another set)")
+    if not mix_source.exists():
+        raise FileNotFoundError(f"{mix_source}: data.mix_source not found (mix_ratio is {settings['mix_ratio']})")
+    config = dataclasses.replace(params_module.preprocess_config(params), localise=settings["mix_localise"])
+    images, groups, skipped = list_source(mix_source)
+    ingested = ingest(images, groups, config)
+    skipped.extend(ingested.skipped)
+    items = [(label, item) for label, crops in sorted(ingested.crops.items()) for item in crops]
+    split = _to_split([item for _, item in items], [label for label, _ in items], image_size)
+    if not len(split):
+        raise ValueError(f"{mix_source}: no usable image in data.mix_source")
+    echo(f"prepare: mix set {mix_source}: {len(split)} crops of {len(set(split.labels.tolist()))} classes, "
+         f"{len(skipped)} files skipped; {settings['mix_ratio']:.0%} of each batch's classes")
+    return {"split": split, "report": {
+        "source": str(mix_source), "images_found": len(images), "crops_used": len(split),
+        "classes": {label: len(crops) for label, crops in sorted(ingested.crops.items())},
+        "skipped": skipped}}
+
+
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     """Ingest data.source, write the splits and reports/data_report.json; return the report."""
     started = time.time()
@@ -288,6 +319,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     skipped.extend(ingested.skipped)
     empty = sorted({image.label for image in images} - set(ingested.crops))
     splits, partition = make_splits(ingested.crops, params)
+    mix = prepare_mix(params, source, echo)
+    splits["mix"] = mix["split"]
     paths.PREPARED.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         dataset.save_split(paths.split_file(name), split)
@@ -307,6 +340,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             "width": {"min": int(sizes[:, 0].min()), "median": float(np.median(sizes[:, 0])), "max": int(sizes[:, 0].max())},
             "height": {"min": int(sizes[:, 1].min()), "median": float(np.median(sizes[:, 1])), "max": int(sizes[:, 1].max())},
         },
+        "mix": mix["report"],
         "seconds": round(time.time() - started, 1),
     }
     paths.REPORTS.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,10 @@ import tf_keras
 
 from edge_runtime.preprocessing import normalise
 from edge_runtime.storage import atomic_path, write_atomically
-from tf_pilltrack import dataset, metrics, models, paths, tracking
+from tf_pilltrack import dataset, metrics, models, paths, sampling, tracking
 from tf_pilltrack import params as params_module
-from tf_pilltrack.augmentation import augment
 
-SECTIONS = ("profiles", "teacher", "augment")
+SECTIONS = ("profiles", "teacher", "augment", "data")
 
 
 def build(params: dict):
@@ -114,24 +113,17 @@ def record_training(stage: str, history: dict, model, images: int, started: floa
 
 
 def train(params: dict, train_split: dataset.Split, references: dataset.Split,
-          queries: dataset.Split, callbacks: list | None = None, verbose: int = 2):
-    """Train the teacher; returns (model, history dict)."""
+          queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
+          mix: dataset.Split | None = None):
+    """Train the teacher on the training split (and the mix split, data.mix_ratio of each
+    batch's classes); returns (model, history dict)."""
     settings = params["teacher"]
     seed = params["base"]["seed"]
     random.seed(seed)  # TF-Similarity's samplers draw classes with the `random` module
     tf_keras.utils.set_random_seed(seed)
-    targets, _ = dataset.label_indices(train_split.labels)
-
-    def augmenter(x, y, examples_per_class, is_warmup):
-        return normalise(augment(x, params["augment"])), y
-
-    sampler = tfsim.samplers.MultiShotMemorySampler(
-        train_split.pixels, targets,
-        classes_per_batch=dataset.batch_classes(settings["classes_per_batch"], train_split.labels),
-        examples_per_class_per_batch=settings["examples_per_class"],
-        steps_per_epoch=settings["steps_per_epoch"],
-        augmenter=augmenter,
-    )
+    sampler = sampling.make_sampler(settings, params["augment"], train_split,
+                                    mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]),
+                                    params["data"]["mix_ratio"])
     model = build(params)
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
@@ -145,19 +137,21 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    train_split = dataset.load_split("train")
+    train_split, mix = dataset.load_split("train"), dataset.load_split("mix")
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["teacher"]
-    classes = dataset.batch_classes(settings["classes_per_batch"], train_split.labels)
-    echo(f"teacher: {len(train_split)} training crops of {len(set(train_split.labels))} classes; "
+    classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
+    echo(f"teacher: {len(train_split)} training crops of {len(set(train_split.labels))} classes"
+         + (f" + {len(mix)} crops of {len(set(mix.labels))} mix classes ({params['data']['mix_source']})"
+            if len(mix) else "") + "; "
          f"{settings['loss']} loss, {settings['epochs']} epochs x {settings['steps_per_epoch']} steps of "
          f"{classes} classes x {settings['examples_per_class']} crops"
          + (f" (fewer training classes than teacher.classes_per_batch {settings['classes_per_batch']})"
             if classes < settings["classes_per_batch"] else ""))
     with tracking.stage_run("teacher", params, SECTIONS) as mlflow:
         model, history = train(params, train_split, references, queries,
-                               callbacks=[tracking.epoch_logger("teacher_")])
+                               callbacks=[tracking.epoch_logger("teacher_")], mix=mix)
         paths.MODELS.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths.TEACHER_WEIGHTS) as temporary:
             model.save_weights(temporary, save_format="h5")

@@ -1,0 +1,96 @@
+"""Training batches (tf_pilltrack/sampling.py): the mix set's share of each batch's classes, and
+the capture-like augmentation (tf_pilltrack/augmentation.py) they go through."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+import tensorflow as tf  # noqa: E402
+
+from tf_pilltrack import augmentation, dataset, sampling  # noqa: E402
+
+SIZE = 16
+SETTINGS = {"classes_per_batch": 6, "examples_per_class": 2, "steps_per_epoch": 4}
+NO_AUGMENT = {"brightness": 0.0, "contrast": 0.0, "colour_cast": 0.0, "saturation": 0.0, "rotate": False,
+              "zoom": 0.0, "min_resolution": SIZE, "noise": 0.0}
+
+
+def _split(names: list[str], per_class: int = 3, value: int = 0) -> dataset.Split:
+    labels = np.repeat(np.array(names), per_class)
+    pixels = np.full((len(labels), SIZE, SIZE, 3), value, np.uint8)
+    return dataset.Split(pixels, labels, labels, labels)
+
+
+@pytest.mark.parametrize("ratio, expected", [(0.5, 3), (0.2, 1), (0.01, 1), (0.9, 3)])
+def test_each_batch_takes_the_mix_share_of_its_classes(ratio, expected):
+    """Main pills are black, mix pills white: every batch holds `expected` white classes (0.9
+    asks for 5 of 6, but the mix set has only 3)."""
+    random.seed(0)
+    train = _split([f"main_{index}" for index in range(10)], value=0)
+    mix = _split(["mix_a", "mix_b", "main_0"], value=255)  # a folder name may repeat: still its own class
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, mix, ratio)
+    for step in range(SETTINGS["steps_per_epoch"]):
+        pixels, labels = sampler[step]
+        pixels, labels = np.asarray(pixels), np.asarray(labels)
+        white = pixels.reshape(len(pixels), -1).mean(axis=1) > 0  # normalised: black is -1
+        assert len(set(labels.tolist())) == SETTINGS["classes_per_batch"]
+        assert len(set(labels[white].tolist())) == expected
+        assert set(labels[white].tolist()).isdisjoint(labels[~white].tolist())
+
+
+def test_without_a_mix_set_batches_are_plain_class_balanced_draws():
+    random.seed(0)
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, _split(list("abcdefgh")), dataset.empty_split(SIZE), 0.5)
+    assert not isinstance(sampler, sampling.MixedSampler)
+    _, labels = sampler[0]
+    assert len(set(np.asarray(labels).tolist())) == SETTINGS["classes_per_batch"]
+
+
+def test_mix_classes_rule():
+    assert sampling.mix_classes(16, 0.25, 150, 10) == 4
+    assert sampling.mix_classes(16, 0.0, 150, 10) == 0
+    assert sampling.mix_classes(16, 0.25, 150, 0) == 0
+    assert sampling.mix_classes(16, 0.9, 150, 10) == 10  # no more than the mix set has
+    assert sampling.mix_classes(16, 0.1, 3, 40) == 13  # the main set fills only 3
+    assert sampling.mix_classes(2, 0.9, 5, 5) == 1  # each set keeps a class
+
+
+def _checkerboard(count: int) -> np.ndarray:
+    board = (np.indices((SIZE, SIZE)).sum(axis=0) % 2 * 255).astype(np.float32)
+    return np.repeat(np.repeat(board[None, :, :, None], 3, axis=3), count, axis=0)
+
+
+def test_lower_resolution_removes_detail_or_leaves_the_image_as_it_is():
+    tf.random.set_seed(0)
+    board = _checkerboard(200)
+    out = augmentation.lower_resolution(tf.constant(board), min_side=4).numpy()
+    unchanged = np.all(out == board, axis=(1, 2, 3))
+    spread = out.reshape(len(out), -1).std(axis=1)
+    assert 0.1 < unchanged.mean() < 0.35  # one chance in five
+    assert np.all(spread[~unchanged] < 0.5 * board[0].std())  # an alternating pattern blurs to grey
+
+
+def test_reframe_zooms_in_and_keeps_the_shape():
+    tf.random.set_seed(0)
+    square = np.zeros((100, SIZE, SIZE, 3), np.float32)
+    square[:, 4:12, 4:12] = 255.0  # a pill filling a quarter of the crop
+    out = augmentation.reframe(tf.constant(square), zoom=0.5).numpy()
+    assert out.shape == square.shape
+    filled = (out > 127).mean(axis=(1, 2, 3))
+    assert filled.mean() > square[0].mean() / 255.0 * 1.2  # closer framing: the pill fills more
+    assert np.array_equal(augmentation.reframe(tf.constant(square[:3]), zoom=0.0).numpy(), square[:3])
+
+
+def test_noise_strength_is_bounded_by_the_setting():
+    tf.random.set_seed(0)
+    grey = np.full((64, SIZE, SIZE, 3), 128.0, np.float32)
+    quiet = augmentation.augment(tf.constant(grey), NO_AUGMENT).numpy()
+    assert np.array_equal(quiet, grey)
+    noisy = augmentation.augment(tf.constant(grey), dict(NO_AUGMENT, noise=0.05)).numpy()
+    deviation = (noisy - grey).reshape(len(noisy), -1).std(axis=1)
+    assert deviation.max() < 0.05 * 255 * 1.2 and deviation.mean() > 0.05 * 255 * 0.3

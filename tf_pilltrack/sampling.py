@@ -1,0 +1,75 @@
+"""Training batches for the teacher and the distiller: class-balanced (several photos of each
+of several pills, so metric losses have positives and negatives in every batch), augmented and
+normalised as the models expect, with an optional second photo set (`data.mix_source`) taking
+a fixed share of each batch's classes (`data.mix_ratio`).
+
+The mix set exists for small own-photo sets: a pharmacy's dozen real pills train alongside
+the 240 synthetic ones, and the ratio keeps the real pills from being drowned (sampled by
+class count alone, 12 real classes among 252 would fill 5% of a batch)."""
+
+from __future__ import annotations
+
+import random
+
+import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import numpy as np
+import tensorflow_similarity as tfsim
+
+from edge_runtime.preprocessing import normalise
+from tf_pilltrack import dataset
+from tf_pilltrack.augmentation import augment
+
+MIX_PREFIX = "mix:"  # mix-set classes are their own classes, even where a folder name repeats
+
+
+class MixedSampler(tfsim.samplers.MultiShotMemorySampler):
+    """MultiShotMemorySampler whose batches take `mix_classes` classes from `mix_ids` and the
+    rest from the other classes (TF-Similarity draws classes uniformly from one list)."""
+
+    def __init__(self, x, y, mix_ids: list[int], mix_classes: int, **kwargs):
+        super().__init__(x, y, **kwargs)
+        self.mix_ids = sorted(mix_ids)
+        self.main_ids = sorted(set(self.class_list) - set(mix_ids))
+        self.mix_classes = mix_classes
+
+    def _get_examples(self, batch_id, num_classes, examples_per_class):
+        every_class = self.class_list
+        self.class_list = (random.sample(self.mix_ids, k=self.mix_classes)
+                           + random.sample(self.main_ids, k=num_classes - self.mix_classes))
+        try:  # the parent samples `num_classes` of class_list: exactly the ones chosen here
+            return super()._get_examples(batch_id, num_classes, examples_per_class)
+        finally:
+            self.class_list = every_class
+
+
+def mix_classes(classes_per_batch: int, ratio: float, main_count: int, mix_count: int) -> int:
+    """Classes of each batch drawn from the mix set: `ratio` of the batch, rounded, kept between
+    what the other set cannot fill and leaving that set at least one class; none without a mix set."""
+    if mix_count == 0:
+        return 0
+    low = max(1 if ratio > 0 else 0, classes_per_batch - main_count)
+    high = min(mix_count, classes_per_batch - 1)
+    return int(min(max(round(ratio * classes_per_batch), low), high))
+
+
+def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, mix: dataset.Split,
+                 mix_ratio: float):
+    """The sampler of a training section of params.yaml (`teacher` or `distill`: classes_per_batch,
+    examples_per_class, steps_per_epoch) over the training split plus the mix split. Its draws
+    use Python's `random` module (TF-Similarity's): seed it first."""
+    labels = np.concatenate([train.labels.astype(str), np.char.add(MIX_PREFIX, mix.labels.astype(str))])
+    pixels = np.concatenate([train.pixels, mix.pixels]) if len(mix) else train.pixels
+    targets, names = dataset.label_indices(labels)
+    classes = dataset.batch_classes(settings["classes_per_batch"], labels)
+    mix_ids = [index for index, name in enumerate(names) if name.startswith(MIX_PREFIX)]
+    taken = mix_classes(classes, mix_ratio, len(names) - len(mix_ids), len(mix_ids))
+
+    def augmenter(x, y, examples_per_class, is_warmup):
+        return normalise(augment(x, augment_settings)), y
+
+    common = dict(classes_per_batch=classes, examples_per_class_per_batch=settings["examples_per_class"],
+                  steps_per_epoch=settings["steps_per_epoch"], augmenter=augmenter)
+    if taken == 0:
+        return tfsim.samplers.MultiShotMemorySampler(pixels, targets, **common)
+    return MixedSampler(pixels, targets, mix_ids, taken, **common)
