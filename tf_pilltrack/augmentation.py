@@ -21,7 +21,8 @@ def _where_random(x: tf.Tensor, transformed: tf.Tensor) -> tf.Tensor:
 def reframe(x: tf.Tensor, zoom: float) -> tf.Tensor:
     """Crop each image to a random square of side 1 - U(0, zoom) (of the image side) at a random
     place, resized back: a tighter or off-centre framing of the pill, as a hand-cut box or a
-    detector's gives."""
+    detector's gives (`augment` reframes half the images and keeps the localiser's framing for
+    the other half)."""
     batch, size = tf.shape(x)[0], tf.shape(x)[1]
     side = 1.0 - tf.random.uniform([batch], 0.0, zoom)
     top = tf.random.uniform([batch]) * (1.0 - side)
@@ -51,7 +52,7 @@ def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
     x = tf.cast(pixels, tf.float32) / 255.0
     batch = tf.shape(x)[0]
     if settings["zoom"] > 0:
-        x = reframe(x, settings["zoom"])
+        x = _where_random(x, reframe(x, settings["zoom"]))
     if settings["min_resolution"] < x.shape[1]:
         x = lower_resolution(x, settings["min_resolution"])
     if settings["rotate"]:  # the 8 symmetries of the square: pills lie any way up
