@@ -80,19 +80,21 @@ def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.nda
 
 
 def sweep_teacher(params: dict, save: str | None) -> dict:
+    views = params["preprocess"]["views"]
     splits = [dataset.load_split(name) for name in ("train", "calibration_references", "calibration_queries")]
     started = time.time()
     model, history = teacher_stage.train(params, *splits, verbose=0)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
-              "novel": novel_scores(lambda pixels: teacher_stage.embed(model, pixels))[0],
-              "real": real_scores(lambda pixels: teacher_stage.embed(model, pixels), params, real_pool(params))}
+              "novel": novel_scores(lambda pixels: evaluation.embed_keras(model, pixels, views))[0],
+              "real": real_scores(lambda pixels: evaluation.embed_keras(model, pixels, views), params, real_pool(params))}
     if save:
         model.save_weights(save, save_format="h5")
     return result
 
 
 def sweep_distill(params: dict, teacher_weights: str) -> dict:
+    views = params["preprocess"]["views"]
     teacher = teacher_stage.build(params)
     teacher.load_weights(teacher_weights)
     train_split = dataset.load_split("train")
@@ -101,20 +103,20 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     student, qat_student, history = distillation.train(params, teacher, train_split, *splits, verbose=0)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
-              "teacher": novel_scores(lambda pixels: teacher_stage.embed(teacher, pixels))[0]}
+              "teacher": novel_scores(lambda pixels: evaluation.embed_keras(teacher, pixels, views))[0]}
     real = real_pool(params)
     calibration = export.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
     for name, keras_model, convert in (("qat", qat_student, export.convert_qat),
                                        ("ptq", student, export.convert_ptq)):
         keras_scores, keras_queries, keras_gallery = novel_scores(
-            lambda pixels, model=keras_model: teacher_stage.embed(model, pixels))
+            lambda pixels, model=keras_model: evaluation.embed_keras(model, pixels, views))
         result["float" if name == "ptq" else "qat_keras"] = keras_scores
         with tempfile.TemporaryDirectory() as folder:
             path = pathlib.Path(folder) / f"{name}.tflite"
             path.write_bytes(convert(keras_model, calibration))
             lite = interpreter.make_interpreter(path, threads=1)
-            scores, int8_queries, int8_gallery = novel_scores(lambda pixels: interpreter.embed(lite, pixels))
-            scores["real"] = real_scores(lambda pixels: interpreter.embed(lite, pixels), params, real)
+            scores, int8_queries, int8_gallery = novel_scores(lambda pixels: interpreter.embed(lite, pixels, views))
+            scores["real"] = real_scores(lambda pixels: interpreter.embed(lite, pixels, views), params, real)
         scores["keras_vs_int8_top1_agreement"] = float(np.mean(
             top1(keras_queries, keras_gallery) == top1(int8_queries, int8_gallery)))
         result[f"{name}_int8"] = scores

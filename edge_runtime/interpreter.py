@@ -25,10 +25,11 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 
-from edge_runtime.preprocessing import PIXEL_OFFSET, PIXEL_SCALE, normalise
+from edge_runtime.preprocessing import PIXEL_OFFSET, PIXEL_SCALE, normalise, symmetric_views
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -154,10 +155,12 @@ def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
     return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def embed(interpreter, pixels: np.ndarray) -> np.ndarray:
-    """L2-normalised float32 embeddings (N, E) of uint8 crops, (S, S, 3) or (N, S, S, 3).
+def embed(interpreter, pixels: np.ndarray, views: int) -> np.ndarray:
+    """L2-normalised float32 embeddings (N, E) of uint8 crops, (S, S, 3) or (N, S, S, 3), each
+    the mean of its `views` symmetric views' normalised embeddings (`symmetric_views`; the
+    bundle's `preprocess.views`).
 
-    The models take one image at a time, so the interpreter runs once per crop."""
+    The models take one image at a time, so the interpreter runs once per crop and view."""
     pixels = np.asarray(pixels)
     if pixels.ndim == 3:
         pixels = pixels[None]
@@ -169,10 +172,21 @@ def embed(interpreter, pixels: np.ndarray) -> np.ndarray:
         )
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
-    embeddings = np.empty((len(pixels), embedding_size(interpreter)), np.float32)
-    for row, crop in enumerate(pixels):
-        interpreter.set_tensor(input_detail["index"], quantise_input(crop[None], input_detail))
-        interpreter.invoke()
-        output = interpreter.get_tensor(output_detail["index"])
-        embeddings[row] = dequantise_output(output, output_detail)[0]
-    return l2_normalise(embeddings)
+
+    def embed_view(view: np.ndarray) -> np.ndarray:
+        embeddings = np.empty((len(view), embedding_size(interpreter)), np.float32)
+        for row, crop in enumerate(view):
+            interpreter.set_tensor(input_detail["index"], quantise_input(crop[None], input_detail))
+            interpreter.invoke()
+            output = interpreter.get_tensor(output_detail["index"])
+            embeddings[row] = dequantise_output(output, output_detail)[0]
+        return embeddings
+
+    return embed_views(embed_view, pixels, views)
+
+
+def embed_views(embed_view: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, views: int) -> np.ndarray:
+    """The mean of `embed_view`'s L2-normalised embeddings (N, E) of each of the crops' `views`
+    symmetric views (N, S, S, 3), normalised: how every model, TFLite or Keras, embeds a crop."""
+    per_view = [l2_normalise(embed_view(view)) for view in symmetric_views(pixels, views)]
+    return per_view[0] if views == 1 else l2_normalise(np.sum(per_view, axis=0))

@@ -28,6 +28,9 @@ PIXEL_OFFSET = -1.0
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
+# The view counts of `symmetric_views`: each a group of the square's symmetries.
+VIEW_COUNTS = (1, 2, 4, 8)
+
 # Localisation works on a copy whose longer side is at most this many pixels: enough to find a
 # pill's outline, cheap enough for every camera frame.
 _LOCALISE_SIDE = 160
@@ -56,6 +59,7 @@ class PreprocessConfig:
     max_pill_fraction: float
     crop_margin: float
     max_image_pixels: int
+    views: int  # symmetric views of each crop embedded and averaged (`symmetric_views`)
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -69,6 +73,8 @@ class PreprocessConfig:
             raise ValueError(f"crop_margin must be within [0, 1], got {self.crop_margin}")
         if self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {VIEW_COUNTS}, got {self.views}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,6 +278,21 @@ def preprocess(rgb: np.ndarray, config: PreprocessConfig) -> Crop | None:
         return Crop(crop_square(rgb, box, config.crop_margin, config.image_size), box)
     whole = Box(0, 0, width, height)
     return Crop(crop_square(rgb, whole, 0.0, config.image_size), whole)
+
+
+def symmetric_views(pixels: np.ndarray, count: int) -> list[np.ndarray]:
+    """Crops (N, S, S, 3) seen `count` ways, each set a group of the square's symmetries: 1 as
+    they are, 2 also turned half way, 4 in the four quarter turns, 8 those and their mirror
+    images. A pill lies any way up, so the average of a model's embeddings over such a group is
+    the same whichever way up it lies (exactly, for the group's turns), and steadier than one
+    view's: the device and enrollment embed each crop this way (`interpreter.embed`)."""
+    if count not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {count}")
+    turns = (0,) if count == 1 else (0, 2) if count == 2 else (0, 1, 2, 3)
+    views = [np.rot90(pixels, turn, axes=(1, 2)) for turn in turns]
+    if count == 8:
+        views += [view[:, :, ::-1] for view in views]
+    return [np.ascontiguousarray(view) for view in views]
 
 
 def normalise(pixels):

@@ -268,14 +268,38 @@ def test_interpreter_reports_model_shape_and_embeds_unit_vectors(edge_interprete
     assert runtime_name() in ("ai_edge_litert", "tflite_runtime")
     assert input_size(edge_interpreter) == 32 and embedding_size(edge_interpreter) == 8
     crops = np.stack([preprocess(p, edge_config).pixels for p in pill_photos("green", 3)])
-    batch = embed(edge_interpreter, crops)
+    batch = embed(edge_interpreter, crops, 1)
     assert batch.dtype == np.float32 and batch.shape == (3, 8)
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(embed(edge_interpreter, crops[1]), batch[1:2])
+    np.testing.assert_array_equal(embed(edge_interpreter, crops[1], 1), batch[1:2])
     with pytest.raises(ValueError, match="uint8 crops"):
-        embed(edge_interpreter, crops.astype(np.float32))
+        embed(edge_interpreter, crops.astype(np.float32), 1)
     with pytest.raises(ValueError, match="threads"):
         make_interpreter("model.tflite", threads=0)
+
+
+def test_symmetric_views_make_the_embedding_independent_of_how_the_pill_lies(edge_interpreter):
+    """Averaged over a group of the square's symmetries, the embedding of a turned (or, with 8
+    views, mirrored) crop is the crop's own; one view is not, and 2 views are the mean of two."""
+    crops = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+
+    def turned(pixels, quarter_turns):
+        return np.ascontiguousarray(np.rot90(pixels, quarter_turns, axes=(1, 2)))
+
+    one = embed(edge_interpreter, crops, 1)
+    assert not np.allclose(embed(edge_interpreter, turned(crops, 1), 1), one, atol=1e-3)
+    np.testing.assert_allclose(embed(edge_interpreter, turned(crops, 2), 2), embed(edge_interpreter, crops, 2),
+                               atol=1e-6)
+    np.testing.assert_allclose(embed(edge_interpreter, turned(crops, 1), 4), embed(edge_interpreter, crops, 4),
+                               atol=1e-6)
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    np.testing.assert_allclose(embed(edge_interpreter, mirrored, 8), embed(edge_interpreter, crops, 8), atol=1e-6)
+    assert not np.allclose(embed(edge_interpreter, mirrored, 4), embed(edge_interpreter, crops, 4), atol=1e-3)
+    mean = one + embed(edge_interpreter, turned(crops, 2), 1)
+    np.testing.assert_allclose(embed(edge_interpreter, crops, 2),
+                               mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(ValueError, match="views must be one of"):
+        embed(edge_interpreter, crops, 3)
 
 
 @settings(max_examples=50, deadline=None)
@@ -307,7 +331,7 @@ def test_edgetpu_fallback_warns_and_runs_on_the_cpu(edge_model_path, edge_config
     warning = [line for line in capfd.readouterr().err.splitlines() if "Edge TPU" in line]
     assert len(warning) == 1 and "running on the CPU" in warning[0]
     crop = preprocess(pill_photos("red", 1)[0], edge_config).pixels
-    assert embed(interpreter, crop).shape == (1, 8)
+    assert embed(interpreter, crop, 1).shape == (1, 8)
 
 
 # --- gallery ----------------------------------------------------------------------------------
@@ -493,3 +517,10 @@ def test_enroll_identify_remove_list(edge_bundle, edge_interpreter, edge_embed):
     remove(edge_bundle, "green")
     with pytest.raises(ValueError, match="only enrolled pill"):
         remove(edge_bundle, "blue")
+
+
+def test_preprocess_config_refuses_a_view_count_that_is_not_a_symmetry_group(edge_config):
+    for views in (0, 3, 16):
+        with pytest.raises(ValueError, match="views must be one of"):
+            dataclasses.replace(edge_config, views=views)
+    assert dataclasses.replace(edge_config, views=8).views == 8

@@ -27,8 +27,8 @@ from tf_pilltrack import dataset, metrics, paths
 from tf_pilltrack import params as params_module
 
 
-def embed_split(model_interpreter, split: dataset.Split) -> np.ndarray:
-    return interpreter.embed(model_interpreter, split.pixels)
+def embed_split(model_interpreter, split: dataset.Split, views: int) -> np.ndarray:
+    return interpreter.embed(model_interpreter, split.pixels, views)
 
 
 def calibrate_threshold(gallery_embeddings: np.ndarray, references: dataset.Split,
@@ -50,15 +50,16 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
     settings = params["enroll"]
     seed = params["base"]["seed"]
+    views = params_module.preprocess_config(params).views
     model_interpreter = interpreter.make_interpreter(paths.STUDENT_QAT_TFLITE, threads=1)
     calibration_references = dataset.load_split("calibration_references")
     calibration_queries = dataset.load_split("calibration_queries")
-    calibration_query_embeddings = embed_split(model_interpreter, calibration_queries)
+    calibration_query_embeddings = embed_split(model_interpreter, calibration_queries, views)
     calibration = calibrate_threshold(
-        embed_split(model_interpreter, calibration_references), calibration_references,
+        embed_split(model_interpreter, calibration_references, views), calibration_references,
         calibration_query_embeddings, calibration_queries, settings["target_recall"])
     references = dataset.load_split("references")
-    embeddings = embed_split(model_interpreter, references)
+    embeddings = embed_split(model_interpreter, references, views)
     # search_k follows the gallery's size, as it does when the device enrolls more pills; it is
     # checked here on real photos of pills outside the gallery (the calibration classes').
     search_k = gallery.search_k_for_size(len(embeddings), settings["annoy_trees"])

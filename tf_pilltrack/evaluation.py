@@ -79,11 +79,16 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     exact_order, _ = metrics.rank_gallery(query_embeddings, loaded.embeddings, 1)
     result["annoy_exact_top1_agreement"] = float(np.mean(labels[exact_order[:, 0]] == ranked[:, 0]))
     absent_best = [gallery.search(loaded.index, loaded.labels, embedding, 1, loaded.search_k)[0].distance
-                   for embedding in interpreter.embed(model_interpreter, absent.pixels)] if len(absent) else []
+                   for embedding in interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.views)] if len(absent) else []
     correct = ranked[:, 0] == queries.labels.astype(object)
     result.update(metrics.open_set_rates(np.array(best), correct, np.array(absent_best), loaded.unknown_threshold))
     result["unknown_threshold"] = loaded.unknown_threshold
     return result
+
+
+def embed_keras(model, pixels: np.ndarray, views: int) -> np.ndarray:
+    """A Keras model's embeddings of crops over `views` symmetric views, as the device's."""
+    return interpreter.embed_views(lambda view: teacher_stage.embed(model, view), pixels, views)
 
 
 def concatenate(*splits: dataset.Split) -> dataset.Split:
@@ -164,6 +169,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     synthetic_pool = concatenate(references, queries, absent)
     cut = len(references)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
+    views = loaded.preprocess.views  # every model embeds each crop as the device does
     real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
     # Pills the models trained on are not novel: when the real set is also the training source
     # (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
@@ -187,13 +193,13 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     results, curves, top1 = {}, {}, {}
     for name, model in keras_models.items():
         if name == "teacher":
-            pooled = teacher_stage.embed(model, synthetic_pool.pixels)
+            pooled = embed_keras(model, synthetic_pool.pixels, views)
             pool_embeddings["synthetic"][name] = pooled
-            pool_embeddings["real"][name] = teacher_stage.embed(model, real_pool.pixels)
+            pool_embeddings["real"][name] = embed_keras(model, real_pool.pixels, views)
             query_embeddings, reference_embeddings = pooled[cut:cut + len(queries)], pooled[:cut]
         else:
-            query_embeddings = teacher_stage.embed(model, queries.pixels)
-            reference_embeddings = teacher_stage.embed(model, references.pixels)
+            query_embeddings = embed_keras(model, queries.pixels, views)
+            reference_embeddings = embed_keras(model, references.pixels, views)
         results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
                                                         reference_embeddings, references.labels)
     pooled = baseline.embed(synthetic_pool.pixels)
@@ -203,12 +209,12 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         pooled[cut:cut + len(queries)], queries.labels, pooled[:cut], references.labels)
     ptq = interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1)
     results["student_ptq_int8"], curves["student_ptq_int8"], top1["student_ptq_int8"] = score(
-        interpreter.embed(ptq, queries.pixels), queries.labels,
-        interpreter.embed(ptq, references.pixels), references.labels)
+        interpreter.embed(ptq, queries.pixels, views), queries.labels,
+        interpreter.embed(ptq, references.pixels, views), references.labels)
     shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
-    pooled = interpreter.embed(shipped, synthetic_pool.pixels)
+    pooled = interpreter.embed(shipped, synthetic_pool.pixels, views)
     pool_embeddings["synthetic"]["student_int8"] = pooled
-    pool_embeddings["real"]["student_int8"] = interpreter.embed(shipped, real_pool.pixels)
+    pool_embeddings["real"]["student_int8"] = interpreter.embed(shipped, real_pool.pixels, views)
     shipped_queries = pooled[cut:cut + len(queries)]
     results["student_int8"] = evaluate_bundle(loaded, shipped, shipped_queries, queries, absent)
     _, curves["student_int8"], top1["student_int8"] = score(
