@@ -248,14 +248,14 @@ def main() -> None:
     rng = np.random.default_rng(arguments.seed)
     loaded = bundle_module.load_bundle(arguments.bundle)
     model = interpreter.make_interpreter(loaded.model_path, threads=1)
-    base = _unit(np.concatenate([interpreter.embed(model, _load_crops(root, name)[0], loaded.preprocess.views) for name in GALLERY_SPLITS]))
+    base = _unit(np.concatenate([interpreter.embed(model, _load_crops(root, name)[0], loaded.preprocess.symmetry_views) for name in GALLERY_SPLITS]))
     query_pixels, query_sources = _load_crops(root, "queries")
     if len(query_pixels) < 2:
         raise SystemExit("error: the query split has fewer than 2 crops")
     count = min(arguments.queries, len(query_pixels) // 2)
     order = rng.permutation(len(query_pixels))
-    queries = _unit(interpreter.embed(model, query_pixels[order[:count]], loaded.preprocess.views))
-    tuning = _unit(interpreter.embed(model, query_pixels[order[count:2 * count]], loaded.preprocess.views))
+    queries = _unit(interpreter.embed(model, query_pixels[order[:count]], loaded.preprocess.symmetry_views))
+    tuning = _unit(interpreter.embed(model, query_pixels[order[count:2 * count]], loaded.preprocess.symmetry_views))
     trees = loaded.annoy_trees
     print(f"{len(base)} real embeddings, {count} queries, {count} tuning queries; Annoy {trees} trees",
           flush=True)

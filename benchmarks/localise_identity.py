@@ -97,7 +97,7 @@ def _config(bundle: str | None) -> PreprocessConfig:
     if directory:
         return load_bundle(directory, verify_model=False).preprocess
     return PreprocessConfig(image_size=64, localise=True, min_pill_fraction=0.01,
-                            max_pill_fraction=0.9, crop_margin=0.15, max_image_pixels=40_000_000, views=1)
+                            max_pill_fraction=0.9, crop_margin=0.15, max_image_pixels=40_000_000, symmetry_views=1)
 
 
 def main() -> int:

@@ -80,7 +80,7 @@ def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.nda
 
 
 def sweep_teacher(params: dict, save: str | None) -> dict:
-    views = params["preprocess"]["views"]
+    views = params["preprocess"]["symmetry_views"]
     splits = [dataset.load_split(name) for name in ("train", "calibration_references", "calibration_queries")]
     started = time.time()
     model, history = teacher_stage.train(params, *splits, verbose=0)
@@ -94,7 +94,7 @@ def sweep_teacher(params: dict, save: str | None) -> dict:
 
 
 def sweep_distill(params: dict, teacher_weights: str) -> dict:
-    views = params["preprocess"]["views"]
+    views = params["preprocess"]["symmetry_views"]
     teacher = teacher_stage.build(params)
     teacher.load_weights(teacher_weights)
     train_split = dataset.load_split("train")

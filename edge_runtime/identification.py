@@ -60,7 +60,7 @@ class Identifier:
         side = 2 * self.bundle.preprocess.image_size
         self._crop(np.zeros((side, side, 3), np.uint8), {})
         size = self.bundle.preprocess.image_size
-        embed(self.interpreter, np.zeros((size, size, 3), np.uint8), self.bundle.preprocess.views)
+        embed(self.interpreter, np.zeros((size, size, 3), np.uint8), self.bundle.preprocess.symmetry_views)
 
     def crop(self, rgb: np.ndarray) -> Crop | None:
         """The model input for an RGB image, or None when no pill is found; the same result
@@ -72,7 +72,7 @@ class Identifier:
         crop = self.crop(rgb)
         if crop is None:
             return None
-        return embed(self.interpreter, crop.pixels, self.bundle.preprocess.views)[0], crop
+        return embed(self.interpreter, crop.pixels, self.bundle.preprocess.symmetry_views)[0], crop
 
     def identify_image(self, rgb: np.ndarray) -> Result:
         """Which enrolled pill an (H, W, 3) uint8 RGB image shows."""
@@ -81,7 +81,7 @@ class Identifier:
         if crop is None:
             return Result(None, None, [], None, timings)
         start = time.perf_counter()
-        embedding = embed(self.interpreter, crop.pixels, self.bundle.preprocess.views)[0]
+        embedding = embed(self.interpreter, crop.pixels, self.bundle.preprocess.symmetry_views)[0]
         timings["invoke"] = time.perf_counter() - start
         start = time.perf_counter()
         matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, self.top_k,

@@ -158,7 +158,7 @@ def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
 def embed(interpreter, pixels: np.ndarray, views: int) -> np.ndarray:
     """L2-normalised float32 embeddings (N, E) of uint8 crops, (S, S, 3) or (N, S, S, 3), each
     the mean of its `views` symmetric views' normalised embeddings (`symmetric_views`; the
-    bundle's `preprocess.views`).
+    bundle's `preprocess.symmetry_views`).
 
     The models take one image at a time, so the interpreter runs once per crop and view."""
     pixels = np.asarray(pixels)

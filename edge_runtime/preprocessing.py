@@ -59,7 +59,7 @@ class PreprocessConfig:
     max_pill_fraction: float
     crop_margin: float
     max_image_pixels: int
-    views: int  # symmetric views of each crop embedded and averaged (`symmetric_views`)
+    symmetry_views: int  # symmetric views of each crop embedded and averaged (`symmetric_views`)
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -73,8 +73,8 @@ class PreprocessConfig:
             raise ValueError(f"crop_margin must be within [0, 1], got {self.crop_margin}")
         if self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
-        if self.views not in VIEW_COUNTS:
-            raise ValueError(f"views must be one of {VIEW_COUNTS}, got {self.views}")
+        if self.symmetry_views not in VIEW_COUNTS:
+            raise ValueError(f"symmetry_views must be one of {VIEW_COUNTS}, got {self.symmetry_views}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -48,7 +48,7 @@ def edge_config():
     from edge_runtime.preprocessing import PreprocessConfig
 
     return PreprocessConfig(image_size=32, localise=True, min_pill_fraction=0.005,
-                            max_pill_fraction=0.9, crop_margin=0.15, max_image_pixels=10**7, views=2)
+                            max_pill_fraction=0.9, crop_margin=0.15, max_image_pixels=10**7, symmetry_views=2)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def edge_embed(edge_interpreter, edge_config):
 
     def embed_photos(photos):
         return embed(edge_interpreter, np.stack([preprocess(p, edge_config).pixels
-                                                 for p in photos]), edge_config.views)
+                                                 for p in photos]), edge_config.symmetry_views)
 
     return embed_photos
 

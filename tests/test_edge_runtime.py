@@ -521,6 +521,6 @@ def test_enroll_identify_remove_list(edge_bundle, edge_interpreter, edge_embed):
 
 def test_preprocess_config_refuses_a_view_count_that_is_not_a_symmetry_group(edge_config):
     for views in (0, 3, 16):
-        with pytest.raises(ValueError, match="views must be one of"):
-            dataclasses.replace(edge_config, views=views)
-    assert dataclasses.replace(edge_config, views=8).views == 8
+        with pytest.raises(ValueError, match="symmetry_views must be one of"):
+            dataclasses.replace(edge_config, symmetry_views=views)
+    assert dataclasses.replace(edge_config, symmetry_views=8).symmetry_views == 8

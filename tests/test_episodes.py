@@ -316,7 +316,7 @@ SHARED_REAL = REPO.parent / "shared" / "data" / "pills_real" / "pushin_pill"
 
 def _config(localise: bool = True) -> PreprocessConfig:
     return PreprocessConfig(image_size=32, localise=localise, min_pill_fraction=0.005, max_pill_fraction=0.9,
-                            crop_margin=0.15, max_image_pixels=10**7, views=1)
+                            crop_margin=0.15, max_image_pixels=10**7, symmetry_views=1)
 
 
 def _png(rgb: np.ndarray) -> bytes:

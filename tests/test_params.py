@@ -306,7 +306,7 @@ def test_preprocess_config_uses_the_profiles_image_size(params, profile_name):
         "max_pill_fraction": params["preprocess"]["max_pill_fraction"],
         "crop_margin": params["preprocess"]["crop_margin"],
         "max_image_pixels": 1234,
-        "views": params["preprocess"]["views"],
+        "symmetry_views": params["preprocess"]["symmetry_views"],
     }
 
 

@@ -21,7 +21,7 @@ from tf_pilltrack import synthesis
 # The preprocessing constants of params.yaml (mcu profile): what the pipeline crops with.
 PIPELINE_PREPROCESS = PreprocessConfig(
     image_size=64, localise=True, min_pill_fraction=0.005, max_pill_fraction=0.9,
-    crop_margin=0.15, max_image_pixels=50_000_000, views=1,
+    crop_margin=0.15, max_image_pixels=50_000_000, symmetry_views=1,
 )
 BODY_KEYS = ("shape", "aspect", "size", "colours", "rgb", "gloss", "shininess", "dome",
              "thickness", "imprint_style", "ink", "ink_rgb", "font", "weight", "capsule_split")

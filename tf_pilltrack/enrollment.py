@@ -50,7 +50,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
     settings = params["enroll"]
     seed = params["base"]["seed"]
-    views = params_module.preprocess_config(params).views
+    views = params_module.preprocess_config(params).symmetry_views
     model_interpreter = interpreter.make_interpreter(paths.STUDENT_QAT_TFLITE, threads=1)
     calibration_references = dataset.load_split("calibration_references")
     calibration_queries = dataset.load_split("calibration_queries")

@@ -79,7 +79,7 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     exact_order, _ = metrics.rank_gallery(query_embeddings, loaded.embeddings, 1)
     result["annoy_exact_top1_agreement"] = float(np.mean(labels[exact_order[:, 0]] == ranked[:, 0]))
     absent_best = [gallery.search(loaded.index, loaded.labels, embedding, 1, loaded.search_k)[0].distance
-                   for embedding in interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.views)] if len(absent) else []
+                   for embedding in interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.symmetry_views)] if len(absent) else []
     correct = ranked[:, 0] == queries.labels.astype(object)
     result.update(metrics.open_set_rates(np.array(best), correct, np.array(absent_best), loaded.unknown_threshold))
     result["unknown_threshold"] = loaded.unknown_threshold
@@ -169,7 +169,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     synthetic_pool = concatenate(references, queries, absent)
     cut = len(references)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
-    views = loaded.preprocess.views  # every model embeds each crop as the device does
+    views = loaded.preprocess.symmetry_views  # every model embeds each crop as the device does
     real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
     # Pills the models trained on are not novel: when the real set is also the training source
     # (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no

@@ -144,7 +144,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "min_pill_fraction": _number(0.0, 1.0),
         "max_pill_fraction": _number(0.0, 1.0),
         "crop_margin": _number(0.0, 1.0),
-        "views": _integer(1, 8),
+        "symmetry_views": _integer(1, 8),
     },
     "prepare": {
         "novel_classes": _number(0.0, 1.0),
@@ -316,5 +316,5 @@ def preprocess_config(params: dict) -> PreprocessConfig:
         max_pill_fraction=values["max_pill_fraction"],
         crop_margin=values["crop_margin"],
         max_image_pixels=params["data"]["max_image_pixels"],
-        views=values["views"],
+        symmetry_views=values["symmetry_views"],
     )
