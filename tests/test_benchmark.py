@@ -4,6 +4,7 @@ size asked for. Small galleries and few repeats; nothing here asserts how fast a
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import re
@@ -17,6 +18,7 @@ from loopback import BIN, ROOT
 from loopback import run as _run
 from tf_pilltrack import params as params_module
 from tf_pilltrack.cli import main
+from tf_pilltrack.parity import RUNTIMES
 
 PROFILE_MODELS = ("teacher", "student_float", "student_qat_int8", "student_ptq_int8")
 KERAS_RUNTIMES = {"tensorflow"}
@@ -214,8 +216,9 @@ def test_markdown_tables_are_well_formed(bench):
 
 def test_runtime_parity_is_reported(bench):
     """The shipped model's raw int8 outputs and top-1 answers under every runtime against the
-    device's (LiteRT, XNNPACK): a row per runtime, well formed; no assertion on how close they are
-    beyond the device agreeing with itself."""
+    device's (LiteRT, XNNPACK): a row per runtime, well formed, judged by the per-op tolerance (not
+    by its whole-model steps); every op alone under every pair of kernels. No assertion on how
+    close they are beyond the device agreeing with itself (tests/test_parity.py states the rest)."""
     parity = bench["report"]["parity"]
     queries = np.load(bench["work"] / "data/prepared/queries.npz")["labels"]
     gallery = np.load(bench["work"] / "data/prepared/references.npz")["labels"]
@@ -225,8 +228,19 @@ def test_runtime_parity_is_reported(bench):
     assert parity["reference_runtime"] == "litert_1" and "tolerance" in parity
     rows = parity["runtimes"]
     assert set(rows) == {"litert_1", "litert_builtin", "tflite_runtime_1", "tflm"}
+    per_op = parity["per_op"]
+    assert per_op["inputs"] == parity["gallery"] + parity["queries"] and per_op["tolerance_steps"] == 1
+    assert all(per_op["exposed_output_identical"].values())
+    assert set(per_op["pairs"]) == {f"{a}_vs_{b}" for a, b in itertools.combinations(RUNTIMES, 2)}
+    for pair, figures in per_op["pairs"].items():
+        assert figures["within_per_op_tolerance"] == (figures["max_steps"] <= per_op["tolerance_steps"])
+        assert all(0 < worst["max_steps"] <= figures["max_steps"] and 0.0 < worst["max_differing"] <= 1.0
+                   for worst in figures["op_types"].values())
+        assert (figures["first_divergent_op"] is None) or 0 <= figures["first_divergent_op"]["index"] < per_op["ops"]
     for name, row in rows.items():
         assert isinstance(row["tolerance_steps"], int) and isinstance(row["tolerance_steps_builtin"], int)
+        assert row["kernels"] in RUNTIMES
+        assert 0 <= row["per_op_max_steps"] <= 255 and 0 <= row["per_op_max_steps_builtin"] <= 255
         if "error" in row:  # only the tflite-runtime environment may be missing
             assert name == "tflite_runtime_1" and row["error"].startswith("not installed")
             assert row["within_tolerance"] is None
@@ -239,13 +253,18 @@ def test_runtime_parity_is_reported(bench):
         assert row["top1_index_agreement"] <= row["top1_agreement"]
         assert row["changed_answers"] == round((1.0 - row["top1_agreement"]) * parity["queries"])
         assert (row["changed_max_cosine_gap"] is None) == (row["changed_answers"] == 0)
-        assert row["within_tolerance"] == (row["max_abs_steps"] <= row["tolerance_steps"]
-                                           and row["max_abs_steps_builtin"] <= row["tolerance_steps_builtin"])
+        bit_exact = {"xnnpack": row["max_abs_steps"], "builtin": row["max_abs_steps_builtin"]}.get(row["kernels"], 0)
+        assert row["within_tolerance"] == (row["per_op_max_steps"] <= row["tolerance_steps"]
+                                           and row["per_op_max_steps_builtin"] <= row["tolerance_steps_builtin"]
+                                           and bit_exact == 0)
+    assert rows["tflite_runtime_1"]["kernels"] == rows["litert_builtin"]["kernels"] == "builtin"
     device = rows["litert_1"]
     assert device["max_abs_steps"] == 0 and device["identical_embeddings"] == 1.0 and device["top1_agreement"] == 1.0
     assert rows["litert_builtin"]["max_abs_steps_builtin"] == 0
     table = next(table for table in _tables(bench["markdown"]) if table[0][0] == "runtime" and "max Δ vs device" in table[0])
     assert len(table) - 1 == len(rows)
+    table = next(table for table in _tables(bench["markdown"]) if table[0][0] == "kernels")
+    assert len(table) - 1 == len(per_op["pairs"])
 
 
 def test_bench_params_are_validated(tmp_path):

@@ -19,10 +19,11 @@ throughput micro-benchmark (one large 3x3 convolution converted the same way) th
 runtime's compute floor: a model's MACs divided by that throughput, the least time its
 convolutions can take under that runtime here.
 
-Runtime parity: the shipped int8 model embeds the evaluation gallery and queries under LiteRT
-(as the device runs it, and with its builtin kernels), tflite-runtime and TFLite Micro; each
-runtime's raw int8 outputs are compared with the device's (int8 steps, bit-identical fractions,
-against a stated tolerance) and so are its top-1 answers.
+Runtime parity (`tf_pilltrack.parity`): the shipped int8 model embeds the evaluation gallery and
+queries under LiteRT (as the device runs it, and with its builtin kernels), tflite-runtime and
+TFLite Micro; each runtime's raw int8 outputs are compared with the device's (int8 steps,
+bit-identical fractions) and so are its top-1 answers; every op alone is compared under every pair
+of kernels, and the runtimes are judged by that stated per-op tolerance.
 
 Search and the device step come from `benchmarks/edge_speed.py`, run as a subprocess with the
 gallery sizes of `bench.gallery_sizes`; its JSON is merged into the report.
@@ -48,6 +49,7 @@ import numpy as np
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import micro, paths
 from tf_pilltrack.budget import REFERENCE_TFLITE, time_invocations
+from tf_pilltrack.parity import PARITY_BUILTIN, PARITY_LABEL, run_in_tflite_runtime, runtime_parity, runtime_version
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]  # where the code (and its environments) live
 EDGE_SPEED = pathlib.Path("benchmarks") / "edge_speed.py"
@@ -121,16 +123,7 @@ def interpreter_timings(jobs: list[list], repeats: int) -> dict:
         detail = model.get_input_details()[0]
         model.set_tensor(detail["index"], np.full(detail["shape"], INPUT_FILL, detail["dtype"]))
         timings[name] = time_invocations(model.invoke, repeats)
-    return {"runtime": runtime.runtime_name(), "version": _runtime_version(runtime.runtime_name()), "timings": timings}
-
-
-def _runtime_version(module_name: str) -> str:
-    try:
-        from importlib import metadata
-
-        return metadata.version({"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[module_name])
-    except Exception:  # noqa: BLE001 - a version string is informative only
-        return "unknown"
+    return {"runtime": runtime.runtime_name(), "version": runtime_version(runtime.runtime_name()), "timings": timings}
 
 
 _SUBPROCESS_SCRIPT = (
@@ -140,27 +133,10 @@ _SUBPROCESS_SCRIPT = (
 )
 
 
-def _in_tflite_runtime(python: pathlib.Path, script: str, arguments: list[str]) -> dict:
-    """Run `script` (it prints one JSON line with "runtime") under the tflite-runtime
-    environment's interpreter (NumPy 1, no TensorFlow), with the repository importable. Its JSON,
-    or {"error": reason} where that environment is not installed, the script fails or the
-    environment runs another runtime."""
-    if not python.exists():
-        return {"error": f"not installed ({python} is missing; `bash scripts/bootstrap.sh edge-tflite`)"}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])))
-    finished = subprocess.run([str(python), "-c", script, *arguments], capture_output=True, text=True, env=env)
-    if finished.returncode != 0:
-        return {"error": f"failed ({finished.returncode}): {finished.stderr.strip()[-500:]}"}
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
-    if result["runtime"] != "tflite_runtime":
-        return {"error": f"{python} runs {result['runtime']}, not tflite_runtime"}
-    return result
-
-
 def tflite_runtime_timings(python: pathlib.Path, jobs: list[list], repeats: int) -> dict:
     """`interpreter_timings` in the tflite-runtime environment, as a subprocess of that
     environment's interpreter. {"error": reason} where it is not installed or fails."""
-    return _in_tflite_runtime(python, _SUBPROCESS_SCRIPT, [json.dumps(jobs), str(repeats)])
+    return run_in_tflite_runtime(python, _SUBPROCESS_SCRIPT, [json.dumps(jobs), str(repeats)])
 
 
 def micro_timing(model: bytes, repeats: int) -> dict:
@@ -187,160 +163,6 @@ def keras_timing(model, repeats: int) -> dict:
 
 def numpy_timing(describe: Callable[[np.ndarray], np.ndarray], crop: np.ndarray, repeats: int) -> dict:
     return time_invocations(lambda: describe(crop), repeats)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parity of the runtimes on the shipped model
-# ---------------------------------------------------------------------------------------------
-
-PARITY_DEVICE = "litert_1"  # LiteRT as the device runs it: edge_runtime.interpreter, XNNPACK, 1 thread
-PARITY_BUILTIN = "litert_builtin"  # LiteRT's builtin kernels, without XNNPACK (micro._lite_interpreter)
-PARITY_LABEL = "LiteRT, builtin kernels (no XNNPACK)"
-# Stated tolerance, in int8 steps of the raw output (one step: the output scale), as tests/test_export.py
-# states it: against LiteRT's builtin kernels, tflite-runtime (the same kernels, an older build) is
-# bit-exact and TFLite Micro's reference kernels within 1 step (they round some requantisations
-# differently); against XNNPACK, as the device runs it, any other runtime within 2.
-PARITY_TOLERANCE_STEPS = {
-    PARITY_DEVICE: {"device": 0, "builtin": 2},
-    PARITY_BUILTIN: {"device": 2, "builtin": 0},
-    "tflite_runtime_1": {"device": 2, "builtin": 0},
-    "tflm": {"device": 2, "builtin": 1},
-}
-
-_OUTPUTS_SCRIPT = (
-    "import json, sys\n"
-    "import numpy as np\n"
-    "from edge_runtime import interpreter as runtime\n"
-    "from tf_pilltrack.benchmark import _runtime_version, interpreter_outputs\n"
-    "with np.load(sys.argv[2]) as data:\n"
-    "    outputs = interpreter_outputs(runtime.make_interpreter(sys.argv[1], threads=1), data['inputs'])\n"
-    "np.save(sys.argv[3], outputs)\n"
-    "print(json.dumps({'runtime': runtime.runtime_name(), 'version': _runtime_version(runtime.runtime_name())}))\n"
-)
-
-
-def interpreter_outputs(interpreter, inputs: np.ndarray) -> np.ndarray:
-    """Raw output tensors (N, ...) of an interpreter (`edge_runtime.interpreter.make_interpreter`:
-    LiteRT, else tflite-runtime) for N input tensors set as they are, one invocation each.
-    Imports no TensorFlow (it runs in the edge environments too)."""
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
-    outputs = []
-    for tensor in inputs:
-        interpreter.set_tensor(input_index, tensor[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(output_index)[0].copy())
-    return np.stack(outputs)
-
-
-def tflite_runtime_outputs(python: pathlib.Path, model_path: pathlib.Path, inputs: np.ndarray,
-                           workdir: pathlib.Path) -> dict:
-    """`interpreter_outputs` under tflite-runtime (a subprocess of its environment; the inputs
-    and outputs go through .npz / .npy files in `workdir`): {"outputs", "version"} or {"error"}."""
-    sent, received = workdir / "parity_inputs.npz", workdir / "parity_outputs.npy"
-    np.savez(sent, inputs=inputs)
-    result = _in_tflite_runtime(python, _OUTPUTS_SCRIPT, [str(model_path.resolve()), str(sent), str(received)])
-    if "error" not in result:
-        result["outputs"] = np.load(received)
-    return result
-
-
-def micro_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
-    """Raw output tensors (N, ...) under the TFLite Micro interpreter, one invocation per input."""
-    interpreter = micro.micro_interpreter(model)
-    return np.stack([micro.micro_invoke(interpreter, tensor[None])[0] for tensor in inputs])
-
-
-def _cosines(outputs: np.ndarray, output_detail: dict, gallery_count: int) -> np.ndarray:
-    """Cosine similarity (Q, G) of each query to each gallery item, from raw outputs (gallery rows
-    first, then the queries) dequantised and L2-normalised as the device does."""
-    from edge_runtime.interpreter import dequantise_output, l2_normalise
-
-    embeddings = l2_normalise(dequantise_output(outputs, output_detail).reshape(len(outputs), -1))
-    return embeddings[gallery_count:] @ embeddings[:gallery_count].T
-
-
-def _steps(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """|outputs - reference| in int8 steps, one row per input."""
-    return np.abs(outputs.astype(np.int32) - reference.astype(np.int32)).reshape(len(outputs), -1)
-
-
-def parity_figures(outputs: np.ndarray, device: np.ndarray, builtin: np.ndarray, output_detail: dict,
-                   gallery_labels: np.ndarray, query_labels: np.ndarray) -> dict:
-    """One runtime's raw int8 outputs (gallery rows first, then the queries) against the device's
-    (LiteRT, XNNPACK) and LiteRT's builtin kernels': differences in int8 steps, bit-identical
-    fractions (of values and of whole embeddings); and its top-1 answers, exact cosine search over
-    the gallery this same runtime embedded, against the device's. Where an answer differs, the
-    cosine gap (under the device's embeddings) between the device's top-1 item and this runtime's
-    tells a near tie from a real disagreement."""
-    count = len(gallery_labels)
-    steps, builtin_steps = _steps(outputs, device), _steps(outputs, builtin)
-    top1 = np.argmax(_cosines(outputs, output_detail, count), axis=1)
-    device_cosines = _cosines(device, output_detail, count)
-    device_top1 = np.argmax(device_cosines, axis=1)
-    answers = gallery_labels[top1]
-    changed = answers != gallery_labels[device_top1]
-    rows = np.arange(len(top1))
-    gaps = device_cosines[rows, device_top1] - device_cosines[rows, top1]
-    return {
-        "max_abs_steps": int(steps.max()),
-        "mean_abs_steps": float(steps.mean()),
-        "identical_values": float((steps == 0).mean()),
-        "identical_embeddings": float((steps == 0).all(axis=1).mean()),
-        "max_abs_steps_builtin": int(builtin_steps.max()),
-        "identical_values_builtin": float((builtin_steps == 0).mean()),
-        "top1_agreement": float(1.0 - changed.mean()),
-        "top1_index_agreement": float((top1 == device_top1).mean()),
-        "changed_answers": int(changed.sum()),
-        "changed_max_cosine_gap": float(gaps[changed].max()) if changed.any() else None,
-        "recall_at_1": float((answers == query_labels).mean()),
-    }
-
-
-def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_queries: int, seed: int,
-                   workdir: pathlib.Path) -> dict:
-    """The shipped int8 model on the evaluation gallery (references) and queries (`max_queries`
-    of them, a seeded draw; 0: all) under LiteRT as the device runs it (XNNPACK), LiteRT's builtin
-    kernels, tflite-runtime and TFLite Micro: each runtime's raw outputs and top-1 answers against
-    the device's (`parity_figures`), with the stated tolerance. Every runtime gets the same uint8
-    input tensors: the crops' pixels, as the firmware passes them."""
-    from edge_runtime import interpreter as runtime
-    from tf_pilltrack import dataset
-
-    gallery, queries = dataset.load_split("references"), dataset.load_split("queries")
-    chosen = np.arange(len(queries))
-    if 0 < max_queries < len(queries):
-        chosen = np.sort(np.random.default_rng(seed).choice(len(queries), size=max_queries, replace=False))
-    inputs = np.concatenate([gallery.pixels, queries.pixels[chosen]]).astype(np.uint8)
-    model = model_path.read_bytes()
-    device = runtime.make_interpreter(model_path, threads=1)
-    output_detail = device.get_output_details()[0]
-    outputs = {PARITY_DEVICE: interpreter_outputs(device, inputs),
-               PARITY_BUILTIN: interpreter_outputs(micro._lite_interpreter(model), inputs)}
-    edge = tflite_runtime_outputs(tflite_python, model_path, inputs, workdir)
-    outputs["tflite_runtime_1"] = edge.get("outputs")
-    outputs["tflm"] = micro_outputs(model, inputs)
-    rows = {}
-    for name, tolerance in PARITY_TOLERANCE_STEPS.items():
-        row = {"tolerance_steps": tolerance["device"], "tolerance_steps_builtin": tolerance["builtin"]}
-        if outputs[name] is None:
-            rows[name] = dict(row, error=edge["error"], within_tolerance=None)
-            continue
-        row.update(parity_figures(outputs[name], outputs[PARITY_DEVICE], outputs[PARITY_BUILTIN], output_detail,
-                                  gallery.labels, queries.labels[chosen]))
-        row["within_tolerance"] = (row["max_abs_steps"] <= tolerance["device"]
-                                   and row["max_abs_steps_builtin"] <= tolerance["builtin"])
-        rows[name] = row
-    return {
-        "model": str(model_path), "reference_runtime": PARITY_DEVICE, "builtin_runtime": PARITY_BUILTIN,
-        "gallery": int(len(gallery)), "queries": int(len(chosen)), "queries_available": int(len(queries)),
-        "output_scale": float(output_detail["quantization"][0]), "tflite_runtime_version": edge.get("version"),
-        "input": "the crops' uint8 pixels, the same tensor for every runtime",
-        "tolerance": "max |raw int8 output - LiteRT's (XNNPACK, as the device runs it)| <= tolerance_steps and "
-                     "max |... - LiteRT's builtin kernels'| <= tolerance_steps_builtin (tests/test_export.py); "
-                     "top-1: exact cosine nearest neighbour over the gallery embedded by the same runtime",
-        "runtimes": rows,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,7 +594,7 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
             by_id[model_id]["latency"]["tflm"] = micro_timing(path.read_bytes(), settings["micro_repeats"])
 
         phases.start("parity", f"runtime parity of {paths.STUDENT_QAT_TFLITE}: gallery and queries under LiteRT, "
-                     "tflite-runtime and TFLite Micro")
+                     "tflite-runtime and TFLite Micro; every op alone under every pair of kernels")
         report["parity"] = runtime_parity(paths.STUDENT_QAT_TFLITE, python, settings["parity_queries"], seed, workdir)
 
         phases.start("tensorflow", f"Keras models under TensorFlow, {repeats} invocations each")
@@ -869,35 +691,61 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
+def _share(fraction: float) -> str:
+    """A fraction as a percentage; a nonzero one too small for two decimals as "< 0.01%"."""
+    return "< 0.01%" if 0.0 < fraction < 0.00005 else f"{fraction:.2%}"
+
+
 def _parity_lines(parity: dict, labels: dict) -> list[str]:
-    """The runtime-parity paragraph and table: each runtime's raw int8 outputs and top-1 answers
-    against the device's (LiteRT, XNNPACK)."""
+    """The runtime-parity paragraph and tables: each runtime's raw int8 outputs and top-1 answers
+    against the device's (LiteRT, XNNPACK), judged by the per-op tolerance; then each op alone, per
+    pair of kernels."""
     labels = dict(labels, **{PARITY_BUILTIN: PARITY_LABEL})
+    per_op = parity["per_op"]
     lines = [f"`{parity['model']}` on the evaluation gallery ({parity['gallery']:,} references) and "
              f"{parity['queries']:,} of {parity['queries_available']:,} queries, every runtime given the same uint8 "
-             f"crops. Δ: raw int8 output differences in int8 steps (one step: output scale "
-             f"{parity['output_scale']:.4g}) from the device's, {labels[parity['reference_runtime']]} (XNNPACK, as "
-             "`edge_runtime.interpreter` runs it), and from LiteRT's builtin kernels. Stated tolerance "
-             "(tests/test_export.py): tflite-runtime bit-exact with the builtin kernels (the same kernels), TFLite "
-             "Micro within 1 step of them (its reference kernels round some requantisations differently), every "
-             "runtime within 2 steps of XNNPACK. Top-1: exact cosine nearest neighbour over the gallery embedded by "
-             "the same runtime; cosine gap: the largest, over changed answers, of the device's similarity to its own "
-             "top-1 item minus to this runtime's (small: a near tie).", ""]
+             f"crops. Stated tolerance (tf_pilltrack/parity.py): each op alone, given identical inputs, within "
+             f"{per_op['tolerance_steps']} int8 step between any two runtimes' kernels; tflite-runtime bit-exact with "
+             "LiteRT's builtin kernels (the same kernels). The whole-model differences are those per-op roundings "
+             "accumulated over the graph: reported, not judged. Δ: raw int8 output differences (one step: output "
+             f"scale {parity['output_scale']:.4g}) from the device's, {labels[parity['reference_runtime']]} (XNNPACK, "
+             "as `edge_runtime.interpreter` runs it), and from LiteRT's builtin kernels; per-op Δ: the largest "
+             "difference of one op alone between this runtime's kernels and those two. Top-1: exact cosine nearest "
+             "neighbour over the gallery embedded by the same runtime; cosine gap: the largest, over changed answers, "
+             "of the device's similarity to its own top-1 item minus to this runtime's (small: a near tie).", ""]
     rows = []
     for name, row in parity["runtimes"].items():
-        tolerances = f"≤ {row['tolerance_steps']} / ≤ {row['tolerance_steps_builtin']}"
+        per_op_cells = [f"{row['per_op_max_steps']} / {row['per_op_max_steps_builtin']}",
+                        f"≤ {row['tolerance_steps']} / ≤ {row['tolerance_steps_builtin']}"]
         if "error" in row:
-            rows.append([labels[name], row["error"], "", tolerances] + [""] * 7)
+            rows.append([labels[name], row["error"], "", "", *per_op_cells] + [""] * 7)
             continue
         gap = row["changed_max_cosine_gap"]
-        rows.append([labels[name], str(row["max_abs_steps"]), str(row["max_abs_steps_builtin"]), tolerances,
+        rows.append([labels[name], str(row["max_abs_steps"]), f"{row['mean_abs_steps']:.3f}",
+                     str(row["max_abs_steps_builtin"]), *per_op_cells,
                      "yes" if row["within_tolerance"] else "**no**", f"{row['identical_values']:.1%}",
                      f"{row['identical_embeddings']:.1%}", f"{row['top1_agreement']:.1%}",
                      f"{row['top1_index_agreement']:.1%}", "—" if gap is None else f"{gap:.4f}",
                      f"{row['recall_at_1']:.3f}"])
-    return lines + _table(["runtime", "max Δ vs device", "max Δ vs builtin", "tolerance (device / builtin)",
-                           "within", "identical values", "identical embeddings", "same top-1 answer",
-                           "same top-1 gallery item", "cosine gap", "Recall@1 (exact)"], rows)
+    lines += _table(["runtime", "max Δ vs device", "mean Δ vs device", "max Δ vs builtin",
+                     "per-op Δ (device / builtin)", "tolerance per op", "within", "identical values",
+                     "identical embeddings", "same top-1 answer", "same top-1 gallery item", "cosine gap",
+                     "Recall@1 (exact)"], rows)
+    lines += ["", f"Each of the {per_op['ops']} ops alone, fed LiteRT builtin kernels' own intermediates of the same "
+              f"{per_op['inputs']:,} inputs (xnnpack: LiteRT with XNNPACK; builtin, ref: LiteRT's builtin and "
+              "reference kernels; tflm: TFLite Micro). Op types: how many ops of the type differ, their largest "
+              "difference and share of values differing; first divergent op: where the whole graph first differs.",
+              ""]
+    pair_rows = []
+    for pair, figures in per_op["pairs"].items():
+        types = ", ".join(f"{op_type} ×{worst['ops']} ≤ {worst['max_steps']} ({_share(worst['max_differing'])})"
+                          for op_type, worst in figures["op_types"].items()) or "none"
+        first = figures["first_divergent_op"]
+        pair_rows.append([pair.replace("_vs_", " vs "), str(figures["max_steps"]), types,
+                          "none (bit-exact)" if first is None else f"{first['index']} {first['type']}",
+                          "yes" if figures["within_per_op_tolerance"] else "**no**"])
+    return lines + _table(["kernels", "max Δ, op alone", "op types that differ alone", "first divergent op",
+                           f"within ≤ {per_op['tolerance_steps']}"], pair_rows)
 
 
 def to_markdown(report: dict) -> str:
