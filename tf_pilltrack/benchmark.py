@@ -595,7 +595,8 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
 
         phases.start("parity", f"runtime parity of {paths.STUDENT_QAT_TFLITE}: gallery and queries under LiteRT, "
                      "tflite-runtime and TFLite Micro; every op alone under every pair of kernels")
-        report["parity"] = runtime_parity(paths.STUDENT_QAT_TFLITE, python, settings["parity_queries"], seed, workdir)
+        report["parity"] = runtime_parity(paths.STUDENT_QAT_TFLITE, python, settings["parity_queries"], seed, workdir,
+                                          params["preprocess"]["symmetry_views"])
 
         phases.start("tensorflow", f"Keras models under TensorFlow, {repeats} invocations each")
         for model_id, keras_model in keras_models.items():

@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from edge_runtime.preprocessing import symmetric_views
 from tf_pilltrack import micro
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]  # where the code (and its environments) live
@@ -349,12 +350,15 @@ def per_op_steps(summary: dict, first: str, second: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cosines(outputs: np.ndarray, output_detail: dict, gallery_count: int) -> np.ndarray:
-    """Cosine similarity (Q, G) of each query to each gallery item, from raw outputs (gallery rows
-    first, then the queries) dequantised and L2-normalised as the device does."""
+def _cosines(outputs: np.ndarray, output_detail: dict, gallery_count: int, views: int) -> np.ndarray:
+    """Cosine similarity (Q, G) of each query to each gallery item, from raw outputs of `views`
+    blocks of inputs (each: gallery rows first, then the queries; block v the crops' v-th
+    symmetric view) dequantised, L2-normalised and averaged over the views as the device does
+    (`edge_runtime.interpreter.embed`)."""
     from edge_runtime.interpreter import dequantise_output, l2_normalise
 
-    embeddings = l2_normalise(dequantise_output(outputs, output_detail).reshape(len(outputs), -1))
+    per_view = l2_normalise(dequantise_output(outputs, output_detail).reshape(views, len(outputs) // views, -1))
+    embeddings = per_view[0] if views == 1 else l2_normalise(per_view.sum(axis=0))
     return embeddings[gallery_count:] @ embeddings[:gallery_count].T
 
 
@@ -364,17 +368,18 @@ def _steps(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def parity_figures(outputs: np.ndarray, device: np.ndarray, builtin: np.ndarray, output_detail: dict,
-                   gallery_labels: np.ndarray, query_labels: np.ndarray) -> dict:
+                   gallery_labels: np.ndarray, query_labels: np.ndarray, views: int) -> dict:
     """One runtime's raw int8 outputs (gallery rows first, then the queries) against the device's
     (LiteRT, XNNPACK) and LiteRT's builtin kernels': differences in int8 steps, bit-identical
     fractions (of values and of whole embeddings); and its top-1 answers, exact cosine search over
-    the gallery this same runtime embedded, against the device's. Where an answer differs, the
+    the gallery this same runtime embedded (each crop's `views` symmetric views averaged, as the
+    device embeds; the outputs hold one block of inputs per view), against the device's. Where an answer differs, the
     cosine gap (under the device's embeddings) between the device's top-1 item and this runtime's
     tells a near tie from a real disagreement."""
     count = len(gallery_labels)
     steps, builtin_steps = _steps(outputs, device), _steps(outputs, builtin)
-    top1 = np.argmax(_cosines(outputs, output_detail, count), axis=1)
-    device_cosines = _cosines(device, output_detail, count)
+    top1 = np.argmax(_cosines(outputs, output_detail, count, views), axis=1)
+    device_cosines = _cosines(device, output_detail, count, views)
     device_top1 = np.argmax(device_cosines, axis=1)
     answers = gallery_labels[top1]
     changed = answers != gallery_labels[device_top1]
@@ -419,14 +424,15 @@ def judge_runtime(row: dict, kernels: str, per_op: dict) -> dict:
 
 
 def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_queries: int, seed: int,
-                   workdir: pathlib.Path) -> dict:
+                   workdir: pathlib.Path, views: int) -> dict:
     """The shipped int8 model on the evaluation gallery (references) and queries (`max_queries`
     of them, a seeded draw; 0: all) under LiteRT as the device runs it (XNNPACK), LiteRT's builtin
     kernels, tflite-runtime and TFLite Micro: each runtime's raw outputs and top-1 answers against
     the device's (`parity_figures`); every op alone under every pair of RUNTIMES on the same inputs
     ("per_op": `summarise_op_divergence`); each runtime judged by the per-op tolerance
     (`judge_runtime`). Every runtime gets the same uint8 input tensors: the crops' pixels, as the
-    firmware passes them."""
+    firmware passes them, in each of their `views` symmetric views (the bundle's symmetry_views:
+    top-1 answers are the device's); the per-op check uses the crops as they are."""
     from edge_runtime import interpreter as runtime
     from tf_pilltrack import dataset
 
@@ -434,7 +440,8 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
     chosen = np.arange(len(queries))
     if 0 < max_queries < len(queries):
         chosen = np.sort(np.random.default_rng(seed).choice(len(queries), size=max_queries, replace=False))
-    inputs = np.concatenate([gallery.pixels, queries.pixels[chosen]]).astype(np.uint8)
+    crops = np.concatenate([gallery.pixels, queries.pixels[chosen]]).astype(np.uint8)
+    inputs = np.concatenate(symmetric_views(crops, views))
     model = model_path.read_bytes()
     device = runtime.make_interpreter(model_path, threads=1)
     output_detail = device.get_output_details()[0]
@@ -443,7 +450,7 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
     edge = tflite_runtime_outputs(tflite_python, model_path, inputs, workdir)
     outputs["tflite_runtime_1"] = edge.get("outputs")
     outputs["tflm"] = micro_outputs(model, inputs)
-    divergence = measure_op_divergence(model, inputs)
+    divergence = measure_op_divergence(model, crops)
     per_op = summarise_op_divergence(divergence)
     rows = {}
     for name, kernels in PARITY_KERNELS.items():
@@ -451,13 +458,14 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
             row = {"error": edge["error"]}
         else:
             row = parity_figures(outputs[name], outputs[PARITY_DEVICE], outputs[PARITY_BUILTIN], output_detail,
-                                 gallery.labels, queries.labels[chosen])
+                                 gallery.labels, queries.labels[chosen], views)
         rows[name] = dict(judge_runtime(row, kernels, per_op), **row)
     return {
         "model": str(model_path), "reference_runtime": PARITY_DEVICE, "builtin_runtime": PARITY_BUILTIN,
         "gallery": int(len(gallery)), "queries": int(len(chosen)), "queries_available": int(len(queries)),
         "output_scale": float(output_detail["quantization"][0]), "tflite_runtime_version": edge.get("version"),
-        "input": "the crops' uint8 pixels, the same tensor for every runtime",
+        "input": f"the crops' uint8 pixels in {views} symmetric views, the same tensors for every runtime",
+        "symmetry_views": views,
         "tolerance": f"per op, between any two runtimes given identical inputs: <= {PER_OP_TOLERANCE_STEPS} int8 "
                      "step (tf_pilltrack/parity.py, tests/test_parity.py); a runtime is within tolerance when its "
                      "kernels' largest isolated difference from the device's (XNNPACK) is <= tolerance_steps and "
