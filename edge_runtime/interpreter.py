@@ -172,9 +172,10 @@ def embed(interpreter, pixels: np.ndarray, views: int) -> np.ndarray:
         )
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
+    dimensions = embedding_size(interpreter)  # the details are looked up once: they cost as much as an invoke
 
     def embed_view(view: np.ndarray) -> np.ndarray:
-        embeddings = np.empty((len(view), embedding_size(interpreter)), np.float32)
+        embeddings = np.empty((len(view), dimensions), np.float32)
         for row, crop in enumerate(view):
             interpreter.set_tensor(input_detail["index"], quantise_input(crop[None], input_detail))
             interpreter.invoke()

@@ -524,3 +524,21 @@ def test_preprocess_config_refuses_a_view_count_that_is_not_a_symmetry_group(edg
         with pytest.raises(ValueError, match="symmetry_views must be one of"):
             dataclasses.replace(edge_config, symmetry_views=views)
     assert dataclasses.replace(edge_config, symmetry_views=8).symmetry_views == 8
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+def test_symmetric_views_are_the_square_turned_and_mirrored(count):
+    """OpenCV's turns in symmetric_views are numpy's rot90 (quarter turns anticlockwise on the
+    image axes), in that order, then the mirror images; a group, so closed under a quarter turn."""
+    from edge_runtime.preprocessing import symmetric_views
+
+    crops = np.random.default_rng(1).integers(0, 256, (3, 9, 9, 3), dtype=np.uint8)
+    turns = (0,) if count == 1 else (0, 2) if count == 2 else (0, 1, 2, 3)
+    expected = [np.rot90(crops, turn, axes=(1, 2)) for turn in turns]
+    if count == 8:
+        expected += [view[:, :, ::-1] for view in expected]
+    views = symmetric_views(crops, count)
+    assert len(views) == count
+    for view, wanted in zip(views, expected):
+        assert view.flags.c_contiguous and np.array_equal(view, wanted)
+    assert symmetric_views(crops[:0], count)[-1].shape == (0, 9, 9, 3)
