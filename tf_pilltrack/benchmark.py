@@ -794,8 +794,10 @@ def to_markdown(report: dict) -> str:
     notes = []
     if untrained:
         notes.append(f"Profile(s) {', '.join(untrained)}: {NOT_TRAINED}: built from params.yaml's architecture with "
-                     "untrained weights and exported to int8 as `pilltrack export` does (size, arena, MACs, ops and "
-                     "latency do not depend on the weights; accuracy does). `--artefacts PROFILE=DIR` uses a trained run.")
+                     "untrained weights and exported to int8 as `pilltrack export` does (arena, MACs, ops and "
+                     "latency do not depend on the weights; accuracy does, and so does the file size by a few per "
+                     "cent: the converter stores identical constant tensors once, and an untrained model's biases are "
+                     "all zero). `--artefacts PROFILE=DIR` uses a trained run.")
     if any(entry.get("device_step") and not entry["device_step"]["measured"] for entry in report["models"]):
         notes.append("≈: device step estimated: the shipped model's measured device step with its invoke median "
                      "replaced by this model's (LiteRT, 1 thread; same preprocessing, search and I/O conversion).")
