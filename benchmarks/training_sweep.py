@@ -59,11 +59,11 @@ def novel_scores(embed) -> tuple[dict, np.ndarray, np.ndarray]:
 
 def real_pool(params: dict) -> dataset.Split:
     """The real photo set (episodes.real_source) as the evaluate stage reads it, less any pill
-    the models trained on."""
+    the models trained on (training and mix splits), as the evaluate stage leaves them out."""
     settings = params["episodes"]
     pool, _, _ = episodes.load_real(settings["real_source"], params_module.preprocess_config(params),
                                     settings["real_localise"])
-    trained = np.isin(pool.labels, dataset.load_split("train").labels)
+    trained = np.isin(pool.labels, np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")]))
     return dataset.Split(*(field[~trained] for field in pool))
 
 
@@ -83,7 +83,7 @@ def sweep_teacher(params: dict, save: str | None) -> dict:
     views = params["preprocess"]["symmetry_views"]
     splits = [dataset.load_split(name) for name in ("train", "calibration_references", "calibration_queries")]
     started = time.time()
-    model, history = teacher_stage.train(params, *splits, verbose=0)
+    model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "novel": novel_scores(lambda pixels: evaluation.embed_keras(model, pixels, views))[0],
@@ -100,7 +100,8 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
-    student, qat_student, history = distillation.train(params, teacher, train_split, *splits, verbose=0)
+    student, qat_student, history = distillation.train(params, teacher, train_split, *splits, verbose=0,
+                                                       mix=dataset.load_split("mix"))
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "teacher": novel_scores(lambda pixels: evaluation.embed_keras(teacher, pixels, views))[0]}
