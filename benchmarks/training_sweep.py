@@ -58,13 +58,9 @@ def novel_scores(embed) -> tuple[dict, np.ndarray, np.ndarray]:
 
 
 def real_pool(params: dict) -> dataset.Split:
-    """The real photo set (episodes.real_source) as the evaluate stage reads it, less any pill
-    the models trained on (training and mix splits), as the evaluate stage leaves them out."""
-    settings = params["episodes"]
-    pool, _, _ = episodes.load_real(settings["real_source"], params_module.preprocess_config(params),
-                                    settings["real_localise"])
-    trained = np.isin(pool.labels, np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")]))
-    return dataset.Split(*(field[~trained] for field in pool))
+    """The real photo set (episodes.real_source) less the pills the models trained on, as the
+    evaluate stage reads it (`evaluation.load_novel_real`)."""
+    return evaluation.load_novel_real(params["episodes"], params_module.preprocess_config(params))[0]
 
 
 def real_scores(embed, params: dict, pool: dataset.Split) -> dict:

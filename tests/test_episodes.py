@@ -355,6 +355,36 @@ def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures
     assert skipped_on == [{"file": "blue/plain.png", "reason": "no pill found"}]
 
 
+def test_load_novel_real_leaves_out_the_pills_a_model_trained_on(tmp_path, monkeypatch):
+    from tf_pilltrack import dataset, evaluation, paths
+
+    archive = tmp_path / "real.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200)), ("green", (30, 190, 40))):
+            for index in range(2):  # two different photos of each pill
+                handle.writestr(f"{name}/{index}.png", _png(_pill_photo((colour[0], colour[1] + 10 * index, colour[2]))))
+    monkeypatch.chdir(tmp_path)
+    paths.PREPARED.mkdir(parents=True)
+
+    def trained_on(train: list[str], mix: list[str]) -> None:
+        for split, labels in (("train", train), ("mix", mix)):
+            dataset.save_split(paths.split_file(split), dataset.Split(
+                np.zeros((len(labels), 32, 32, 3), np.uint8), np.array(labels, str),
+                np.array(labels, str), np.array(labels, str)))
+
+    settings = {"real_source": str(archive), "real_localise": False}
+    trained_on(["red", "other"], ["blue"])  # a training pill and a mix pill share names with the real set
+    pool, report, _ = evaluation.load_novel_real(settings, _config())
+    assert sorted(set(pool.labels.tolist())) == ["green"] and len(pool) == 2
+    assert report["trained_classes_left_out"] == 2 and report["classes"] == 3
+    trained_on(["other"], [])
+    pool, report, _ = evaluation.load_novel_real(settings, _config())
+    assert len(pool) == 6 and report["trained_classes_left_out"] == 0
+    trained_on(["red", "green"], ["blue"])
+    with pytest.raises(ValueError, match=r"real\.zip: every pill of episodes.real_source was trained on"):
+        evaluation.load_novel_real(settings, _config())
+
+
 def test_load_real_names_a_missing_or_empty_source(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere\.zip: real photo set not found \(episodes.real_source"):
         episodes.load_real(str(tmp_path / "nowhere.zip"), _config(), localise=False)

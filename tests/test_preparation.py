@@ -577,7 +577,7 @@ def test_mix_source_becomes_the_mix_split_of_training_classes(tmp_path, monkeypa
     preparation.run(params, echo=lambda line: None)
     without = {name: dataset.load_split(name) for name in paths.SPLITS}
     params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)), mix_localise=True,
-                          mix_ratio=0.5)
+                          mix_ratio=0.5, mix_train_classes=1.0)
     lines: list[str] = []
     report = preparation.run(params, echo=lines.append)
     mix = dataset.load_split("mix")
@@ -590,6 +590,29 @@ def test_mix_source_becomes_the_mix_split_of_training_classes(tmp_path, monkeypa
     for name in paths.SPLITS:
         if name != "mix":
             np.testing.assert_array_equal(dataset.load_split(name).sources, without[name].sources)
+
+
+def test_mix_train_classes_leaves_a_seeded_share_of_the_mix_pills_out(tmp_path, monkeypatch, folder, source_files,
+                                                                     repo_params):
+    monkeypatch.chdir(tmp_path)
+    params = _params(repo_params, source=str(folder))
+    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)), mix_localise=True,
+                          mix_ratio=0.5, mix_train_classes=0.5)
+    lines: list[str] = []
+    report = preparation.run(params, echo=lines.append)
+    trained = set(dataset.load_split("mix").labels.tolist())
+    left_out = set(report["mix"]["classes_left_out"])
+    assert trained == set(report["mix"]["classes"]) and not trained & left_out
+    assert trained | left_out == set(GOOD_CLASSES)
+    assert len(trained) == max(1, round(0.5 * len(GOOD_CLASSES)))
+    assert any(f"({len(left_out)} more left out for evaluation)" in line for line in lines)
+    assert trained == set(preparation.run(params, echo=lambda line: None)["mix"]["classes"])  # seeded
+    labels = [f"pill_{index}" for index in range(20)]
+    chosen = {seed: preparation.choose_mix_classes(labels, 0.5, seed) for seed in (1, 2)}
+    assert all(len(value) == 10 for value in chosen.values()) and chosen[1] != chosen[2]
+    assert preparation.choose_mix_classes(labels, 0.01, 1) != [] and preparation.choose_mix_classes(labels, 1.0, 1) == sorted(labels)
+    with pytest.raises(ValueError, match=r"data.mix_train_classes must be within \(0, 1\], got 0"):
+        preparation.choose_mix_classes(labels, 0, 1)
 
 
 def test_mix_source_that_is_the_source_is_refused(tmp_path, monkeypatch, folder, repo_params):

@@ -31,6 +31,7 @@ import numpy as np
 
 from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
+from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import baseline, dataset, distillation, episodes, metrics, paths, tracking
 from tf_pilltrack import teacher as teacher_stage
@@ -151,6 +152,22 @@ def episode_table(results: dict, settings: dict) -> list[str]:
     return rows
 
 
+def load_novel_real(settings: dict, config: PreprocessConfig) -> tuple[dataset.Split, dict, list[dict]]:
+    """The real photo set of params.yaml's `episodes` section (`episodes.load_real` with
+    `config`), less every pill a model trained on: when the real set is also the training source
+    (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
+    model trained on (by class name, training and mix splits). The report counts the pills left
+    out as `trained_classes_left_out`."""
+    pool, report, skipped = episodes.load_real(settings["real_source"], config, settings["real_localise"])
+    trained_labels = np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")])
+    trained = np.isin(pool.labels, trained_labels)
+    if trained.all():
+        raise ValueError(f"{settings['real_source']}: every pill of episodes.real_source was trained on "
+                         "(data.source or data.mix_source): no novel real pill is left to evaluate")
+    report["trained_classes_left_out"] = len(set(pool.labels[trained].tolist()))
+    return dataset.Split(*(field[~trained] for field in pool)), report, skipped
+
+
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
     references = dataset.load_split("references")
@@ -170,17 +187,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     cut = len(references)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
     views = loaded.preprocess.symmetry_views  # every model embeds each crop as the device does
-    real_pool, real_report, real_skipped = episodes.load_real(settings["real_source"], loaded.preprocess, settings["real_localise"])
-    # Pills the models trained on are not novel: when the real set is also the training source
-    # (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
-    # model trained on (by class name).
-    trained_labels = np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")])
-    trained = np.isin(real_pool.labels, trained_labels)
-    if trained.all():
-        raise ValueError(f"{settings['real_source']}: every pill of episodes.real_source was trained on "
-                         "(data.source or data.mix_source): no novel real pill is left to evaluate")
-    real_report["trained_classes_left_out"] = len(set(real_pool.labels[trained].tolist()))
-    real_pool = dataset.Split(*(field[~trained] for field in real_pool))
+    real_pool, real_report, real_skipped = load_novel_real(settings, loaded.preprocess)
     echo(f"evaluate: real set {settings['real_source']}: {real_report['crops_used']} crops of "
          f"{real_report['classes']} pills from {real_report['photos']} photos; localisation finds no pill in "
          f"{real_report['localisation_no_pill_found']} of {real_report['images']} images"

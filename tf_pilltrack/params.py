@@ -138,6 +138,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "mix_source": _text,
         "mix_localise": _boolean,
         "mix_ratio": _number(0.0, 0.9),
+        "mix_train_classes": _number(0.0, 1.0),
     },
     "preprocess": {
         "localise": _boolean,

@@ -274,9 +274,11 @@ def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset
 
 
 def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None]) -> dict:
-    """The `mix` split: every usable crop of data.mix_source, all of them training classes,
-    when data.mix_ratio is above zero (else empty); {"split", "report"}. The same preprocessing
-    as data.source, with data.mix_localise for localisation."""
+    """The `mix` split: the usable crops of data.mix_source's training pills, when
+    data.mix_ratio is above zero (else empty); {"split", "report"}. data.mix_train_classes of
+    its pills train, a seeded choice (at least one); the others are left out of every split, so
+    that a real set that is also `episodes.real_source` keeps novel pills to evaluate. The same
+    preprocessing as data.source, with data.mix_localise for localisation."""
     settings = params["data"]
     image_size = params_module.profile(params)["image_size"]
     if settings["mix_ratio"] <= 0:
@@ -291,16 +293,30 @@ def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None])
     images, groups, skipped = list_source(mix_source)
     ingested = ingest(images, groups, config)
     skipped.extend(ingested.skipped)
-    items = [(label, item) for label, crops in sorted(ingested.crops.items()) for item in crops]
-    split = _to_split([item for _, item in items], [label for label, _ in items], image_size)
-    if not len(split):
+    if not ingested.crops:
         raise ValueError(f"{mix_source}: no usable image in data.mix_source")
-    echo(f"prepare: mix set {mix_source}: {len(split)} crops of {len(set(split.labels.tolist()))} classes, "
-         f"{len(skipped)} files skipped; {settings['mix_ratio']:.0%} of each batch's classes")
+    trained = choose_mix_classes(sorted(ingested.crops), settings["mix_train_classes"], params["base"]["seed"])
+    items = [(label, item) for label in trained for item in ingested.crops[label]]
+    split = _to_split([item for _, item in items], [label for label, _ in items], image_size)
+    held_out = sorted(set(ingested.crops) - set(trained))
+    echo(f"prepare: mix set {mix_source}: {len(split)} crops of {len(trained)} training classes"
+         + (f" ({len(held_out)} more left out for evaluation)" if held_out else "")
+         + f", {len(skipped)} files skipped; {settings['mix_ratio']:.0%} of each batch's classes")
     return {"split": split, "report": {
         "source": str(mix_source), "images_found": len(images), "crops_used": len(split),
-        "classes": {label: len(crops) for label, crops in sorted(ingested.crops.items())},
+        "classes": {label: len(ingested.crops[label]) for label in trained},
+        "classes_left_out": held_out,
         "skipped": skipped}}
+
+
+def choose_mix_classes(labels: list[str], fraction: float, seed: int) -> list[str]:
+    """`fraction` of `labels` (rounded, at least one), chosen in the order of a permutation
+    seeded with `seed`; returned sorted."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.mix_train_classes must be within (0, 1], got {fraction}")
+    count = min(len(labels), max(1, int(round(fraction * len(labels)))))
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return sorted(labels[index] for index in order[:count])
 
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
