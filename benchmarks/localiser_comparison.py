@@ -5,7 +5,7 @@ background. `edge_runtime.preprocessing.localise` does this by colour segmentati
 measures it against a tiny convolutional detector (objectness + one box) trained here from
 scratch, converted to int8 TFLite and run by LiteRT, as a device would run it:
 
-    python benchmarks/localiser_comparison.py                       # defaults: about 5 minutes
+    python benchmarks/localiser_comparison.py                       # defaults: about 6 minutes, 2 cores
     python benchmarks/localiser_comparison.py --train-frames 800 --epochs 4 --test-frames 100
 
 Frames come from the project's own renderer (`tf_pilltrack.synthesis.render_photo`), with pill
@@ -288,7 +288,7 @@ def detector_loss(box_weight: float):
         overlap = intersection / tf.maximum(union, 1e-6)
         return objectness + box_weight * present * (l1 + 1.0 - overlap)
 
-    return loss
+    return tf.autograph.experimental.do_not_convert(loss)  # plain tensor code: nothing to convert
 
 
 def augment(image, target):
@@ -321,7 +321,7 @@ def train_detector(args, inputs: np.ndarray, targets: np.ndarray):
     model.compile(optimizer=tf.keras.optimizers.Adam(schedule), loss=detector_loss(args.box_weight))
     data = (tf.data.Dataset.from_tensor_slices((normalise(inputs.astype(np.float32)), targets))
             .shuffle(len(inputs), seed=args.train_seed, reshuffle_each_iteration=True)
-            .map(augment).batch(args.batch_size).prefetch(1))
+            .map(tf.autograph.experimental.do_not_convert(augment)).batch(args.batch_size).prefetch(1))
     started = time.perf_counter()
     history = model.fit(data, epochs=args.epochs, verbose=2)
     return model, time.perf_counter() - started, float(history.history["loss"][-1])
