@@ -245,3 +245,37 @@ def test_open_set_rates_without_absent_queries():
 def test_open_set_rates_refuses_no_known_queries():
     with pytest.raises(ValueError, match="no known queries"):
         metrics.open_set_rates(np.array([]), np.array([], bool), np.array([0.2]), 0.3)
+
+
+def _unit(*angles_in_degrees: float) -> np.ndarray:
+    radians = np.radians(angles_in_degrees)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def test_label_margins_compare_the_two_nearest_pills():
+    from tf_pilltrack import evaluation
+
+    gallery = _unit(0, 10, 90)  # pill a twice, pill b once
+    labels = np.array(["a", "a", "b"])
+    queries = _unit(5, 50)
+    margins = evaluation.label_margins(queries, gallery, labels)
+    # query at 5 degrees: a at 5 (either item), b at 85; query at 50: a at 40, b at 40: a tie
+    expected = [(1 - np.cos(np.radians(85))) - (1 - np.cos(np.radians(5))), 0.0]
+    np.testing.assert_allclose(margins, expected, atol=1e-6)
+    np.testing.assert_array_equal(evaluation.label_margins(queries, gallery[:2], labels[:2]), [2.0, 2.0])
+
+
+def test_parity_figures_find_the_near_ties_where_answers_differ():
+    from tf_pilltrack import evaluation
+
+    gallery, labels = _unit(0, 90), np.array(["a", "b"])
+    keras_queries = _unit(10, 44, 46, 80)  # margins: large, small, small, large
+    int8_queries = _unit(10, 46, 44, 80)  # the two near ties flip
+    keras_top1, int8_top1 = np.array(["a", "a", "b", "b"]), np.array(["a", "b", "a", "b"])
+    figures = evaluation.parity_figures(keras_queries, gallery, int8_queries, labels, keras_top1, int8_top1)
+    tie = np.cos(np.radians(44)) - np.cos(np.radians(46))
+    assert figures["largest_disagreeing_margin"] == pytest.approx(tie, abs=1e-6)
+    assert figures["near_tie_share"] == 0.5
+    assert figures["embedding_cosine_median"] == pytest.approx((1 + np.cos(np.radians(2))) / 2, abs=1e-6)
+    same = evaluation.parity_figures(keras_queries, gallery, keras_queries, labels, keras_top1, keras_top1)
+    assert same["largest_disagreeing_margin"] == 0.0 and same["near_tie_share"] == 0.0

@@ -35,6 +35,10 @@ def test_evaluation_reports_every_model(pipeline):
     shipped = results["student_int8"]
     assert 0.0 <= shipped["false_accept_rate"] <= 1.0
     assert 0.0 <= shipped["annoy_exact_top1_agreement"] <= 1.0
+    parity = results["parity"]
+    assert 0.0 < parity["qat_keras_vs_int8_embedding_cosine_median"] <= 1.0 + 1e-6
+    assert 0.0 <= parity["qat_keras_vs_int8_near_tie_share"] <= 1.0
+    assert (parity["qat_keras_vs_int8_largest_disagreeing_margin"] == 0.0) == (parity["qat_keras_vs_int8_top1_agreement"] == 1.0)
     assert "Recall@1" in pipeline["first"].stdout  # the summary table a person reads
 
 

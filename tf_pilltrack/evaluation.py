@@ -62,6 +62,38 @@ def score(query_embeddings: np.ndarray, query_labels: np.ndarray,
     return result, curve, gallery_labels[order[:, 0]]
 
 
+def label_margins(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
+                  gallery_labels: np.ndarray) -> np.ndarray:
+    """Each query's cosine-distance margin between its nearest and its second-nearest pill (a
+    pill's distance is that of its nearest gallery item); 2 (the largest distance) when the
+    gallery holds one pill. A small margin is a near tie, which tiny changes to the embedding
+    (quantisation) can flip."""
+    gallery_labels = np.asarray(gallery_labels).astype(str)
+    names = sorted(set(gallery_labels.tolist()))
+    distances = 1.0 - query_embeddings @ gallery_embeddings.T
+    per_label = np.stack([distances[:, gallery_labels == name].min(axis=1) for name in names], axis=1)
+    if len(names) == 1:
+        return np.full(len(query_embeddings), 2.0)
+    nearest = np.sort(per_label, axis=1)
+    return nearest[:, 1] - nearest[:, 0]
+
+
+def parity_figures(keras_queries: np.ndarray, keras_references: np.ndarray, int8_queries: np.ndarray,
+                   reference_labels: np.ndarray, keras_top1: np.ndarray, int8_top1: np.ndarray) -> dict:
+    """How far an int8 model's answers follow its Keras model's, and why they differ: the median
+    cosine similarity of the two models' embeddings of a query, the largest Keras margin
+    (`label_margins`) among the queries whose top-1 pill differs (0 when none), and the share
+    of queries whose Keras margin is no larger: the near ties where disagreements happen."""
+    margins = label_margins(keras_queries, keras_references, reference_labels)
+    disagree = keras_top1 != int8_top1
+    largest = float(margins[disagree].max()) if disagree.any() else 0.0
+    return {
+        "embedding_cosine_median": float(np.median(np.sum(keras_queries * int8_queries, axis=1))),
+        "largest_disagreeing_margin": largest,
+        "near_tie_share": float(np.mean(margins <= largest)) if disagree.any() else 0.0,
+    }
+
+
 def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, queries: dataset.Split,
                     absent: dataset.Split) -> dict:
     """The shipped path: int8 embeddings (`query_embeddings`, by the bundle's model), Annoy search
@@ -197,7 +229,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     for entry in real_skipped[:10]:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
     pool_embeddings = {"synthetic": {}, "real": {}}
-    results, curves, top1 = {}, {}, {}
+    results, curves, top1, keras_embeddings = {}, {}, {}, {}
     for name, model in keras_models.items():
         if name == "teacher":
             pooled = embed_keras(model, synthetic_pool.pixels, views)
@@ -207,6 +239,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         else:
             query_embeddings = embed_keras(model, queries.pixels, views)
             reference_embeddings = embed_keras(model, references.pixels, views)
+        keras_embeddings[name] = (query_embeddings, reference_embeddings)
         results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
                                                         reference_embeddings, references.labels)
     pooled = baseline.embed(synthetic_pool.pixels)
@@ -230,6 +263,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "float_vs_int8_top1_agreement": float(np.mean(top1["student_float"] == top1["student_int8"])),
         "qat_keras_vs_int8_top1_agreement": float(np.mean(top1["student_qat_keras"] == top1["student_int8"])),
         "int8_vs_teacher_recall_at_1": results["student_int8"]["recall_at_1"] / max(results["teacher"]["recall_at_1"], 1e-9),
+        **{f"qat_keras_vs_int8_{key}": value for key, value in parity_figures(
+            *keras_embeddings["student_qat_keras"], shipped_queries, references.labels,
+            top1["student_qat_keras"], top1["student_int8"]).items()},
     }
     results["sizes"] = {"student_int8_bytes": paths.STUDENT_QAT_TFLITE.stat().st_size,
                         "student_ptq_int8_bytes": paths.STUDENT_PTQ_TFLITE.stat().st_size}
@@ -275,7 +311,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"int8 via bundle: false accepts of gallery-absent pills {shipped_row['false_accept_rate']:.3f}, "
          f"correct accepts {shipped_row['correct_accept_rate']:.3f} at threshold {shipped_row['unknown_threshold']:.3f}, "
          f"AUROC {shipped_row.get('auroc_known_vs_absent', float('nan')):.3f}; float/int8 top-1 agreement "
-         f"{results['parity']['float_vs_int8_top1_agreement']:.3f}; int8 size {results['sizes']['student_int8_bytes'] / 1024:.1f} KiB "
+         f"{results['parity']['float_vs_int8_top1_agreement']:.3f}, QAT Keras/int8 "
+         f"{results['parity']['qat_keras_vs_int8_top1_agreement']:.3f} (every disagreement a near tie: the Keras "
+         f"model's top two pills within {results['parity']['qat_keras_vs_int8_largest_disagreeing_margin']:.4f} "
+         f"cosine distance, as on {results['parity']['qat_keras_vs_int8_near_tie_share']:.1%} of queries); int8 size {results['sizes']['student_int8_bytes'] / 1024:.1f} KiB "
          f"({time.time() - started:.0f} s)")
     echo(f"\nFew-shot episodes on novel classes ({settings['count']} per row, mean ± sample std; K shots per known "
          f"pill, by source photo; Recall@k over distinct pills; {settings['absent_classes']:.0%} of the classes "
