@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime import interpreter  # noqa: E402
-from tf_pilltrack import dataset, distillation, episodes, evaluation, export, metrics, paths  # noqa: E402
+from tf_pilltrack import dataset, distillation, evaluation, export, metrics, paths  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
 from tf_pilltrack import teacher as teacher_stage  # noqa: E402
 
