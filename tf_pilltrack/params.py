@@ -134,6 +134,8 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "synthetic_classes": _integer(4),
         "synthetic_images_per_class": _integer(2),
         "synthetic_photo_size": _integer(32, 1024),
+        "synthetic_background_chroma": _number(0.0, 1.0),
+        "synthetic_surface_grain": _number(0.0, 1.0),
         "max_image_pixels": _integer(1),
         "mix_source": _text,
         "mix_localise": _boolean,

@@ -152,6 +152,8 @@ def generate(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    background_chroma: float = 1.0,
+    surface_grain: float = 0.0,
 ) -> dict:
     """Write the synthetic data set to `out_dir`; return {"classes", "families", "images",
     "seconds"}.
@@ -160,13 +162,16 @@ def generate(
     leaves no half data set; an existing `out_dir` is replaced, but only when it is empty or a
     previous synthetic data set (it holds pill_types.json). `progress(done, total)` is called
     with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
-    the output does not depend on it.
+    the output does not depend on it. `background_chroma` scales the colourfulness of the
+    surfaces the pills lie on and `surface_grain` speckles tablets (see `render_photo`).
     """
     started = time.perf_counter()
     _check_count("classes", classes, 1, MAX_CLASSES)
     _check_count("images_per_class", images_per_class, 1, MAX_IMAGES_PER_CLASS)
     _check_count("photo_size", photo_size, MIN_PHOTO_SIZE, MAX_PHOTO_SIZE)
     _check_count("seed", seed, 0, None)
+    _check_fraction("background_chroma", background_chroma)
+    _check_fraction("surface_grain", surface_grain)
     if workers is None:
         workers = os.cpu_count() or 1
     _check_count("workers", workers, 1, None)
@@ -196,7 +201,8 @@ def generate(
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
     try:
         jobs = [
-            (str(staging), pill_type, index, images_per_class, photo_size, seed)
+            (str(staging), pill_type, index, images_per_class, photo_size, seed,
+             float(background_chroma), float(surface_grain))
             for index, pill_type in enumerate(pill_types)
         ]
         boxes: dict[str, list[int]] = {}
@@ -233,6 +239,9 @@ def generate(
             "classes": classes,
             "images_per_class": images_per_class,
             "photo_size": photo_size,
+            # only when set: the description of a data set with the listed palettes is unchanged
+            **({} if background_chroma == 1.0 else {"background_chroma": float(background_chroma)}),
+            **({} if surface_grain == 0.0 else {"surface_grain": float(surface_grain)}),
             "families": len(families),
             "size_unit": "size: length of the pill's long axis as a fraction of the photo side",
             "types": pill_types,
@@ -278,17 +287,30 @@ def describe_pill_types(classes: int, seed: int) -> list[dict]:
 
 
 def render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator,
-                 cache: dict | None = None) -> tuple[np.ndarray, PhotoFacts, int]:
+                 cache: dict | None = None,
+                 background_chroma: float = 1.0,
+                 surface_grain: float = 0.0) -> tuple[np.ndarray, PhotoFacts, int]:
     """One photo of `pill_type` (an item of `describe_pill_types`), drawn from `rng`:
     (photo_size x photo_size x 3 uint8 RGB, the pill's box, the JPEG quality to save it with).
 
     `cache` keeps what photos of one pill type share (its drawn faces) between calls: pass the
     same dict for photos of the same type, or None. It never changes the result.
+
+    `background_chroma` scales the chroma (CIE Lab a*, b*) of every surface colour but skin's
+    before the surface is chosen: 1 keeps the palettes as they are, 0 makes trays, paper,
+    cloth and wood neutral greys of the same lightness, as the tables and paper of real pill
+    photos mostly are. `surface_grain` speckles the body of tablets (not capsules) like pressed
+    powder: the shading is multiplied by 1 + smooth noise of standard deviation up to
+    `surface_grain` (0: smooth, as before); its noise comes from a generator spawned from `rng`,
+    which leaves every other draw, and so the rest of the photo, as it is.
     """
     _check_count("photo_size", photo_size, MIN_PHOTO_SIZE, MAX_PHOTO_SIZE)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {rng!r}")
-    return _render_photo(pill_type, int(photo_size), rng, {} if cache is None else cache)
+    _check_fraction("background_chroma", background_chroma)
+    _check_fraction("surface_grain", surface_grain)
+    return _render_photo(pill_type, int(photo_size), rng, {} if cache is None else cache,
+                         float(background_chroma), float(surface_grain))
 
 
 # ================================================================================================
@@ -670,6 +692,10 @@ def _draw_logo(canvas: np.ndarray, logo: str, centre, size: float, stroke: float
 # Rendering a photo
 # ================================================================================================
 
+# Speckles of a tablet's pressed powder are about this many render pixels across: 1.5 photo
+# pixels, about 2 pixels of the 64 px crop of a pill of the default sizes.
+_GRAIN_CELL = 3
+
 # Sensor noise and background grain come from a fixed bank of Gaussian noise, cut at a random
 # place for each photo: drawing fresh normal deviates for every pixel would dominate the cost.
 _NOISE_BANKS: dict[int, np.ndarray] = {}
@@ -692,7 +718,19 @@ def _noise(rng: np.random.Generator, photo_size: int) -> np.ndarray:
     return bank[top:top + photo_size, left:left + photo_size]
 
 
-def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, cache: dict):
+def _grain(rng: np.random.Generator, side: int, amount: float) -> np.ndarray:
+    """A (side, side) float32 factor around 1: speckles of `_GRAIN_CELL` render pixels whose
+    standard deviation is `amount` times a per-photo draw in [0.5, 1]."""
+    cells = max(1, side // _GRAIN_CELL)
+    field = rng.standard_normal((cells, cells), dtype=np.float32)
+    field *= np.float32(amount * rng.uniform(0.5, 1.0))
+    field = cv2.resize(field, (side, side), interpolation=cv2.INTER_LINEAR)
+    field += 1.0
+    return field
+
+
+def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, cache: dict,
+                  background_chroma: float = 1.0, surface_grain: float = 0.0):
     size = photo_size
     render = 2 * size  # the pill is drawn at twice the size and reduced with area interpolation
     # Every draw happens in a fixed order: the photo depends only on the generator.
@@ -770,6 +808,8 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     specular = cv2.pow(specular, pill_type["shininess"])  # much faster than np.power
     specular *= face.alpha
     specular *= pill_type["gloss"] * 0.85
+    if surface_grain > 0.0 and pill_type["shape"] != "capsule":
+        shade = shade * _grain(rng.spawn(1)[0], shade.shape[0], surface_grain)
     red, green, blue = face.premultiplied_albedo
     layers = cv2.merge([red * shade + specular, green * shade + specular,
                         blue * shade + specular, face.alpha])
@@ -800,7 +840,7 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     pill_alpha = pill[:, :, 3]
 
     # Background, far enough in colour from the pill.
-    planes = _background(rng, size, pill_type, cache)
+    planes = _background(rng, size, pill_type, cache, background_chroma)
 
     # Soft drop shadow away from the light plus a tight contact shadow, drawn at half size.
     low_size = size // 2
@@ -877,16 +917,19 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     return rgb, box, quality
 
 
-def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dict) -> list:
-    """Three float32 (size, size) planes of an RGB surface in 0..1 that stands out from the pill."""
+def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dict,
+                chroma: float = 1.0) -> list:
+    """Three float32 (size, size) planes of an RGB surface in 0..1 that stands out from the pill;
+    surface colours other than skin have their chroma scaled by `chroma` (1: as listed)."""
     pill_lab = cache.get("lab")
     if pill_lab is None:
         pill_lab = cache["lab"] = _lab(np.array(pill_type["rgb"], np.float32))
+    surfaces, surface_lab = _scale_surface_chroma(chroma)
     for _attempt in range(30):
         kind = _pick(rng, _BACKGROUNDS)
-        palette = _SURFACES[kind]
+        palette = surfaces[kind]
         choice = int(rng.integers(len(palette)))
-        contrast = np.linalg.norm(pill_lab - _SURFACE_LAB[kind][choice], axis=1)
+        contrast = np.linalg.norm(pill_lab - surface_lab[kind][choice], axis=1)
         # every colour of the pill must stand out, and about as much as the others: otherwise
         # a two-tone capsule looks like half a capsule
         if contrast.min() >= max(_MIN_BACKGROUND_CONTRAST[kind], 0.7 * contrast.max()):
@@ -972,6 +1015,35 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 _SURFACES = {"tray": _TRAY_COLOURS, "skin": _SKIN_COLOURS, "paper": _PAPER_COLOURS,
              "cloth": _CLOTH_COLOURS, "wood": _WOOD_COLOURS}
 _SURFACE_LAB = {kind: _lab(np.array(colours, np.float32)) for kind, colours in _SURFACES.items()}
+# Skin keeps its colours whatever the background chroma: palms are not grey in real photos.
+_CHROMA_KEPT = ("skin",)
+_SCALED_SURFACES: dict[float, tuple[dict, dict]] = {1.0: (_SURFACES, _SURFACE_LAB)}
+
+
+def _scale_surface_chroma(chroma: float) -> tuple[dict, dict]:
+    """The surface palettes ({kind: RGB tuples 0..255}) and their Lab with the chroma of every
+    kind but skin's scaled by `chroma`; 1 gives the listed palettes themselves."""
+    scaled = _SCALED_SURFACES.get(chroma)
+    if scaled is None:
+        surfaces, surface_lab = {}, {}
+        for kind, colours in _SURFACES.items():
+            if kind in _CHROMA_KEPT:
+                surfaces[kind], surface_lab[kind] = colours, _SURFACE_LAB[kind]
+                continue
+            lab = _SURFACE_LAB[kind].copy()
+            lab[:, 1:] *= np.float32(chroma)
+            rgb = cv2.cvtColor(lab.reshape(1, -1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3)
+            surfaces[kind] = tuple(tuple(float(v) for v in np.clip(colour, 0.0, 1.0) * 255.0)
+                                   for colour in rgb)
+            surface_lab[kind] = _lab(np.array(surfaces[kind], np.float32))
+        scaled = _SCALED_SURFACES[chroma] = (surfaces, surface_lab)
+    return scaled
+
+
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number within [0, 1], got {value!r}")
 
 
 # ================================================================================================
@@ -984,14 +1056,16 @@ def _start_worker() -> None:
 
 
 def _render_class_job(job) -> dict[str, list[int]]:
-    staging, pill_type, class_index, images_per_class, photo_size, seed = job
+    (staging, pill_type, class_index, images_per_class, photo_size, seed, background_chroma,
+     surface_grain) = job
     folder = pathlib.Path(staging) / pill_type["name"]
     folder.mkdir()
     faces: dict = {}
     boxes = {}
     for image_index in range(images_per_class):
         rng = np.random.default_rng([seed, class_index, image_index])
-        rgb, box, quality = _render_photo(pill_type, photo_size, rng, faces)
+        rgb, box, quality = _render_photo(pill_type, photo_size, rng, faces, background_chroma,
+                                          surface_grain)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
@@ -1040,7 +1114,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"generate: {settings['synthetic_classes']} pill types x {settings['synthetic_images_per_class']} "
          f"photos of {settings['synthetic_photo_size']} px ({total} photos)")
     summary = generate(paths.SYNTHETIC, settings["synthetic_classes"], settings["synthetic_images_per_class"],
-                       settings["synthetic_photo_size"], params["base"]["seed"], progress=progress)
+                       settings["synthetic_photo_size"], params["base"]["seed"], progress=progress,
+                       background_chroma=settings["synthetic_background_chroma"],
+                       surface_grain=settings["synthetic_surface_grain"])
     echo(f"generate: {summary['images']} photos of {summary['classes']} pill types in "
          f"{summary['families']} look-alike families, {summary['seconds']:.1f} s")
     return summary
