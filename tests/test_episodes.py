@@ -290,6 +290,31 @@ def test_keep_correct_out_of_range_is_an_error():
         episodes.score_queries(_unit(0.0), np.array(["a"]), _unit(0.0), np.array(["a"]), np.zeros((0, 2)), 0.0)
 
 
+def test_tally_answers_by_hand():
+    # gallery: a at 0 deg, b at 90 deg. Episode 1 queries: a at 10 and 20 deg (right), b at 40 deg
+    # (taken for a); absent x at 15 and 80 deg. Keeping all correct answers sets the threshold at
+    # 20 deg: x at 15 deg is accepted as a, x at 80 deg (10 deg from b) as b. Episode 2: the same
+    # gallery, b's query at 80 deg right, a's at 50 deg taken for b, no absent pill.
+    embeddings = _unit(0.0, 90.0, 10.0, 20.0, 40.0, 15.0, 80.0, 80.0, 50.0)
+    labels = np.array(["a", "b", "a", "a", "b", "x", "x", "b", "a"])
+    empty = np.zeros((0, 2), np.int64)
+    first = episodes.Episode(1, ("a", "b"), ("x",), np.array([0, 1]), np.array([2, 3, 4]), np.array([5, 6]),
+                             empty, empty)
+    second = episodes.Episode(1, ("a", "b"), (), np.array([0, 1]), np.array([7, 8]), np.zeros(0, np.int64),
+                              empty, empty)
+    tally = episodes.tally_answers(embeddings, labels, [first, second], 1.0)
+    assert tally["recall_at_1_by_pill"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 2)}
+    assert tally["confusions"] == [["a", "b", 1, pytest.approx(1 / 3)], ["b", "a", 1, pytest.approx(1 / 2)]]
+    assert tally["false_accept_rate_by_pill"] == {"x": pytest.approx(1.0)}
+    assert tally["false_accepts"] == [["x", "a", 1, pytest.approx(0.5)], ["x", "b", 1, pytest.approx(0.5)]]
+    # keeping half the correct answers: threshold 10 deg, x at 15 deg (15 from a) and 80 deg (10 from b)
+    stricter = episodes.tally_answers(embeddings, labels, [first], 0.5)
+    assert stricter["false_accepts"] == [["x", "b", 1, pytest.approx(0.5)]]
+    assert stricter["false_accept_rate_by_pill"] == {"x": pytest.approx(0.5)}
+    with pytest.raises(ValueError, match="9 embeddings for a pool of 8"):
+        episodes.tally_answers(embeddings, labels[:8], [first], 1.0)
+
+
 # --- summary ------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ def test_repro_writes_every_artefact(pipeline):
                      "models/student_qat.weights.h5", "models/student_int8.tflite",
                      "models/student_ptq_int8.tflite", "models/micro/model_data.cc", "models/micro/model_data.h",
                      "models/micro/main.cc", "bundle/bundle.json", "metrics/evaluation.json",
-                     "reports/recall_at_k.csv", "reports/data_report.json", "reports/export.json"):
+                     "reports/recall_at_k.csv", "reports/data_report.json", "reports/export.json",
+                     "reports/episode_answers.json"):
         assert (work / relative).is_file(), relative
     assert (work / "dvc.lock").is_file()
 
@@ -64,6 +65,16 @@ def test_evaluation_reports_episodes_on_synthetic_and_real_data(pipeline):
             assert "false_accept_rate_bundle" in entry["student_int8"]["single"]
             assert "false_accept_rate_bundle" not in entry["baseline_colour_shape"]["single"]
     assert "Few-shot episodes" in pipeline["first"].stdout
+    answers = json.loads((work / "reports/episode_answers.json").read_text())
+    for data in ("synthetic", "real"):
+        for shots in params["shots"]:
+            tally = answers[data][f"shots_{shots}"]
+            by_pill = tally["recall_at_1_by_pill"]
+            assert len(by_pill) >= 2 and all(0.0 <= value <= 1.0 for value in by_pill.values())
+            # a pill never taken for another has Recall@1 1.0, and only such pills
+            confused = {row[0] for row in tally["confusions"]}
+            assert all((by_pill[pill] == 1.0) == (pill not in confused) for pill in by_pill)
+            assert all(row[0] != row[1] and row[2] >= 1 for row in tally["confusions"] + tally["false_accepts"])
 
 
 def test_metrics_show_lists_evaluation(pipeline):

@@ -224,6 +224,55 @@ def score_episode(embeddings: np.ndarray, labels: np.ndarray, episode: Episode, 
     return result
 
 
+def tally_answers(embeddings: np.ndarray, labels: np.ndarray, drawn: list[Episode],
+                  keep_correct: float) -> dict:
+    """Which pill each single-view query of the episodes `drawn` was taken for, summed over them:
+    the pairs of look-alike pills behind a Recall@1 or a false-accept rate. Keys:
+
+    - "recall_at_1_by_pill": per known pill, the share of its queries answered with it;
+    - "confusions": the wrong top-1 answers, [pill, answered, count, share of that pill's queries];
+    - "false_accept_rate_by_pill": per absent pill, the share of its queries accepted at each
+      episode's threshold keeping `keep_correct` of its correct answers (as `score_queries`);
+    - "false_accepts": those accepted queries, [pill, accepted as, count, share].
+
+    Lists run from the most frequent pair (ties by name); pairs never seen are left out."""
+    labels = np.asarray(labels).astype(str)
+    if len(embeddings) != len(labels):
+        raise ValueError(f"{len(embeddings)} embeddings for a pool of {len(labels)} crops")
+    asked, absent_asked = defaultdict(int), defaultdict(int)
+    answered, accepted = defaultdict(int), defaultdict(int)
+    for episode in drawn:
+        gallery_labels = labels[episode.references]
+        order, distances = metrics.rank_gallery(embeddings[episode.queries], embeddings[episode.references], 1)
+        truths, answers = labels[episode.queries], gallery_labels[order[:, 0]]
+        for truth, answer in zip(truths.tolist(), answers.tolist()):
+            asked[truth] += 1
+            answered[truth, answer] += 1
+        correct = truths == answers
+        if not len(episode.absent) or not correct.any():
+            continue
+        threshold = metrics.threshold_for_recall(distances[correct, 0], keep_correct)
+        order, distances = metrics.rank_gallery(embeddings[episode.absent], embeddings[episode.references], 1)
+        for truth, answer, distance in zip(labels[episode.absent].tolist(), gallery_labels[order[:, 0]].tolist(),
+                                           distances[:, 0].tolist()):
+            absent_asked[truth] += 1
+            if distance <= threshold:
+                accepted[truth, answer] += 1
+
+    def ranked(pairs: dict, totals: dict) -> list[list]:
+        rows = [[pill, other, count, count / totals[pill]] for (pill, other), count in pairs.items()]
+        return sorted(rows, key=lambda row: (-row[2], row[0], row[1]))
+
+    return {
+        "recall_at_1_by_pill": {pill: answered[pill, pill] / asked[pill] for pill in sorted(asked)},
+        "confusions": ranked({pair: count for pair, count in answered.items() if pair[0] != pair[1]}, asked),
+        "false_accept_rate_by_pill": {
+            pill: sum(count for (truth, _), count in accepted.items() if truth == pill) / absent_asked[pill]
+            for pill in sorted(absent_asked)},
+        "false_accepts": ranked(accepted, absent_asked),
+    }
+
+
 def summarise(results: list[Mapping[str, float]]) -> dict[str, float]:
     """Mean and sample standard deviation (ddof 1; 0 for one episode) of each figure over the
     episodes, as `name` and `name_std`. A figure missing from some episodes (no correct answer

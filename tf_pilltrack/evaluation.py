@@ -128,6 +128,22 @@ def concatenate(*splits: dataset.Split) -> dataset.Split:
     return dataset.Split(*(np.concatenate([getattr(split, field) for split in splits]) for field in dataset.Split._fields))
 
 
+def draw(name: str, pool: dataset.Split, shots: int, settings: dict) -> list[episodes.Episode]:
+    """The seeded K-shot episodes of `settings` over `pool`; an error names the data set."""
+    try:
+        return episodes.draw_episodes(pool.labels, pool.groups, shots, settings["absent_classes"],
+                                      settings["views"], settings["count"], settings["seed"])
+    except ValueError as error:
+        raise ValueError(f"{name} episodes: {error}") from None
+
+
+def tally_episodes(name: str, pool: dataset.Split, embeddings: np.ndarray, settings: dict) -> dict:
+    """`episodes.tally_answers` of one model over the same episodes as `run_episodes`, per K."""
+    return {f"shots_{shots}": episodes.tally_answers(embeddings, pool.labels, draw(name, pool, shots, settings),
+                                                     settings["keep_correct"])
+            for shots in settings["shots"]}
+
+
 def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarray], settings: dict,
                  thresholds: dict[str, dict[str, float]]) -> dict:
     """Every model's figures over `settings["count"]` seeded episodes per K (shots_<K>), each
@@ -135,11 +151,7 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
     the classes and the mean query counts of the episodes."""
     result = {"classes": len(set(pool.labels.tolist())), "crops": len(pool), "photos": len(set(pool.groups.tolist()))}
     for shots in settings["shots"]:
-        try:
-            drawn = episodes.draw_episodes(pool.labels, pool.groups, shots, settings["absent_classes"],
-                                           settings["views"], settings["count"], settings["seed"])
-        except ValueError as error:
-            raise ValueError(f"{name} episodes: {error}") from None
+        drawn = draw(name, pool, shots, settings)
         entry = {"known_classes": len(drawn[0].known_classes), "absent_classes": len(drawn[0].absent_classes),
                  "classes_with_too_few_photos": result["classes"] - len(drawn[0].known_classes) - len(drawn[0].absent_classes),
                  "queries": float(np.mean([len(episode.queries) for episode in drawn])),
@@ -282,6 +294,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     }
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
+    answers = {data: tally_episodes(data, pool, pool_embeddings[data]["student_int8"], settings)
+               for data, pool in (("synthetic", synthetic_pool), ("real", real_pool))}
+    paths.REPORTS.mkdir(exist_ok=True)
+    write_atomically(paths.REPORTS / "episode_answers.json", json.dumps(answers, indent=1).encode())
     shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
     episode_metrics = {
         f"episodes_{data}_k{shots}_{views}_{model}_{key}": results["episodes"][data][f"shots_{shots}"][model][views][key]
@@ -294,6 +310,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         mlflow.log_metrics(episode_metrics)
         mlflow.log_metrics({f"{name}_recall_at_1": results[name]["recall_at_1"] for name in curves})
         mlflow.log_artifact(str(paths.METRICS / "evaluation.json"))
+        mlflow.log_artifact(str(paths.REPORTS / "episode_answers.json"))
         tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{params['base']['profile']}",
                                 shipped_metrics)
     names = list(curves)
@@ -323,4 +340,12 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"{settings['keep_correct']:.0%} of the episode's correct answers):")
     for row in episode_table(results["episodes"], settings):
         echo(row)
+    shots = max(settings["shots"])
+    echo(f"\nLook-alikes of the int8 model, {shots}-shot single view (all pairs: {paths.REPORTS / 'episode_answers.json'}):")
+    for data, tally in answers.items():
+        tally = tally[f"shots_{shots}"]
+        hardest = sorted(tally["recall_at_1_by_pill"].items(), key=lambda item: (item[1], item[0]))[:3]
+        echo(f"  {data}: lowest Recall@1 " + ", ".join(f"{pill} {value:.2f}" for pill, value in hardest)
+             + "; most frequent false accepts " + ", ".join(
+                 f"{pill} as {other} ({share:.0%} of its queries)" for pill, other, _, share in tally["false_accepts"][:3]))
     return results
