@@ -189,7 +189,8 @@ def measure_device_step(loaded, root, embeddings, photo_sources, frames, threads
     without_localise, totals = [], []
     with tempfile.TemporaryDirectory() as directory:
         bundle_module.write_bundle(directory, loaded.model_path, embeddings, labels, loaded.unknown_threshold,
-                                   loaded.preprocess, loaded.annoy_trees, search_k, seed)
+                                   loaded.preprocess, loaded.annoy_trees, search_k, seed,
+                                   lookalike_margin=loaded.lookalike_margin)
         identifier = Identifier.open(directory, threads=threads)
         identifier.warm_up()
         for photo in photos:

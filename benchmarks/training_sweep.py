@@ -66,7 +66,7 @@ def real_pool(params: dict) -> dataset.Split:
 def real_scores(embed, params: dict, pool: dataset.Split) -> dict:
     """Mean Recall@1 over the evaluate stage's seeded real-photo episodes, per K and view count."""
     settings = params["episodes"]
-    result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, settings, {})
+    result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, settings, {}, {})
     return {f"k{shots}_{views}": round(result[f"shots_{shots}"]["model"][views]["recall_at_1"], 4)
             for shots in settings["shots"] for views in ("single", "multi")}
 

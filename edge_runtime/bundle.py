@@ -39,7 +39,8 @@ from edge_runtime.interpreter import ModelError, embedding_size, input_size, mak
 from edge_runtime.preprocessing import PreprocessConfig
 
 FORMAT = "pilltrack-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added lookalike_margin
+READABLE_VERSIONS = (1, 2)  # a version 1 sidecar reads with lookalike_margin 0: only exact ties are flagged
 SIDECAR = "bundle.json"
 LOCK = ".lock"
 METRIC = "angular"  # Annoy's metric
@@ -67,6 +68,7 @@ class Bundle:
     embeddings: np.ndarray  # float32 (N, E), read-only
     index: AnnoyIndex  # angular; item i is row i
     unknown_threshold: float  # cosine distance at or below which the best match is accepted
+    lookalike_margin: float  # runner-up within this cosine distance of the best: a close call (gallery.lookalike)
     search_k: int  # Annoy nodes inspected per query (-1: trees x rows)
     annoy_trees: int
     seed: int  # seed the index was built with
@@ -96,16 +98,17 @@ def file_name(kind: str, sha256: str) -> str:
 def write_bundle(directory: str | os.PathLike, model: bytes | str | os.PathLike,
                  embeddings: np.ndarray, labels: Sequence[str], threshold: float,
                  preprocess_config: PreprocessConfig, annoy_trees: int, search_k: int,
-                 seed: int, extra: dict | None = None) -> dict:
+                 seed: int, extra: dict | None = None, *, lookalike_margin: float) -> dict:
     """Write a bundle into `directory` (created if absent), replacing any bundle there
     atomically, and return the sidecar's contents.
 
-    `model` is the .tflite file's bytes or path; `threshold` is a cosine distance (1 - cos);
-    `search_k` is Annoy's (-1: trees x rows); `extra` is any JSON-serialisable provenance."""
+    `model` is the .tflite file's bytes or path; `threshold` and `lookalike_margin` are cosine
+    distances (1 - cos); `search_k` is Annoy's (-1: trees x rows); `extra` is any
+    JSON-serialisable provenance."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     with storage.file_lock(os.path.join(directory, LOCK)):
-        return _write(directory, model, embeddings, labels, threshold, preprocess_config,
+        return _write(directory, model, embeddings, labels, threshold, lookalike_margin, preprocess_config,
                       annoy_trees, search_k, seed, extra)
 
 
@@ -143,8 +146,8 @@ def update_gallery(directory: str | os.PathLike, change: GalleryChange) -> dict:
         if search_k != -1:
             search_k = gallery.search_k_for_size(len(embeddings), current.annoy_trees)
         return _write(directory, current.model_path, embeddings, labels,
-                      current.unknown_threshold, current.preprocess, current.annoy_trees,
-                      search_k, current.seed, current.extra)
+                      current.unknown_threshold, current.lookalike_margin, current.preprocess,
+                      current.annoy_trees, search_k, current.seed, current.extra)
 
 
 def check_model(bundle: Bundle, interpreter) -> None:
@@ -169,7 +172,7 @@ def _model_misfit(interpreter, image_size: int, dimensions: int) -> str | None:
     return None
 
 
-def _write(directory, model, embeddings, labels, threshold, preprocess_config, annoy_trees,
+def _write(directory, model, embeddings, labels, threshold, lookalike_margin, preprocess_config, annoy_trees,
            search_k, seed, extra) -> dict:
     """`write_bundle` for a caller that holds the lock."""
     embeddings = gallery.check_embeddings(embeddings)
@@ -178,6 +181,8 @@ def _write(directory, model, embeddings, labels, threshold, preprocess_config, a
         raise ValueError(f"{len(labels)} labels for {len(embeddings)} embeddings")
     if not _is_number(threshold) or not 0.0 <= threshold <= 2.0:
         raise ValueError(f"threshold must be a cosine distance within [0, 2], got {threshold!r}")
+    if not _is_number(lookalike_margin) or not 0.0 <= lookalike_margin <= 2.0:
+        raise ValueError(f"lookalike_margin must be a cosine distance within [0, 2], got {lookalike_margin!r}")
     if not isinstance(preprocess_config, PreprocessConfig):
         raise ValueError(f"preprocess_config must be a PreprocessConfig, "
                          f"got {preprocess_config!r}")
@@ -236,6 +241,7 @@ def _write(directory, model, embeddings, labels, threshold, preprocess_config, a
         "search_k": search_k,
         "seed": seed,
         "unknown_threshold": float(threshold),
+        "lookalike_margin": float(lookalike_margin),
         "preprocess": preprocess_config.to_dict(),
         "files": {kind: entry._asdict() for kind, entry in files.items()},
         "extra": extra,
@@ -315,6 +321,8 @@ _FIELDS = {
              "an integer within [0, 2**31)"),
     "unknown_threshold": (lambda value: _is_number(value) and 0.0 <= value <= 2.0,
                           "a cosine distance within [0, 2]"),
+    "lookalike_margin": (lambda value: _is_number(value) and 0.0 <= value <= 2.0,
+                         "a cosine distance within [0, 2]"),
     "preprocess": (lambda value: isinstance(value, dict), "an object"),
     "files": (lambda value: isinstance(value, dict), "an object"),
     "extra": (lambda value: isinstance(value, dict), "an object"),
@@ -352,9 +360,12 @@ def _read_sidecar(directory: str) -> dict:
         raise BundleError(f"{path}: must hold a JSON object")
     if sidecar.get("format") != FORMAT:
         raise BundleError(f"{path}: 'format' is {sidecar.get('format')!r}, expected {FORMAT!r}")
-    if sidecar.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format version {sidecar.get('format_version')!r} is not "
-                          f"supported by this client, which reads version {FORMAT_VERSION}")
+    version = sidecar.get("format_version")
+    if not _is_int(version) or version not in READABLE_VERSIONS:
+        raise BundleError(f"{path}: format version {version!r} is not supported by this client, "
+                          f"which reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if version == 1 and "lookalike_margin" not in sidecar:
+        sidecar = {**sidecar, "format_version": FORMAT_VERSION, "lookalike_margin": 0.0}
     missing = sorted(set(_FIELDS) - set(sidecar))
     unknown = sorted(set(sidecar) - set(_FIELDS))
     if missing or unknown:
@@ -448,6 +459,7 @@ def _load(directory: str, verify_model: bool) -> Bundle:
         embeddings=embeddings,
         index=index,
         unknown_threshold=float(sidecar["unknown_threshold"]),
+        lookalike_margin=float(sidecar["lookalike_margin"]),
         search_k=sidecar["search_k"],
         annoy_trees=sidecar["annoy_trees"],
         seed=sidecar["seed"],

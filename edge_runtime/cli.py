@@ -204,6 +204,7 @@ def _record(frame, result, announced) -> dict:
         "announced": announced,
         "distance": None if result.distance is None else round(result.distance, 6),
         "top_k": [{"label": m.label, "distance": round(m.distance, 6)} for m in result.top_k],
+        "lookalike": result.lookalike,
         "box": None if result.box is None else list(result.box),
         "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()},
     }
@@ -213,7 +214,10 @@ def _table_row(source, result, width) -> str:
     if result.label is None:
         return f"{source:<{width}}  no pill found"
     closest = ", ".join(f"{m.label} {m.distance:.3f}" for m in result.top_k)
-    return f"{source:<{width}}  {result.label:<20} {result.distance:>8.3f}  {closest}"
+    row = f"{source:<{width}}  {result.label:<20} {result.distance:>8.3f}  {closest}"
+    if result.lookalike is not None:
+        row += f"  (close call with {result.lookalike}: check the imprint)"
+    return row
 
 
 def _benchmark_table(timings: dict) -> str:

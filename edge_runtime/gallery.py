@@ -114,6 +114,14 @@ def identify(matches: Sequence[Match], threshold: float) -> str:
     return UNKNOWN
 
 
+def lookalike(matches: Sequence[Match], margin: float) -> str | None:
+    """The runner-up's label when it is within `margin` (cosine distance) of the best match,
+    else None: a close call between two enrolled pills, worth checking by eye (the imprint)."""
+    if len(matches) >= 2 and matches[1].distance - matches[0].distance <= margin:
+        return matches[1].label
+    return None
+
+
 # Annoy's search_k for a gallery of R rows (`search_k_for_size`): SEARCH_K_PER_SQRT_ROW * sqrt(R)
 # candidates, at least MIN_SEARCH_K. benchmarks/edge_speed.py measures it: with the default mcu
 # model's embeddings (multi-similarity teacher, 40-epoch distillation), 16 trees and real query

@@ -29,6 +29,7 @@ class Result(NamedTuple):
     top_k: list  # gallery.Match list, best first, one per distinct label
     box: Box | None  # where the pill is in the image
     timings: dict  # seconds per stage of STAGES that ran
+    lookalike: str | None  # an accepted answer's runner-up within the bundle's look-alike margin, else None
 
 
 class Identifier:
@@ -79,17 +80,19 @@ class Identifier:
         timings: dict[str, float] = {}
         crop = self._crop(rgb, timings)
         if crop is None:
-            return Result(None, None, [], None, timings)
+            return Result(None, None, [], None, timings, None)
         start = time.perf_counter()
         embedding = embed(self.interpreter, crop.pixels, self.bundle.preprocess.symmetry_views)[0]
         timings["invoke"] = time.perf_counter() - start
         start = time.perf_counter()
-        matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, self.top_k,
+        # at least two pills, so a close call between them can be seen
+        matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, max(self.top_k, 2),
                                  self.bundle.search_k, self.bundle.rows_per_label)
         label = gallery.identify(matches, self.threshold)
         timings["search"] = time.perf_counter() - start
         distance = matches[0].distance if matches else None
-        return Result(label, distance, matches, crop.box, timings)
+        lookalike = None if label == gallery.UNKNOWN else gallery.lookalike(matches, self.bundle.lookalike_margin)
+        return Result(label, distance, matches[:self.top_k], crop.box, timings, lookalike)
 
     def _crop(self, rgb: np.ndarray, timings: dict) -> Crop | None:
         # preprocessing.preprocess in two timed steps; a test checks they agree.

@@ -73,7 +73,7 @@ def edge_embed(edge_interpreter, edge_config):
 
 @pytest.fixture(scope="session")
 def _edge_bundle_template(tmp_path_factory, edge_model_path, edge_config, edge_embed):
-    from edge_fixtures import GALLERY_PILLS, THRESHOLD, pill_photos
+    from edge_fixtures import GALLERY_PILLS, LOOKALIKE_MARGIN, THRESHOLD, pill_photos
 
     from edge_runtime.bundle import write_bundle
 
@@ -81,7 +81,8 @@ def _edge_bundle_template(tmp_path_factory, edge_model_path, edge_config, edge_e
     photos = [photo for name in GALLERY_PILLS for photo in pill_photos(name, 3)]
     directory = tmp_path_factory.mktemp("edge") / "bundle"
     write_bundle(directory, edge_model_path, edge_embed(photos), labels, THRESHOLD,
-                 edge_config, annoy_trees=4, search_k=-1, seed=42, extra={"made_by": "tests"})
+                 edge_config, annoy_trees=4, search_k=-1, seed=42, extra={"made_by": "tests"},
+                 lookalike_margin=LOOKALIKE_MARGIN)
     return directory
 
 

@@ -35,6 +35,7 @@ PILL_COLOURS = {
 }
 GALLERY_PILLS = ("red", "green", "blue")  # enrolled in conftest's `edge_bundle`, 3 photos each
 THRESHOLD = 0.1  # unknown threshold of `edge_bundle`, a cosine distance
+LOOKALIKE_MARGIN = 0.02  # look-alike margin of `edge_bundle`, a cosine distance
 
 
 def make_tiny_model(path: str, seed: int = 0) -> None:

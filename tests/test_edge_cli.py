@@ -14,7 +14,7 @@ from edge_fixtures import pill_photos, write_photo
 
 from edge_runtime.cli import main
 
-RECORD_KEYS = {"source", "frame", "label", "announced", "distance", "top_k", "box", "timings_ms"}
+RECORD_KEYS = {"source", "frame", "label", "announced", "distance", "top_k", "box", "timings_ms", "lookalike"}
 
 
 def run(args, obj=None):
@@ -68,6 +68,19 @@ def test_headless_prints_one_json_record_per_image(edge_bundle, photos):
     assert set(green["timings_ms"]) == {"localise", "preprocess", "invoke", "search"}
     assert black["label"] == "unknown"
     assert empty["label"] is None and empty["box"] is None and empty["top_k"] == []
+    assert green["lookalike"] is None and black["lookalike"] is None  # distinct colours: no close call
+
+
+def test_a_close_call_is_named_in_the_table_and_the_record(edge_bundle, photos):
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.enrollment import enroll
+
+    loaded = load_bundle(edge_bundle)
+    enroll(edge_bundle, "lime", loaded.embeddings[[label == "green" for label in loaded.labels]])
+    record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[0]]).stdout)
+    assert {record["label"], record["lookalike"]} == {"green", "lime"}
+    row = run(["--bundle", edge_bundle, "--image", photos[0]]).stdout.splitlines()[1]
+    assert f"close call with {record['lookalike']}: check the imprint" in row
 
 
 def test_image_table_threshold_override_and_benchmark(edge_bundle, photos):
@@ -202,3 +215,19 @@ def test_help_states_units_and_defaults():
         assert phrase in " ".join(text.split()), phrase
     assert run(["--image"]).exit_code == 2  # --image needs at least one path
     assert run(["--image", "a.jpg", "--camera", "0"]).exit_code == 2
+
+
+def test_the_live_view_names_a_close_call():
+    from edge_runtime.display import annotate
+    from edge_runtime.identification import Result
+
+    frame = np.zeros((120, 640, 3), np.uint8)
+    plain = Result("green", 0.01, [], (10, 10, 50, 50), {}, None)
+    close = plain._replace(lookalike="lime")
+
+    def text_end(image):  # rightmost drawn column of the top text line
+        return int(np.nonzero(image[5:35].any(axis=(0, 2)))[0].max())
+
+    assert text_end(annotate(frame, close, "green", 30.0)) > text_end(annotate(frame, plain, "green", 30.0)) + 50
+    # the smoother still announcing another pill: the close call is not about what is shown
+    assert text_end(annotate(frame, close, "red", 30.0)) < text_end(annotate(frame, close, "green", 30.0))

@@ -51,13 +51,15 @@ def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
     embeddings = edge_embed(pill_photos("red", 2) + pill_photos("blue", 2))
     labels = ["red", "red", "blue", "blue"]
     sidecar = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
-                           edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"})
+                           edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
+                           lookalike_margin=0.02)
 
     loaded = load_bundle(tmp_path / "b")
     assert loaded.labels == tuple(labels)
     np.testing.assert_array_equal(loaded.embeddings, embeddings)
     assert (loaded.unknown_threshold, loaded.search_k, loaded.annoy_trees, loaded.seed) == (
         0.25, 50, 3, 7)
+    assert loaded.lookalike_margin == 0.02 and sidecar["format_version"] == 2
     assert loaded.preprocess == edge_config
     assert loaded.extra == {"run": "x"}
     assert loaded.model_sha256 == storage.sha256_file(edge_model_path)
@@ -71,9 +73,10 @@ def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
     # Rewriting the same content gives the same files (deterministic index), and stale
     # files of an older gallery are removed.
     write_bundle(tmp_path / "b", edge_model_path, embeddings[:3], labels[:3], 0.25,
-                 edge_config, annoy_trees=3, search_k=50, seed=7)
+                 edge_config, annoy_trees=3, search_k=50, seed=7, lookalike_margin=0.02)
     again = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
-                         edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"})
+                         edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
+                         lookalike_margin=0.02)
     assert again == sidecar
     names = sorted(os.listdir(tmp_path / "b"))
     data_files = [entry["name"] for entry in sidecar["files"].values()]
@@ -84,13 +87,13 @@ def test_write_bundle_refuses_embeddings_the_model_cannot_make(tmp_path, edge_mo
                                                                edge_config):
     with pytest.raises(ValueError, match="outputs 8-dimensional"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((2, 16), np.float32),
-                     ["a", "b"], 0.1, edge_config, 2, -1, 0)
+                     ["a", "b"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
     with pytest.raises(ValueError, match="2 labels for 3 embeddings"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((3, 8), np.float32),
-                     ["a", "b"], 0.1, edge_config, 2, -1, 0)
+                     ["a", "b"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
     with pytest.raises(ValueError, match="reserved"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((1, 8), np.float32),
-                     ["unknown"], 0.1, edge_config, 2, -1, 0)
+                     ["unknown"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
 
 
 def _sidecar(directory):
@@ -188,15 +191,32 @@ TAMPERING = {
                         r"bundle.json: missing"),
     "missing field": (_delete_field("search_k"), r"missing fields \['search_k'\]"),
     "wrong type": (_edit("unknown_threshold", "0.1"), r"'unknown_threshold' is '0.1'"),
+    "negative margin": (_edit("lookalike_margin", -0.1), r"'lookalike_margin' is -0.1, expected a cosine distance"),
+    "margin missing in version 2": (_delete_field("lookalike_margin"), r"missing fields \['lookalike_margin'\]"),
     "labels do not match": (_drop_label, r"embeddings-.*\(9, 8\), expected float32 \(8, 8\)"),
     "path escape": (_escape_path, r"files.model is named '../model.tflite'"),
-    "newer format": (_edit("format_version", 2), r"format version 2 is not supported"),
+    "newer format": (_edit("format_version", 3), r"format version 3 is not supported"),
     "not json": (lambda d: open(os.path.join(d, "bundle.json"), "w").write("{"),
                  r"not valid JSON"),
     "pickled embeddings": (
         lambda d: _replace_file(d, "embeddings", _npy_bytes(np.array([{}], object), True)),
         r"embeddings-.*not a readable .npy"),
 }
+
+
+def test_a_version_1_bundle_loads_and_flags_only_exact_ties(edge_bundle):
+    sidecar = _sidecar(edge_bundle)
+    del sidecar["lookalike_margin"]
+    sidecar["format_version"] = 1
+    _save_sidecar(edge_bundle, sidecar)
+    assert load_bundle(edge_bundle).lookalike_margin == 0.0
+
+
+def test_write_bundle_refuses_a_bad_lookalike_margin(tmp_path, edge_model_path, edge_config):
+    with pytest.raises(ValueError, match="lookalike_margin must be a cosine distance"):
+        write_bundle(tmp_path / "b", edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"], 0.1,
+                     edge_config, 2, -1, 0, lookalike_margin=2.5)
+    assert not (tmp_path / "b" / "bundle.json").exists()
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
@@ -219,7 +239,7 @@ def test_crash_while_writing_a_bundle_leaves_the_previous_one(edge_bundle, edge_
     monkeypatch.setattr(storage, "write_atomically", crash_on_sidecar)
     with pytest.raises(OSError, match="power cut"):
         write_bundle(edge_bundle, edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"],
-                     0.1, edge_config, 2, -1, 0)
+                     0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
     monkeypatch.undo()
     assert load_bundle(edge_bundle).labels[0] == "red"
 
@@ -404,14 +424,16 @@ def test_enrolling_updates_search_k_from_the_gallery_size(edge_bundle, edge_embe
     assert _sidecar(edge_bundle)["search_k"] == -1  # the fixture searches exhaustively
     loaded = load_bundle(edge_bundle)
     write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
-                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, 5, loaded.seed)
+                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, 5, loaded.seed,
+                 lookalike_margin=loaded.lookalike_margin)
     assert _sidecar(edge_bundle)["search_k"] == 5
     enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 4)))
     rows = len(loaded.labels) + 4
     assert _sidecar(edge_bundle)["search_k"] == gallery.search_k_for_size(rows, loaded.annoy_trees)
     assert load_bundle(edge_bundle).rows_per_label == 4
     write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
-                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, -1, loaded.seed)
+                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, -1, loaded.seed,
+                 lookalike_margin=loaded.lookalike_margin)
     enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 2)))
     assert _sidecar(edge_bundle)["search_k"] == -1  # an exhaustive search stays exhaustive
 
@@ -440,6 +462,15 @@ def test_identify_compares_the_best_distance_with_the_threshold():
     assert gallery.identify([], 0.1) == gallery.UNKNOWN
 
 
+def test_lookalike_names_a_runner_up_within_the_margin():
+    close = [gallery.Match("tylenol", 0.05), gallery.Match("acetaminophen", 0.06), gallery.Match("advil", 0.3)]
+    assert gallery.lookalike(close, 0.02) == "acetaminophen"
+    assert gallery.lookalike(close, 0.01) == "acetaminophen"  # 0.06 - 0.05 <= 0.01
+    assert gallery.lookalike(close, 0.005) is None
+    assert gallery.lookalike(close[:1], 2.0) is None  # one pill enrolled: nothing to confuse it with
+    assert gallery.lookalike([], 2.0) is None
+
+
 # --- identification ---------------------------------------------------------------------------
 
 
@@ -455,6 +486,28 @@ def test_identifies_a_known_pill(identifier):
     assert [m.label for m in result.top_k][0] == "green" and len(result.top_k) == 3
     assert result.box is not None
     assert set(result.timings) == {"localise", "preprocess", "invoke", "search"}
+
+
+def test_distinct_pills_are_no_close_call(identifier):
+    assert identifier.identify_image(pill_photos("green", 1, seed=9)[0]).lookalike is None
+
+
+def test_two_labels_for_one_pill_are_a_close_call_even_with_top_k_1(edge_bundle, edge_interpreter, edge_embed):
+    # "lime" enrolled from the same photos as green: any green photo is as near one as the other
+    loaded = load_bundle(edge_bundle)
+    green = loaded.embeddings[[label == "green" for label in loaded.labels]]
+    enroll(edge_bundle, "lime", green)
+    result = Identifier(edge_interpreter, load_bundle(edge_bundle), top_k=1).identify_image(
+        pill_photos("green", 1, seed=9)[0])
+    assert result.label in ("green", "lime") and len(result.top_k) == 1
+    assert result.lookalike == ({"green", "lime"} - {result.label}).pop()
+
+
+def test_an_unknown_answer_is_no_close_call(edge_bundle, edge_interpreter):
+    loaded = load_bundle(edge_bundle)
+    strict = Identifier(edge_interpreter, loaded, top_k=3, threshold=0.0)  # nothing is accepted
+    result = strict.identify_image(pill_photos("green", 1, seed=9)[0])
+    assert result.label == gallery.UNKNOWN and result.lookalike is None
 
 
 def test_a_pill_absent_from_the_gallery_is_unknown(identifier):

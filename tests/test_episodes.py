@@ -249,6 +249,14 @@ def test_open_set_figures_by_hand():
     # AUROC: known best distances 10, 20, 30, 40 deg vs absent 25, 25 deg:
     # 10 < both (2), 20 < both (2), 30 and 40: none -> 4 / 8
     assert result["auroc_known_vs_absent"] == pytest.approx(4 / 8)
+    assert "lookalike_flagged" not in result  # no margin given
+    # margins between the two nearest pills: the a queries' distance(80/70/60) - distance(10/20/30),
+    # the wrong b query's distance(50) - distance(40), the smallest: that margin flags it alone
+    margin = distance(50.0) - distance(40.0) + 1e-9  # float rounding of the dot products
+    flagged = episodes.score_queries(queries, query_labels, gallery, gallery_labels, absent, 0.6, None, margin)
+    assert flagged["lookalike_flagged"] == pytest.approx(1 / 4)
+    assert flagged["lookalike_errors_caught"] == 1.0
+    assert flagged["recall_at_1_unflagged"] == 1.0
     looser = episodes.score_queries(queries, query_labels, gallery, gallery_labels, absent, 1.0)
     assert looser["threshold_episode"] == pytest.approx(distance(30.0))
     assert looser["false_accept_rate_episode"] == pytest.approx(1.0)  # both absent queries (25 deg) accepted

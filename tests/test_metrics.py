@@ -253,16 +253,37 @@ def _unit(*angles_in_degrees: float) -> np.ndarray:
 
 
 def test_label_margins_compare_the_two_nearest_pills():
-    from tf_pilltrack import evaluation
-
     gallery = _unit(0, 10, 90)  # pill a twice, pill b once
     labels = np.array(["a", "a", "b"])
     queries = _unit(5, 50)
-    margins = evaluation.label_margins(queries, gallery, labels)
+    margins = metrics.label_margins(queries, gallery, labels)
     # query at 5 degrees: a at 5 (either item), b at 85; query at 50: a at 40, b at 40: a tie
     expected = [(1 - np.cos(np.radians(85))) - (1 - np.cos(np.radians(5))), 0.0]
     np.testing.assert_allclose(margins, expected, atol=1e-6)
-    np.testing.assert_array_equal(evaluation.label_margins(queries, gallery[:2], labels[:2]), [2.0, 2.0])
+    np.testing.assert_array_equal(metrics.label_margins(queries, gallery[:2], labels[:2]), [2.0, 2.0])
+
+
+def test_margin_for_errors_flags_the_share_of_wrong_answers_asked():
+    margins = np.array([0.01, 0.02, 0.03, 0.04, 0.5, 0.6])
+    wrong = np.array([True, False, True, True, True, False])  # wrong answers' margins .01 .03 .04 .5
+    assert metrics.margin_for_errors(margins, wrong, 0.5) == pytest.approx(0.03)  # flags .01, .03: 2 of 4
+    assert metrics.margin_for_errors(margins, wrong, 0.6) == pytest.approx(0.04)  # 3 of 4, not fewer
+    assert metrics.margin_for_errors(margins, wrong, 1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no wrong answers"):
+        metrics.margin_for_errors(margins, np.zeros(6, bool), 0.5)
+    with pytest.raises(ValueError, match="share"):
+        metrics.margin_for_errors(margins, wrong, 0.0)
+
+
+def test_lookalike_rates_by_hand():
+    margins = np.array([0.01, 0.02, 0.03, 0.04, 0.5, 0.6])
+    correct = np.array([False, True, False, False, False, True])
+    rates = metrics.lookalike_rates(margins, correct, 0.03)
+    assert rates["lookalike_flagged"] == pytest.approx(3 / 6)
+    assert rates["lookalike_errors_caught"] == pytest.approx(2 / 4)  # .01 and .03 of .01 .03 .04 .5
+    assert rates["recall_at_1_unflagged"] == pytest.approx(1 / 3)  # .04 wrong, .5 wrong, .6 right
+    everything = metrics.lookalike_rates(margins, correct, 1.0)
+    assert everything["lookalike_flagged"] == 1.0 and everything["recall_at_1_unflagged"] == 1.0
 
 
 def test_parity_figures_find_the_near_ties_where_answers_differ():
@@ -279,3 +300,22 @@ def test_parity_figures_find_the_near_ties_where_answers_differ():
     assert figures["embedding_cosine_median"] == pytest.approx((1 + np.cos(np.radians(2))) / 2, abs=1e-6)
     same = evaluation.parity_figures(keras_queries, gallery, keras_queries, labels, keras_top1, keras_top1)
     assert same["largest_disagreeing_margin"] == 0.0 and same["near_tie_share"] == 0.0
+
+
+def test_enroll_calibrates_the_threshold_and_the_lookalike_margin_by_hand():
+    from tf_pilltrack import dataset, enrollment
+
+    def split(labels):
+        labels = np.array(labels)
+        return dataset.Split(np.zeros((len(labels), 1, 1, 3), np.uint8), labels, labels, labels)
+
+    gallery, references = _unit(0, 90), split(["a", "b"])
+    # a's queries at 10 and 30 deg (right), b's at 40 deg (taken for a: 40 vs 50 deg) and 80 (right)
+    queries, query_split = _unit(10, 30, 40, 80), split(["a", "a", "b", "b"])
+    distance = lambda degrees: 1 - np.cos(np.radians(degrees))  # noqa: E731
+    calibration = enrollment.calibrate(gallery, references, queries, query_split, 1.0, 1.0)
+    assert calibration["calibration_recall_at_1"] == pytest.approx(0.75)
+    assert calibration["threshold"] == pytest.approx(distance(30))  # keeps all right answers: 10, 30, 10 deg
+    assert calibration["lookalike_margin"] == pytest.approx(distance(50) - distance(40))  # the one wrong answer
+    assert calibration["lookalike_flagged"] == pytest.approx(0.25)  # it alone: the others' margins are wider
+    assert calibration["recall_at_1_unflagged"] == 1.0

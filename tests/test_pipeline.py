@@ -35,6 +35,11 @@ def test_evaluation_reports_every_model(pipeline):
         assert results[model]["recall_at_1"] <= results[model]["recall_at_5"]
     shipped = results["student_int8"]
     assert 0.0 <= shipped["false_accept_rate"] <= 1.0
+    # the close-call flag: calibrated into the bundle, scored on the novel queries
+    sidecar = json.loads((pipeline["dir"] / "bundle/bundle.json").read_text())
+    assert sidecar["lookalike_margin"] == shipped["lookalike_margin"] >= 0.0
+    assert 0.0 <= shipped["lookalike_flagged"] <= 1.0 and 0.0 <= shipped["lookalike_errors_caught"] <= 1.0
+    assert shipped["recall_at_1_unflagged"] >= 0.0
     assert 0.0 <= shipped["annoy_exact_top1_agreement"] <= 1.0
     parity = results["parity"]
     assert 0.0 < parity["qat_keras_vs_int8_embedding_cosine_median"] <= 1.0 + 1e-6
@@ -61,8 +66,10 @@ def test_evaluation_reports_episodes_on_synthetic_and_real_data(pipeline):
                     assert 0.0 <= summary["recall_at_1"] <= summary["recall_at_5"] <= 1.0
                     assert 0.0 <= summary["false_accept_rate_episode"] <= 1.0
                     assert summary["recall_at_1_std"] >= 0.0
-            # only the int8 model has the bundle's calibrated threshold
+            # only the int8 model has the bundle's calibrated threshold and look-alike margin
             assert "false_accept_rate_bundle" in entry["student_int8"]["single"]
+            assert "recall_at_1_unflagged" in entry["student_int8"]["single"]
+            assert "recall_at_1_unflagged" not in entry["teacher"]["single"]
             assert "false_accept_rate_bundle" not in entry["baseline_colour_shape"]["single"]
     assert "Few-shot episodes" in pipeline["first"].stdout
     answers = json.loads((work / "reports/episode_answers.json").read_text())

@@ -174,12 +174,15 @@ def _by_pill(ranked_items: np.ndarray, depth: int) -> np.ndarray:
 
 def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, gallery_embeddings: np.ndarray,
                   gallery_labels: np.ndarray, absent_embeddings: np.ndarray, keep_correct: float,
-                  thresholds: Mapping[str, float] | None = None) -> dict[str, float]:
+                  thresholds: Mapping[str, float] | None = None,
+                  lookalike_margin: float | None = None) -> dict[str, float]:
     """Figures of one set of queries against one gallery (see the module docstring). Keys:
     recall_at_1, recall_at_5, map_at_r; with absent queries
     auroc_known_vs_absent; for each named threshold t: false_accept_rate_t and
     correct_accept_rate_t; with at least one correct answer threshold_episode,
-    false_accept_rate_episode and correct_accept_rate_episode."""
+    false_accept_rate_episode and correct_accept_rate_episode; with a `lookalike_margin`,
+    `metrics.lookalike_rates` of the top-1 answers (close calls flagged, errors caught, Recall@1
+    of the rest)."""
     if not 0.0 < keep_correct <= 1.0:
         raise ValueError(f"keep_correct must be within (0, 1], got {keep_correct}")
     query_labels = np.asarray(query_labels).astype(str)
@@ -203,11 +206,15 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
             result[f"false_accept_rate_{name}"] = rates["false_accept_rate"]
     if len(absent_best):
         result["auroc_known_vs_absent"] = metrics.open_set_rates(best, correct, absent_best, 0.0)["auroc_known_vs_absent"]
+    if lookalike_margin is not None:
+        margins = metrics.label_margins(query_embeddings, gallery_embeddings, gallery_labels)
+        result.update(metrics.lookalike_rates(margins, correct, lookalike_margin))
     return result
 
 
 def score_episode(embeddings: np.ndarray, labels: np.ndarray, episode: Episode, keep_correct: float,
-                  thresholds: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+                  thresholds: Mapping[str, float] | None = None,
+                  lookalike_margin: float | None = None) -> dict[str, dict[str, float]]:
     """The episode scored with single-view queries ("single") and multi-view queries ("multi";
     absent when no class has enough query crops for one tuple). `embeddings` and `labels`
     are the pool's, indexed by the episode."""
@@ -216,11 +223,13 @@ def score_episode(embeddings: np.ndarray, labels: np.ndarray, episode: Episode, 
         raise ValueError(f"{len(embeddings)} embeddings for a pool of {len(labels)} crops")
     gallery, gallery_labels = embeddings[episode.references], labels[episode.references]
     result = {"single": score_queries(embeddings[episode.queries], labels[episode.queries], gallery,
-                                      gallery_labels, embeddings[episode.absent], keep_correct, thresholds)}
+                                      gallery_labels, embeddings[episode.absent], keep_correct, thresholds,
+                                      lookalike_margin)}
     if len(episode.query_views):
         result["multi"] = score_queries(
             combine_views(embeddings, episode.query_views), labels[episode.query_views[:, 0]], gallery,
-            gallery_labels, combine_views(embeddings, episode.absent_views), keep_correct, thresholds)
+            gallery_labels, combine_views(embeddings, episode.absent_views), keep_correct, thresholds,
+            lookalike_margin)
     return result
 
 

@@ -62,29 +62,13 @@ def score(query_embeddings: np.ndarray, query_labels: np.ndarray,
     return result, curve, gallery_labels[order[:, 0]]
 
 
-def label_margins(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
-                  gallery_labels: np.ndarray) -> np.ndarray:
-    """Each query's cosine-distance margin between its nearest and its second-nearest pill (a
-    pill's distance is that of its nearest gallery item); 2 (the largest distance) when the
-    gallery holds one pill. A small margin is a near tie, which tiny changes to the embedding
-    (quantisation) can flip."""
-    gallery_labels = np.asarray(gallery_labels).astype(str)
-    names = sorted(set(gallery_labels.tolist()))
-    distances = 1.0 - query_embeddings @ gallery_embeddings.T
-    per_label = np.stack([distances[:, gallery_labels == name].min(axis=1) for name in names], axis=1)
-    if len(names) == 1:
-        return np.full(len(query_embeddings), 2.0)
-    nearest = np.sort(per_label, axis=1)
-    return nearest[:, 1] - nearest[:, 0]
-
-
 def parity_figures(keras_queries: np.ndarray, keras_references: np.ndarray, int8_queries: np.ndarray,
                    reference_labels: np.ndarray, keras_top1: np.ndarray, int8_top1: np.ndarray) -> dict:
     """How far an int8 model's answers follow its Keras model's, and why they differ: the median
     cosine similarity of the two models' embeddings of a query, the largest Keras margin
-    (`label_margins`) among the queries whose top-1 pill differs (0 when none), and the share
+    (`metrics.label_margins`) among the queries whose top-1 pill differs (0 when none), and the share
     of queries whose Keras margin is no larger: the near ties where disagreements happen."""
-    margins = label_margins(keras_queries, keras_references, reference_labels)
+    margins = metrics.label_margins(keras_queries, keras_references, reference_labels)
     disagree = keras_top1 != int8_top1
     largest = float(margins[disagree].max()) if disagree.any() else 0.0
     return {
@@ -99,11 +83,12 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     """The shipped path: int8 embeddings (`query_embeddings`, by the bundle's model), Annoy search
     with the bundle's search_k, threshold."""
     labels = np.array(loaded.labels)
-    ranked, best = [], []
+    ranked, best, margins = [], [], []
     for embedding in query_embeddings:
         matches = gallery.search(loaded.index, loaded.labels, embedding, 5, loaded.search_k)
         ranked.append([match.label for match in matches] + [""] * (5 - len(matches)))
         best.append(matches[0].distance)
+        margins.append(matches[1].distance - matches[0].distance if len(matches) > 1 else 2.0)
     ranked = np.array(ranked, dtype=object)
     result = metrics.retrieval_metrics(ranked, queries.labels.astype(object), labels)
     # mAP@R needs every gallery item's rank, which the per-label Annoy answer does not give:
@@ -116,6 +101,8 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     correct = ranked[:, 0] == queries.labels.astype(object)
     result.update(metrics.open_set_rates(np.array(best), correct, np.array(absent_best), loaded.unknown_threshold))
     result["unknown_threshold"] = loaded.unknown_threshold
+    result.update(metrics.lookalike_rates(np.array(margins), correct, loaded.lookalike_margin))
+    result["lookalike_margin"] = loaded.lookalike_margin
     return result
 
 
@@ -145,7 +132,7 @@ def tally_episodes(name: str, pool: dataset.Split, embeddings: np.ndarray, setti
 
 
 def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarray], settings: dict,
-                 thresholds: dict[str, dict[str, float]]) -> dict:
+                 thresholds: dict[str, dict[str, float]], lookalike_margins: dict[str, float]) -> dict:
     """Every model's figures over `settings["count"]` seeded episodes per K (shots_<K>), each
     as {"single": summary, "multi": summary} (episodes.summarise, plus the episode count), with
     the classes and the mean query counts of the episodes."""
@@ -160,7 +147,7 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
                  "absent_multi_view_queries": float(np.mean([len(episode.absent_views) for episode in drawn]))}
         for model, model_embeddings in embeddings.items():
             scored = [episodes.score_episode(model_embeddings, pool.labels, episode, settings["keep_correct"],
-                                             thresholds.get(model)) for episode in drawn]
+                                             thresholds.get(model), lookalike_margins.get(model)) for episode in drawn]
             entry[model] = {}
             for views in ("single", "multi"):
                 present = [figures[views] for figures in scored if views in figures]
@@ -283,14 +270,17 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
                         "student_ptq_int8_bytes": paths.STUDENT_PTQ_TFLITE.stat().st_size}
     results["queries"] = int(len(queries))
     thresholds = {"student_int8": {"bundle": loaded.unknown_threshold}}
+    lookalike_margins = {"student_int8": loaded.lookalike_margin}
     results["episodes"] = {
         "count": settings["count"],
         "views": settings["views"],
         "keep_correct": settings["keep_correct"],
         "bundle_unknown_threshold": loaded.unknown_threshold,
-        "synthetic": run_episodes("synthetic", synthetic_pool, pool_embeddings["synthetic"], settings, thresholds),
+        "bundle_lookalike_margin": loaded.lookalike_margin,
+        "synthetic": run_episodes("synthetic", synthetic_pool, pool_embeddings["synthetic"], settings, thresholds,
+                                  lookalike_margins),
         "real": {**real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
-                                               pool_embeddings["real"], settings, thresholds)},
+                                               pool_embeddings["real"], settings, thresholds, lookalike_margins)},
     }
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
@@ -341,6 +331,14 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     for row in episode_table(results["episodes"], settings):
         echo(row)
     shots = max(settings["shots"])
+    echo(f"\nClose calls (runner-up pill within the bundle's look-alike margin {loaded.lookalike_margin:.4f}), int8:")
+    rows = [("synthetic novel, bundle (Annoy)", shipped_row)] + [
+        (f"{data} episodes, {shots}-shot, {views}", results["episodes"][data][f"shots_{shots}"]["student_int8"][views])
+        for data in ("synthetic", "real") for views in ("single", "multi")]
+    for name, row in rows:
+        echo(f"  {name:<36} flagged {row['lookalike_flagged']:.1%} of answers, catching "
+             f"{row['lookalike_errors_caught']:.1%} of the wrong ones; Recall@1 of the rest "
+             f"{row['recall_at_1_unflagged']:.3f} (all: {row['recall_at_1']:.3f})")
     echo(f"\nLook-alikes of the int8 model, {shots}-shot single view (all pairs: {paths.REPORTS / 'episode_answers.json'}):")
     for data, tally in answers.items():
         tally = tally[f"shots_{shots}"]

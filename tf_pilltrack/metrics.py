@@ -65,6 +65,44 @@ def threshold_for_recall(correct_distances: np.ndarray, target_recall: float) ->
     return float(np.quantile(correct_distances, target_recall, method="inverted_cdf"))
 
 
+def label_margins(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
+                  gallery_labels: np.ndarray) -> np.ndarray:
+    """Each query's cosine-distance margin between its nearest and its second-nearest pill (a
+    pill's distance is that of its nearest gallery item); 2 (the largest distance) when the
+    gallery holds one pill. A small margin is a near tie, which tiny changes to the embedding
+    (quantisation) can flip."""
+    gallery_labels = np.asarray(gallery_labels).astype(str)
+    names = sorted(set(gallery_labels.tolist()))
+    distances = 1.0 - query_embeddings @ gallery_embeddings.T
+    per_label = np.stack([distances[:, gallery_labels == name].min(axis=1) for name in names], axis=1)
+    if len(names) == 1:
+        return np.full(len(query_embeddings), 2.0)
+    nearest = np.sort(per_label, axis=1)
+    return nearest[:, 1] - nearest[:, 0]
+
+
+def margin_for_errors(margins: np.ndarray, wrong: np.ndarray, share: float) -> float:
+    """The smallest margin (`label_margins`) that flags, as margin <= it, at least `share` of the
+    wrong top-1 answers: the look-alike margin."""
+    wrong = np.asarray(wrong, bool)
+    if not wrong.any():
+        raise ValueError("no wrong answers to set the look-alike margin on")
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be within (0, 1], got {share}")
+    return float(np.quantile(np.asarray(margins)[wrong], share, method="inverted_cdf"))
+
+
+def lookalike_rates(margins: np.ndarray, correct: np.ndarray, margin: float) -> dict[str, float]:
+    """At a look-alike `margin`: the share of answers flagged as close calls, the share of wrong
+    answers among them (caught), and Recall@1 of the answers left unflagged (1 when none is)."""
+    flagged, correct = np.asarray(margins) <= margin, np.asarray(correct, bool)
+    return {
+        "lookalike_flagged": float(flagged.mean()) if len(flagged) else 0.0,
+        "lookalike_errors_caught": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
+        "recall_at_1_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else 1.0,
+    }
+
+
 def open_set_rates(known_distances: np.ndarray, known_correct: np.ndarray,
                    absent_distances: np.ndarray, threshold: float) -> dict[str, float]:
     """At `threshold`: the fraction of gallery-absent queries wrongly accepted (false accepts),

@@ -188,6 +188,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "annoy_trees": _integer(1, 1000),
         "search_k_agreement": _number(0.0, 1.0),
         "target_recall": _number(0.0, 1.0),
+        "lookalike_errors": _number(0.0, 1.0),
     },
     "augment": {
         "brightness": _number(0.0, 1.0),
