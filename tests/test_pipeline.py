@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from loopback import BIN, ROOT
@@ -38,8 +39,12 @@ def test_evaluation_reports_every_model(pipeline):
     # the close-call flag: calibrated into the bundle, scored on the novel queries
     sidecar = json.loads((pipeline["dir"] / "bundle/bundle.json").read_text())
     assert sidecar["lookalike_margin"] == shipped["lookalike_margin"] >= 0.0
-    assert 0.0 <= shipped["lookalike_flagged"] <= 1.0 and 0.0 <= shipped["lookalike_errors_caught"] <= 1.0
-    assert shipped["recall_at_1_unflagged"] >= 0.0
+    flagged, caught, kept = (shipped[key] for key in ("lookalike_flagged", "lookalike_errors_caught",
+                                                       "recall_at_1_unflagged"))
+    assert 0.0 <= flagged <= 1.0 and 0.0 <= caught <= 1.0 and 0.0 <= kept <= 1.0
+    # the three agree with Recall@1: errors left unflagged = (1 - flagged) x (1 - Recall@1 of the rest)
+    if shipped["recall_at_1"] < 1.0 and flagged < 1.0:
+        assert (1.0 - caught) * (1.0 - shipped["recall_at_1"]) == pytest.approx((1.0 - flagged) * (1.0 - kept))
     assert 0.0 <= shipped["annoy_exact_top1_agreement"] <= 1.0
     parity = results["parity"]
     assert 0.0 < parity["qat_keras_vs_int8_embedding_cosine_median"] <= 1.0 + 1e-6

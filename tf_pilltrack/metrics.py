@@ -89,7 +89,7 @@ def margin_for_errors(margins: np.ndarray, wrong: np.ndarray, share: float) -> f
         raise ValueError("no wrong answers to set the look-alike margin on")
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be within (0, 1], got {share}")
-    return float(np.quantile(np.asarray(margins)[wrong], share, method="inverted_cdf"))
+    return threshold_for_recall(np.asarray(margins)[wrong], share)
 
 
 def lookalike_rates(margins: np.ndarray, correct: np.ndarray, margin: float) -> dict[str, float]:

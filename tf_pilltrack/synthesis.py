@@ -730,7 +730,7 @@ def _grain(rng: np.random.Generator, side: int, amount: float) -> np.ndarray:
 
 
 def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, cache: dict,
-                  background_chroma: float = 1.0, surface_grain: float = 0.0):
+                  background_chroma: float, surface_grain: float):
     size = photo_size
     render = 2 * size  # the pill is drawn at twice the size and reduced with area interpolation
     # Every draw happens in a fixed order: the photo depends only on the generator.
@@ -918,7 +918,7 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
 
 
 def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dict,
-                chroma: float = 1.0) -> list:
+                chroma: float) -> list:
     """Three float32 (size, size) planes of an RGB surface in 0..1 that stands out from the pill;
     surface colours other than skin have their chroma scaled by `chroma` (1: as listed)."""
     pill_lab = cache.get("lab")
