@@ -4,6 +4,8 @@
     pilltrack-edge --camera 0                   live view (q or Esc quits)
     pilltrack-edge --video clip.mp4 --headless  one JSON line per frame
     pilltrack-edge enroll --label "Ibuprofen 400" photos/*.jpg
+    pilltrack-edge enroll --new-gallery --label "Ibuprofen 400" photos/*.jpg   (only this pill)
+    pilltrack-edge --cropped enroll --label "Ibuprofen 400" crops/*.png   (tight crops)
     pilltrack-edge remove --label "Ibuprofen 400"
     pilltrack-edge list
 
@@ -67,7 +69,7 @@ def _errors_reported():
 def _open_identifier(ctx, top_k: int = 3, threshold: float | None = None) -> Identifier:
     settings = ctx.find_root().params
     return Identifier.open(settings["bundle_dir"], settings["threads"], settings["edgetpu"],
-                           top_k, threshold)
+                           top_k, threshold, settings["cropped"])
 
 
 def _camera(ctx, index: int):
@@ -104,6 +106,11 @@ def _cpu_count() -> int:
 @click.option("--edgetpu", is_flag=True,
               help="Run the model on a Coral Edge TPU, or on the CPU with a warning when "
                    "none is found.  [default: off]")
+@click.option("--cropped", is_flag=True,
+              help="The photos or frames are already cropped to one pill, which fills them (a "
+                   "data set's pill crops, a close-up): embed the whole image instead of "
+                   "localising the pill, which needs background around it. Goes before a "
+                   "command, like --bundle.  [default: off, localise as the bundle says]")
 @click.option("--headless", is_flag=True,
               help="No window or table: one JSON line per image or frame on stdout.  "
                    "[default: off]")
@@ -116,8 +123,8 @@ def _cpu_count() -> int:
               metavar="FRAMES",
               help="Frames (video or camera) voted over before a different pill is announced.")
 @click.pass_context
-def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edgetpu, headless,
-         benchmark, max_frames, smooth):
+def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edgetpu, cropped,
+         headless, benchmark, max_frames, smooth):
     """Identify pills in photos, a video or a live camera view, with the device bundle.
 
     Distances are cosine distances between embeddings (0 same, 2 opposite)."""
@@ -239,13 +246,17 @@ def _benchmark_table(timings: dict) -> str:
 @click.option("--interval", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               metavar="SECONDS",
               help="Seconds between camera shots; turn the pill between them.")
+@click.option("--new-gallery", is_flag=True,
+              help="Start a new gallery with this pill alone: every pill enrolled before is "
+                   "removed, the pipeline's synthetic evaluation pills too.  [default: off, add to "
+                   "the gallery]")
 @click.argument("photos", nargs=-1, type=click.Path(dir_okay=False))
 @click.pass_context
-def enroll(ctx, label, camera, shots, interval, photos):
+def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
     """Add a pill to the gallery from PHOTOS (or --camera shots).
 
-    Photos where no pill is found are reported and skipped. --bundle, --threads and --edgetpu
-    go before the command: pilltrack-edge --bundle DIR enroll --label NAME PHOTOS..."""
+    Photos where no pill is found are reported and skipped. --bundle, --threads, --edgetpu and
+    --cropped go before the command: pilltrack-edge --bundle DIR enroll --label NAME PHOTOS..."""
     if bool(photos) == (camera is not None):
         raise click.UsageError("give PHOTOS or --camera, not both or neither")
     with _errors_reported():
@@ -279,9 +290,9 @@ def enroll(ctx, label, camera, shots, interval, photos):
                 click.echo(f"only {len(embeddings)} of {shots} shots found a pill", err=True)
         if not embeddings:
             raise ValueError("no usable photo: no pill found in any, nothing enrolled")
-        count = enrollment.enroll(identifier.bundle.directory, label, np.stack(embeddings))
+        count = enrollment.enroll(identifier.bundle.directory, label, np.stack(embeddings), new_gallery)
         click.echo(f"enrolled {label!r} from {len(embeddings)} photos "
-                   f"({count} in the gallery)")
+                   f"({count} in the gallery" + (", a new gallery" if new_gallery else "") + ")")
 
 
 @main.command()

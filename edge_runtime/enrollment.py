@@ -17,9 +17,10 @@ from edge_runtime.bundle import load_bundle, update_gallery
 from edge_runtime.interpreter import l2_normalise
 
 
-def enroll(bundle_dir: str | os.PathLike, label: str, embeddings: np.ndarray) -> int:
+def enroll(bundle_dir: str | os.PathLike, label: str, embeddings: np.ndarray, new_gallery: bool = False) -> int:
     """Add rows of `embeddings` (N, E) to the gallery under `label`; a label enrolled before
-    gains the new rows. Returns how many rows the label has now."""
+    gains the new rows. With `new_gallery`, they replace the whole gallery instead (every pill
+    enrolled before is removed in the same atomic change). Returns how many rows the label has now."""
     label = gallery.check_label(label)
     embeddings = l2_normalise(gallery.check_embeddings(embeddings))
 
@@ -27,6 +28,8 @@ def enroll(bundle_dir: str | os.PathLike, label: str, embeddings: np.ndarray) ->
         if embeddings.shape[1] != current.shape[1]:
             raise ValueError(f"embeddings have {embeddings.shape[1]} dimensions, "
                              f"the gallery's {current.shape[1]}")
+        if new_gallery:
+            return embeddings, [label] * len(embeddings)
         return np.concatenate([current, embeddings]), list(labels) + [label] * len(embeddings)
 
     sidecar = update_gallery(bundle_dir, add)

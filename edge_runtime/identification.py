@@ -9,6 +9,7 @@ new pill only once it has been seen steadily.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from typing import NamedTuple
@@ -36,7 +37,10 @@ class Identifier:
     """An interpreter and a bundle, ready to identify pills."""
 
     def __init__(self, interpreter, bundle: Bundle, top_k: int = 3,
-                 threshold: float | None = None):
+                 threshold: float | None = None, cropped: bool = False):
+        """`cropped`: the images are already cropped to one pill (a data set's tight crops, a
+        close-up that the pill fills), so the whole image is embedded, never localised. A tight
+        crop's border is pill, not background, and the localiser would find a part of it."""
         check_model(bundle, interpreter)
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -46,14 +50,16 @@ class Identifier:
         self.bundle = bundle
         self.top_k = top_k
         self.threshold = bundle.unknown_threshold if threshold is None else float(threshold)
+        # the bundle's preprocessing constants, less localisation for cropped images
+        self.preprocess = dataclasses.replace(bundle.preprocess, localise=False) if cropped else bundle.preprocess
 
     @classmethod
     def open(cls, bundle_dir: str | os.PathLike, threads: int, edgetpu: bool = False,
-             top_k: int = 3, threshold: float | None = None) -> "Identifier":
+             top_k: int = 3, threshold: float | None = None, cropped: bool = False) -> "Identifier":
         """Load and verify the bundle, then make its interpreter."""
         bundle = load_bundle(bundle_dir, verify_model=False)
         interpreter = make_interpreter(bundle.model_path, threads, edgetpu)
-        return cls(interpreter, bundle, top_k, threshold)
+        return cls(interpreter, bundle, top_k, threshold, cropped)
 
     def warm_up(self) -> None:
         """Run each stage once, so that one-off initialisation (OpenCV's, the interpreter's)
@@ -65,7 +71,8 @@ class Identifier:
 
     def crop(self, rgb: np.ndarray) -> Crop | None:
         """The model input for an RGB image, or None when no pill is found; the same result
-        as `preprocessing.preprocess` with the bundle's constants."""
+        as `preprocessing.preprocess` with the bundle's constants (localisation off when
+        `cropped`)."""
         return self._crop(rgb, {})
 
     def embed_image(self, rgb: np.ndarray) -> tuple[np.ndarray, Crop] | None:
@@ -98,7 +105,7 @@ class Identifier:
         # preprocessing.preprocess in two timed steps; a test checks they agree.
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-        config = self.bundle.preprocess
+        config = self.preprocess
         start = time.perf_counter()
         if config.localise:
             box, margin = localise(rgb, config), config.crop_margin

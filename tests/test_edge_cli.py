@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from edge_fixtures import pill_photos, write_photo
+from edge_fixtures import PILL_COLOURS, pill_photos, write_photo
 
 from edge_runtime.cli import main
 
@@ -183,6 +183,35 @@ def test_enroll_list_remove(edge_bundle, photos, tmp_path):
     assert result.exit_code == 0 and "removed 'cyan' (2 photos)" in result.stdout
     result = run(["--bundle", edge_bundle, "remove", "--label", "cyan"])
     assert result.exit_code == 2 and "'cyan' is not enrolled" in result.stderr
+
+
+def test_cropped_photos_are_embedded_whole(edge_bundle, photos, tmp_path):
+    # a tight crop: the pill fills the photo, so its border is pill and localisation finds no pill
+    close_up = write_photo(tmp_path / "close.png", np.full((64, 64, 3), PILL_COLOURS["cyan"], np.uint8))
+    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", close_up])
+    assert result.exit_code == 2 and "close.png: no pill found" in result.stderr
+    result = run(["--bundle", edge_bundle, "--cropped", "enroll", "--label", "cyan", close_up])
+    assert result.exit_code == 0, result.output
+    assert "enrolled 'cyan' from 1 photos" in result.stdout
+    record = json.loads(run(["--bundle", edge_bundle, "--cropped", "--headless", "--image", close_up]).stdout)
+    assert record["label"] == "cyan" and record["box"] == [0, 0, 64, 64]
+    record = json.loads(run(["--bundle", edge_bundle, "--cropped", "--headless", "--image", photos[0]]).stdout)
+    assert record["box"] == [0, 0, 96, 96]  # the whole photo, pill and background
+
+
+def test_enroll_into_a_new_gallery(edge_bundle, photos, tmp_path):
+    cyan = [write_photo(tmp_path / f"cyan{i}.png", photo)
+            for i, photo in enumerate(pill_photos("cyan", 3, seed=2))]
+    result = run(["--bundle", edge_bundle, "enroll", "--new-gallery", "--label", "cyan", *cyan[:2]])
+    assert result.exit_code == 0, result.output
+    assert "enrolled 'cyan' from 2 photos (2 in the gallery, a new gallery)" in result.stdout
+    assert json.loads(run(["--bundle", edge_bundle, "--headless", "list"]).stdout) == {"cyan": 2}
+    record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[0]]).stdout)
+    assert [match["label"] for match in record["top_k"]] == ["cyan"]  # green is gone
+    # a failed enrollment leaves the gallery as it was
+    result = run(["--bundle", edge_bundle, "enroll", "--new-gallery", "--label", "nothing", photos[2]])
+    assert result.exit_code == 2
+    assert json.loads(run(["--bundle", edge_bundle, "--headless", "list"]).stdout) == {"cyan": 2}
 
 
 def test_enroll_fails_when_no_photo_is_usable(edge_bundle, photos):

@@ -28,7 +28,7 @@ from edge_runtime.interpreter import (
     quantise_input,
     runtime_name,
 )
-from edge_runtime.preprocessing import preprocess
+from edge_runtime.preprocessing import Box, preprocess
 
 
 def test_client_runs_without_tensorflow(edge_model_path):
@@ -532,6 +532,21 @@ def test_timed_crop_equals_preprocess(identifier, localise):
     crop = identifier.crop(photo)
     assert crop.box == expected.box
     np.testing.assert_array_equal(crop.pixels, expected.pixels)
+
+
+def test_cropped_embeds_the_whole_image_whatever_the_bundle_says(identifier):
+    assert identifier.bundle.preprocess.localise  # the bundle localises
+    cropped = Identifier(identifier.interpreter, identifier.bundle, cropped=True)
+    photo = pill_photo((200, 30, 30), centre=(30, 60), axes=(20, 9), angle=30)
+    expected = preprocess(photo, dataclasses.replace(identifier.bundle.preprocess, localise=False))
+    crop = cropped.crop(photo)
+    assert crop.box == expected.box == Box(0, 0, 96, 96)
+    np.testing.assert_array_equal(crop.pixels, expected.pixels)
+    assert identifier.crop(photo).box != crop.box  # localised: the pill's box
+    # a plain surface is "no pill found" when localising, embedded as it is when cropped
+    plain = np.full((64, 64, 3), 128, np.uint8)
+    assert identifier.identify_image(plain).label is None
+    assert cropped.identify_image(plain).box == Box(0, 0, 64, 64)
 
 
 def test_smoother_waits_for_a_majority():
