@@ -18,7 +18,8 @@ threshold and look-alike margin, Annoy search. Each episode runs three ways (WAY
 
 Reported per way of cropping, mean ± sample std over the episodes: Recall@1 of the known pills'
 photos (a photo answered "unknown" or "no pill found" counts as wrong), the share answered
-"unknown", the share where no pill was found, the share flagged as a close call, and the share
+"unknown", the share where no pill was found, the share flagged as a close call, the share
+answered with a pill the bundle had enrolled before (not of the photo set), and the share
 of the absent pills' photos accepted as some enrolled pill (false accepts). The JSON report goes
 to --out.
 """
@@ -90,6 +91,8 @@ def run_episode(bundle_dir: pathlib.Path, photos: list, labels: np.ndarray, epis
         "unknown": float(np.mean([answer.label == gallery.UNKNOWN for answer in answers])),
         "no_pill_found": float(np.mean([answer.label is None for answer in answers])),
         "close_calls": float(np.mean([answer.lookalike is not None for answer in answers])),
+        "bundle_pill": float(np.mean([answer.label not in (None, gallery.UNKNOWN, *set(labels.tolist()))
+                                      for answer in answers])),
         "false_accept_rate": float(np.mean([answer.label not in (None, gallery.UNKNOWN) for answer in absent]))
         if absent else float("nan"),
     }
