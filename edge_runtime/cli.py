@@ -28,6 +28,7 @@ from edge_runtime import capture, enrollment, gallery
 from edge_runtime.capture import CaptureError
 from edge_runtime.display import DisplayUnavailable, Window, annotate
 from edge_runtime.identification import STAGES, Identifier, Smoother
+from edge_runtime.preprocessing import touches_edge
 
 
 class _Main(click.Group):
@@ -271,8 +272,13 @@ def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
                 found = identifier.embed_image(frame.rgb)
                 if found is None:
                     click.echo(f"skipped {frame.source}: no pill found", err=True)
-                else:
-                    embeddings.append(found[0])
+                    continue
+                embeddings.append(found[0])
+                height, width = frame.rgb.shape[:2]
+                if identifier.preprocess.localise and touches_edge(found[1].box, width, height):
+                    click.echo(f"warning: {frame.source}: the pill found touches the photo's edge; if the "
+                               "photos are already cropped to the pill, enroll with --cropped "
+                               "(pilltrack-edge --cropped enroll ...)", err=True)
         else:
             sleep = (ctx.find_root().obj or {}).get("sleep", time.sleep)
             # Give up after 50 frames per shot without enough pills found.

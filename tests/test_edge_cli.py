@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from edge_fixtures import PILL_COLOURS, pill_photos, write_photo
+from edge_fixtures import PILL_COLOURS, pill_photo, pill_photos, write_photo
 
 from edge_runtime.cli import main
 
@@ -197,6 +197,17 @@ def test_cropped_photos_are_embedded_whole(edge_bundle, photos, tmp_path):
     assert record["label"] == "cyan" and record["box"] == [0, 0, 64, 64]
     record = json.loads(run(["--bundle", edge_bundle, "--cropped", "--headless", "--image", photos[0]]).stdout)
     assert record["box"] == [0, 0, 96, 96]  # the whole photo, pill and background
+
+
+def test_enroll_warns_when_the_pill_found_touches_the_edge(edge_bundle, photos, tmp_path):
+    cut_off = write_photo(tmp_path / "cut.png", pill_photo(PILL_COLOURS["cyan"], centre=(8, 48), axes=(28, 14)))
+    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", cut_off, photos[0]])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cut.png: the pill found touches the photo's edge" in warnings[0]
+    assert "--cropped" in warnings[0]
+    result = run(["--bundle", edge_bundle, "--cropped", "enroll", "--label", "cyan", cut_off])
+    assert result.exit_code == 0 and "warning" not in result.stderr  # whole photos: nothing was localised
 
 
 def test_enroll_into_a_new_gallery(edge_bundle, photos, tmp_path):

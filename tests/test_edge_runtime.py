@@ -28,7 +28,7 @@ from edge_runtime.interpreter import (
     quantise_input,
     runtime_name,
 )
-from edge_runtime.preprocessing import Box, preprocess
+from edge_runtime.preprocessing import Box, preprocess, touches_edge
 
 
 def test_client_runs_without_tensorflow(edge_model_path):
@@ -547,6 +547,12 @@ def test_cropped_embeds_the_whole_image_whatever_the_bundle_says(identifier):
     plain = np.full((64, 64, 3), 128, np.uint8)
     assert identifier.identify_image(plain).label is None
     assert cropped.identify_image(plain).box == Box(0, 0, 64, 64)
+
+
+def test_touches_edge():
+    assert not touches_edge(Box(1, 1, 99, 49), 100, 50)
+    for box in (Box(0, 10, 20, 20), Box(10, 0, 20, 20), Box(10, 10, 100, 20), Box(10, 10, 20, 50)):
+        assert touches_edge(box, 100, 50), box
 
 
 def test_smoother_waits_for_a_majority():

@@ -534,6 +534,39 @@ def test_run_writes_every_split_and_the_report(prepared, tmp_path):
     assert "1 absent" in lines[-1]
 
 
+def tight_crop(rgb: np.ndarray) -> np.ndarray:
+    """`rgb` cut to its pill's box, as a data set of pill crops has it: the pill meets every edge."""
+    rows, columns = np.nonzero(np.abs(rgb.astype(np.int16) - BACKGROUND).sum(axis=2) > 40)
+    return np.ascontiguousarray(rgb[rows.min():rows.max() + 1, columns.min():columns.max() + 1])
+
+
+def test_ingest_counts_pills_found_at_the_image_edge(tmp_path, config):
+    rng = np.random.default_rng(3)
+    files = {f"a/photo_{index}.png": encode(pill_photo(COLOURS[0], rng), "PNG") for index in range(3)}
+    files.update({f"a/crop_{index}.png": encode(tight_crop(pill_photo(COLOURS[0], rng)), "PNG") for index in range(2)})
+    root = write_folder(tmp_path / "photos", files)
+    assert config.localise
+    _, _, ingested = list_and_ingest(root, config)
+    assert len(ingested.crops["a"]) == 5 and ingested.at_edge == 2
+    _, _, whole = list_and_ingest(root, dataclasses.replace(config, localise=False))
+    assert whole.at_edge == 0  # without localisation there is nothing to count
+
+
+def test_run_says_when_the_photos_look_like_tight_crops(tmp_path, monkeypatch, repo_params, prepared):
+    report, lines = prepared  # pills photographed on a tray: none at the edge, no hint
+    assert report["localised_pill_at_image_edge"] == 0
+    assert not any("touches the photo's edge" in line for line in lines)
+    rng = np.random.default_rng(5)
+    files = {f"{label}/crop_{index}.png": encode(tight_crop(pill_photo(colour, rng)), "PNG")
+             for label, colour in zip(GOOD_CLASSES, COLOURS) for index in range(PHOTOS_PER_CLASS)}
+    crops = write_folder(tmp_path / "crops", files)
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    report = preparation.run(_params(repo_params, source=str(crops)), echo=lines.append)
+    assert report["localised_pill_at_image_edge"] == report["images_used"] == len(files)
+    assert any("touches the photo's edge" in line and "preprocess.localise: false" in line for line in lines)
+
+
 def test_run_report_counts_classes_skips_and_sizes(prepared):
     report, _ = prepared
     expected_classes = {label: PHOTOS_PER_CLASS for label in GOOD_CLASSES}

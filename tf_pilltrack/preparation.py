@@ -30,7 +30,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, PreprocessConfig, decode_image, preprocess
+from edge_runtime.preprocessing import (IMAGE_SUFFIXES, ImageError, PreprocessConfig, decode_image, preprocess,
+                                        touches_edge)
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import dataset, paths
 from tf_pilltrack import params as params_module
@@ -144,6 +145,7 @@ class Ingested(NamedTuple):
     crops: dict[str, list[tuple[np.ndarray, str, str]]]  # label -> [(pixels, source, group)]
     skipped: list[dict]
     sizes: list[tuple[int, int]]
+    at_edge: int  # crops whose localised pill touches the image's edge (preprocessing.touches_edge); 0 unlocalised
 
 
 def ingest(images: list[SourceImage], groups: dict[str, str], config: PreprocessConfig,
@@ -152,6 +154,7 @@ def ingest(images: list[SourceImage], groups: dict[str, str], config: Preprocess
     crops: dict[str, list] = defaultdict(list)
     skipped: list[dict] = []
     sizes: list[tuple[int, int]] = []
+    at_edge = 0
     first_seen: dict[str, SourceImage] = {}  # SHA-256 of the file's bytes -> where it was first
     for done, image in enumerate(images, start=1):
         if progress:
@@ -179,9 +182,11 @@ def ingest(images: list[SourceImage], groups: dict[str, str], config: Preprocess
         if crop is None:
             skipped.append(_skip(image.name, "no pill found"))
             continue
+        if config.localise and touches_edge(crop.box, rgb.shape[1], rgb.shape[0]):
+            at_edge += 1
         group = groups.get(image.name, image.name)
         crops[image.label].append((crop.pixels, image.name, group))
-    return Ingested(dict(crops), skipped, sizes)
+    return Ingested(dict(crops), skipped, sizes, at_edge)
 
 
 def _shuffled(items: list, rng: np.random.Generator) -> list:
@@ -356,6 +361,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             "width": {"min": int(sizes[:, 0].min()), "median": float(np.median(sizes[:, 0])), "max": int(sizes[:, 0].max())},
             "height": {"min": int(sizes[:, 1].min()), "median": float(np.median(sizes[:, 1])), "max": int(sizes[:, 1].max())},
         },
+        # null without localisation; most crops at the edge: the photos are likely tight crops already
+        "localised_pill_at_image_edge": ingested.at_edge if config.localise else None,
         "mix": mix["report"],
         "seconds": round(time.time() - started, 1),
     }
@@ -365,6 +372,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
     if len(skipped) > 20:
         echo(f"  ... and {len(skipped) - 20} more skipped files (reports/data_report.json)")
+    if config.localise and ingested.at_edge > report["images_used"] / 2:
+        echo(f"prepare: in {ingested.at_edge} of {report['images_used']} crops the pill found touches the photo's "
+             "edge: if the photos are tight crops of one pill already, set preprocess.localise: false "
+             "(the localiser looks for a pill against a background, and finds a part of a tight crop's pill)")
     echo(
         f"prepare: {report['images_used']} crops used, {len(skipped)} skipped; classes: "
         f"{len(partition['train'])} training, {len(partition['calibration'])} calibration, "
