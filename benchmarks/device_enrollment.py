@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_runtime import enrollment, gallery  # noqa: E402
 from edge_runtime.identification import Identifier  # noqa: E402
-from edge_runtime.preprocessing import ImageError, decode_image  # noqa: E402
+from edge_runtime.bundle import load_bundle  # noqa: E402
 from edge_runtime.storage import write_atomically  # noqa: E402
 from tf_pilltrack import episodes, preparation  # noqa: E402
 
@@ -52,21 +52,14 @@ WAYS = {  # name -> (Identifier's `cropped`, `enroll --new-gallery`)
 
 
 def load_photos(source: pathlib.Path, max_pixels: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Decoded photos of a <class>/<image> folder or zip, their labels and source-photo groups;
-    unreadable files are reported on stderr and skipped."""
+    """Decoded photos of a <class>/<image> folder or zip, their labels and source-photo groups,
+    read as `prepare` reads them (`preparation.decode_images`); files skipped are reported on stderr."""
     images, groups, skipped = preparation.list_source(source)
-    photos, labels, photo_groups = [], [], []
-    for image in images:
-        try:
-            photos.append(decode_image(image.read(), image.name, max_pixels))
-        except (ImageError, OSError) as error:
-            skipped.append({"file": image.name, "reason": str(error)})
-            continue
-        labels.append(image.label)
-        photo_groups.append(groups.get(image.name, image.name))
+    decoded = list(preparation.decode_images(images, max_pixels, skipped))
     for entry in skipped:
         print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
-    return photos, np.array(labels, dtype=str), np.array(photo_groups, dtype=str)
+    return ([rgb for _, rgb in decoded], np.array([image.label for image, _ in decoded], dtype=str),
+            np.array([groups.get(image.name, image.name) for image, _ in decoded], dtype=str))
 
 
 def run_episode(bundle_dir: pathlib.Path, photos: list, labels: np.ndarray, episode: episodes.Episode,
@@ -85,17 +78,18 @@ def run_episode(bundle_dir: pathlib.Path, photos: list, labels: np.ndarray, epis
     answers = [identifier.identify_image(photos[index]) for index in episode.queries]
     absent = [identifier.identify_image(photos[index]) for index in episode.absent]
     truth = labels[episode.queries]
-    return {
+    not_bundle_pills = {None, gallery.UNKNOWN, *labels.tolist()}  # answers that are no pill of the bundle's own
+    figures = {
         "references_without_pill": 1.0 - sum(map(len, enrolled.values())) / len(episode.references),
         "recall_at_1": float(np.mean([answer.label == label for answer, label in zip(answers, truth)])),
         "unknown": float(np.mean([answer.label == gallery.UNKNOWN for answer in answers])),
         "no_pill_found": float(np.mean([answer.label is None for answer in answers])),
         "close_calls": float(np.mean([answer.lookalike is not None for answer in answers])),
-        "bundle_pill": float(np.mean([answer.label not in (None, gallery.UNKNOWN, *set(labels.tolist()))
-                                      for answer in answers])),
-        "false_accept_rate": float(np.mean([answer.label not in (None, gallery.UNKNOWN) for answer in absent]))
-        if absent else float("nan"),
+        "bundle_pill": float(np.mean([answer.label not in not_bundle_pills for answer in answers])),
     }
+    if absent:
+        figures["false_accept_rate"] = float(np.mean([answer.label not in (None, gallery.UNKNOWN) for answer in absent]))
+    return figures
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -117,7 +111,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     bundle_dir = pathlib.Path(args.bundle)
-    max_pixels = Identifier.open(bundle_dir, args.threads).bundle.preprocess.max_image_pixels
+    max_pixels = load_bundle(bundle_dir, verify_model=False).preprocess.max_image_pixels
     photos, labels, groups = load_photos(pathlib.Path(args.photos), max_pixels)
     # views=2 only shapes the multi-view tuples, which the device does not use here
     drawn = episodes.draw_episodes(labels, groups, args.shots, args.absent, 2, args.episodes, args.seed)
@@ -129,20 +123,17 @@ def main(argv=None) -> int:
                 copy = pathlib.Path(scratch) / "bundle"
                 shutil.copytree(bundle_dir, copy)
                 scored.append(run_episode(copy, photos, labels, episode, cropped, new_gallery, args.threads))
-        results[way] = {key: {"mean": float(np.mean([figures[key] for figures in scored])),
-                              "std": float(np.std([figures[key] for figures in scored], ddof=1))
-                              if len(scored) > 1 else 0.0}
-                        for key in scored[0]}
+        results[way] = episodes.summarise(scored)
     report = {"photos": args.photos, "images": len(photos), "pills": len(set(labels.tolist())),
               "shots": args.shots, "episodes": args.episodes, "seed": args.seed,
               "known_pills": len(drawn[0].known_classes), "absent_pills": len(drawn[0].absent_classes),
               "queries": float(np.mean([len(episode.queries) for episode in drawn])), "results": results}
-    keys = list(results["localised"])
+    keys = [key for key in results["localised"] if not key.endswith(("_std", "_episodes"))]
     print(f"{len(photos)} photos of {report['pills']} pills, {args.shots}-shot, {args.episodes} episodes, "
           f"{report['absent_pills']} pills absent from the gallery")
     print(f"{'way':<26}" + "".join(f"{key:>26}" for key in keys))
     for way, figures in results.items():
-        print(f"{way:<26}" + "".join(f"{figures[key]['mean']:>18.3f} ± {figures[key]['std']:.3f}" for key in keys))
+        print(f"{way:<26}" + "".join(f"{figures[key]:>18.3f} ± {figures[key + '_std']:.3f}" for key in keys))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, json.dumps(report, indent=2).encode())

@@ -26,7 +26,7 @@ import time
 import zipfile
 import zlib
 from collections import Counter, defaultdict
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -148,13 +148,11 @@ class Ingested(NamedTuple):
     at_edge: int  # crops whose localised pill touches the image's edge (preprocessing.touches_edge); 0 unlocalised
 
 
-def ingest(images: list[SourceImage], groups: dict[str, str], config: PreprocessConfig,
-           progress: Callable[[int, int], None] | None = None) -> Ingested:
-    """Decode and crop every image; report and skip what cannot be used."""
-    crops: dict[str, list] = defaultdict(list)
-    skipped: list[dict] = []
-    sizes: list[tuple[int, int]] = []
-    at_edge = 0
+def decode_images(images: list[SourceImage], max_pixels: int, skipped: list[dict],
+                  progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[SourceImage, np.ndarray]]:
+    """Each image and its (H, W, 3) uint8 RGB pixels, in order. Files that cannot be read or
+    decoded, and repeated copies of a photo, are appended to `skipped` (file and reason) and
+    left out."""
     first_seen: dict[str, SourceImage] = {}  # SHA-256 of the file's bytes -> where it was first
     for done, image in enumerate(images, start=1):
         if progress:
@@ -170,13 +168,24 @@ def ingest(images: list[SourceImage], groups: dict[str, str], config: Preprocess
                 skipped.append(_skip(image.name, f"duplicate of {original.name}{where}"))
                 continue
             first_seen[digest] = image
-            rgb = decode_image(data, image.name, config.max_image_pixels)
+            rgb = decode_image(data, image.name, max_pixels)
         except ImageError as error:
             skipped.append(_skip(image.name, error.reason))
             continue
         except (OSError, zipfile.BadZipFile, zlib.error) as error:  # the last two: a corrupt zip member
             skipped.append(_skip(image.name, f"cannot be read ({error})"))
             continue
+        yield image, rgb
+
+
+def ingest(images: list[SourceImage], groups: dict[str, str], config: PreprocessConfig,
+           progress: Callable[[int, int], None] | None = None) -> Ingested:
+    """Decode and crop every image; report and skip what cannot be used."""
+    crops: dict[str, list] = defaultdict(list)
+    skipped: list[dict] = []
+    sizes: list[tuple[int, int]] = []
+    at_edge = 0
+    for image, rgb in decode_images(images, config.max_image_pixels, skipped, progress):
         sizes.append((rgb.shape[1], rgb.shape[0]))
         crop = preprocess(rgb, config)
         if crop is None:
