@@ -7,7 +7,8 @@ K photos of every known pill exactly as `pilltrack-edge enroll` does (`Identifie
 answers every other photo, as `pilltrack-edge --image` does: localisation, the bundle's unknown
 threshold and look-alike margin, Annoy search. Each episode runs three ways (WAYS):
 - the first pill enrolled with `--new-gallery`, so the gallery holds the photo set's pills
-  only, and each photo localised as the bundle says;
+  only, and each photo localised as the bundle says (`preprocess.localise`: with "auto", a
+  photo whose pill touches its edge is taken as a tight crop and embedded whole);
 - the same with `--cropped` (the whole photo embedded): a data set's tight crops have no
   background for the localiser to find the pill against;
 - `--cropped`, keeping the bundle's own enrolled pills (the pipeline's synthetic novel pills)
@@ -45,7 +46,7 @@ from edge_runtime.storage import write_atomically  # noqa: E402
 from tf_pilltrack import episodes, preparation  # noqa: E402
 
 WAYS = {  # name -> (Identifier's `cropped`, `enroll --new-gallery`)
-    "localised": (False, True),
+    "bundle_localisation": (False, True),
     "cropped": (True, True),
     "cropped_with_bundle_pills": (True, False),
 }
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
               "shots": args.shots, "episodes": args.episodes, "seed": args.seed,
               "known_pills": len(drawn[0].known_classes), "absent_pills": len(drawn[0].absent_classes),
               "queries": float(np.mean([len(episode.queries) for episode in drawn])), "results": results}
-    keys = [key for key in results["localised"] if not key.endswith(("_std", "_episodes"))]
+    keys = [key for key in results["bundle_localisation"] if not key.endswith(("_std", "_episodes"))]
     print(f"{len(photos)} photos of {report['pills']} pills, {args.shots}-shot, {args.episodes} episodes, "
           f"{report['absent_pills']} pills absent from the gallery")
     print(f"{'way':<26}" + "".join(f"{key:>26}" for key in keys))

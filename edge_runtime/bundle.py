@@ -36,7 +36,7 @@ from annoy import AnnoyIndex
 
 from edge_runtime import gallery, storage
 from edge_runtime.interpreter import ModelError, embedding_size, input_size, make_interpreter
-from edge_runtime.preprocessing import PreprocessConfig
+from edge_runtime.preprocessing import PreprocessConfig, is_localise_mode
 
 FORMAT = "pilltrack-bundle"
 FORMAT_VERSION = 2  # 2 added lookalike_margin
@@ -329,7 +329,7 @@ _FIELDS = {
 }
 _PREPROCESS_FIELDS = {
     "image_size": _is_int,
-    "localise": lambda value: isinstance(value, bool),
+    "localise": is_localise_mode,
     "min_pill_fraction": _is_number,
     "max_pill_fraction": _is_number,
     "crop_margin": _is_number,

@@ -275,7 +275,7 @@ def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
                     continue
                 embeddings.append(found[0])
                 height, width = frame.rgb.shape[:2]
-                if identifier.preprocess.localise and touches_edge(found[1].box, width, height):
+                if identifier.preprocess.localise is True and touches_edge(found[1].box, width, height):
                     click.echo(f"warning: {frame.source}: the pill found touches the photo's edge; if the "
                                "photos are already cropped to the pill, enroll with --cropped "
                                "(pilltrack-edge --cropped enroll ...)", err=True)

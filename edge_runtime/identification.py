@@ -19,7 +19,7 @@ import numpy as np
 from edge_runtime import gallery
 from edge_runtime.bundle import Bundle, check_model, load_bundle
 from edge_runtime.interpreter import embed, make_interpreter
-from edge_runtime.preprocessing import Box, Crop, crop_square, localise
+from edge_runtime.preprocessing import Box, Crop, check_rgb, choose_box, crop_square
 
 STAGES = ("localise", "preprocess", "invoke", "search")
 
@@ -103,17 +103,14 @@ class Identifier:
 
     def _crop(self, rgb: np.ndarray, timings: dict) -> Crop | None:
         # preprocessing.preprocess in two timed steps; a test checks they agree.
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        check_rgb(rgb)
         config = self.preprocess
         start = time.perf_counter()
-        if config.localise:
-            box, margin = localise(rgb, config), config.crop_margin
-        else:
-            box, margin = Box(0, 0, rgb.shape[1], rgb.shape[0]), 0.0
+        chosen = choose_box(rgb, config)
         timings["localise"] = time.perf_counter() - start
-        if box is None:
+        if chosen is None:
             return None
+        box, margin = chosen
         start = time.perf_counter()
         pixels = crop_square(rgb, box, margin, config.image_size)
         timings["preprocess"] = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """Image preprocessing: the one definition shared by training, export, enrollment and the device.
 
 Pixels in, pixels out. `read_image` decodes a file into RGB uint8, `localise` finds the pill,
+`choose_box` decides what to crop (the pill, or the whole photo when it is a tight crop already),
 `preprocess` crops it to a square model input of uint8 pixels, and `normalise` maps those
 pixels to the float range every model is trained on:
 
@@ -31,6 +32,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # The view counts of `symmetric_views`: each a group of the square's symmetries.
 VIEW_COUNTS = (1, 2, 4, 8)
 
+# PreprocessConfig.localise: crop the pill found (True), the whole photo (False), or the pill
+# found unless it touches the photo's edge, when the photo is taken to be a tight crop and used
+# whole ("auto").
+AUTO = "auto"
+
+
+def is_localise_mode(value) -> bool:
+    """Whether `value` is one of the localisation modes: true, false or "auto"."""
+    return isinstance(value, bool) or value == AUTO
+
 # Localisation works on a copy whose longer side is at most this many pixels: enough to find a
 # pill's outline, cheap enough for every camera frame.
 _LOCALISE_SIDE = 160
@@ -54,7 +65,7 @@ class PreprocessConfig:
     writes them into the device bundle, so both sides use the same values."""
 
     image_size: int
-    localise: bool
+    localise: bool | str  # True, False or AUTO (see `choose_box`)
     min_pill_fraction: float
     max_pill_fraction: float
     crop_margin: float
@@ -64,6 +75,8 @@ class PreprocessConfig:
     def __post_init__(self):
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not is_localise_mode(self.localise):
+            raise ValueError(f"localise must be true, false or {AUTO!r}, got {self.localise!r}")
         if not 0.0 < self.min_pill_fraction < self.max_pill_fraction <= 1.0:
             raise ValueError(
                 "need 0 < min_pill_fraction < max_pill_fraction <= 1, got "
@@ -253,6 +266,26 @@ def touches_edge(box: Box, width: int, height: int) -> bool:
     return box.left <= 0 or box.top <= 0 or box.right >= width or box.bottom >= height
 
 
+def choose_box(rgb: np.ndarray, config: PreprocessConfig) -> tuple[Box, float] | None:
+    """What to crop from an RGB image, and the margin to add around it: the pill `localise`
+    finds (with the configured margin), or the whole image (no margin) when localisation is
+    off. With localisation AUTO, a pill found touching the image's edge means a photo cropped
+    to its pill already, whose border is pill, not background: the localiser found a part of
+    it, so the whole image is used (real pill crops: Recall@1 0.781, against 0.562 localised
+    and 0.788 whole; synthetic photos of a pill on a background: 11 of 1,800 used whole).
+    None means "no pill found"."""
+    height, width = rgb.shape[:2]
+    whole = Box(0, 0, width, height)
+    if not config.localise:
+        return whole, 0.0
+    box = localise(rgb, config)
+    if box is None:
+        return None
+    if config.localise == AUTO and touches_edge(box, width, height):
+        return whole, 0.0
+    return box, config.crop_margin
+
+
 def crop_square(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
     """Cut a square around `box` (plus `margin` of its longer side), pad with the edge pixels
     where it leaves the image, and resize to size x size."""
@@ -273,19 +306,20 @@ def crop_square(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarr
     return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interpolation))
 
 
-def preprocess(rgb: np.ndarray, config: PreprocessConfig) -> Crop | None:
-    """The model input for one image: the localised pill (or the whole image when
-    localisation is off) as a square uint8 RGB crop. None means "no pill found"."""
+def check_rgb(rgb: np.ndarray) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-    height, width = rgb.shape[:2]
-    if config.localise:
-        box = localise(rgb, config)
-        if box is None:
-            return None
-        return Crop(crop_square(rgb, box, config.crop_margin, config.image_size), box)
-    whole = Box(0, 0, width, height)
-    return Crop(crop_square(rgb, whole, 0.0, config.image_size), whole)
+
+
+def preprocess(rgb: np.ndarray, config: PreprocessConfig) -> Crop | None:
+    """The model input for one image: what `choose_box` chooses (the localised pill, or the
+    whole image) as a square uint8 RGB crop. None means "no pill found"."""
+    check_rgb(rgb)
+    chosen = choose_box(rgb, config)
+    if chosen is None:
+        return None
+    box, margin = chosen
+    return Crop(crop_square(rgb, box, margin, config.image_size), box)
 
 
 # np.rot90's quarter turns (k = 1, 2, 3 on the image axes) by OpenCV: a third of numpy's copy time.

@@ -41,7 +41,7 @@ def test_enrolls_on_copies_and_scores_every_way(device_enrollment, edge_bundle, 
     for figures in report["results"].values():
         for key in ("recall_at_1", "unknown", "no_pill_found", "close_calls", "bundle_pill", "false_accept_rate"):
             assert 0.0 <= figures[key] <= 1.0 and figures[key + "_std"] >= 0.0
-    localised = report["results"]["localised"]
+    localised = report["results"]["bundle_localisation"]
     # distinct colours on a plain background: every known pill is found and named
     assert localised["recall_at_1"] == 1.0 and localised["no_pill_found"] == 0.0
     assert localised["bundle_pill"] == 0.0  # a new gallery: the bundle's green is gone

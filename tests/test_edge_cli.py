@@ -210,6 +210,27 @@ def test_enroll_warns_when_the_pill_found_touches_the_edge(edge_bundle, photos, 
     assert result.exit_code == 0 and "warning" not in result.stderr  # whole photos: nothing was localised
 
 
+def test_a_bundle_localising_auto_enrolls_tight_crops_without_a_warning(edge_bundle, photos, tmp_path):
+    sidecar = os.path.join(edge_bundle, "bundle.json")
+    with open(sidecar) as handle:
+        values = json.load(handle)
+    values["preprocess"]["localise"] = "auto"
+    with open(sidecar, "w") as handle:
+        json.dump(values, handle)
+    cut_off = write_photo(tmp_path / "cut.png", pill_photo(PILL_COLOURS["cyan"], centre=(8, 48), axes=(28, 14)))
+    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", cut_off])
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output  # used whole, as a tight crop
+    record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", cut_off]).stdout)
+    assert record["label"] == "cyan" and record["box"] == [0, 0, 96, 96]
+    record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[0]]).stdout)
+    assert record["box"] != [0, 0, 96, 96]  # a pill on a background is still localised
+    values["preprocess"]["localise"] = "sometimes"
+    with open(sidecar, "w") as handle:
+        json.dump(values, handle)
+    result = run(["--bundle", edge_bundle, "list"])
+    assert result.exit_code == 2 and "localise" in result.stderr
+
+
 def test_enroll_into_a_new_gallery(edge_bundle, photos, tmp_path):
     cyan = [write_photo(tmp_path / f"cyan{i}.png", photo)
             for i, photo in enumerate(pill_photos("cyan", 3, seed=2))]

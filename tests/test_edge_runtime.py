@@ -522,12 +522,23 @@ def test_no_pill_found_is_a_result(identifier):
     assert result.label is None and result.box is None and result.top_k == []
 
 
-@pytest.mark.parametrize("localise", [True, False])
-def test_timed_crop_equals_preprocess(identifier, localise):
+def tight_crop_photo() -> np.ndarray:
+    """A photo cropped to its pill, as a data set's pill crops are: the pill fills it, so its
+    border is pill, and the one thing that stands out from it is a highlight across the pill,
+    which the localiser takes for the pill (it meets the photo's edge)."""
+    photo = np.empty((96, 96, 3), np.uint8)
+    photo[:] = (200, 30, 30)
+    photo[:, 60:76] = (250, 190, 190)
+    return photo
+
+
+@pytest.mark.parametrize("localise", [True, False, "auto"])
+@pytest.mark.parametrize("tight", [False, True])
+def test_timed_crop_equals_preprocess(identifier, localise, tight):
     config = dataclasses.replace(identifier.bundle.preprocess, localise=localise)
     identifier = Identifier(identifier.interpreter,
                             dataclasses.replace(identifier.bundle, preprocess=config))
-    photo = pill_photo((200, 30, 30), centre=(30, 60), axes=(20, 9), angle=30)
+    photo = tight_crop_photo() if tight else pill_photo((200, 30, 30), centre=(30, 60), axes=(20, 9), angle=30)
     expected = preprocess(photo, config)
     crop = identifier.crop(photo)
     assert crop.box == expected.box
@@ -547,6 +558,30 @@ def test_cropped_embeds_the_whole_image_whatever_the_bundle_says(identifier):
     plain = np.full((64, 64, 3), 128, np.uint8)
     assert identifier.identify_image(plain).label is None
     assert cropped.identify_image(plain).box == Box(0, 0, 64, 64)
+
+
+def test_auto_localisation_uses_a_tight_crop_whole(edge_config):
+    localised = dataclasses.replace(edge_config, localise=True)
+    auto = dataclasses.replace(edge_config, localise="auto")
+    whole = dataclasses.replace(edge_config, localise=False)
+    # a pill on a background: auto crops the pill, exactly as localisation on does
+    photo = pill_photo((200, 30, 30), centre=(40, 56), axes=(20, 9), angle=30)
+    np.testing.assert_array_equal(preprocess(photo, auto).pixels, preprocess(photo, localised).pixels)
+    assert preprocess(photo, auto).box == preprocess(photo, localised).box != Box(0, 0, 96, 96)
+    # a tight crop and a pill cut off by the frame: the pill found touches the edge, so the whole
+    # photo is the model input, as with localisation off
+    for photo in (tight_crop_photo(), pill_photo((200, 30, 30), centre=(8, 48), axes=(24, 12))):
+        assert touches_edge(preprocess(photo, localised).box, 96, 96)
+        assert preprocess(photo, auto).box == Box(0, 0, 96, 96)
+        np.testing.assert_array_equal(preprocess(photo, auto).pixels, preprocess(photo, whole).pixels)
+    # an empty tray is still "no pill found"
+    assert preprocess(np.full((64, 64, 3), 128, np.uint8), auto) is None
+
+
+def test_localisation_mode_is_checked(edge_config):
+    for wrong in ("yes", 1, None):
+        with pytest.raises(ValueError, match="localise must be true, false or 'auto'"):
+            dataclasses.replace(edge_config, localise=wrong)
 
 
 def test_touches_edge():

@@ -122,8 +122,8 @@ def test_unknown_keys_of_mixed_types_are_one_params_error(params):
     ("teacher.learning_rate", False, "expected a finite number"),
     ("teacher.learning_rate", float("nan"), "expected a finite number"),  # passes any range check
     ("distill.embedding_weight", float("inf"), "expected a finite number"),
-    ("preprocess.localise", "yes", "expected true or false"),
-    ("preprocess.localise", 1, "expected true or false"),
+    ("preprocess.localise", "yes", "expected true, false or auto"),
+    ("preprocess.localise", 1, "expected true, false or auto"),
     ("teacher.loss", "contrastive", "is not one of triplet, multisimilarity"),
     ("teacher.negative_mining", "semihard", "is not one of"),
     ("tracking.experiment", "  ", "expected a non-empty string"),
@@ -396,7 +396,7 @@ def _env_with_repo_on_path() -> dict:
     ("episodes.shots[0]", 0, "below the minimum 1"),
     ("episodes.views", 1, "below the minimum 2"),
     ("episodes.absent_classes", 0.95, "above the maximum 0.9"),
-    ("episodes.real_localise", "no", "expected true or false"),
+    ("episodes.real_localise", "no", "expected true, false or auto"),
     ("episodes.real_source", "", "non-empty string"),
 ])
 def test_bad_episode_settings_are_named(params, dotted, value, expected):

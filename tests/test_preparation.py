@@ -561,10 +561,26 @@ def test_run_says_when_the_photos_look_like_tight_crops(tmp_path, monkeypatch, r
              for label, colour in zip(GOOD_CLASSES, COLOURS) for index in range(PHOTOS_PER_CLASS)}
     crops = write_folder(tmp_path / "crops", files)
     monkeypatch.chdir(tmp_path)
-    lines = []
-    report = preparation.run(_params(repo_params, source=str(crops)), echo=lines.append)
-    assert report["localised_pill_at_image_edge"] == report["images_used"] == len(files)
-    assert any("touches the photo's edge" in line and "preprocess.localise: false" in line for line in lines)
+    params = _params(repo_params, source=str(crops))
+    for localise, hint in ((True, True), ("auto", False)):  # auto uses such photos whole: no hint
+        params["preprocess"]["localise"] = localise
+        lines = []
+        report = preparation.run(params, echo=lines.append)
+        assert report["localised_pill_at_image_edge"] == report["images_used"] == len(files)
+        assert any("touches the photo's edge" in line and "preprocess.localise: auto or false" in line
+                   for line in lines) == hint
+
+
+def test_auto_localisation_takes_tight_crops_whole(tmp_path, config):
+    rng = np.random.default_rng(3)
+    files = {f"a/photo_{index}.png": encode(pill_photo(COLOURS[0], rng), "PNG") for index in range(3)}
+    files.update({f"a/crop_{index}.png": encode(tight_crop(pill_photo(COLOURS[0], rng)), "PNG") for index in range(2)})
+    root = write_folder(tmp_path / "photos", files)
+    crops = {mode: {name: pixels for pixels, name, _ in list_and_ingest(root, dataclasses.replace(
+        config, localise=mode))[2].crops["a"]} for mode in (True, False, "auto")}
+    for name, pixels in crops["auto"].items():  # tray photos localised, tight crops whole
+        np.testing.assert_array_equal(pixels, crops[False if "crop_" in name else True][name])
+    assert not np.array_equal(crops[True]["a/crop_0.png"], crops[False]["a/crop_0.png"])
 
 
 def test_run_report_counts_classes_skips_and_sizes(prepared):

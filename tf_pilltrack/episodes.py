@@ -299,10 +299,10 @@ def summarise(results: list[Mapping[str, float]]) -> dict[str, float]:
     return summary
 
 
-def load_real(source: str, config: PreprocessConfig, localise: bool) -> tuple[dataset.Split, dict, list[dict]]:
+def load_real(source: str, config: PreprocessConfig, localise: bool | str) -> tuple[dataset.Split, dict, list[dict]]:
     """The real photo set as one pool of crops (labels, source photos from its manifest),
     through the same listing, decoding and preprocessing as `prepare`, with `config`'s constants
-    and localisation on or off; a report of it, which always counts the images in which
+    and localisation on, off or auto; a report of it, which always counts the images in which
     localisation (on) finds no pill; and the files skipped (file and reason)."""
     path = pathlib.Path(source)
     if not path.exists():
@@ -311,7 +311,8 @@ def load_real(source: str, config: PreprocessConfig, localise: bool) -> tuple[da
     if not images:
         raise ValueError(f"{path}: no images in <class>/<image> folders (episodes.real_source in params.yaml)")
     localised = preparation.ingest(images, groups, dataclasses.replace(config, localise=True))
-    chosen = localised if localise else preparation.ingest(images, groups, dataclasses.replace(config, localise=False))
+    chosen = localised if localise is True else preparation.ingest(images, groups,
+                                                                    dataclasses.replace(config, localise=localise))
     items = [(label, *item) for label, crops in sorted(chosen.crops.items()) for item in crops]
     if not items:
         raise ValueError(f"{path}: no usable crop in {len(images)} images")

@@ -224,7 +224,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"{real_report['localisation_no_pill_found']} of {real_report['images']} images"
          + (f"; {real_report['trained_classes_left_out']} pills left out, the models trained on them"
             if real_report["trained_classes_left_out"] else "")
-         + (" (localisation off for the episodes: tight crops)" if not settings["real_localise"] else ""))
+         + {False: " (localisation off for the episodes: tight crops)",
+            "auto": " (localisation auto for the episodes: photos whose pill touches the edge used whole)"}
+         .get(settings["real_localise"], ""))
     for entry in real_skipped[:10]:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
     pool_embeddings = {"synthetic": {}, "real": {}}

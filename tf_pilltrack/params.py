@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
-from edge_runtime.preprocessing import PreprocessConfig
+from edge_runtime.preprocessing import AUTO, PreprocessConfig, is_localise_mode
 
 
 class ParamsError(ValueError):
@@ -51,6 +51,11 @@ def _check_range(key: str, value: float, low: float | None, high: float | None) 
 def _boolean(key: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ParamsError(f"{key}: expected true or false, got {value!r}")
+
+
+def _localise_mode(key: str, value: Any) -> None:
+    if not is_localise_mode(value):
+        raise ParamsError(f"{key}: expected true, false or {AUTO}, got {value!r}")
 
 
 def _choice(*options: str) -> Callable[[str, Any], None]:
@@ -138,12 +143,12 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "synthetic_surface_grain": _number(0.0, 1.0),
         "max_image_pixels": _integer(1),
         "mix_source": _text,
-        "mix_localise": _boolean,
+        "mix_localise": _localise_mode,
         "mix_ratio": _number(0.0, 0.9),
         "mix_train_classes": _number(0.0, 1.0),
     },
     "preprocess": {
-        "localise": _boolean,
+        "localise": _localise_mode,
         "min_pill_fraction": _number(0.0, 1.0),
         "max_pill_fraction": _number(0.0, 1.0),
         "crop_margin": _number(0.0, 1.0),
@@ -222,7 +227,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "views": _integer(2, 16),
         "keep_correct": _number(0.01, 1.0),
         "real_source": _text,
-        "real_localise": _boolean,
+        "real_localise": _localise_mode,
     },
 }
 

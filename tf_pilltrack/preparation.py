@@ -145,7 +145,8 @@ class Ingested(NamedTuple):
     crops: dict[str, list[tuple[np.ndarray, str, str]]]  # label -> [(pixels, source, group)]
     skipped: list[dict]
     sizes: list[tuple[int, int]]
-    at_edge: int  # crops whose localised pill touches the image's edge (preprocessing.touches_edge); 0 unlocalised
+    at_edge: int  # crops whose localised pill touches the image's edge (preprocessing.touches_edge; used whole
+    # with localise: auto); 0 unlocalised
 
 
 def decode_images(images: list[SourceImage], max_pixels: int, skipped: list[dict],
@@ -371,6 +372,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             "height": {"min": int(sizes[:, 1].min()), "median": float(np.median(sizes[:, 1])), "max": int(sizes[:, 1].max())},
         },
         # null without localisation; most crops at the edge: the photos are likely tight crops already
+        # (with localise: auto, these photos were used whole)
         "localised_pill_at_image_edge": ingested.at_edge if config.localise else None,
         "mix": mix["report"],
         "seconds": round(time.time() - started, 1),
@@ -381,9 +383,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
     if len(skipped) > 20:
         echo(f"  ... and {len(skipped) - 20} more skipped files (reports/data_report.json)")
-    if config.localise and ingested.at_edge > report["images_used"] / 2:
+    if config.localise is True and ingested.at_edge > report["images_used"] / 2:
         echo(f"prepare: in {ingested.at_edge} of {report['images_used']} crops the pill found touches the photo's "
-             "edge: if the photos are tight crops of one pill already, set preprocess.localise: false "
+             "edge: if the photos are tight crops of one pill already, set preprocess.localise: auto or false "
              "(the localiser looks for a pill against a background, and finds a part of a tight crop's pill)")
     echo(
         f"prepare: {report['images_used']} crops used, {len(skipped)} skipped; classes: "
