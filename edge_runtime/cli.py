@@ -28,7 +28,7 @@ from edge_runtime import capture, enrollment, gallery
 from edge_runtime.capture import CaptureError
 from edge_runtime.display import DisplayUnavailable, Window, annotate
 from edge_runtime.identification import STAGES, Identifier, Smoother
-from edge_runtime.preprocessing import touches_edge
+from edge_runtime.preprocessing import AUTO, Box, touches_edge
 
 
 class _Main(click.Group):
@@ -109,9 +109,11 @@ def _cpu_count() -> int:
                    "none is found.  [default: off]")
 @click.option("--cropped", is_flag=True,
               help="The photos or frames are already cropped to one pill, which fills them (a "
-                   "data set's pill crops, a close-up): embed the whole image instead of "
-                   "localising the pill, which needs background around it. Goes before a "
-                   "command, like --bundle.  [default: off, localise as the bundle says]")
+                   "data set's pill crops, a close-up): embed every image whole instead of "
+                   "localising the pill, which needs background around it (a bundle built with "
+                   "preprocess.localise: auto does so by itself when the pill found touches the "
+                   "image's edge). Goes before a command, like --bundle.  [default: off, localise "
+                   "as the bundle says]")
 @click.option("--headless", is_flag=True,
               help="No window or table: one JSON line per image or frame on stdout.  "
                    "[default: off]")
@@ -238,6 +240,15 @@ def _benchmark_table(timings: dict) -> str:
     return "\n".join(lines)
 
 
+_WHOLE_NOTE = ("the pill found touches the edge, so the whole image was used, as for a photo cropped to "
+               "its pill; if the pill is cut off by the frame instead, retake it with the pill inside")
+
+
+def _used_whole(identifier: Identifier, crop, width: int, height: int) -> bool:
+    """Whether localisation "auto" took an image whole because the pill found touched its edge."""
+    return identifier.preprocess.localise == AUTO and crop.box == Box(0, 0, width, height)
+
+
 @main.command()
 @click.option("--label", required=True, help="Name of the pill, as identification reports it.")
 @click.option("--camera", type=click.IntRange(min=0), metavar="INDEX",
@@ -279,6 +290,8 @@ def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
                     click.echo(f"warning: {frame.source}: the pill found touches the photo's edge; if the "
                                "photos are already cropped to the pill, enroll with --cropped "
                                "(pilltrack-edge --cropped enroll ...)", err=True)
+                elif _used_whole(identifier, found[1], width, height):
+                    click.echo(f"note: {frame.source}: {_WHOLE_NOTE}", err=True)
         else:
             sleep = (ctx.find_root().obj or {}).get("sleep", time.sleep)
             # Give up after 50 frames per shot without enough pills found.
@@ -288,7 +301,9 @@ def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
                     if found is None:
                         continue
                     embeddings.append(found[0])
-                    click.echo(f"shot {len(embeddings)}/{shots}: pill found", err=True)
+                    height, width = frame.rgb.shape[:2]
+                    whole = f" ({_WHOLE_NOTE})" if _used_whole(identifier, found[1], width, height) else ""
+                    click.echo(f"shot {len(embeddings)}/{shots}: pill found{whole}", err=True)
                     if len(embeddings) == shots:
                         break
                     sleep(interval)

@@ -218,12 +218,20 @@ def test_a_bundle_localising_auto_enrolls_tight_crops_without_a_warning(edge_bun
     with open(sidecar, "w") as handle:
         json.dump(values, handle)
     cut_off = write_photo(tmp_path / "cut.png", pill_photo(PILL_COLOURS["cyan"], centre=(8, 48), axes=(28, 14)))
-    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", cut_off])
+    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", cut_off, photos[0]])
     assert result.exit_code == 0 and "warning" not in result.stderr, result.output  # used whole, as a tight crop
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "cut.png: the pill found touches the edge, so the whole image was used" in notes[0]
     record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", cut_off]).stdout)
     assert record["label"] == "cyan" and record["box"] == [0, 0, 96, 96]
     record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[0]]).stdout)
     assert record["box"] != [0, 0, 96, 96]  # a pill on a background is still localised
+    camera = FakeCamera([pill_photo(PILL_COLOURS["cyan"], centre=(8, 48), axes=(28, 14))] + pill_photos("cyan", 1))
+    result = run(["--bundle", edge_bundle, "enroll", "--label", "cyan", "--camera", "0", "--shots", "2",
+                  "--interval", "0"], obj=camera_obj(camera))
+    assert result.exit_code == 0, result.output
+    assert "shot 1/2: pill found (the pill found touches the edge, so the whole image was used" in result.stderr
+    assert "shot 2/2: pill found\n" in result.stderr
     values["preprocess"]["localise"] = "sometimes"
     with open(sidecar, "w") as handle:
         json.dump(values, handle)
