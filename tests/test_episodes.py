@@ -386,6 +386,10 @@ def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures
     localised, report_on, skipped_on = episodes.load_real(str(archive), _config(), localise=True)
     assert len(localised) == 3 and report_on["crops_used"] == 3
     assert skipped_on == [{"file": "blue/plain.png", "reason": "no pill found"}]
+    # auto: these pills stand clear of the edge, so the same crops as localisation on, and the same count
+    auto, report_auto, skipped_auto = episodes.load_real(str(archive), _config(), localise="auto")
+    np.testing.assert_array_equal(auto.pixels, localised.pixels)
+    assert report_auto["localisation_no_pill_found"] == 1 and skipped_auto == skipped_on
 
 
 def test_load_novel_real_leaves_out_the_pills_a_model_trained_on(tmp_path, monkeypatch):

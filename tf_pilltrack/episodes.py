@@ -310,9 +310,10 @@ def load_real(source: str, config: PreprocessConfig, localise: bool | str) -> tu
     images, groups, listing_skipped = preparation.list_source(path)
     if not images:
         raise ValueError(f"{path}: no images in <class>/<image> folders (episodes.real_source in params.yaml)")
-    localised = preparation.ingest(images, groups, dataclasses.replace(config, localise=True))
-    chosen = localised if localise is True else preparation.ingest(images, groups,
-                                                                    dataclasses.replace(config, localise=localise))
+    chosen = preparation.ingest(images, groups, dataclasses.replace(config, localise=localise))
+    # "auto" finds no pill in exactly the images where localisation on does (choose_box), so
+    # only localisation off needs a second pass for the count
+    localised = chosen if localise else preparation.ingest(images, groups, dataclasses.replace(config, localise=True))
     items = [(label, *item) for label, crops in sorted(chosen.crops.items()) for item in crops]
     if not items:
         raise ValueError(f"{path}: no usable crop in {len(images)} images")
