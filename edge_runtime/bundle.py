@@ -1,7 +1,8 @@
 """The device bundle: everything the device needs to identify pills, in one directory.
 
     bundle/
-      bundle.json                        the sidecar: what the files are and how to use them
+      bundle.json                        the sidecar: what the files are and how to use them;
+                                         each label once, and each gallery row's label number
       model-<sha256[:16]>.tflite         the int8 embedding model
       index-<sha256[:16]>.ann            Annoy index (angular) over the gallery's embeddings
       embeddings-<sha256[:16]>.npy       float32 (N, E) gallery embeddings, row i = item i
@@ -10,7 +11,9 @@
 Data files are named after their contents, and `bundle.json` is written last: renaming it into
 place is the single step that commits a new bundle. A crash at any earlier moment leaves the
 previous sidecar naming the previous files, all still there, so the previous bundle loads.
-Files no sidecar names any more are deleted after the commit.
+Files no sidecar names any more are deleted after the commit. Before anything is written, the
+new sidecar goes through the reader's own checks and limits (`limits.py`): a bundle the writer
+commits always loads, and a refused change leaves the previous bundle as it was.
 
 `load_bundle` verifies everything before Annoy or the interpreter touch a file: the sidecar's
 fields and types, that each file name is the one its checksum implies (so no name can point
@@ -21,12 +24,14 @@ raises BundleError naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from typing import Callable, NamedTuple, Sequence
@@ -34,25 +39,39 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from annoy import AnnoyIndex
 
-from edge_runtime import gallery, storage
+from edge_runtime import gallery, limits, storage
 from edge_runtime.interpreter import ModelError, embedding_size, input_size, make_interpreter
+from edge_runtime.limits import shown
 from edge_runtime.preprocessing import PreprocessConfig, is_localise_mode
 
 FORMAT = "pilltrack-bundle"
-FORMAT_VERSION = 2  # 2 added lookalike_margin
-READABLE_VERSIONS = (1, 2)  # a version 1 sidecar reads with lookalike_margin 0: only exact ties are flagged
+# 2 added lookalike_margin; 3 stores each label once ("labels") and each row's label number
+# ("rows"), where 1 and 2 repeated the label on every row, so the sidecar grew with label length x photos
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # a version 1 sidecar reads with lookalike_margin 0: only exact ties are flagged
 SIDECAR = "bundle.json"
 LOCK = ".lock"
 METRIC = "angular"  # Annoy's metric
 DISTANCE = "cosine"  # unit of unknown_threshold and of reported distances: 1 - cos
 SUFFIXES = {"model": ".tflite", "index": ".ann", "embeddings": ".npy"}
 
-_SIDECAR_LIMIT = 64 << 20  # bytes; a larger bundle.json is refused unread
+_HOLDER = "another command changing this bundle (an enroll, a remove or the pipeline's enroll stage)"
 _DATA_FILE = re.compile(r"^(model|index|embeddings)-[0-9a-f]{16}\.(tflite|ann|npy)$")
 
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+@contextlib.contextmanager
+def _locked(directory: str, shared: bool = False):
+    """The bundle's lock (see storage.file_lock), its problems as BundleErrors."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(storage.file_lock(os.path.join(directory, LOCK), shared=shared, holder=_HOLDER))
+        except storage.FileRefused as error:  # a FIFO or a device in place of the lock file
+            raise BundleError(str(error)) from None
+        yield
 
 
 class FileEntry(NamedTuple):
@@ -107,7 +126,7 @@ def write_bundle(directory: str | os.PathLike, model: bytes | str | os.PathLike,
     JSON-serialisable provenance."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    with storage.file_lock(os.path.join(directory, LOCK)):
+    with _locked(directory):
         return _write(directory, model, embeddings, labels, threshold, lookalike_margin, preprocess_config,
                       annoy_trees, search_k, seed, extra)
 
@@ -118,10 +137,9 @@ def load_bundle(directory: str | os.PathLike, verify_model: bool = True) -> Bund
     With `verify_model`, a one-thread CPU interpreter checks the model's input size and
     embedding size; pass False when the caller checks its own interpreter with `check_model`."""
     directory = os.fspath(directory)
-    lock = os.path.join(directory, LOCK)
-    if not os.path.exists(lock):  # a read-only copy without a lock file has no writers
+    if not os.path.lexists(os.path.join(directory, LOCK)):  # a read-only copy without a lock file has no writers
         return _load(directory, verify_model)
-    with storage.file_lock(lock, shared=True):
+    with _locked(directory, shared=True):
         return _load(directory, verify_model)
 
 
@@ -136,7 +154,7 @@ def update_gallery(directory: str | os.PathLike, change: GalleryChange) -> dict:
     if not os.path.isfile(os.path.join(directory, SIDECAR)):
         raise BundleError(f"{os.path.join(directory, SIDECAR)}: missing, so there is no bundle "
                           "to change (the pipeline's package stage writes one)")
-    with storage.file_lock(os.path.join(directory, LOCK)):
+    with _locked(directory):
         current = _load(directory, verify_model=False)
         embeddings, labels = change(current.embeddings, current.labels)
         embeddings = gallery.check_embeddings(embeddings)
@@ -176,9 +194,15 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
            search_k, seed, extra) -> dict:
     """`write_bundle` for a caller that holds the lock."""
     embeddings = gallery.check_embeddings(embeddings)
-    labels = [gallery.check_label(label) for label in labels]
+    labels = list(labels)
     if len(labels) != len(embeddings):
         raise ValueError(f"{len(labels)} labels for {len(embeddings)} embeddings")
+    if len(labels) > limits.MAX_GALLERY_ROWS:
+        raise ValueError(f"a gallery of {len(labels)} rows (photos) is over the limit of {limits.MAX_GALLERY_ROWS}")
+    if embeddings.shape[1] > limits.MAX_EMBEDDING_SIZE:
+        raise ValueError(f"{embeddings.shape[1]}-dimensional embeddings are over the limit of "
+                         f"{limits.MAX_EMBEDDING_SIZE}")
+    names, rows = _number_labels(labels)
     if not _is_number(threshold) or not 0.0 <= threshold <= 2.0:
         raise ValueError(f"threshold must be a cosine distance within [0, 2], got {threshold!r}")
     if not _is_number(lookalike_margin) or not 0.0 <= lookalike_margin <= 2.0:
@@ -186,6 +210,9 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
     if not isinstance(preprocess_config, PreprocessConfig):
         raise ValueError(f"preprocess_config must be a PreprocessConfig, "
                          f"got {preprocess_config!r}")
+    if not (_is_int(annoy_trees) and 1 <= annoy_trees <= limits.MAX_ANNOY_TREES):
+        raise ValueError(f"annoy_trees must be an integer within [1, {limits.MAX_ANNOY_TREES}], "
+                         f"got {shown(annoy_trees)}")
     if not (_is_int(search_k) and (1 <= search_k < _ANNOY_INT or search_k == -1)):
         raise ValueError(f"search_k must be a positive integer below 2**31 or -1, "
                          f"got {search_k!r}")
@@ -199,10 +226,11 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
 
     if isinstance(model, (bytes, bytearray, memoryview)):
         source, model_bytes = "the model", bytes(model)
+        if len(model_bytes) > limits.MAX_MODEL_BYTES:
+            raise ValueError(f"the model is {len(model_bytes)} bytes, over the limit of {limits.MAX_MODEL_BYTES}")
     else:
         source = os.fspath(model)
-        with open(source, "rb") as handle:
-            model_bytes = handle.read()
+        model_bytes = storage.read_regular(source, limits.MAX_MODEL_BYTES)
     buffer = io.BytesIO()
     np.save(buffer, embeddings, allow_pickle=False)
     # Scratch space inside the bundle, under the temporary prefix: what a killed writer leaves
@@ -225,18 +253,16 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
         with open(index_path, "rb") as handle:
             index_bytes = handle.read()
 
-    files = {
-        "model": _store(directory, "model", model_bytes),
-        "index": _store(directory, "index", index_bytes),
-        "embeddings": _store(directory, "embeddings", buffer.getvalue()),
-    }
+    contents = {"model": model_bytes, "index": index_bytes, "embeddings": buffer.getvalue()}
+    files = {kind: _entry(kind, data) for kind, data in contents.items()}
     sidecar = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "metric": METRIC,
         "distance": DISTANCE,
         "embedding_size": int(embeddings.shape[1]),
-        "labels": labels,
+        "labels": names,
+        "rows": rows,
         "annoy_trees": annoy_trees,
         "search_k": search_k,
         "seed": seed,
@@ -246,21 +272,69 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
         "files": {kind: entry._asdict() for kind, entry in files.items()},
         "extra": extra,
     }
-    text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    storage.write_atomically(os.path.join(directory, SIDECAR), text.encode("utf-8"))
+    text = _sidecar_text(sidecar)
+    # The reader's checks, before anything is written: a bundle it would refuse is never committed.
+    path = os.path.join(directory, SIDECAR)
+    if len(text) > limits.MAX_SIDECAR_BYTES:
+        raise BundleError(f"{path}: would be {len(text)} bytes, over the limit of {limits.MAX_SIDECAR_BYTES} "
+                          "bytes; nothing was changed")
+    try:
+        _check_sidecar(path, json.loads(text))
+    except BundleError as error:
+        raise BundleError(f"{error}; nothing was changed") from None
+    for kind, data in contents.items():
+        _store(directory, files[kind], data)
+    storage.write_atomically(path, text)
     _collect_garbage(directory, keep={entry.name for entry in files.values()})
     return sidecar
 
 
-def _store(directory: str, kind: str, data: bytes) -> FileEntry:
+def _number_labels(labels: list) -> tuple[list[str], list[int]]:
+    """(each label once, in order of first row; each row's number in that list), the labels
+    normalised (gallery.check_label). Two labels that differ only in case or Unicode form are
+    refused: they would name one pill."""
+    names: list[str] = []
+    rows: list[int] = []
+    number: dict[str, int] = {}  # label as given -> its number
+    by_key: dict[str, int] = {}  # gallery.label_key -> its number
+    for label in labels:
+        if not isinstance(label, str):
+            raise ValueError(f"a pill's label must be a string, got {shown(label)}")
+        if label not in number:
+            normal = gallery.check_label(label)
+            key = gallery.label_key(normal)
+            if key not in by_key:
+                if len(names) == limits.MAX_PILLS:
+                    raise ValueError(f"a gallery of more than {limits.MAX_PILLS} pills is over the limit")
+                by_key[key] = len(names)
+                names.append(normal)
+            elif names[by_key[key]] != normal:
+                raise ValueError(f"labels {names[by_key[key]]!r} and {normal!r} name one pill (labels are "
+                                 "matched ignoring case and Unicode form); use one spelling")
+            number[label] = by_key[key]
+        rows.append(number[label])
+    return names, rows
+
+
+def _sidecar_text(sidecar: dict) -> bytes:
+    """bundle.json's bytes: indented, except the list of row numbers, one line."""
+    hole = json.dumps(f"rows-{secrets.token_hex(16)}")  # replaced by the row numbers after indenting
+    text = json.dumps({**sidecar, "rows": json.loads(hole)}, indent=2, sort_keys=True, allow_nan=False)
+    text = text.replace(hole, json.dumps(sidecar["rows"], separators=(",", ":")), 1)
+    return (text + "\n").encode("utf-8")
+
+
+def _entry(kind: str, data: bytes) -> FileEntry:
+    sha256 = storage.sha256_bytes(data)
+    return FileEntry(file_name(kind, sha256), sha256, len(data))
+
+
+def _store(directory: str, entry: FileEntry, data: bytes) -> None:
     """Write a data file under its content-derived name, unless it is there already."""
-    entry = FileEntry(file_name(kind, storage.sha256_bytes(data)), storage.sha256_bytes(data),
-                      len(data))
     path = os.path.join(directory, entry.name)
     if not (os.path.isfile(path) and os.path.getsize(path) == entry.size
             and storage.sha256_file(path) == entry.sha256):
         storage.write_atomically(path, data)
-    return entry
 
 
 def _collect_garbage(directory: str, keep: set) -> None:
@@ -287,34 +361,43 @@ def _is_number(value) -> bool:
     return isinstance(value, int) or math.isfinite(value)  # an int too large for a float is finite
 
 
-def _is_label(value) -> bool:
-    """Whether enrollment would accept `value` as a label (gallery.check_label)."""
-    try:
-        gallery.check_label(value)
-    except ValueError:
-        return False
-    return True
+def _is_label_list(value, most: int) -> bool:
+    """A non-empty list of at most `most` labels, each as gallery.check_label returns it."""
+    return (isinstance(value, list) and 1 <= len(value) <= most
+            and all(map(gallery.is_normal_label, value)))
 
 
-def _is_label_list(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(map(_is_label, value))
+def _is_distinct_label_list(value) -> bool:
+    """Version 3's labels: each pill once, no two alike but for case or Unicode form."""
+    return (_is_label_list(value, limits.MAX_PILLS)
+            and len({gallery.label_key(label) for label in value}) == len(value))
+
+
+def _is_row_list(value) -> bool:
+    return (isinstance(value, list) and 1 <= len(value) <= limits.MAX_GALLERY_ROWS
+            and all(_is_int(row) and row >= 0 for row in value))
 
 
 _ANNOY_INT = 2**31  # Annoy takes tree counts, search_k and seeds as C ints, so below this
+_LABELS = (f"a non-empty list of at most {limits.MAX_PILLS} distinct labels (printable, trimmed, Unicode NFC, "
+           f"at most {limits.MAX_LABEL_CHARS} characters, not {gallery.UNKNOWN!r}, no two alike but for case)")
 
 
-# Sidecar fields: name -> (test of the value, what the value must be).
+# Sidecar fields: name -> (test of the value, what the value must be). Held to the limits the
+# writer enforces (limits.py).
 _FIELDS = {
     "format": (lambda value: value == FORMAT, f"{FORMAT!r}"),
     "format_version": (lambda value: _is_int(value) and value == FORMAT_VERSION,
                        f"{FORMAT_VERSION}"),
     "metric": (lambda value: value == METRIC, f"{METRIC!r}"),
     "distance": (lambda value: value == DISTANCE, f"{DISTANCE!r} (1 - cos)"),
-    "embedding_size": (lambda value: _is_int(value) and value >= 1, "a positive integer"),
-    "labels": (_is_label_list, "a non-empty list of labels (printable, without surrounding "
-               f"spaces, not {gallery.UNKNOWN!r})"),
-    "annoy_trees": (lambda value: _is_int(value) and 1 <= value < _ANNOY_INT,
-                    "a positive integer below 2**31"),
+    "embedding_size": (lambda value: _is_int(value) and 1 <= value <= limits.MAX_EMBEDDING_SIZE,
+                       f"an integer within [1, {limits.MAX_EMBEDDING_SIZE}]"),
+    "labels": (_is_distinct_label_list, _LABELS),
+    "rows": (_is_row_list, f"a non-empty list of at most {limits.MAX_GALLERY_ROWS} label numbers, one per "
+             "gallery row"),
+    "annoy_trees": (lambda value: _is_int(value) and 1 <= value <= limits.MAX_ANNOY_TREES,
+                    f"an integer within [1, {limits.MAX_ANNOY_TREES}]"),
     "search_k": (lambda value: _is_int(value) and (1 <= value < _ANNOY_INT or value == -1),
                  "a positive integer below 2**31, or -1"),
     "seed": (lambda value: _is_int(value) and 0 <= value < _ANNOY_INT,
@@ -334,53 +417,89 @@ _PREPROCESS_FIELDS = {
     "max_pill_fraction": _is_number,
     "crop_margin": _is_number,
     "max_image_pixels": _is_int,
+    "symmetry_views": _is_int,
 }
 
 
 def _read_sidecar(directory: str) -> dict:
+    """bundle.json, checked (`_check_sidecar`), in version 3's form."""
     path = os.path.join(directory, SIDECAR)
     if not os.path.isdir(directory):
         raise BundleError(f"{directory}: no such bundle directory (`dvc repro` writes one)")
     try:
-        if os.path.getsize(path) > _SIDECAR_LIMIT:
-            raise BundleError(f"{path}: larger than {_SIDECAR_LIMIT} bytes")
-        with open(path, "rb") as handle:
-            sidecar = json.loads(handle.read().decode("utf-8"))
+        raw = storage.read_regular(path, limits.MAX_SIDECAR_BYTES)
     except FileNotFoundError:
         raise BundleError(f"{path}: missing, so {directory} is not a PillTrack bundle") from None
+    except storage.FileRefused as error:  # not a regular file, or over the limit
+        raise BundleError(str(error)) from None
     except OSError as error:
         raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except BundleError:
-        raise
+    try:
+        sidecar = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as error:
         # Besides malformed JSON and UTF-8 (ValueErrors): an integer beyond Python's digit limit
         # (a ValueError) and nesting deeper than the recursion limit.
-        raise BundleError(f"{path}: not valid JSON ({error})") from None
+        raise BundleError(f"{path}: not valid JSON ({shown(str(error))})") from None
+    return _check_sidecar(path, sidecar)
+
+
+def _check_sidecar(path: str, sidecar) -> dict:
+    """The sidecar's fields checked against _FIELDS and each other; a version 1 or 2 sidecar
+    (a label per row) is returned in version 3's form (labels once, row numbers)."""
     if not isinstance(sidecar, dict):
         raise BundleError(f"{path}: must hold a JSON object")
     if sidecar.get("format") != FORMAT:
-        raise BundleError(f"{path}: 'format' is {sidecar.get('format')!r}, expected {FORMAT!r}")
+        raise BundleError(f"{path}: 'format' is {shown(sidecar.get('format'))}, expected {FORMAT!r}")
     version = sidecar.get("format_version")
     if not _is_int(version) or version not in READABLE_VERSIONS:
-        raise BundleError(f"{path}: format version {version!r} is not supported by this client, "
+        raise BundleError(f"{path}: format version {shown(version)} is not supported by this client, "
                           f"which reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-    if version == 1 and "lookalike_margin" not in sidecar:
-        sidecar = {**sidecar, "format_version": FORMAT_VERSION, "lookalike_margin": 0.0}
+    if version < 3:
+        if "rows" in sidecar:
+            raise BundleError(f"{path}: unknown fields ['rows'] (a version {version} sidecar has a label per row)")
+        labels = sidecar.get("labels")
+        if not _is_label_list(labels, limits.MAX_GALLERY_ROWS):
+            raise BundleError(f"{path}: field 'labels' is {shown(labels)}, expected a non-empty list of at most "
+                              f"{limits.MAX_GALLERY_ROWS} labels, one per gallery row")
+        sidecar = {**sidecar, "format_version": FORMAT_VERSION, **_upgrade_labels(labels)}
+        if version == 1 and "lookalike_margin" not in sidecar:
+            sidecar["lookalike_margin"] = 0.0
     missing = sorted(set(_FIELDS) - set(sidecar))
     unknown = sorted(set(sidecar) - set(_FIELDS))
     if missing or unknown:
-        raise BundleError(f"{path}: missing fields {missing}, unknown fields {unknown}")
+        raise BundleError(f"{path}: missing fields {missing}, unknown fields {shown(unknown)}")
     for name, (test, expected) in _FIELDS.items():
         if not test(sidecar[name]):
-            raise BundleError(f"{path}: field {name!r} is {sidecar[name]!r}, expected {expected}")
+            raise BundleError(f"{path}: field {name!r} is {shown(sidecar[name])}, expected {expected}")
+    _read_preprocess(path, sidecar["preprocess"])
+    _read_files(path, sidecar["files"])
+    used = set(sidecar["rows"])
+    if max(used) >= len(sidecar["labels"]) or len(used) != len(sidecar["labels"]):
+        raise BundleError(f"{path}: field 'rows' must number each of the {len(sidecar['labels'])} labels "
+                          f"0 to {len(sidecar['labels']) - 1} at least once, and nothing else")
     return sidecar
+
+
+def _upgrade_labels(per_row: list) -> dict:
+    """A version 1 or 2 sidecar's labels (one per row) as version 3's "labels" and "rows";
+    labels alike but for case become the first one's spelling (they are one pill)."""
+    names: list[str] = []
+    number: dict[str, int] = {}  # gallery.label_key -> number
+    rows = []
+    for label in per_row:
+        key = gallery.label_key(label)
+        if key not in number:
+            number[key] = len(names)
+            names.append(label)
+        rows.append(number[key])
+    return {"labels": names, "rows": rows}
 
 
 def _read_preprocess(path: str, values: dict) -> PreprocessConfig:
     for name, test in _PREPROCESS_FIELDS.items():
         if name in values and not test(values[name]):
             raise BundleError(f"{path}: preprocess field {name!r} has the wrong type "
-                              f"({values[name]!r})")
+                              f"({shown(values[name])})")
     try:
         return PreprocessConfig.from_dict(values)
     except ValueError as error:
@@ -390,7 +509,7 @@ def _read_preprocess(path: str, values: dict) -> PreprocessConfig:
 def _read_files(path: str, values: dict) -> dict:
     if set(values) != set(SUFFIXES):
         raise BundleError(f"{path}: 'files' must list exactly {sorted(SUFFIXES)}, "
-                          f"got {sorted(values)}")
+                          f"got {shown(sorted(values))}")
     files = {}
     for kind, entry in values.items():
         if not (isinstance(entry, dict) and set(entry) == set(FileEntry._fields)
@@ -398,9 +517,12 @@ def _read_files(path: str, values: dict) -> dict:
                 and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
                 and _is_int(entry["size"]) and entry["size"] >= 0):
             raise BundleError(f"{path}: files.{kind} must be {{name, sha256 (64 hex digits), "
-                              f"size (bytes)}}, got {entry!r}")
+                              f"size (bytes)}}, got {shown(entry)}")
+        if kind == "model" and entry["size"] > limits.MAX_MODEL_BYTES:
+            raise BundleError(f"{path}: files.model is {entry['size']} bytes, over the limit of "
+                              f"{limits.MAX_MODEL_BYTES}")
         if entry["name"] != file_name(kind, entry["sha256"]):
-            raise BundleError(f"{path}: files.{kind} is named {entry['name']!r}, expected "
+            raise BundleError(f"{path}: files.{kind} is named {shown(entry['name'])}, expected "
                               f"{file_name(kind, entry['sha256'])!r} for its checksum")
         files[kind] = FileEntry(entry["name"], entry["sha256"], entry["size"])
     return files
@@ -408,11 +530,22 @@ def _read_files(path: str, values: dict) -> dict:
 
 def _verify_file(directory: str, kind: str, entry: FileEntry) -> str:
     path = os.path.join(directory, entry.name)
-    if not os.path.isfile(path):
-        raise BundleError(f"{path}: missing ({kind} file named in {SIDECAR})")
-    if os.path.getsize(path) != entry.size:
-        raise BundleError(f"{path}: {os.path.getsize(path)} bytes, {SIDECAR} says {entry.size}")
-    if storage.sha256_file(path) != entry.sha256:
+    try:
+        info = os.stat(path)
+        size = info.st_size
+        problem = storage.not_regular(info.st_mode)
+        if problem:
+            raise BundleError(f"{path}: {problem} ({kind} file named in {SIDECAR})")
+        if size != entry.size:
+            raise BundleError(f"{path}: {size} bytes, {SIDECAR} says {entry.size}")
+        digest = storage.sha256_file(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing ({kind} file named in {SIDECAR})") from None
+    except storage.FileRefused as error:  # swapped for a special file after the check above
+        raise BundleError(str(error)) from None
+    except OSError as error:
+        raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if digest != entry.sha256:
         raise BundleError(f"{path}: checksum mismatch, the file changed after the bundle "
                           "was written")
     return path
@@ -425,7 +558,8 @@ def _load(directory: str, verify_model: bool) -> Bundle:
     preprocess = _read_preprocess(sidecar_path, sidecar["preprocess"])
     files = _read_files(sidecar_path, sidecar["files"])
     paths = {kind: _verify_file(directory, kind, entry) for kind, entry in files.items()}
-    labels = tuple(sidecar["labels"])
+    names = sidecar["labels"]
+    labels = tuple(names[row] for row in sidecar["rows"])
     dimensions = sidecar["embedding_size"]
 
     try:
@@ -435,7 +569,7 @@ def _load(directory: str, verify_model: bool) -> Bundle:
     if embeddings.dtype != np.float32 or embeddings.shape != (len(labels), dimensions):
         raise BundleError(f"{paths['embeddings']}: {embeddings.dtype} {embeddings.shape}, "
                           f"expected float32 ({len(labels)}, {dimensions}) for "
-                          f"{len(labels)} labels of embedding_size {dimensions}")
+                          f"{len(labels)} gallery rows of embedding_size {dimensions}")
     if not np.isfinite(embeddings).all():
         raise BundleError(f"{paths['embeddings']}: holds NaN or infinite values")
     embeddings.setflags(write=False)
@@ -448,7 +582,7 @@ def _load(directory: str, verify_model: bool) -> Bundle:
                           f"angular vectors ({error})") from None
     if index.get_n_items() != len(labels):
         raise BundleError(f"{paths['index']}: holds {index.get_n_items()} items for "
-                          f"{len(labels)} labels")
+                          f"{len(labels)} gallery rows")
     stored = np.array([index.get_item_vector(item) for item in range(len(labels))], np.float32)
     if not np.allclose(stored, embeddings, rtol=1e-6, atol=1e-6):
         raise BundleError(f"{paths['index']}: its vectors differ from {files['embeddings'].name}")

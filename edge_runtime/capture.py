@@ -4,7 +4,8 @@ A camera is anything with `read() -> (ok, bgr_frame)` and `release()` (cv2.Video
 protocol); `open_camera` makes one (Picamera2 on a Raspberry Pi with a camera module,
 otherwise OpenCV), and `camera_frames` takes the opener as a parameter so tests can hand it a
 fake camera. Failed reads are retried with exponential backoff; too many in a row raise
-CaptureError.
+CaptureError. A video file that cannot be read is bad input: VideoError. OpenCV's native
+warnings are kept off stderr (`quiet`); the errors here say what failed, in one line.
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
+from edge_runtime import limits, storage
 from edge_runtime.preprocessing import ImageError, read_image
+from edge_runtime.quiet import native_stderr_silenced, silence_opencv
+
+silence_opencv()
 
 
 class CaptureError(RuntimeError):
-    """A camera or video that cannot deliver frames; the message says which and why."""
+    """A camera that cannot deliver frames; the message says which and why."""
+
+
+class VideoError(ValueError):
+    """A video file that cannot be used (not a regular file, not a video OpenCV can decode):
+    bad input, where CaptureError is a device failing while it runs."""
 
 
 class Frame(NamedTuple):
@@ -33,17 +43,22 @@ class Frame(NamedTuple):
 
 class _OpenCVCamera:
     def __init__(self, index: int):
-        self._capture = cv2.VideoCapture(index)
-        if not self._capture.isOpened():
-            self._capture.release()
+        with native_stderr_silenced():
+            self._capture = cv2.VideoCapture(index)
+            opened = self._capture.isOpened()
+            if not opened:
+                self._capture.release()
+        if not opened:
             raise CaptureError(f"camera {index}: cannot be opened (is it connected, and not "
                                "in use by another program?)")
 
     def read(self):
-        return self._capture.read()
+        with native_stderr_silenced():
+            return self._capture.read()
 
     def release(self):
-        self._capture.release()
+        with native_stderr_silenced():
+            self._capture.release()
 
 
 class _PiCamera:
@@ -72,6 +87,8 @@ class _PiCamera:
 def open_camera(index: int):
     """Open camera `index`: a Pi camera module via Picamera2 where one is attached and the
     library is installed, otherwise OpenCV's device /dev/video<index>."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= limits.MAX_CAMERA_INDEX:
+        raise ValueError(f"camera index must be within [0, {limits.MAX_CAMERA_INDEX}], got {limits.shown(index)}")
     if importlib.util.find_spec("picamera2") is not None:
         from picamera2 import Picamera2
 
@@ -122,23 +139,36 @@ def camera_frames(index: int, opener: Callable = open_camera, max_failures: int 
 
 
 def video_frames(path: str | os.PathLike) -> Iterator[Frame]:
-    """Frames of a video file, to its end."""
+    """Frames of a video file, to its end. A path that is not a regular file (a FIFO, a device)
+    is refused before OpenCV opens it, and a file it cannot open or decode a frame of raises
+    VideoError."""
     source = os.fspath(path)
-    capture = cv2.VideoCapture(source)
     try:
-        if not capture.isOpened():
-            raise CaptureError(f"{source}: cannot be opened as a video")
+        problem = storage.not_regular(os.stat(source).st_mode)
+    except OSError as error:
+        raise VideoError(f"{source}: cannot be read ({error.strerror or error})") from None
+    if problem:
+        raise VideoError(f"{source}: {problem}")
+    with native_stderr_silenced():
+        capture = cv2.VideoCapture(source)
+    try:
+        with native_stderr_silenced():
+            opened = capture.isOpened()
+        if not opened:
+            raise VideoError(f"{source}: not a video this client can decode (cannot be opened)")
         count = 0
         while True:
-            ok, frame = capture.read()
-            if not ok or frame is None:
+            with native_stderr_silenced():
+                ok, frame = capture.read()
+            if not ok or frame is None or not frame.size:
                 break
             yield Frame(to_rgb(frame), source, count)
             count += 1
         if count == 0:
-            raise CaptureError(f"{source}: no frame could be decoded")
+            raise VideoError(f"{source}: not a video this client can decode (no frame could be decoded)")
     finally:
-        capture.release()
+        with native_stderr_silenced():
+            capture.release()
 
 
 def image_frames(paths: Iterable[str | os.PathLike], max_pixels: int,

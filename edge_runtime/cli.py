@@ -9,8 +9,10 @@
     pilltrack-edge remove --label "Ibuprofen 400"
     pilltrack-edge list
 
-Exit codes: 0 done; 1 the camera, video or disk failed while running; 2 bad input (an
-unusable bundle, image, model or argument). Errors are one line on stderr, no traceback.
+Exit codes: 0 done; 1 the camera or disk failed while running, or another command kept the
+bundle locked past limits.LOCK_WAIT_S; 2 bad input (an unusable bundle, image, video, model or
+argument, or one over a limit of `limits.py`). Errors are one line on stderr, no traceback;
+native libraries' messages are kept off stderr (`quiet`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import time
 import click
 import numpy as np
 
-from edge_runtime import capture, enrollment, gallery
+from edge_runtime import capture, enrollment, gallery, limits
 from edge_runtime.capture import CaptureError
 from edge_runtime.display import DisplayUnavailable, Window, annotate
 from edge_runtime.identification import STAGES, Identifier, Smoother
 from edge_runtime.preprocessing import AUTO, Box, touches_edge
+from edge_runtime.quiet import silence_opencv
 
 
 class _Main(click.Group):
@@ -81,7 +84,7 @@ def _camera(ctx, index: int):
 
 
 def _cpu_count() -> int:
-    return os.cpu_count() or 1
+    return min(os.cpu_count() or 1, limits.MAX_THREADS)
 
 
 @click.group(cls=_Main, invoke_without_command=True,
@@ -95,12 +98,12 @@ def _cpu_count() -> int:
               help="Photo file(s) to identify; `--image a.jpg b.jpg` takes several.")
 @click.option("--video", type=click.Path(exists=True, dir_okay=False),
               help="Video file to identify frame by frame.")
-@click.option("--camera", type=click.IntRange(min=0), metavar="INDEX",
+@click.option("--camera", type=click.IntRange(0, limits.MAX_CAMERA_INDEX), metavar="INDEX",
               help="Camera index to identify from live, 0 being the first camera.")
-@click.option("--threads", type=click.IntRange(min=1), default=_cpu_count, metavar="N",
-              show_default="number of CPU cores", help="Interpreter threads.")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
-              help="Closest enrolled pills reported per result (distinct pills).")
+@click.option("--threads", type=click.IntRange(1, limits.MAX_THREADS), default=_cpu_count, metavar="N",
+              show_default="number of CPU cores", help=f"Interpreter threads, at most {limits.MAX_THREADS}.")
+@click.option("--top-k", type=click.IntRange(1, limits.MAX_TOP_K), default=3, show_default=True, metavar="N",
+              help=f"Closest enrolled pills reported per result (distinct pills), at most {limits.MAX_TOP_K}.")
 @click.option("--threshold", type=click.FloatRange(0.0, 2.0), metavar="DISTANCE",
               help="Unknown-pill threshold, a cosine distance (1 - cos, 0 to 2): a best match "
                    "farther than this is reported as 'unknown'.  [default: the bundle's]")
@@ -131,6 +134,7 @@ def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edge
     """Identify pills in photos, a video or a live camera view, with the device bundle.
 
     Distances are cosine distances between embeddings (0 same, 2 opposite)."""
+    silence_opencv()
     if ctx.invoked_subcommand is not None:
         return
     given = [bool(images), video is not None, camera is not None]
@@ -250,12 +254,14 @@ def _used_whole(identifier: Identifier, crop, width: int, height: int) -> bool:
 
 
 @main.command()
-@click.option("--label", required=True, help="Name of the pill, as identification reports it.")
-@click.option("--camera", type=click.IntRange(min=0), metavar="INDEX",
+@click.option("--label", required=True,
+              help=f"Name of the pill, as identification reports it: at most {limits.MAX_LABEL_CHARS} characters, "
+                   "trimmed, matched ignoring case (Ibuprofen and ibuprofen are one pill).")
+@click.option("--camera", type=click.IntRange(0, limits.MAX_CAMERA_INDEX), metavar="INDEX",
               help="Take the photos with this camera (0 the first) instead of from files.")
-@click.option("--shots", type=click.IntRange(min=1), default=5, show_default=True, metavar="N",
-              help="Photos to take with --camera, counting only frames where a pill is found.")
-@click.option("--interval", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+@click.option("--shots", type=click.IntRange(1, limits.MAX_ENROLL_PHOTOS), default=5, show_default=True,
+              metavar="N", help="Photos to take with --camera, counting only frames where a pill is found.")
+@click.option("--interval", type=click.FloatRange(0.0, limits.MAX_SHOT_INTERVAL_S), default=1.0, show_default=True,
               metavar="SECONDS",
               help="Seconds between camera shots; turn the pill between them.")
 @click.option("--new-gallery", is_flag=True,
@@ -267,12 +273,16 @@ def _used_whole(identifier: Identifier, crop, width: int, height: int) -> bool:
 def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
     """Add a pill to the gallery from PHOTOS (or --camera shots).
 
-    Photos where no pill is found are reported and skipped. --bundle, --threads, --edgetpu and
-    --cropped go before the command: pilltrack-edge --bundle DIR enroll --label NAME PHOTOS..."""
+    Photos that cannot be read or where no pill is found are reported and skipped. --bundle,
+    --threads, --edgetpu and --cropped go before the command: pilltrack-edge --bundle DIR enroll
+    --label NAME PHOTOS..."""
     if bool(photos) == (camera is not None):
         raise click.UsageError("give PHOTOS or --camera, not both or neither")
     with _errors_reported():
-        gallery.check_label(label)
+        label = gallery.check_label(label)
+        if len(photos) > limits.MAX_ENROLL_PHOTOS:
+            raise ValueError(f"{len(photos)} photos in one enroll, over the limit of {limits.MAX_ENROLL_PHOTOS}; "
+                             "enroll them in parts")
         identifier = _open_identifier(ctx)
         embeddings = []
         if photos:
@@ -312,6 +322,8 @@ def enroll(ctx, label, camera, shots, interval, new_gallery, photos):
         if not embeddings:
             raise ValueError("no usable photo: no pill found in any, nothing enrolled")
         count = enrollment.enroll(identifier.bundle.directory, label, np.stack(embeddings), new_gallery)
+        if not new_gallery:  # a pill enrolled before under another case keeps its first spelling
+            label = gallery.find_label(dict.fromkeys(identifier.bundle.labels), label) or label
         click.echo(f"enrolled {label!r} from {len(embeddings)} photos "
                    f"({count} in the gallery" + (", a new gallery" if new_gallery else "") + ")")
 

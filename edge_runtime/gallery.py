@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import collections
 import math
+import unicodedata
 from typing import NamedTuple, Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
+
+from edge_runtime import limits
+from edge_runtime.limits import shown
 
 UNKNOWN = "unknown"  # what `identify` answers when no enrolled pill is close enough
 
@@ -33,16 +37,49 @@ def cosine_to_angular(distance: float) -> float:
     return math.sqrt(max(0.0, 2.0 * distance))
 
 
+def normalise_label(label: str) -> str:
+    """A label as the gallery keeps it: Unicode NFC (one spelling for "é" typed either way),
+    surrounding whitespace trimmed. Labels are matched case-insensitively (`label_key`)."""
+    if not isinstance(label, str):
+        raise ValueError(f"a pill's label must be a string, got {shown(label)}")
+    return unicodedata.normalize("NFC", label).strip()
+
+
+def label_key(label: str) -> str:
+    """What two labels are compared by: `Ibuprofen` and `ibuprofen` name one pill."""
+    return unicodedata.normalize("NFC", label.casefold())
+
+
 def check_label(label: str) -> str:
-    """`label` if it can name an enrolled pill: a non-empty string without surrounding
-    whitespace or control characters, and not the reserved answer UNKNOWN."""
-    if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"a pill's label must be a non-empty string, got {label!r}")
-    if label != label.strip() or not label.isprintable():
-        raise ValueError(f"label {label!r} has surrounding spaces or control characters")
-    if label == UNKNOWN:
-        raise ValueError(f"{UNKNOWN!r} is reserved for pills that match no enrolled one")
+    """The normalised `label` (`normalise_label`) if it can name an enrolled pill: non-empty,
+    at most limits.MAX_LABEL_CHARS characters, printable (no control characters or lone
+    surrogates), and not the reserved answer UNKNOWN in any case."""
+    if isinstance(label, str) and len(label) > 4 * limits.MAX_LABEL_CHARS:  # not worth normalising
+        raise ValueError(f"label {shown(label)} is longer than {limits.MAX_LABEL_CHARS} characters")
+    label = normalise_label(label)
+    if not label:
+        raise ValueError("a pill's label must not be empty")
+    if len(label) > limits.MAX_LABEL_CHARS:
+        raise ValueError(f"label {shown(label)} is longer than {limits.MAX_LABEL_CHARS} characters")
+    if not label.isprintable():
+        raise ValueError(f"label {shown(label)} has control or unprintable characters")
+    if label_key(label) == UNKNOWN:
+        raise ValueError(f"{label!r} is reserved for pills that match no enrolled one")
     return label
+
+
+def is_normal_label(label) -> bool:
+    """Whether `label` is a label exactly as `check_label` returns it (what a bundle stores)."""
+    try:
+        return check_label(label) == label
+    except ValueError:
+        return False
+
+
+def find_label(labels: Sequence[str], label: str) -> str | None:
+    """The spelling under which `label` is among `labels` (case-insensitively), or None."""
+    key = label_key(label)
+    return next((existing for existing in labels if label_key(existing) == key), None)
 
 
 def check_embeddings(embeddings: np.ndarray) -> np.ndarray:
@@ -59,8 +96,8 @@ def build_index(embeddings: np.ndarray, trees: int, seed: int) -> AnnoyIndex:
     """An angular Annoy index of `embeddings`, item i being row i. The same embeddings, trees
     and seed build the same index: the seed is set and one thread builds it."""
     embeddings = check_embeddings(embeddings)
-    if isinstance(trees, bool) or not isinstance(trees, int) or trees < 1:
-        raise ValueError(f"trees must be a positive integer, got {trees!r}")
+    if isinstance(trees, bool) or not isinstance(trees, int) or not 1 <= trees <= limits.MAX_ANNOY_TREES:
+        raise ValueError(f"trees must be an integer within [1, {limits.MAX_ANNOY_TREES}], got {shown(trees)}")
     index = AnnoyIndex(embeddings.shape[1], "angular")
     index.set_seed(int(seed))
     for item, vector in enumerate(embeddings):
@@ -82,8 +119,8 @@ def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_
 
     `search_k` is Annoy's number of nodes to inspect (-1: trees x rows). `rows_per_label` is
     `most_rows_per_label(labels)`, computed here when not given."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if not 1 <= top_k <= limits.MAX_TOP_K:
+        raise ValueError(f"top_k must be within [1, {limits.MAX_TOP_K}], got {top_k}")
     if search_k < 1 and search_k != -1:
         raise ValueError(f"search_k must be positive or -1, got {search_k}")
     vector = np.asarray(embedding, np.float32).reshape(-1)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edge_runtime import gallery
+from edge_runtime import gallery, limits
 from edge_runtime.bundle import Bundle, check_model, load_bundle
 from edge_runtime.interpreter import embed, make_interpreter
 from edge_runtime.preprocessing import Box, Crop, check_rgb, choose_box, crop_square
@@ -42,8 +42,8 @@ class Identifier:
         close-up that the pill fills), so the whole image is embedded, never localised. A tight
         crop's border is pill, not background, and the localiser would find a part of it."""
         check_model(bundle, interpreter)
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if not 1 <= top_k <= limits.MAX_TOP_K:
+            raise ValueError(f"top_k must be within [1, {limits.MAX_TOP_K}], got {top_k}")
         if threshold is not None and not 0.0 <= threshold <= 2.0:
             raise ValueError(f"threshold must be a cosine distance within [0, 2], got {threshold}")
         self.interpreter = interpreter

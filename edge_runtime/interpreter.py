@@ -29,7 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.preprocessing import PIXEL_OFFSET, PIXEL_SCALE, normalise, symmetric_views
+from edge_runtime import limits, storage
+from edge_runtime.preprocessing import PIXEL_OFFSET, PIXEL_SCALE, normalise, shown_error, symmetric_views
+from edge_runtime.quiet import native_stderr_silenced
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -67,17 +69,19 @@ def make_interpreter(model_path: str | os.PathLike, threads: int, edgetpu: bool 
 
     `threads` is always passed to the runtime. With `edgetpu`, the Edge TPU delegate is
     loaded; where its library or the device is missing, one warning line goes to stderr and the
-    model runs on the CPU. Raises ModelError when the model cannot be loaded.
+    model runs on the CPU. Raises ModelError when the model cannot be loaded. The runtime's own
+    output (the delegate banner) is kept off stderr (`quiet`).
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limits.MAX_THREADS:
+        raise ValueError(f"threads must be an integer within [1, {limits.MAX_THREADS}], got {limits.shown(threads)}")
     interpreter_class, load_delegate, _ = _runtime()
     delegates = []
     if edgetpu:
         try:
             # Probing with ctypes first spares a missing library the runtime's noisy failure.
             ctypes.CDLL(EDGETPU_LIBRARY)
-            delegates.append(load_delegate(EDGETPU_LIBRARY))
+            with native_stderr_silenced():
+                delegates.append(load_delegate(EDGETPU_LIBRARY))
         except (OSError, ValueError, RuntimeError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(
@@ -87,12 +91,19 @@ def make_interpreter(model_path: str | os.PathLike, threads: int, edgetpu: bool 
             )
     source = os.fspath(model_path)
     try:
-        interpreter = interpreter_class(
-            model_path=source, experimental_delegates=delegates or None, num_threads=threads
-        )
-        interpreter.allocate_tensors()
+        problem = storage.not_regular(os.stat(source).st_mode)
+    except OSError as error:
+        raise ModelError(f"{source}: cannot be read ({error.strerror or error})") from None
+    if problem:  # the runtime would block on a FIFO
+        raise ModelError(f"{source}: {problem}")
+    try:
+        with native_stderr_silenced():
+            interpreter = interpreter_class(
+                model_path=source, experimental_delegates=delegates or None, num_threads=threads
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError, OSError) as error:
-        raise ModelError(f"{source}: cannot be loaded as a TFLite model ({error})") from None
+        raise ModelError(f"{source}: cannot be loaded as a TFLite model ({shown_error(error)})") from None
     return interpreter
 
 

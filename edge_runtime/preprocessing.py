@@ -15,6 +15,7 @@ package imports it from here.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import os
 import warnings
@@ -24,13 +25,15 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from edge_runtime import limits, storage
+
 PIXEL_SCALE = 1.0 / 127.5
 PIXEL_OFFSET = -1.0
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 # The view counts of `symmetric_views`: each a group of the square's symmetries.
-VIEW_COUNTS = (1, 2, 4, 8)
+VIEW_COUNTS = limits.SYMMETRY_VIEWS
 
 # PreprocessConfig.localise: crop the pill found (True), the whole photo (False), or the pill
 # found unless it touches the photo's edge, when the photo is taken to be a tight crop and used
@@ -73,8 +76,8 @@ class PreprocessConfig:
     symmetry_views: int  # symmetric views of each crop embedded and averaged (`symmetric_views`)
 
     def __post_init__(self):
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 8 <= self.image_size <= limits.MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be within [8, {limits.MAX_IMAGE_SIZE}] pixels, got {self.image_size}")
         if not is_localise_mode(self.localise):
             raise ValueError(f"localise must be true, false or {AUTO!r}, got {self.localise!r}")
         if not 0.0 < self.min_pill_fraction < self.max_pill_fraction <= 1.0:
@@ -84,8 +87,9 @@ class PreprocessConfig:
             )
         if not 0.0 <= self.crop_margin <= 1.0:
             raise ValueError(f"crop_margin must be within [0, 1], got {self.crop_margin}")
-        if self.max_image_pixels < 1:
-            raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if not 1 <= self.max_image_pixels <= limits.MAX_IMAGE_PIXELS:
+            raise ValueError(f"max_image_pixels must be within [1, {limits.MAX_IMAGE_PIXELS}], "
+                             f"got {self.max_image_pixels}")
         if self.symmetry_views not in VIEW_COUNTS:
             raise ValueError(f"symmetry_views must be one of {VIEW_COUNTS}, got {self.symmetry_views}")
 
@@ -116,50 +120,82 @@ class Crop(NamedTuple):
     box: Box  # where the pill was found in the full image (the whole image when not localising)
 
 
+# The formats `decode_image` opens, whatever a file's name says: photos' and scans' formats.
+# Pillow knows many more (some hand the bytes to other programs, as EPS does to Ghostscript).
+# (a camera's multi-picture JPEG, MPO, opens as JPEG).
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+_PLUGINS = ("BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PngImagePlugin", "TiffImagePlugin",
+            "WebPImagePlugin")  # Image.open(formats=...) needs them registered
+
+
 def decode_image(data: bytes, source: str, max_pixels: int) -> np.ndarray:
     """Decode encoded image bytes into an (H, W, 3) uint8 RGB array.
 
     EXIF orientation is applied; grayscale, palette, RGBA (composited on white), CMYK and 16-bit
-    images are converted. Raises ImageError naming `source` for anything that cannot be used,
-    including images larger than `max_pixels`, which are refused before their pixels are decoded.
+    images are converted. Raises ImageError naming `source` for anything that cannot be used:
+    more than limits.MAX_IMAGE_BYTES, a format outside DECODED_FORMATS, images larger than
+    `max_pixels` (refused before their pixels are decoded), and any failure of the image library
+    on these bytes: a half-supported variant of a format raises IndexError, ZeroDivisionError,
+    NotImplementedError and others, and each is this one image's problem, never a batch's.
+    The library's warnings are not printed: the ImageError is the one line about the file.
     """
     if not data:
         raise ImageError(source, "empty file")
+    if len(data) > limits.MAX_IMAGE_BYTES:
+        raise ImageError(source, f"{len(data)} bytes, over the limit of {limits.MAX_IMAGE_BYTES} bytes")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            for plugin in _PLUGINS:
+                importlib.import_module(f"PIL.{plugin}")
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
                     source, f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels"
                 )
             image.load()
+            if width < 1 or height < 1:
+                raise ImageError(source, f"image has no pixels ({width}x{height})")
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # a malformed EXIF block must not lose an otherwise good image
+                pass
+            return _to_rgb(image, source)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(source, f"refused as a decompression bomb ({error})") from None
+        raise ImageError(source, f"refused as a decompression bomb ({shown_error(error)})") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(source, "not a readable image (unrecognised format)") from None
+        raise ImageError(source, "not a readable image (unrecognised format; reads "
+                         f"{', '.join(DECODED_FORMATS)})") from None
+    except MemoryError:
+        raise ImageError(source, "not a readable image (too large to decode in this memory)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(source, f"not a readable image ({error})") from None
-    if width < 1 or height < 1:
-        raise ImageError(source, f"image has no pixels ({width}x{height})")
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block must not lose an otherwise good image
-        pass
-    return _to_rgb(image, source)
+        raise ImageError(source, f"not a readable image ({shown_error(error)})") from None
+    except Exception as error:  # IndexError, ZeroDivisionError, NotImplementedError, struct.error...
+        raise ImageError(source, f"not a readable image ({type(error).__name__}: {shown_error(error)})") from None
+
+
+def shown_error(error: BaseException) -> str:
+    """An exception's message for an error line: its first line, cut to limits.MAX_SHOWN_CHARS."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text if len(text) <= limits.MAX_SHOWN_CHARS else text[:limits.MAX_SHOWN_CHARS - 3] + "..."
 
 
 def read_image(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
-    """Read an image file into an (H, W, 3) uint8 RGB array; see `decode_image`."""
+    """Read an image file into an (H, W, 3) uint8 RGB array: the one place where the device
+    (and the pipeline's `prepare`, for a folder) opens a photo. Only a regular file of at most
+    limits.MAX_IMAGE_BYTES is read (a FIFO or a device is refused unopened, never blocks);
+    see `decode_image` for the rest. Every problem is an ImageError naming the file."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as handle:
-            data = handle.read()
+        data = storage.read_regular(source, limits.MAX_IMAGE_BYTES)
+    except storage.FileRefused as error:
+        raise ImageError(source, error.reason) from None
     except OSError as error:
-        raise ImageError(source, f"cannot be read ({error.strerror or error})") from None
+        raise ImageError(source, f"cannot be read ({error.strerror or shown_error(error)})") from None
     return decode_image(data, source, max_pixels)
 
 

@@ -3,6 +3,10 @@
 A file is written under a temporary name in its own directory, flushed and fsynced, then
 renamed over the target (`os.replace` is atomic on POSIX), and the directory is fsynced so the
 rename itself survives a power cut. Readers see either the old file or the new one, never half.
+
+Files are read through `open_regular` / `read_regular`: only regular files, opened without
+blocking (a FIFO or a device in place of a photo, a video or a bundle file would otherwise
+block forever or read until memory runs out), and no more than a stated number of bytes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,83 @@ import fcntl
 import hashlib
 import os
 import secrets
-from typing import BinaryIO, Iterator
+import stat
+import sys
+import time
+from typing import BinaryIO, Callable, Iterator
+
+from edge_runtime import limits
 
 # Temporary files start with this prefix, so a writer holding the directory's lock can tell
 # the leftovers of a crashed write from everything else.
 TEMP_PREFIX = ".pilltrack-tmp-"
+
+
+class FileRefused(ValueError):
+    """A path that is not a regular file, or a file over its size limit; the message names the
+    file and the problem."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LockTimeout(TimeoutError):
+    """Another command held a lock for longer than this one waits (limits.LOCK_WAIT_S)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not read ("not a regular file (a FIFO)"), or None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A file descriptor of `path`, which must be a regular file: anything else raises
+    FileRefused before it is read. Checked before opening (a device is never opened) and again
+    on the open file (a path swapped in between); opened with O_NONBLOCK, so even then a FIFO
+    cannot block. The caller closes the descriptor."""
+    source = os.fspath(path)
+    try:
+        problem = not_regular(os.stat(source).st_mode)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        problem = None
+    if problem:
+        raise FileRefused(source, problem)
+    descriptor = os.open(source, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        problem = not_regular(os.fstat(descriptor).st_mode)
+        if problem:
+            raise FileRefused(source, problem)
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The contents of the regular file `path`, at most `limit` bytes: a larger file, or one
+    that is not a regular file, raises FileRefused (see `open_regular`)."""
+    source = os.fspath(path)
+    descriptor = open_regular(source)
+    with os.fdopen(descriptor, "rb") as handle:
+        size = os.fstat(descriptor).st_size
+        if size > limit:
+            raise FileRefused(source, f"{size} bytes, over the limit of {limit} bytes")
+        data = handle.read(limit + 1)  # a file growing while it is read is held to the limit too
+    if len(data) > limit:
+        raise FileRefused(source, f"more than the limit of {limit} bytes")
+    return data
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -73,17 +149,39 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+_LOCK_POLL_S = 0.1  # seconds between attempts to take a lock another process holds
+
+
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, shared: bool = False) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, shared: bool = False, holder: str = "another process",
+              wait_s: float | None = None, sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
     """Hold an `flock` on the lock file `path` for the block: exclusive (for writers; the file
     is created if absent) or, with `shared`, shared (for readers, who never create it).
 
-    Blocks until a conflicting holder lets go. The lock belongs to the open file, so a process
-    must not take the same lock twice."""
+    While a conflicting holder keeps it, one line on stderr says what is awaited (`holder`, who
+    holds it) and for how long; after `wait_s` seconds (limits.LOCK_WAIT_S by default) of
+    waiting, LockTimeout. The lock belongs to the open file, so a process must not take the
+    same lock twice. The lock file must be a regular file (FileRefused otherwise)."""
+    source = os.fspath(path)
+    wait_s = limits.LOCK_WAIT_S if wait_s is None else wait_s
     flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
-    descriptor = os.open(os.fspath(path), flags, 0o644)
+    descriptor = open_regular(source, flags, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        waited = 0.0  # counted in polls, not read from a clock: the same on a loaded machine
+        while True:
+            try:
+                fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited == 0.0:
+                    print(f"waiting for {source}: held by {holder}; giving up after {wait_s:g} s",
+                          file=sys.stderr, flush=True)
+                if waited >= wait_s:
+                    raise LockTimeout(f"{source}: still held by {holder} after {wait_s:g} s of "
+                                      "waiting; try again when it has finished") from None
+                sleep(_LOCK_POLL_S)
+                waited += _LOCK_POLL_S
         yield
     finally:
         os.close(descriptor)  # closing releases the lock
@@ -96,7 +194,7 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_file(path: str | os.PathLike) -> str:
     """The hex SHA-256 of a file's contents, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(os.fspath(path), "rb") as handle:
+    with os.fdopen(open_regular(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

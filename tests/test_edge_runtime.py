@@ -59,7 +59,8 @@ def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
     np.testing.assert_array_equal(loaded.embeddings, embeddings)
     assert (loaded.unknown_threshold, loaded.search_k, loaded.annoy_trees, loaded.seed) == (
         0.25, 50, 3, 7)
-    assert loaded.lookalike_margin == 0.02 and sidecar["format_version"] == 2
+    assert loaded.lookalike_margin == 0.02 and sidecar["format_version"] == 3
+    assert sidecar["labels"] == ["red", "blue"] and sidecar["rows"] == [0, 0, 1, 1]  # each label once
     assert loaded.preprocess == edge_config
     assert loaded.extra == {"run": "x"}
     assert loaded.model_sha256 == storage.sha256_file(edge_model_path)
@@ -153,7 +154,7 @@ def _delete_field(field):
 
 def _drop_label(directory):
     sidecar = _sidecar(directory)
-    sidecar["labels"].pop()
+    sidecar["rows"].pop()
     _save_sidecar(directory, sidecar)
 
 
@@ -195,7 +196,7 @@ TAMPERING = {
     "margin missing in version 2": (_delete_field("lookalike_margin"), r"missing fields \['lookalike_margin'\]"),
     "labels do not match": (_drop_label, r"embeddings-.*\(9, 8\), expected float32 \(8, 8\)"),
     "path escape": (_escape_path, r"files.model is named '../model.tflite'"),
-    "newer format": (_edit("format_version", 3), r"format version 3 is not supported"),
+    "newer format": (_edit("format_version", 4), r"format version 4 is not supported"),
     "not json": (lambda d: open(os.path.join(d, "bundle.json"), "w").write("{"),
                  r"not valid JSON"),
     "pickled embeddings": (
@@ -204,12 +205,32 @@ TAMPERING = {
 }
 
 
+def _per_row_labels(sidecar):
+    """A version 3 sidecar's labels as versions 1 and 2 stored them: one per gallery row."""
+    sidecar["labels"] = [sidecar["labels"][row] for row in sidecar.pop("rows")]
+
+
 def test_a_version_1_bundle_loads_and_flags_only_exact_ties(edge_bundle):
     sidecar = _sidecar(edge_bundle)
+    labels = load_bundle(edge_bundle).labels
     del sidecar["lookalike_margin"]
     sidecar["format_version"] = 1
+    _per_row_labels(sidecar)
     _save_sidecar(edge_bundle, sidecar)
-    assert load_bundle(edge_bundle).lookalike_margin == 0.0
+    loaded = load_bundle(edge_bundle)
+    assert loaded.lookalike_margin == 0.0 and loaded.labels == labels
+
+
+def test_a_version_2_bundle_loads_and_enrolling_writes_version_3(edge_bundle, edge_embed):
+    sidecar = _sidecar(edge_bundle)
+    labels = load_bundle(edge_bundle).labels
+    sidecar["format_version"] = 2
+    _per_row_labels(sidecar)
+    _save_sidecar(edge_bundle, sidecar)
+    assert load_bundle(edge_bundle).labels == labels
+    enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 2)))
+    assert _sidecar(edge_bundle)["format_version"] == 3
+    assert load_bundle(edge_bundle).labels == labels + ("cyan", "cyan")
 
 
 def test_write_bundle_refuses_a_bad_lookalike_margin(tmp_path, edge_model_path, edge_config):
