@@ -33,7 +33,7 @@ from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, dataset, distillation, episodes, metrics, paths, tracking
+from tf_pilltrack import baseline, composition, dataset, distillation, episodes, metrics, paths, tracking
 from tf_pilltrack import teacher as teacher_stage
 
 RECALL_CURVE_DEPTH = 10
@@ -158,6 +158,21 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
 
 
 EPISODE_MODELS = ("baseline_colour_shape", "teacher", "student_int8")
+EPISODE_DATA = ("synthetic", "reference", "real")  # synthetic pills, composited reference pills, real photos
+
+
+def split_novel_pool(pool: dataset.Split, embeddings: dict[str, dict[str, np.ndarray]]
+                     ) -> tuple[dict[str, dataset.Split], dict[str, dict[str, np.ndarray]]]:
+    """The novel classes' photos (and each model's embeddings of them, `embeddings["novel"]`)
+    split into synthetic pills and composited reference pills (class names composition.PREFIX...);
+    a kind without any novel class is left out. `embeddings` keeps its other entries."""
+    is_reference = np.array([str(label).startswith(composition.PREFIX) for label in pool.labels], bool)
+    pools, split = {}, {key: value for key, value in embeddings.items() if key != "novel"}
+    for data, chosen in (("synthetic", ~is_reference), ("reference", is_reference)):
+        if chosen.any():
+            pools[data] = dataset.Split(*(field[chosen] for field in pool))
+            split[data] = {model: values[chosen] for model, values in embeddings["novel"].items()}
+    return pools, split
 
 
 def episode_table(results: dict, settings: dict) -> list[str]:
@@ -167,7 +182,7 @@ def episode_table(results: dict, settings: dict) -> list[str]:
 
     rows = [f"{'data':<10}{'K':>3} {'query':<9}{'model':<22}{'Recall@1':>13}{'Recall@5':>13}{'mAP@R':>13}"
             f"{'AUROC':>13}{'FAR@episode':>13}{'FAR@bundle':>13}"]
-    for data in ("synthetic", "real"):
+    for data in (data for data in EPISODE_DATA if data in results):
         for shots in settings["shots"]:
             entry = results[data][f"shots_{shots}"]
             for views in ("single", "multi"):
@@ -229,12 +244,12 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          .get(settings["real_localise"], ""))
     for entry in real_skipped[:10]:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
-    pool_embeddings = {"synthetic": {}, "real": {}}
+    pool_embeddings = {"novel": {}, "real": {}}
     results, curves, top1, keras_embeddings = {}, {}, {}, {}
     for name, model in keras_models.items():
         if name == "teacher":
             pooled = embed_keras(model, synthetic_pool.pixels, views)
-            pool_embeddings["synthetic"][name] = pooled
+            pool_embeddings["novel"][name] = pooled
             pool_embeddings["real"][name] = embed_keras(model, real_pool.pixels, views)
             query_embeddings, reference_embeddings = pooled[cut:cut + len(queries)], pooled[:cut]
         else:
@@ -244,7 +259,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
                                                         reference_embeddings, references.labels)
     pooled = baseline.embed(synthetic_pool.pixels)
-    pool_embeddings["synthetic"]["baseline_colour_shape"] = pooled
+    pool_embeddings["novel"]["baseline_colour_shape"] = pooled
     pool_embeddings["real"]["baseline_colour_shape"] = baseline.embed(real_pool.pixels)
     results["baseline_colour_shape"], curves["baseline_colour_shape"], _ = score(
         pooled[cut:cut + len(queries)], queries.labels, pooled[:cut], references.labels)
@@ -254,7 +269,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         interpreter.embed(ptq, references.pixels, views), references.labels)
     shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
     pooled = interpreter.embed(shipped, synthetic_pool.pixels, views)
-    pool_embeddings["synthetic"]["student_int8"] = pooled
+    pool_embeddings["novel"]["student_int8"] = pooled
     pool_embeddings["real"]["student_int8"] = interpreter.embed(shipped, real_pool.pixels, views)
     shipped_queries = pooled[cut:cut + len(queries)]
     results["student_int8"] = evaluate_bundle(loaded, shipped, shipped_queries, queries, absent)
@@ -273,27 +288,29 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     results["queries"] = int(len(queries))
     thresholds = {"student_int8": {"bundle": loaded.unknown_threshold}}
     lookalike_margins = {"student_int8": loaded.lookalike_margin}
+    # Novel classes are synthetic pills and real reference pills composited into scenes: episodes of each.
+    pools, pool_embeddings = split_novel_pool(synthetic_pool, pool_embeddings)
     results["episodes"] = {
         "count": settings["count"],
         "views": settings["views"],
         "keep_correct": settings["keep_correct"],
         "bundle_unknown_threshold": loaded.unknown_threshold,
         "bundle_lookalike_margin": loaded.lookalike_margin,
-        "synthetic": run_episodes("synthetic", synthetic_pool, pool_embeddings["synthetic"], settings, thresholds,
-                                  lookalike_margins),
+        **{data: run_episodes(data, pool, pool_embeddings[data], settings, thresholds, lookalike_margins)
+           for data, pool in pools.items()},
         "real": {**real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
                                                pool_embeddings["real"], settings, thresholds, lookalike_margins)},
     }
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
     answers = {data: tally_episodes(data, pool, pool_embeddings[data]["student_int8"], settings)
-               for data, pool in (("synthetic", synthetic_pool), ("real", real_pool))}
+               for data, pool in {**pools, "real": real_pool}.items()}
     paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "episode_answers.json", json.dumps(answers, indent=1).encode())
     shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
     episode_metrics = {
         f"episodes_{data}_k{shots}_{views}_{model}_{key}": results["episodes"][data][f"shots_{shots}"][model][views][key]
-        for data in ("synthetic", "real") for shots in settings["shots"] for model in EPISODE_MODELS
+        for data in EPISODE_DATA if data in results["episodes"] for shots in settings["shots"] for model in EPISODE_MODELS
         for views in results["episodes"][data][f"shots_{shots}"][model]
         for key in ("recall_at_1", "false_accept_rate_episode", "false_accept_rate_bundle")
         if key in results["episodes"][data][f"shots_{shots}"][model][views]}
@@ -336,7 +353,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"\nClose calls (runner-up pill within the bundle's look-alike margin {loaded.lookalike_margin:.4f}), int8:")
     rows = [("synthetic novel, bundle (Annoy)", shipped_row)] + [
         (f"{data} episodes, {shots}-shot, {views}", results["episodes"][data][f"shots_{shots}"]["student_int8"][views])
-        for data in ("synthetic", "real") for views in ("single", "multi")]
+        for data in EPISODE_DATA if data in results["episodes"] for views in ("single", "multi")]
     for name, row in rows:
         echo(f"  {name:<36} flagged {row['lookalike_flagged']:.1%} of answers, catching "
              f"{row['lookalike_errors_caught']:.1%} of the wrong ones; Recall@1 of the rest "

@@ -3,7 +3,9 @@
 The schema below lists every key with its type and allowed range and nothing else: the values
 (and their meanings, in comments) live only in params.yaml. A missing key, an unknown key, a
 wrong type or an out-of-range value is one `ParamsError` naming the key, raised before any
-stage starts work.
+stage starts work. Values are shown cut short (`limits.shown`): a malformed one may be huge, as a
+YAML alias bomb is, and the message is one line. The file is read only if it is a regular file
+of at most MAX_PARAMS_BYTES.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from typing import Any, Callable
 
 import yaml
 
+from edge_runtime import storage
+from edge_runtime.limits import MAX_ANNOY_TREES, MAX_IMAGE_PIXELS, MAX_SHOWN_CHARS, shown
 from edge_runtime.preprocessing import AUTO, PreprocessConfig, is_localise_mode
+
+MAX_PARAMS_BYTES = 1 << 20  # params.yaml is a few kilobytes; a larger file is refused unread
 
 
 class ParamsError(ValueError):
@@ -24,7 +30,7 @@ class ParamsError(ValueError):
 def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+            raise ParamsError(f"{key}: expected an integer, got {shown(value)}")
         _check_range(key, value, low, high)
 
     return check
@@ -35,7 +41,7 @@ def _number(low: float | None = None, high: float | None = None) -> Callable[[st
         # YAML's .nan and .inf are floats too; NaN would pass every range check below.
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or (isinstance(value, float) and not math.isfinite(value))):
-            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+            raise ParamsError(f"{key}: expected a finite number, got {shown(value)}")
         _check_range(key, value, low, high)
 
     return check
@@ -43,38 +49,38 @@ def _number(low: float | None = None, high: float | None = None) -> Callable[[st
 
 def _check_range(key: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
-        raise ParamsError(f"{key}: {value!r} is below the minimum {low}")
+        raise ParamsError(f"{key}: {shown(value)} is below the minimum {low}")
     if high is not None and value > high:
-        raise ParamsError(f"{key}: {value!r} is above the maximum {high}")
+        raise ParamsError(f"{key}: {shown(value)} is above the maximum {high}")
 
 
 def _boolean(key: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        raise ParamsError(f"{key}: expected true or false, got {shown(value)}")
 
 
 def _localise_mode(key: str, value: Any) -> None:
     if not is_localise_mode(value):
-        raise ParamsError(f"{key}: expected true, false or {AUTO}, got {value!r}")
+        raise ParamsError(f"{key}: expected true, false or {AUTO}, got {shown(value)}")
 
 
 def _choice(*options: str) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if value not in options:
-            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(options)}")
+            raise ParamsError(f"{key}: {shown(value)} is not one of {', '.join(options)}")
 
     return check
 
 
 def _text(key: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ParamsError(f"{key}: expected a non-empty string, got {value!r}")
+        raise ParamsError(f"{key}: expected a non-empty string, got {shown(value)}")
 
 
 def _integers(length: int, low: int) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if not isinstance(value, list) or len(value) != length:
-            raise ParamsError(f"{key}: expected a list of {length} integers, got {value!r}")
+            raise ParamsError(f"{key}: expected a list of {length} integers, got {shown(value)}")
         for position, item in enumerate(value):
             _integer(low)(f"{key}[{position}]", item)
 
@@ -85,11 +91,11 @@ def _list_of(item_check: Callable[[str, Any], None]) -> Callable[[str, Any], Non
     """A non-empty list without repeats, each item passing `item_check`."""
     def check(key: str, value: Any) -> None:
         if not isinstance(value, list) or not value:
-            raise ParamsError(f"{key}: expected a non-empty list, got {value!r}")
+            raise ParamsError(f"{key}: expected a non-empty list, got {shown(value)}")
         for position, item in enumerate(value):
             item_check(f"{key}[{position}]", item)
         if len(set(value)) != len(value):
-            raise ParamsError(f"{key}: repeated values in {value!r}")
+            raise ParamsError(f"{key}: repeated values in {shown(value)}")
 
     return check
 
@@ -141,7 +147,11 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "synthetic_photo_size": _integer(32, 1024),
         "synthetic_background_chroma": _number(0.0, 1.0),
         "synthetic_surface_grain": _number(0.0, 1.0),
-        "max_image_pixels": _integer(1),
+        "max_image_pixels": _integer(1, MAX_IMAGE_PIXELS),
+        "reference_source": _text,
+        "reference_types": _integer(0),
+        "reference_photos_per_type": _integer(0, 1000),
+        "reference_faces": _choice("together", "apart"),
         "mix_source": _text,
         "mix_localise": _localise_mode,
         "mix_ratio": _number(0.0, 0.9),
@@ -190,7 +200,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
     },
     "export": {"calibration_images": _integer(1)},
     "enroll": {
-        "annoy_trees": _integer(1, 1000),
+        "annoy_trees": _integer(1, MAX_ANNOY_TREES),
         "search_k_agreement": _number(0.0, 1.0),
         "target_recall": _number(0.0, 1.0),
         "lookalike_errors": _number(0.0, 1.0),
@@ -250,14 +260,14 @@ def validate(params: Any) -> dict:
     for table in ("profiles", "budgets"):
         if profile not in params[table]:
             raise ParamsError(
-                f"base.profile: {profile!r} has no entry in {table} "
+                f"base.profile: {shown(profile)} has no entry in {table} "
                 f"(known: {', '.join(params[table])})"
             )
     named = {f"bench.profiles[{position}]": name for position, name in enumerate(params["bench"]["profiles"])}
     named["bench.targets.profile"] = params["bench"]["targets"]["profile"]
     for key, name in named.items():
         if name not in params["profiles"]:
-            raise ParamsError(f"{key}: {name!r} is not a profile (known: {', '.join(params['profiles'])})")
+            raise ParamsError(f"{key}: {shown(name)} is not a profile (known: {', '.join(params['profiles'])})")
     preprocess = params["preprocess"]
     if preprocess["min_pill_fraction"] <= 0.0:  # PreprocessConfig needs 0 < min_pill_fraction
         raise ParamsError("preprocess.min_pill_fraction: must be above 0")
@@ -275,7 +285,7 @@ def _check_keys(where: str, values: dict, expected: set[str]) -> None:
     prefix = f"{where}." if where else ""
     unknown = sorted(set(values) - expected, key=str)  # YAML keys need not all be strings
     if unknown:
-        raise ParamsError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(expected))})")
+        raise ParamsError(f"{prefix}{str(unknown[0])[:MAX_SHOWN_CHARS]}: unknown key (expected one of {', '.join(sorted(expected))})")
     missing = sorted(expected - set(values))
     if missing:
         raise ParamsError(f"{prefix}{missing[0]}: missing key")
@@ -283,7 +293,7 @@ def _check_keys(where: str, values: dict, expected: set[str]) -> None:
 
 def _check_section(section: str, values: Any, keys: dict) -> None:
     if not isinstance(values, dict):
-        raise ParamsError(f"{section}: expected a mapping, got {values!r}")
+        raise ParamsError(f"{section}: expected a mapping, got {shown(values)}")
     _check_keys(section, values, set(keys))
     for key, check in keys.items():
         check(f"{section}.{key}", values[key])
@@ -293,7 +303,9 @@ def load(path: str | pathlib.Path = "params.yaml") -> dict:
     """Read and validate params.yaml."""
     path = pathlib.Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = storage.read_regular(path, MAX_PARAMS_BYTES).decode("utf-8")
+    except storage.FileRefused as error:  # a FIFO, a device, or over MAX_PARAMS_BYTES
+        raise ParamsError(str(error)) from None
     except OSError as error:
         raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
@@ -301,7 +313,9 @@ def load(path: str | pathlib.Path = "params.yaml") -> dict:
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})") from None
+        raise ParamsError(f"{path}: not valid YAML ({shown(str(error))})") from None
+    except (ValueError, RecursionError) as error:  # an integer beyond Python's digit limit, nesting too deep
+        raise ParamsError(f"{path}: not usable YAML ({shown(str(error) or type(error).__name__)})") from None
     return validate(params)
 
 

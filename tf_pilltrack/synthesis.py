@@ -154,6 +154,8 @@ def generate(
     workers: int | None = None,
     background_chroma: float = 1.0,
     surface_grain: float = 0.0,
+    references: list | None = None,
+    reference_photos: int = 0,
 ) -> dict:
     """Write the synthetic data set to `out_dir`; return {"classes", "families", "images",
     "seconds"}.
@@ -164,6 +166,8 @@ def generate(
     with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
     the output does not depend on it. `background_chroma` scales the colourfulness of the
     surfaces the pills lie on and `surface_grain` speckles tablets (see `render_photo`).
+    `references` (composition.ReferenceType) are real pills composited into the same scenes,
+    `reference_photos` photos each, in class folders of their own (see tf_pilltrack.composition).
     """
     started = time.perf_counter()
     _check_count("classes", classes, 1, MAX_CLASSES)
@@ -191,8 +195,11 @@ def generate(
             "what is not a synthetic data set"
         )
 
+    references = list(references or [])
+    if references:
+        _check_count("reference_photos", reference_photos, 1, MAX_IMAGES_PER_CLASS)
     pill_types = describe_pill_types(classes, seed)
-    total = classes * images_per_class
+    total = classes * images_per_class + len(references) * reference_photos
     out_dir = out_dir.absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -201,23 +208,27 @@ def generate(
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
     try:
         jobs = [
-            (str(staging), pill_type, index, images_per_class, photo_size, seed,
-             float(background_chroma), float(surface_grain))
+            ("synthetic", (str(staging), pill_type, index, images_per_class, photo_size, seed,
+                           float(background_chroma), float(surface_grain)))
             for index, pill_type in enumerate(pill_types)
+        ] + [
+            ("reference", (str(staging), reference, index, int(reference_photos), photo_size, seed,
+                           float(background_chroma)))
+            for index, reference in enumerate(references)
         ]
         boxes: dict[str, list[int]] = {}
         done = 0
         if progress is not None:
             progress(0, total)
-        workers = min(workers, classes)
+        workers = min(workers, len(jobs))
         if workers > 1 and total >= _POOL_MIN_IMAGES:
             context = multiprocessing.get_context(
                 "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             )
             with context.Pool(workers, initializer=_start_worker) as pool:
-                for class_boxes in pool.imap(_render_class_job, jobs):
+                for class_boxes in pool.imap(_run_job, jobs, chunksize=4):
                     boxes.update(class_boxes)
-                    done += images_per_class
+                    done += len(class_boxes)
                     if progress is not None:
                         progress(done, total)
         else:
@@ -225,8 +236,9 @@ def generate(
             cv2.setNumThreads(1)
             try:
                 for job in jobs:
-                    boxes.update(_render_class_job(job))
-                    done += images_per_class
+                    class_boxes = _run_job(job)
+                    boxes.update(class_boxes)
+                    done += len(class_boxes)
                     if progress is not None:
                         progress(done, total)
             finally:
@@ -245,6 +257,11 @@ def generate(
             "families": len(families),
             "size_unit": "size: length of the pill's long axis as a fraction of the photo side",
             "types": pill_types,
+            **({} if not references else {
+                "reference_photos": int(reference_photos),
+                "reference_types": [{"name": reference.name, "source": reference.source,
+                                     "faces": [name for _, name, _ in reference.faces]}
+                                    for reference in references]}),
         }
         (staging / TYPES_FILE).write_text(json.dumps(description, indent=1) + "\n",
                                           encoding="utf-8")
@@ -258,6 +275,7 @@ def generate(
     return {
         "classes": classes,
         "families": len(families),
+        "reference_classes": len(references),
         "images": total,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -479,7 +497,7 @@ def _luminance(rgb) -> float:
 # ================================================================================================
 
 
-class _Face(NamedTuple):
+class Face(NamedTuple):
     """A pill face drawn once per type, long axis along x, at `length` pixels."""
 
     premultiplied_albedo: tuple  # three (P, P) float32 planes: red, green, blue times alpha
@@ -489,7 +507,7 @@ class _Face(NamedTuple):
     length: float
 
 
-def _face(pill_type: dict, which: str, length: float) -> _Face:
+def _face(pill_type: dict, which: str, length: float) -> Face:
     shape = pill_type["shape"]
     width = length * pill_type["aspect"]
     side = int(math.ceil(length * 1.08)) + 8
@@ -579,7 +597,7 @@ def _face(pill_type: dict, which: str, length: float) -> _Face:
     np.clip(gy, -4.0, 4.0, out=gy)
     norm = 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
     premultiplied = albedo * alpha[:, :, None]
-    return _Face(
+    return Face(
         premultiplied_albedo=tuple(np.ascontiguousarray(premultiplied[:, :, c]) for c in range(3)),
         alpha=alpha,
         normals=(-gx * norm, -gy * norm, norm),
@@ -1055,17 +1073,34 @@ def _start_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def _run_job(job) -> dict[str, list[int]]:
+    kind, arguments = job
+    if kind == "reference":
+        from tf_pilltrack import composition  # it builds on this module
+        return composition.render_job(arguments)
+    return _render_class_job(arguments)
+
+
 def _render_class_job(job) -> dict[str, list[int]]:
     (staging, pill_type, class_index, images_per_class, photo_size, seed, background_chroma,
      surface_grain) = job
-    folder = pathlib.Path(staging) / pill_type["name"]
+    return write_photos(pathlib.Path(staging), pill_type, images_per_class, photo_size, {},
+                        lambda image: np.random.default_rng([seed, class_index, image]),
+                        background_chroma, surface_grain)
+
+
+def write_photos(staging: pathlib.Path, pill_type: dict, count: int, photo_size: int, faces: dict,
+                 generator: Callable[[int], np.random.Generator], background_chroma: float,
+                 surface_grain: float) -> dict[str, list[int]]:
+    """Render `count` photos of `pill_type` into staging/<name>/, photo i from `generator(i)`;
+    `faces` is the renderer's cache of the type's faces (empty: drawn from the description).
+    Returns each photo's pill box by file name."""
+    folder = staging / pill_type["name"]
     folder.mkdir()
-    faces: dict = {}
     boxes = {}
-    for image_index in range(images_per_class):
-        rng = np.random.default_rng([seed, class_index, image_index])
-        rgb, box, quality = _render_photo(pill_type, photo_size, rng, faces, background_chroma,
-                                          surface_grain)
+    for image_index in range(count):
+        rgb, box, quality = _render_photo(pill_type, photo_size, generator(image_index), faces,
+                                          background_chroma, surface_grain)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
@@ -1113,10 +1148,38 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
 
     echo(f"generate: {settings['synthetic_classes']} pill types x {settings['synthetic_images_per_class']} "
          f"photos of {settings['synthetic_photo_size']} px ({total} photos)")
+    references, skipped = _load_references(params, echo)
     summary = generate(paths.SYNTHETIC, settings["synthetic_classes"], settings["synthetic_images_per_class"],
                        settings["synthetic_photo_size"], params["base"]["seed"], progress=progress,
                        background_chroma=settings["synthetic_background_chroma"],
-                       surface_grain=settings["synthetic_surface_grain"])
+                       surface_grain=settings["synthetic_surface_grain"],
+                       references=references, reference_photos=settings["reference_photos_per_type"])
+    summary["reference_photos_skipped"] = skipped
     echo(f"generate: {summary['images']} photos of {summary['classes']} pill types in "
-         f"{summary['families']} look-alike families, {summary['seconds']:.1f} s")
+         f"{summary['families']} look-alike families and {summary['reference_classes']} real reference "
+         f"pill classes, {summary['seconds']:.1f} s")
     return summary
+
+
+def _load_references(params: dict, echo: Callable[[str], None]) -> tuple[list, list[dict]]:
+    """data.reference_types of data.reference_source's pill types (a choice seeded with base.seed),
+    or none when either count is 0; and the reference photos skipped, with reasons."""
+    from tf_pilltrack import composition  # it builds on this module
+
+    settings = params["data"]
+    if settings["reference_types"] == 0 or settings["reference_photos_per_type"] == 0:
+        return [], []
+    source = pathlib.Path(settings["reference_source"])
+    references, skipped = composition.load(source, settings["reference_faces"], settings["max_image_pixels"])
+    if not references:
+        raise ValueError(f"{source}: no usable reference photo in data.reference_source")
+    sources = sorted({reference.source for reference in references})
+    order = np.random.default_rng(params["base"]["seed"]).permutation(len(sources))
+    chosen = {sources[index] for index in order[:settings["reference_types"]]}
+    references = [reference for reference in references if reference.source in chosen]
+    for entry in skipped[:10]:
+        echo(f"  reference photo skipped {entry['file']}: {entry['reason']}")
+    echo(f"generate: {len(chosen)} real reference pill types of {source} ({len(references)} classes, "
+         f"faces {settings['reference_faces']}) x {settings['reference_photos_per_type']} composited photos"
+         + (f", {len(skipped)} reference photos skipped" if skipped else ""))
+    return references, skipped
