@@ -6,10 +6,13 @@ environment:
 
     python benchmarks/training_sweep.py teacher '{"teacher.loss": "triplet"}' --save /tmp/t.h5
     python benchmarks/training_sweep.py distill '{"distill.relation_weight": 0}' --teacher /tmp/t.h5
+    python benchmarks/training_sweep.py teacher --train-classes synthetic    # the synthetic pills only
+    python benchmarks/training_sweep.py teacher --weights /tmp/t.h5          # score a saved teacher
 
 `teacher` trains a teacher with params.yaml's settings overridden by the JSON object
 ("section.key": value) and reports its per-epoch calibration-class Recall@1 and its novel-class
-figures. `distill` distils a student from the teacher weights given (default: the pipeline's),
+figures (all novel classes, and synthetic and composited reference pills each against a gallery
+of their own kind). `distill` distils a student from the teacher weights given (default: the pipeline's),
 converts it to int8 both ways (QAT and PTQ, as `pilltrack export` does) and reports novel-class
 figures of the float, QAT Keras, QAT int8 and PTQ int8 models, and how often the int8 model's
 top-1 gallery answer matches its Keras model's. Choose on calibration classes; the novel-class
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime import interpreter  # noqa: E402
-from tf_pilltrack import dataset, distillation, evaluation, export, metrics, paths  # noqa: E402
+from tf_pilltrack import composition, dataset, distillation, evaluation, export, metrics, paths  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
 from tf_pilltrack import teacher as teacher_stage  # noqa: E402
 
@@ -57,6 +60,19 @@ def novel_scores(embed) -> tuple[dict, np.ndarray, np.ndarray]:
     return scores, query_embeddings, gallery_embeddings
 
 
+def novel_scores_by_kind(embed) -> dict:
+    """`novel_scores` of the synthetic pills and of the composited reference pills, each against a
+    gallery of its own kind."""
+    references, queries = dataset.load_split("references"), dataset.load_split("queries")
+    result = {}
+    for kind in ("synthetic", "reference"):
+        gallery, asked = training_classes(references, kind), training_classes(queries, kind)
+        if len(gallery) and len(asked):
+            result[kind] = metrics.evaluate_embeddings(embed(asked.pixels), asked.labels, embed(gallery.pixels),
+                                                       gallery.labels)
+    return result
+
+
 def real_pool(params: dict) -> dataset.Split:
     """The real photo set (episodes.real_source) less the pills the models trained on, as the
     evaluate stage reads it (`evaluation.load_novel_real`)."""
@@ -75,14 +91,30 @@ def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.nda
     return np.argmax(query_embeddings @ gallery_embeddings.T, axis=1)
 
 
-def sweep_teacher(params: dict, save: str | None) -> dict:
+def training_classes(split: dataset.Split, kind: str) -> dataset.Split:
+    """The training split's photos of every class ("all"), of the synthetic pills only or of the
+    composited reference pills only (class names composition.PREFIX...)."""
+    if kind == "all":
+        return split
+    reference = np.char.startswith(split.labels.astype(str), composition.PREFIX)
+    keep = reference if kind == "reference" else ~reference
+    return dataset.Split(*(field[keep] for field in split))
+
+
+def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: str | None) -> dict:
     views = params["preprocess"]["symmetry_views"]
-    splits = [dataset.load_split(name) for name in ("train", "calibration_references", "calibration_queries")]
+    splits = [training_classes(dataset.load_split("train"), train_classes)] + [
+        dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
-    model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
+    if weights:  # evaluate a teacher trained before
+        model, history = teacher_stage.build(params), {"calibration_recall_at_1": []}
+        model.load_weights(weights)
+    else:
+        model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "novel": novel_scores(lambda pixels: evaluation.embed_keras(model, pixels, views))[0],
+              "novel_by_kind": novel_scores_by_kind(lambda pixels: evaluation.embed_keras(model, pixels, views)),
               "real": real_scores(lambda pixels: evaluation.embed_keras(model, pixels, views), params, real_pool(params))}
     if save:
         model.save_weights(save, save_format="h5")
@@ -126,13 +158,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="?", default="{}", help='JSON object {"section.key": value}')
     parser.add_argument("--teacher", default=str(paths.TEACHER_WEIGHTS), help="teacher weights for `distill`")
     parser.add_argument("--save", help="where `teacher` saves the weights it trained")
+    parser.add_argument("--weights", help="`teacher`: evaluate these teacher weights instead of training one")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--train-classes", choices=("all", "synthetic", "reference"), default="all",
+                        help="`teacher`: train on every training class, or on one kind only")
     parser.add_argument("--out", default="reports/training_sweep.jsonl", help="JSON lines appended here")
     args = parser.parse_args()
     changes = json.loads(args.overrides)
     params = override(params_module.load(args.params), changes)
-    result = sweep_teacher(params, args.save) if args.stage == "teacher" else sweep_distill(params, args.teacher)
-    line = json.dumps({"stage": args.stage, "overrides": changes, **result})
+    result = (sweep_teacher(params, args.save, args.train_classes, args.weights) if args.stage == "teacher"
+              else sweep_distill(params, args.teacher))
+    line = json.dumps({"stage": args.stage, "overrides": changes, "train_classes": args.train_classes, **result})
     print(line)
     with open(args.out, "a") as handle:
         handle.write(line + "\n")

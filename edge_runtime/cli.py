@@ -230,7 +230,7 @@ def _table_row(source, result, width) -> str:
     closest = ", ".join(f"{m.label} {m.distance:.3f}" for m in result.top_k)
     row = f"{source:<{width}}  {result.label:<20} {result.distance:>8.3f}  {closest}"
     if result.lookalike is not None:
-        row += f"  (close call with {result.lookalike}: check the imprint)"
+        row += f"  (close call: {result.top_k[0].label} or {result.lookalike}? turn the pill over, check the imprint)"
     return row
 
 

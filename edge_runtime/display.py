@@ -34,8 +34,8 @@ def annotate(bgr: np.ndarray, result, announced: str | None, fps: float) -> np.n
         text = announced
     else:
         text = f"{announced}  d={result.distance:.3f}"
-        if result.lookalike is not None and announced == result.label:
-            text += f"  or {result.lookalike}? check imprint"
+        if result.lookalike is not None and announced == result.label and result.top_k:
+            text += f"  {result.top_k[0].label} or {result.lookalike}? turn it over"
     for line, (x, y) in ((text, (8, 24)), (f"{fps:.1f} FPS", (8, canvas.shape[0] - 10))):
         cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3,
                     cv2.LINE_AA)

@@ -144,9 +144,11 @@ def search(index: AnnoyIndex, labels: Sequence[str], embedding: np.ndarray, top_
     return list(matches.values())
 
 
-def identify(matches: Sequence[Match], threshold: float) -> str:
-    """The best match's label when its cosine distance is at most `threshold`, else UNKNOWN."""
-    if matches and matches[0].distance <= threshold:
+def identify(matches: Sequence[Match], threshold: float, margin: float) -> str:
+    """The best match's label when its cosine distance is at most `threshold` and it is no close
+    call (`lookalike`: no other pill within `margin` of it), else UNKNOWN. The bundle's naming
+    rule: a pill is named only when the answer is sure."""
+    if matches and matches[0].distance <= threshold and lookalike(matches, margin) is None:
         return matches[0].label
     return UNKNOWN
 

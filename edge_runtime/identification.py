@@ -30,7 +30,8 @@ class Result(NamedTuple):
     top_k: list  # gallery.Match list, best first, one per distinct label
     box: Box | None  # where the pill is in the image
     timings: dict  # seconds per stage of STAGES that ran
-    lookalike: str | None  # an accepted answer's runner-up within the bundle's look-alike margin, else None
+    lookalike: str | None  # a close call, answered unknown: the runner-up within the bundle's look-alike margin
+    # of a best match within the threshold (top_k[0] is the other candidate), else None
 
 
 class Identifier:
@@ -95,10 +96,11 @@ class Identifier:
         # at least two pills, so a close call between them can be seen
         matches = gallery.search(self.bundle.index, self.bundle.labels, embedding, max(self.top_k, 2),
                                  self.bundle.search_k, self.bundle.rows_per_label)
-        label = gallery.identify(matches, self.threshold)
+        label = gallery.identify(matches, self.threshold, self.bundle.lookalike_margin)
         timings["search"] = time.perf_counter() - start
         distance = matches[0].distance if matches else None
-        lookalike = None if label == gallery.UNKNOWN else gallery.lookalike(matches, self.bundle.lookalike_margin)
+        within = bool(matches) and matches[0].distance <= self.threshold
+        lookalike = gallery.lookalike(matches, self.bundle.lookalike_margin) if within else None
         return Result(label, distance, matches[:self.top_k], crop.box, timings, lookalike)
 
     def _crop(self, rgb: np.ndarray, timings: dict) -> Crop | None:

@@ -71,16 +71,17 @@ def test_headless_prints_one_json_record_per_image(edge_bundle, photos):
     assert green["lookalike"] is None and black["lookalike"] is None  # distinct colours: no close call
 
 
-def test_a_close_call_is_named_in_the_table_and_the_record(edge_bundle, photos):
+def test_a_close_call_is_not_named_and_shows_both_candidates(edge_bundle, photos):
     from edge_runtime.bundle import load_bundle
     from edge_runtime.enrollment import enroll
 
     loaded = load_bundle(edge_bundle)
     enroll(edge_bundle, "lime", loaded.embeddings[[label == "green" for label in loaded.labels]])
     record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[0]]).stdout)
-    assert {record["label"], record["lookalike"]} == {"green", "lime"}
+    assert record["label"] == "unknown"  # two enrolled pills this close: the device does not pick one
+    assert {record["top_k"][0]["label"], record["lookalike"]} == {"green", "lime"}
     row = run(["--bundle", edge_bundle, "--image", photos[0]]).stdout.splitlines()[1]
-    assert f"close call with {record['lookalike']}: check the imprint" in row
+    assert f"close call: {record['top_k'][0]['label']} or {record['lookalike']}? turn the pill over" in row
 
 
 def test_image_table_threshold_override_and_benchmark(edge_bundle, photos):
@@ -291,12 +292,14 @@ def test_the_live_view_names_a_close_call():
     from edge_runtime.identification import Result
 
     frame = np.zeros((120, 640, 3), np.uint8)
-    plain = Result("green", 0.01, [], (10, 10, 50, 50), {}, None)
+    from edge_runtime.gallery import UNKNOWN, Match
+
+    plain = Result(UNKNOWN, 0.01, [Match("green", 0.01)], (10, 10, 50, 50), {}, None)
     close = plain._replace(lookalike="lime")
 
     def text_end(image):  # rightmost drawn column of the top text line
         return int(np.nonzero(image[5:35].any(axis=(0, 2)))[0].max())
 
-    assert text_end(annotate(frame, close, "green", 30.0)) > text_end(annotate(frame, plain, "green", 30.0)) + 50
+    assert text_end(annotate(frame, close, UNKNOWN, 30.0)) > text_end(annotate(frame, plain, UNKNOWN, 30.0)) + 50
     # the smoother still announcing another pill: the close call is not about what is shown
-    assert text_end(annotate(frame, close, "red", 30.0)) < text_end(annotate(frame, close, "green", 30.0))
+    assert text_end(annotate(frame, close, "red", 30.0)) < text_end(annotate(frame, close, UNKNOWN, 30.0))

@@ -478,9 +478,16 @@ def test_distance_units_convert_both_ways(distance):
 
 def test_identify_compares_the_best_distance_with_the_threshold():
     matches = [gallery.Match("red", 0.08), gallery.Match("blue", 0.5)]
-    assert gallery.identify(matches, 0.1) == "red"
-    assert gallery.identify(matches, 0.05) == gallery.UNKNOWN
-    assert gallery.identify([], 0.1) == gallery.UNKNOWN
+    assert gallery.identify(matches, 0.1, 0.0) == "red"
+    assert gallery.identify(matches, 0.05, 0.0) == gallery.UNKNOWN
+    assert gallery.identify([], 0.1, 0.0) == gallery.UNKNOWN
+
+
+def test_identify_names_no_pill_in_a_close_call():
+    matches = [gallery.Match("red", 0.08), gallery.Match("orange", 0.11)]
+    assert gallery.identify(matches, 0.2, 0.02) == "red"  # runner-up 0.03 farther: sure enough
+    assert gallery.identify(matches, 0.2, 0.04) == gallery.UNKNOWN  # within the margin: a close call
+    assert gallery.identify(matches[:1], 0.2, 2.0) == "red"  # one pill enrolled: no close call possible
 
 
 def test_lookalike_names_a_runner_up_within_the_margin():
@@ -520,11 +527,11 @@ def test_two_labels_for_one_pill_are_a_close_call_even_with_top_k_1(edge_bundle,
     enroll(edge_bundle, "lime", green)
     result = Identifier(edge_interpreter, load_bundle(edge_bundle), top_k=1).identify_image(
         pill_photos("green", 1, seed=9)[0])
-    assert result.label in ("green", "lime") and len(result.top_k) == 1
-    assert result.lookalike == ({"green", "lime"} - {result.label}).pop()
+    assert result.label == gallery.UNKNOWN and len(result.top_k) == 1  # a close call: no pill named
+    assert {result.top_k[0].label, result.lookalike} == {"green", "lime"}
 
 
-def test_an_unknown_answer_is_no_close_call(edge_bundle, edge_interpreter):
+def test_an_answer_beyond_the_threshold_is_no_close_call(edge_bundle, edge_interpreter):
     loaded = load_bundle(edge_bundle)
     strict = Identifier(edge_interpreter, loaded, top_k=3, threshold=0.0)  # nothing is accepted
     result = strict.identify_image(pill_photos("green", 1, seed=9)[0])

@@ -302,20 +302,77 @@ def test_parity_figures_find_the_near_ties_where_answers_differ():
     assert same["largest_disagreeing_margin"] == 0.0 and same["near_tie_share"] == 0.0
 
 
-def test_enroll_calibrates_the_threshold_and_the_lookalike_margin_by_hand():
+def test_enroll_calibrates_the_naming_rule_by_hand():
     from tf_pilltrack import dataset, enrollment
 
     def split(labels):
         labels = np.array(labels)
         return dataset.Split(np.zeros((len(labels), 1, 1, 3), np.uint8), labels, labels, labels)
 
-    gallery, references = _unit(0, 90), split(["a", "b"])
-    # a's queries at 10 and 30 deg (right), b's at 40 deg (taken for a: 40 vs 50 deg) and 80 (right)
-    queries, query_split = _unit(10, 30, 40, 80), split(["a", "a", "b", "b"])
+    # pills a (0 deg) and b (20 deg) enrolled; c (seed 0 keeps it out of the gallery) at 180 deg
+    gallery, references = _unit(0, 20, 180), split(["a", "b", "c"])
+    # a's queries at -10 and 5 deg, b's at 30 (right) and 9 (taken for a, a close call), c's at 170
+    queries, query_split = _unit(-10, 5, 30, 9, 170), split(["a", "a", "b", "b", "c"])
     distance = lambda degrees: 1 - np.cos(np.radians(degrees))  # noqa: E731
-    calibration = enrollment.calibrate(gallery, references, queries, query_split, 1.0, 1.0)
+    settings = {"calibration_absent": 0.3, "min_named_correct": 0.95, "max_absent_named": 0.05, "rule_steps": 4}
+    calibration = enrollment.calibrate(gallery, references, queries, query_split, settings, 0)
+    assert calibration["calibration_absent_classes"] == 1 and calibration["calibration_absent_queries"] == 1
     assert calibration["calibration_recall_at_1"] == pytest.approx(0.75)
-    assert calibration["threshold"] == pytest.approx(distance(30))  # keeps all right answers: 10, 30, 10 deg
-    assert calibration["lookalike_margin"] == pytest.approx(distance(50) - distance(40))  # the one wrong answer
-    assert calibration["lookalike_flagged"] == pytest.approx(0.25)  # it alone: the others' margins are wider
-    assert calibration["recall_at_1_unflagged"] == 1.0
+    # the widest threshold (10 deg) names the wrong answer too, unless the margin leaves its near tie out
+    assert calibration["threshold"] == pytest.approx(distance(10))
+    assert calibration["lookalike_margin"] == pytest.approx(distance(11) - distance(9))
+    assert calibration["targets_met"]
+    assert calibration["named_share"] == pytest.approx(0.75)
+    assert calibration["named_correct"] == 1.0 and calibration["absent_named"] == 0.0
+    assert calibration["lookalike_flagged"] == pytest.approx(0.25) and calibration["recall_at_1_unflagged"] == 1.0
+
+
+def test_selective_rates_count_absent_pills_named_as_wrong_answers():
+    best = np.array([0.1, 0.2, 0.3, 0.6])
+    margins = np.array([0.5, 0.01, 0.5, 0.5])
+    correct = np.array([True, False, True, True])
+    absent_best, absent_margins = np.array([0.15, 0.7]), np.array([0.3, 0.3])
+    rates = metrics.selective_rates(best, margins, correct, absent_best, absent_margins, 0.35, 0.05)
+    # named: 0.1 (right), 0.3 (right); 0.2 is a close call, 0.6 too far; absent 0.15 named
+    assert rates == {"named_share": 0.5, "named_correct": pytest.approx(2 / 3), "absent_named": 0.5}
+    nothing = metrics.selective_rates(best, margins, correct, absent_best, absent_margins, 0.0, 0.05)
+    assert nothing == {"named_share": 0.0, "named_correct": 1.0, "absent_named": 0.0}
+
+
+def test_choose_rule_names_the_most_photos_within_both_targets():
+    rng = np.random.default_rng(0)
+    correct = np.r_[np.ones(80, bool), np.zeros(20, bool)]
+    best = np.r_[rng.uniform(0.0, 0.3, 80), rng.uniform(0.2, 0.5, 20)]
+    margins = np.r_[rng.uniform(0.05, 0.3, 80), rng.uniform(0.0, 0.04, 20)]
+    absent_best, absent_margins = rng.uniform(0.25, 0.8, 50), rng.uniform(0.0, 0.3, 50)
+    rule = metrics.choose_rule(best, margins, correct, absent_best, absent_margins, 0.95, 0.05, 20)
+    assert rule["met"]
+    assert rule["named_correct"] >= 0.95 and rule["absent_named"] <= 0.05
+    again = metrics.selective_rates(best, margins, correct, absent_best, absent_margins, rule["threshold"],
+                                    rule["margin"])
+    assert again == {key: rule[key] for key in again}
+    # no other candidate pair meeting both targets names more
+    for threshold in np.quantile(best[correct], np.linspace(0.05, 1, 20), method="inverted_cdf"):
+        for margin in np.r_[0.0, np.quantile(margins[~correct], np.linspace(0, 0.95, 20), method="inverted_cdf")]:
+            rates = metrics.selective_rates(best, margins, correct, absent_best, absent_margins, threshold, margin)
+            if rates["named_correct"] >= 0.95 and rates["absent_named"] <= 0.05:
+                assert rates["named_share"] <= rule["named_share"]
+
+
+def test_choose_rule_says_when_the_targets_cannot_be_met():
+    best, margins = np.array([0.1, 0.1, 0.2]), np.array([0.2, 0.2, 0.2])
+    correct = np.array([True, False, True])
+    rule = metrics.choose_rule(best, margins, correct, np.array([0.05]), np.array([0.3]), 0.99, 0.0, 5)
+    assert not rule["met"]
+    with pytest.raises(ValueError, match="no correct answers"):
+        metrics.choose_rule(best, margins, np.zeros(3, bool), np.zeros(0), np.zeros(0), 0.9, 0.1, 5)
+
+
+def test_risk_coverage_rises_with_the_threshold():
+    best = np.linspace(0.01, 0.5, 50)
+    correct = best < 0.3
+    curve = metrics.risk_coverage(best, np.full(50, 0.2), correct, np.array([0.2, 0.6]), np.array([0.2, 0.2]),
+                                  0.0, 10)
+    shares = [point["named_share"] for point in curve]
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    assert curve[0]["named_correct"] == 1.0 and curve[-1]["named_correct"] < 1.0

@@ -4,12 +4,15 @@ The novel classes' reference shots are embedded by the exported int8 model throu
 `edge_runtime.interpreter` (the same code path as `pilltrack-edge`), and written with
 `edge_runtime.bundle.write_bundle`: model, Annoy index, embeddings and sidecar.
 
-The unknown-pill threshold is calibrated on the calibration classes, which neither training
-nor evaluation uses: their reference shots form a gallery, their other photos query it, and
-the threshold is the cosine distance that accepts `enroll.target_recall` of the correct
-top-1 answers. The look-alike margin is set there too: the gap between the nearest and the
-second-nearest pill at or under which `enroll.lookalike_errors` of the wrong top-1 answers
-fall; the device flags an answer with so close a runner-up as a close call. Annoy's search_k follows the gallery's size (`gallery.search_k_for_size`, as on
+The naming rule is calibrated on the calibration classes, which neither training nor
+evaluation uses: `enroll.calibration_absent` of them (a seeded choice) are kept out of a gallery
+made of the others' reference shots, and all their other photos query it. The rule names the
+nearest pill only when it lies within the unknown threshold (cosine distance) and the runner-up
+pill lies more than the look-alike margin farther; anything else is "unknown", and a close call
+shows both candidates. The pair chosen (`metrics.choose_rule`) names the most photos of the
+gallery's pills while at least `enroll.min_named_correct` of named answers are right (an absent
+pill named counts as wrong) and at most `enroll.max_absent_named` of absent pills' photos are
+named. Annoy's search_k follows the gallery's size (`gallery.search_k_for_size`, as on
 the device after enrolling); its top-1 agreement with exact search on the calibration photos,
 and the smallest search_k reaching `enroll.search_k_agreement` there, are reported beside it.
 """
@@ -34,23 +37,40 @@ def embed_split(model_interpreter, split: dataset.Split, views: int) -> np.ndarr
 
 
 def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_embeddings: np.ndarray,
-              queries: dataset.Split, target_recall: float, lookalike_errors: float) -> dict:
-    """The distance threshold keeping `target_recall` of correct top-1 answers and the
-    look-alike margin flagging `lookalike_errors` of wrong ones, with the figures they were
-    set from."""
-    order, distances = metrics.rank_gallery(query_embeddings, gallery_embeddings, 1)
-    correct = references.labels[order[:, 0]] == queries.labels
-    threshold = metrics.threshold_for_recall(distances[correct, 0], target_recall)
-    margins = metrics.label_margins(query_embeddings, gallery_embeddings, references.labels)
-    margin = metrics.margin_for_errors(margins, ~correct, lookalike_errors)
+              queries: dataset.Split, settings: dict, seed: int) -> dict:
+    """The naming rule (unknown threshold and look-alike margin) of `settings` (params.yaml's
+    `enroll`) on the calibration classes, with the figures it was set from."""
+    labels = sorted(set(references.labels.tolist()))
+    count = min(len(labels) - 2, max(1, int(round(settings["calibration_absent"] * len(labels)))))
+    if count < 1:
+        raise ValueError(f"{len(labels)} calibration classes: the naming rule needs at least 3")
+    absent = np.random.default_rng(seed).permutation(len(labels))[:count]
+    absent_labels = [labels[index] for index in absent]
+    in_gallery = ~np.isin(references.labels, absent_labels)
+    known = ~np.isin(queries.labels, absent_labels)
+    gallery_rows, gallery_labels = gallery_embeddings[in_gallery], references.labels[in_gallery]
+    order, distances = metrics.rank_gallery(query_embeddings[known], gallery_rows, 1)
+    correct = gallery_labels[order[:, 0]] == queries.labels[known]
+    margins = metrics.label_margins(query_embeddings[known], gallery_rows, gallery_labels)
+    absent_best = metrics.rank_gallery(query_embeddings[~known], gallery_rows, 1)[1][:, 0]
+    absent_margins = metrics.label_margins(query_embeddings[~known], gallery_rows, gallery_labels)
+    rule = metrics.choose_rule(distances[:, 0], margins, correct, absent_best, absent_margins,
+                               settings["min_named_correct"], settings["max_absent_named"], settings["rule_steps"])
     return {
-        "threshold": threshold,
-        "lookalike_margin": margin,
+        "threshold": rule["threshold"],
+        "lookalike_margin": rule["margin"],
+        "targets_met": rule["met"],
+        "named_share": rule["named_share"],
+        "named_correct": rule["named_correct"],
+        "absent_named": rule["absent_named"],
         "calibration_recall_at_1": float(correct.mean()),
-        "calibration_queries": int(len(queries)),
-        "target_recall": target_recall,
-        "lookalike_errors": lookalike_errors,
-        **metrics.lookalike_rates(margins, correct, margin),
+        "calibration_known_classes": len(labels) - count,
+        "calibration_absent_classes": count,
+        "calibration_queries": int(known.sum()),
+        "calibration_absent_queries": int((~known).sum()),
+        "min_named_correct": settings["min_named_correct"],
+        "max_absent_named": settings["max_absent_named"],
+        **metrics.lookalike_rates(margins, correct, rule["margin"]),
     }
 
 
@@ -65,7 +85,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     calibration_query_embeddings = embed_split(model_interpreter, calibration_queries, views)
     calibration = calibrate(
         embed_split(model_interpreter, calibration_references, views), calibration_references,
-        calibration_query_embeddings, calibration_queries, settings["target_recall"], settings["lookalike_errors"])
+        calibration_query_embeddings, calibration_queries, settings, seed)
     references = dataset.load_split("references")
     embeddings = embed_split(model_interpreter, references, views)
     # search_k follows the gallery's size, as it does when the device enrolls more pills; it is
@@ -98,19 +118,23 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "unknown_threshold": calibration["threshold"],
         "lookalike_margin": calibration["lookalike_margin"],
         "calibration_recall_at_1": calibration["calibration_recall_at_1"],
-        "calibration_lookalike_flagged": calibration["lookalike_flagged"],
-        "calibration_recall_at_1_unflagged": calibration["recall_at_1_unflagged"],
+        "calibration_named_share": calibration["named_share"],
+        "calibration_named_correct": calibration["named_correct"],
+        "calibration_absent_named": calibration["absent_named"],
+        "calibration_targets_met": calibration["targets_met"],
         "runtime": interpreter.runtime_name(),
         "seconds": round(time.time() - started, 1),
     }
     paths.REPORTS.mkdir(parents=True, exist_ok=True)
     write_atomically(paths.REPORTS / "enroll.json", json.dumps(summary, indent=2).encode())
     echo(f"enroll: {summary['gallery_pills']} novel pills ({summary['gallery_items']} photos) in {paths.BUNDLE}/ "
-         f"via {summary['runtime']}; unknown threshold {summary['unknown_threshold']:.3f} (cosine distance, keeps "
-         f"{settings['target_recall']:.0%} of correct answers on calibration classes); look-alike margin "
-         f"{calibration['lookalike_margin']:.4f} (flags {settings['lookalike_errors']:.0%} of wrong answers there, "
-         f"{calibration['lookalike_flagged']:.0%} of all; Recall@1 of the rest {calibration['recall_at_1_unflagged']:.3f}"
-         f" vs {calibration['calibration_recall_at_1']:.3f}); search_k {search_k} "
+         f"via {summary['runtime']}; naming rule: within {summary['unknown_threshold']:.3f} cosine distance and "
+         f"no other pill within {summary['lookalike_margin']:.4f} of it. On the calibration classes "
+         f"({calibration['calibration_known_classes']} enrolled, {calibration['calibration_absent_classes']} absent) "
+         f"it names {calibration['named_share']:.1%} of enrolled pills' photos, {calibration['named_correct']:.1%} "
+         f"of named answers right, {calibration['absent_named']:.1%} of absent pills' photos named (targets "
+         f">= {settings['min_named_correct']:.0%} right, <= {settings['max_absent_named']:.0%} absent named: "
+         f"{'met' if calibration['targets_met'] else 'NOT met, the most precise rule taken'}); search_k {search_k} "
          f"(top-1 agreement with exact search {search['top1_agreement']:.3f} on {search['queries']} calibration "
          f"photos; the smallest reaching {search['target_agreement']} there: "
          f"{search['smallest_search_k_for_target']})")

@@ -182,7 +182,9 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
     correct_accept_rate_t; with at least one correct answer threshold_episode,
     false_accept_rate_episode and correct_accept_rate_episode; with a `lookalike_margin`,
     `metrics.lookalike_rates` of the top-1 answers (close calls flagged, errors caught, Recall@1
-    of the rest)."""
+    of the rest); with a `lookalike_margin`, a "bundle" threshold and absent queries, the device's
+    naming rule at both (`metrics.selective_rates`): named_share_bundle, named_correct_bundle,
+    absent_named_bundle."""
     if not 0.0 < keep_correct <= 1.0:
         raise ValueError(f"keep_correct must be within (0, 1], got {keep_correct}")
     query_labels = np.asarray(query_labels).astype(str)
@@ -209,6 +211,11 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
     if lookalike_margin is not None:
         margins = metrics.label_margins(query_embeddings, gallery_embeddings, gallery_labels)
         result.update(metrics.lookalike_rates(margins, correct, lookalike_margin))
+        if "bundle" in named and len(absent_best):
+            # the device's naming rule: within the threshold and no pill within the margin of the best
+            absent_margins = metrics.label_margins(absent_embeddings, gallery_embeddings, gallery_labels)
+            result.update({f"{key}_bundle": value for key, value in metrics.selective_rates(
+                best, margins, correct, absent_best, absent_margins, named["bundle"], lookalike_margin).items()})
     return result
 
 
@@ -280,6 +287,26 @@ def tally_answers(embeddings: np.ndarray, labels: np.ndarray, drawn: list[Episod
             for pill in sorted(absent_asked)},
         "false_accepts": ranked(accepted, absent_asked),
     }
+
+
+def pooled_answers(embeddings: np.ndarray, labels: np.ndarray, drawn: list[Episode]) -> dict[str, np.ndarray]:
+    """The single-view answers of every episode in `drawn`, concatenated: for the gallery pills'
+    queries their nearest distance ("best"), margin to the runner-up pill ("margins") and
+    whether the nearest is right ("correct"); for the absent pills' queries "absent_best" and
+    "absent_margins". What a rule's figures over all the episodes' answers are computed from."""
+    labels = np.asarray(labels).astype(str)
+    parts: dict[str, list] = defaultdict(list)
+    for episode in drawn:
+        gallery, gallery_labels = embeddings[episode.references], labels[episode.references]
+        order, distances = metrics.rank_gallery(embeddings[episode.queries], gallery, 1)
+        parts["best"].append(distances[:, 0])
+        parts["correct"].append(gallery_labels[order[:, 0]] == labels[episode.queries])
+        parts["margins"].append(metrics.label_margins(embeddings[episode.queries], gallery, gallery_labels))
+        if len(episode.absent):
+            parts["absent_best"].append(metrics.rank_gallery(embeddings[episode.absent], gallery, 1)[1][:, 0])
+            parts["absent_margins"].append(metrics.label_margins(embeddings[episode.absent], gallery, gallery_labels))
+    return {key: np.concatenate(parts[key]) if parts[key] else np.zeros(0)
+            for key in ("best", "margins", "correct", "absent_best", "absent_margins")}
 
 
 def summarise(results: list[Mapping[str, float]]) -> dict[str, float]:

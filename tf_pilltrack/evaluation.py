@@ -96,12 +96,18 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     result["map_at_r"] = metrics.evaluate_embeddings(query_embeddings, queries.labels, loaded.embeddings, labels)["map_at_r"]
     exact_order, _ = metrics.rank_gallery(query_embeddings, loaded.embeddings, 1)
     result["annoy_exact_top1_agreement"] = float(np.mean(labels[exact_order[:, 0]] == ranked[:, 0]))
-    absent_best = [gallery.search(loaded.index, loaded.labels, embedding, 1, loaded.search_k)[0].distance
-                   for embedding in interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.symmetry_views)] if len(absent) else []
+    absent_best, absent_margins = [], []
+    for embedding in (interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.symmetry_views)
+                      if len(absent) else []):
+        matches = gallery.search(loaded.index, loaded.labels, embedding, 2, loaded.search_k)
+        absent_best.append(matches[0].distance)
+        absent_margins.append(matches[1].distance - matches[0].distance if len(matches) > 1 else 2.0)
     correct = ranked[:, 0] == queries.labels.astype(object)
     result.update(metrics.open_set_rates(np.array(best), correct, np.array(absent_best), loaded.unknown_threshold))
     result["unknown_threshold"] = loaded.unknown_threshold
     result.update(metrics.lookalike_rates(np.array(margins), correct, loaded.lookalike_margin))
+    result.update(metrics.selective_rates(np.array(best), np.array(margins), correct, np.array(absent_best),
+                                          np.array(absent_margins), loaded.unknown_threshold, loaded.lookalike_margin))
     result["lookalike_margin"] = loaded.lookalike_margin
     return result
 
@@ -196,6 +202,19 @@ def episode_table(results: dict, settings: dict) -> list[str]:
                                                                 "auroc_known_vs_absent", "false_accept_rate_episode",
                                                                 "false_accept_rate_bundle")))
     return rows
+
+
+RISK_COVERAGE_POINTS = 20
+
+
+def risk_coverage_curve(pool: dataset.Split, embeddings: np.ndarray, shots: int, settings: dict,
+                        margin: float) -> dict:
+    """The naming rule's risk-coverage curve over the single-view answers of the K = `shots`
+    episodes (pooled): at the bundle's look-alike `margin`, RISK_COVERAGE_POINTS thresholds."""
+    answers = episodes.pooled_answers(embeddings, pool.labels, draw("real", pool, shots, settings))
+    return {"shots": shots, "margin": margin, "points": metrics.risk_coverage(
+        answers["best"], answers["margins"], answers["correct"], answers["absent_best"],
+        answers["absent_margins"], margin, RISK_COVERAGE_POINTS)}
 
 
 def load_novel_real(settings: dict, config: PreprocessConfig) -> tuple[dataset.Split, dict, list[dict]]:
@@ -301,6 +320,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "real": {**real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
                                                pool_embeddings["real"], settings, thresholds, lookalike_margins)},
     }
+    shots = max(settings["shots"])
+    results["episodes"]["real"]["risk_coverage"] = risk_coverage_curve(
+        real_pool, pool_embeddings["real"]["student_int8"], shots, settings, loaded.lookalike_margin)
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
     answers = {data: tally_episodes(data, pool, pool_embeddings[data]["student_int8"], settings)
@@ -349,7 +371,15 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"{settings['keep_correct']:.0%} of the episode's correct answers):")
     for row in episode_table(results["episodes"], settings):
         echo(row)
-    shots = max(settings["shots"])
+    echo(f"\nNaming rule of the bundle (name the nearest pill within {loaded.unknown_threshold:.3f} when no other pill "
+         f"is within {loaded.lookalike_margin:.4f} of it; else unknown), int8, {shots}-shot episodes:")
+    for data in (data for data in EPISODE_DATA if data in results["episodes"]):
+        for views in ("single", "multi"):
+            row = results["episodes"][data][f"shots_{shots}"]["student_int8"].get(views, {})
+            if "named_share_bundle" in row:
+                echo(f"  {data:<10} {views:<7} names {row['named_share_bundle']:.1%} of enrolled pills' photos, "
+                     f"{row['named_correct_bundle']:.1%} of named answers right, {row['absent_named_bundle']:.1%} of "
+                     f"absent pills' photos named")
     echo(f"\nClose calls (runner-up pill within the bundle's look-alike margin {loaded.lookalike_margin:.4f}), int8:")
     rows = [("synthetic novel, bundle (Annoy)", shipped_row)] + [
         (f"{data} episodes, {shots}-shot, {views}", results["episodes"][data][f"shots_{shots}"]["student_int8"][views])

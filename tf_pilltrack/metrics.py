@@ -119,3 +119,66 @@ def open_set_rates(known_distances: np.ndarray, known_correct: np.ndarray,
         ties = (known_distances[:, None] == absent_distances[None, :]).mean()
         rates["auroc_known_vs_absent"] = float(nearer + 0.5 * ties)
     return rates
+
+
+def selective_rates(best: np.ndarray, margins: np.ndarray, correct: np.ndarray, absent_best: np.ndarray,
+                    absent_margins: np.ndarray, threshold: float, margin: float) -> dict[str, float]:
+    """The device's naming rule at (`threshold`, `margin`): a photo gets a pill's name when its
+    nearest pill is within `threshold` and the runner-up pill is more than `margin` farther
+    (`label_margins`); otherwise it is "unknown". Returns the share of gallery pills' photos that
+    get a name (coverage), the share of named answers that are right, counting every named
+    photo of a gallery-absent pill as wrong (1 when nothing is named), and the share of absent
+    pills' photos that get a name."""
+    named = (np.asarray(best) <= threshold) & (np.asarray(margins) > margin)
+    absent_named = (np.asarray(absent_best) <= threshold) & (np.asarray(absent_margins) > margin)
+    total = int(named.sum() + absent_named.sum())
+    return {
+        "named_share": float(named.mean()) if len(named) else 0.0,
+        "named_correct": float((named & np.asarray(correct, bool)).sum() / total) if total else 1.0,
+        "absent_named": float(absent_named.mean()) if len(absent_named) else 0.0,
+    }
+
+
+def choose_rule(best: np.ndarray, margins: np.ndarray, correct: np.ndarray, absent_best: np.ndarray,
+                absent_margins: np.ndarray, min_named_correct: float, max_absent_named: float,
+                steps: int) -> dict:
+    """The naming rule (`selective_rates`) that names the most photos while at least
+    `min_named_correct` of named answers are right and at most `max_absent_named` of absent
+    pills' photos are named, searched over `steps` quantiles of the correct answers' distances
+    (thresholds) times `steps` quantiles of the wrong answers' margins, plus no margin. When no
+    pair meets both, the pair with the most right named answers among those of the highest
+    `named_correct` is taken, and "met" is False. Returns threshold, margin, met, the rates."""
+    correct = np.asarray(correct, bool)
+    if not correct.any():
+        raise ValueError("no correct answers to calibrate the naming rule on")
+    levels = np.linspace(1.0 / steps, 1.0, steps)
+    thresholds = np.unique(np.quantile(np.asarray(best)[correct], levels, method="inverted_cdf"))
+    wrong_margins = np.asarray(margins)[~correct]
+    candidates = np.unique(np.concatenate(
+        [[0.0], np.quantile(wrong_margins, levels - 1.0 / steps, method="inverted_cdf")] if len(wrong_margins)
+        else [[0.0]]))
+    chosen, fallback = None, None
+    for threshold in thresholds:
+        for margin in candidates:
+            rates = selective_rates(best, margins, correct, absent_best, absent_margins, threshold, margin)
+            met = rates["named_correct"] >= min_named_correct and rates["absent_named"] <= max_absent_named
+            key = (rates["named_share"], -threshold, -margin)
+            if met and (chosen is None or key > chosen[0]):
+                chosen = (key, threshold, margin, rates)
+            fallback_key = (rates["named_correct"], rates["named_share"] * rates["named_correct"])
+            if fallback is None or fallback_key > fallback[0]:
+                fallback = (fallback_key, threshold, margin, rates)
+    met = chosen is not None
+    _, threshold, margin, rates = chosen if met else fallback
+    return {"threshold": float(threshold), "margin": float(margin), "met": met, **rates}
+
+
+def risk_coverage(best: np.ndarray, margins: np.ndarray, correct: np.ndarray, absent_best: np.ndarray,
+                  absent_margins: np.ndarray, margin: float, points: int) -> list[dict[str, float]]:
+    """The risk-coverage curve of the naming rule at a fixed `margin`: `points` thresholds at
+    evenly spaced quantiles of the known photos' nearest distances, each with its rates."""
+    thresholds = np.unique(np.quantile(np.asarray(best), np.linspace(1.0 / points, 1.0, points),
+                                       method="inverted_cdf"))
+    return [{"threshold": float(threshold),
+             **selective_rates(best, margins, correct, absent_best, absent_margins, threshold, margin)}
+            for threshold in thresholds]

@@ -202,8 +202,10 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "enroll": {
         "annoy_trees": _integer(1, MAX_ANNOY_TREES),
         "search_k_agreement": _number(0.0, 1.0),
-        "target_recall": _number(0.0, 1.0),
-        "lookalike_errors": _number(0.0, 1.0),
+        "calibration_absent": _number(0.0, 1.0),
+        "min_named_correct": _number(0.0, 1.0),
+        "max_absent_named": _number(0.0, 1.0),
+        "rule_steps": _integer(2, 1000),
     },
     "augment": {
         "brightness": _number(0.0, 1.0),
