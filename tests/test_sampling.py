@@ -33,7 +33,7 @@ def test_each_batch_takes_the_mix_share_of_its_classes(ratio, expected):
     random.seed(0)
     train = _split([f"main_{index}" for index in range(10)], value=0)
     mix = _split(["mix_a", "mix_b", "main_0"], value=255)  # a folder name may repeat: still its own class
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, mix, ratio)
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, mix, ratio, 0.5)
     for step in range(SETTINGS["steps_per_epoch"]):
         pixels, labels = sampler[step]
         pixels, labels = np.asarray(pixels), np.asarray(labels)
@@ -45,10 +45,37 @@ def test_each_batch_takes_the_mix_share_of_its_classes(ratio, expected):
 
 def test_without_a_mix_set_batches_are_plain_class_balanced_draws():
     random.seed(0)
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, _split(list("abcdefgh")), dataset.empty_split(SIZE), 0.5)
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, _split(list("abcdefgh")), dataset.empty_split(SIZE), 0.5, 0.5)
     assert not isinstance(sampler, sampling.MixedSampler)
     _, labels = sampler[0]
     assert len(set(np.asarray(labels).tolist())) == SETTINGS["classes_per_batch"]
+
+
+@pytest.mark.parametrize("share, expected", [(0.5, 3), (0.34, 2), (1.0, 5), (0.0, 0)])
+def test_each_batch_takes_the_reference_share_of_its_classes(share, expected):
+    """Synthetic pills are black, composited reference pills (ref-...) white: every batch holds
+    `expected` white classes (all 6 would leave no synthetic pill: one stays)."""
+    random.seed(0)
+    train = dataset.Split(*(np.concatenate(fields) for fields in zip(
+        _split([f"pill_{index}" for index in range(8)], value=0), _split([f"ref-{index}" for index in range(8)], value=255))))
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, dataset.empty_split(SIZE), 0.0, share)
+    for step in range(SETTINGS["steps_per_epoch"]):
+        pixels, labels = (np.asarray(part) for part in sampler[step])
+        white = pixels.reshape(len(pixels), -1).mean(axis=1) > 0
+        assert len(set(labels.tolist())) == SETTINGS["classes_per_batch"]
+        assert len(set(labels[white].tolist())) == expected
+
+
+def test_the_mix_share_comes_first_and_references_share_the_rest():
+    random.seed(0)
+    train = dataset.Split(*(np.concatenate(fields) for fields in zip(
+        _split([f"pill_{index}" for index in range(8)], value=0), _split([f"ref-{index}" for index in range(8)], value=255))))
+    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, _split(["mix_a", "mix_b"], value=128), 0.34, 0.5)
+    pixels, labels = (np.asarray(part) for part in sampler[0])
+    mean = pixels.reshape(len(pixels), -1).mean(axis=1)  # normalised: synthetic -1, mix about 0, references 1
+    assert len(set(labels.tolist())) == 6
+    assert len(set(labels[np.abs(mean) < 0.1].tolist())) == 2  # a third of 6 from the mix set
+    assert len(set(labels[mean > 0.9].tolist())) == 2  # half of the other 4
 
 
 def test_mix_classes_rule():

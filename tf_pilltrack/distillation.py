@@ -144,7 +144,7 @@ def make_sampler(params: dict, split: dataset.Split, mix: dataset.Split | None =
     augmented and normalised exactly as the teacher's, with the mix split's share of classes."""
     return sampling.make_sampler(params["distill"], params["augment"], split,
                                  mix if mix is not None else dataset.empty_split(split.pixels.shape[1]),
-                                 params["data"]["mix_ratio"])
+                                 params["data"]["mix_ratio"], params["data"]["reference_share"])
 
 
 def _fit_phase(student, teacher, params: dict, sampler, epochs: int, learning_rate: float,

@@ -152,6 +152,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "reference_types": _integer(0),
         "reference_photos_per_type": _integer(0, 1000),
         "reference_faces": _choice("together", "apart"),
+        "reference_share": _number(0.0, 1.0),
         "mix_source": _text,
         "mix_localise": _localise_mode,
         "mix_ratio": _number(0.0, 0.9),

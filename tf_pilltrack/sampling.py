@@ -19,26 +19,25 @@ import tensorflow_similarity as tfsim
 from edge_runtime.preprocessing import normalise
 from tf_pilltrack import dataset
 from tf_pilltrack.augmentation import augment
+from tf_pilltrack.composition import PREFIX as REFERENCE_PREFIX
 
 MIX_PREFIX = "mix:"  # mix-set classes are their own classes, even where a folder name repeats
 
 
 class MixedSampler(tfsim.samplers.MultiShotMemorySampler):
-    """MultiShotMemorySampler whose batches take `mix_classes` classes from `mix_ids` and the
-    rest from the other classes (TF-Similarity draws classes uniformly from one list)."""
+    """MultiShotMemorySampler whose batches take a fixed number of classes from each group of
+    classes: `quotas` is [(class ids, classes per batch), ...], drawn in that order
+    (TF-Similarity draws classes uniformly from one list)."""
 
-    def __init__(self, x, y, mix_ids: list[int], mix_classes: int, **kwargs):
+    def __init__(self, x, y, quotas: list[tuple[list[int], int]], **kwargs):
         super().__init__(x, y, **kwargs)
-        self.mix_ids = sorted(mix_ids)
-        self.main_ids = sorted(set(self.class_list) - set(mix_ids))
-        self.mix_classes = mix_classes
+        self.quotas = [(sorted(ids), count) for ids, count in quotas if count > 0]
 
     def _get_examples(self, batch_id, num_classes, examples_per_class):
         every_class = self.class_list
-        self.class_list = (random.sample(self.mix_ids, k=self.mix_classes)
-                           + random.sample(self.main_ids, k=num_classes - self.mix_classes))
+        self.class_list = [chosen for ids, count in self.quotas for chosen in random.sample(ids, k=count)]
         try:  # the parent samples `num_classes` of class_list: exactly the ones chosen here
-            return super()._get_examples(batch_id, num_classes, examples_per_class)
+            return super()._get_examples(batch_id, len(self.class_list), examples_per_class)
         finally:
             self.class_list = every_class
 
@@ -54,15 +53,19 @@ def mix_classes(classes_per_batch: int, ratio: float, main_count: int, mix_count
 
 
 def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, mix: dataset.Split,
-                 mix_ratio: float):
+                 mix_ratio: float, reference_share: float):
     """The sampler of a training section of params.yaml (`teacher` or `distill`: classes_per_batch,
-    examples_per_class, steps_per_epoch) over the training split plus the mix split. Its draws
-    use Python's `random` module (TF-Similarity's): seed it first."""
+    examples_per_class, steps_per_epoch) over the training split plus the mix split. The mix set
+    takes `mix_ratio` of each batch's classes; of the rest, `reference_share` are composited
+    reference pills (class names composition.PREFIX...) when the training split has both kinds.
+    Its draws use Python's `random` module (TF-Similarity's): seed it first."""
     labels = np.concatenate([train.labels.astype(str), np.char.add(MIX_PREFIX, mix.labels.astype(str))])
     pixels = np.concatenate([train.pixels, mix.pixels]) if len(mix) else train.pixels
     targets, names = dataset.label_indices(labels)
     classes = dataset.batch_classes(settings["classes_per_batch"], labels)
     mix_ids = [index for index, name in enumerate(names) if name.startswith(MIX_PREFIX)]
+    reference_ids = [index for index, name in enumerate(names) if name.startswith(REFERENCE_PREFIX)]
+    other_ids = sorted(set(range(len(names))) - set(mix_ids) - set(reference_ids))
     taken = mix_classes(classes, mix_ratio, len(names) - len(mix_ids), len(mix_ids))
 
     def augmenter(x, y, examples_per_class, is_warmup):
@@ -70,6 +73,12 @@ def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, m
 
     common = dict(classes_per_batch=classes, examples_per_class_per_batch=settings["examples_per_class"],
                   steps_per_epoch=settings["steps_per_epoch"], augmenter=augmenter)
-    if taken == 0:
+    if reference_ids and other_ids:
+        rest = classes - taken
+        references = mix_classes(rest, reference_share, len(other_ids), len(reference_ids))
+        quotas = [(mix_ids, taken), (reference_ids, references), (other_ids, rest - references)]
+    elif taken:
+        quotas = [(mix_ids, taken), (reference_ids + other_ids, classes - taken)]
+    else:
         return tfsim.samplers.MultiShotMemorySampler(pixels, targets, **common)
-    return MixedSampler(pixels, targets, mix_ids, taken, **common)
+    return MixedSampler(pixels, targets, quotas, **common)

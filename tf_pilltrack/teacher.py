@@ -123,7 +123,7 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
     tf_keras.utils.set_random_seed(seed)
     sampler = sampling.make_sampler(settings, params["augment"], train_split,
                                     mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]),
-                                    params["data"]["mix_ratio"])
+                                    params["data"]["mix_ratio"], params["data"]["reference_share"])
     model = build(params)
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
