@@ -17,7 +17,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EDGE_TESTS = ["tests/test_edge_runtime.py", "tests/test_edge_cli.py", "tests/test_edge_reliability.py"]
+EDGE_TESTS = ["tests/test_edge_runtime.py", "tests/test_edge_cli.py", "tests/test_edge_reliability.py",
+              "tests/test_edge_limits.py"]
 
 # environment -> (folder, extras, interpreter library the client must pick, NumPy major version)
 EDGE_ENVIRONMENTS = {
