@@ -102,7 +102,7 @@ def _digests(folder: pathlib.Path) -> dict[str, str]:
 def test_generate_composites_reference_pills_reproducibly(tmp_path):
     types, _ = composition.load(_reference_folder(tmp_path / "refs"), "together", MAX_PIXELS)
     first = synthesis.generate(tmp_path / "one", 3, 2, 64, seed=5, workers=1, references=types, reference_photos=4)
-    second = synthesis.generate(tmp_path / "two", 3, 2, 64, seed=5, workers=2, references=types, reference_photos=4)
+    synthesis.generate(tmp_path / "two", 3, 2, 64, seed=5, workers=2, references=types, reference_photos=4)
     assert first["reference_classes"] == 3 and first["images"] == 3 * 2 + 3 * 4
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
     photos = sorted((tmp_path / "one" / "ref-type_a").glob("*.jpg"))

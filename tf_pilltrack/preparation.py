@@ -331,10 +331,11 @@ def split_classes(labels: list[str], novel: float, calibration: float, absent: f
             f"{total} usable classes are too few for {novel_count} novel and "
             f"{calibration_count} calibration classes plus training classes"
         )
-    novel_classes = sorted(order[:novel_count])
+    # absent classes are a seeded choice among the novel ones, not the first by name: in a set that
+    # mixes kinds of pill (pill_..., ref-...) those would all be of one kind
     return {
-        "absent": novel_classes[:absent_count],
-        "novel": novel_classes[absent_count:],
+        "absent": sorted(order[:absent_count]),
+        "novel": sorted(order[absent_count:novel_count]),
         "calibration": sorted(order[novel_count:novel_count + calibration_count]),
         "train": sorted(order[novel_count + calibration_count:]),
     }
