@@ -153,7 +153,7 @@ def update_gallery(directory: str | os.PathLike, change: GalleryChange) -> dict:
     directory = os.fspath(directory)
     if not os.path.isfile(os.path.join(directory, SIDECAR)):
         raise BundleError(f"{os.path.join(directory, SIDECAR)}: missing, so there is no bundle "
-                          "to change (the pipeline's package stage writes one)")
+                          "to change (the pipeline's enroll stage writes one)")
     with _locked(directory):
         current = _load(directory, verify_model=False)
         embeddings, labels = change(current.embeddings, current.labels)

@@ -92,7 +92,7 @@ def _cpu_count() -> int:
 @click.option("--bundle", "bundle_dir", default="bundle", show_default=True,
               type=click.Path(file_okay=False), metavar="DIR",
               help="Device bundle directory: model, gallery and bundle.json, as the "
-                   "pipeline's package stage writes it.")
+                   "pipeline's enroll stage (`pilltrack enroll`) writes it.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               metavar="FILE...",
               help="Photo file(s) to identify; `--image a.jpg b.jpg` takes several.")
