@@ -19,9 +19,10 @@ threshold and look-alike margin, Annoy search. Each episode runs three ways (WAY
 
 Reported per way of cropping, mean ± sample std over the episodes: Recall@1 of the known pills'
 photos (a photo answered "unknown" or "no pill found" counts as wrong), the share answered
-"unknown", the share where no pill was found, the share flagged as a close call, the share
-answered with a pill the bundle had enrolled before (not of the photo set), and the share
-of the absent pills' photos accepted as some enrolled pill (false accepts). The JSON report goes
+"unknown", the share where no pill was found, the share that was a close call (answered "unknown", both candidates shown), the share
+answered with a pill the bundle had enrolled before (not of the photo set), the share given
+any name, the share of the absent pills' photos accepted as some enrolled pill (false accepts),
+and the share of named answers that are right (an absent pill named counts as wrong). The JSON report goes
 to --out.
 """
 
@@ -88,8 +89,14 @@ def run_episode(bundle_dir: pathlib.Path, photos: list, labels: np.ndarray, epis
         "close_calls": float(np.mean([answer.lookalike is not None for answer in answers])),
         "bundle_pill": float(np.mean([answer.label not in not_bundle_pills for answer in answers])),
     }
+    named = [answer.label not in (None, gallery.UNKNOWN) for answer in answers]
+    figures["named"] = float(np.mean(named))
+    absent_named = [answer.label not in (None, gallery.UNKNOWN) for answer in absent]
     if absent:
-        figures["false_accept_rate"] = float(np.mean([answer.label not in (None, gallery.UNKNOWN) for answer in absent]))
+        figures["false_accept_rate"] = float(np.mean(absent_named))
+    right = sum(answer.label == label for answer, label in zip(answers, truth))
+    if sum(named) + sum(absent_named):  # an absent pill's photo named counts as a wrong name
+        figures["named_correct"] = right / (sum(named) + sum(absent_named))
     return figures
 
 

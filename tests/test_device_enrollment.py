@@ -39,9 +39,13 @@ def test_enrolls_on_copies_and_scores_every_way(device_enrollment, edge_bundle, 
     assert (report["images"], report["pills"], report["known_pills"], report["absent_pills"]) == (12, 3, 2, 1)
     assert set(report["results"]) == set(device_enrollment.WAYS)
     for figures in report["results"].values():
-        for key in ("recall_at_1", "unknown", "no_pill_found", "close_calls", "bundle_pill", "false_accept_rate"):
+        for key in ("recall_at_1", "unknown", "no_pill_found", "close_calls", "bundle_pill", "false_accept_rate",
+                    "named", "named_correct"):
             assert 0.0 <= figures[key] <= 1.0 and figures[key + "_std"] >= 0.0
     localised = report["results"]["bundle_localisation"]
     # distinct colours on a plain background: every known pill is found and named
     assert localised["recall_at_1"] == 1.0 and localised["no_pill_found"] == 0.0
+    # every known photo named and right: named answers are wrong only where an absent pill was named
+    assert localised["named"] == 1.0
+    assert (localised["named_correct"] == 1.0) == (localised["false_accept_rate"] == 0.0)
     assert localised["bundle_pill"] == 0.0  # a new gallery: the bundle's green is gone
