@@ -49,18 +49,22 @@ def test_evaluation_reports_every_model(pipeline):
     parity = results["parity"]
     assert 0.0 < parity["qat_keras_vs_int8_embedding_cosine_median"] <= 1.0 + 1e-6
     assert 0.0 <= parity["qat_keras_vs_int8_near_tie_share"] <= 1.0
-    assert (parity["qat_keras_vs_int8_largest_disagreeing_margin"] == 0.0) == (parity["qat_keras_vs_int8_top1_agreement"] == 1.0)
+    # no disagreement, no disagreeing margin; a disagreement may sit on an exact Keras tie (margin 0), as
+    # the toy profile's barely trained students give
+    assert parity["qat_keras_vs_int8_largest_disagreeing_margin"] >= 0.0
+    if parity["qat_keras_vs_int8_top1_agreement"] == 1.0:
+        assert parity["qat_keras_vs_int8_largest_disagreeing_margin"] == 0.0
     assert "Recall@1" in pipeline["first"].stdout  # the summary table a person reads
 
 
-def test_evaluation_reports_episodes_on_synthetic_and_real_data(pipeline):
+def test_evaluation_reports_episodes_on_synthetic_reference_and_real_data(pipeline):
     work = pipeline["dir"]
     params = yaml.safe_load((work / "params.yaml").read_text())["episodes"]
     episodes = json.loads((work / "metrics/evaluation.json").read_text())["episodes"]
     assert episodes["count"] == params["count"]
     assert episodes["real"]["crops_used"] == 557 and episodes["real"]["classes"] == 17  # the shipped real set
     assert 0 <= episodes["real"]["localisation_no_pill_found"] <= 557
-    for data in ("synthetic", "real"):
+    for data in ("synthetic", "reference", "real"):
         for shots in params["shots"]:
             entry = episodes[data][f"shots_{shots}"]
             assert entry["known_classes"] >= 2 and entry["absent_classes"] >= 1
@@ -76,9 +80,16 @@ def test_evaluation_reports_episodes_on_synthetic_and_real_data(pipeline):
             assert "recall_at_1_unflagged" in entry["student_int8"]["single"]
             assert "recall_at_1_unflagged" not in entry["teacher"]["single"]
             assert "false_accept_rate_bundle" not in entry["baseline_colour_shape"]["single"]
+            # the device's naming rule: named answers, right among them, absent pills named
+            rule = entry["student_int8"]["single"]
+            assert all(0.0 <= rule[key] <= 1.0 for key in ("named_share_bundle", "named_correct_bundle",
+                                                           "absent_named_bundle"))
+            assert rule["named_share_bundle"] <= rule["correct_accept_rate_bundle"] + 1e-9 + (1.0 - rule["recall_at_1"])
+    curve = episodes["real"]["risk_coverage"]["points"]
+    assert curve and [point["named_share"] for point in curve] == sorted(point["named_share"] for point in curve)
     assert "Few-shot episodes" in pipeline["first"].stdout
     answers = json.loads((work / "reports/episode_answers.json").read_text())
-    for data in ("synthetic", "real"):
+    for data in ("synthetic", "reference", "real"):
         for shots in params["shots"]:
             tally = answers[data][f"shots_{shots}"]
             by_pill = tally["recall_at_1_by_pill"]
