@@ -123,11 +123,12 @@ def _cpu_count() -> int:
 @click.option("--benchmark", is_flag=True,
               help="At the end, print each stage's median and 95th-percentile time in "
                    "milliseconds.  [default: off]")
-@click.option("--max-frames", type=click.IntRange(min=1), metavar="N",
-              help="Stop after this many frames or images.  [default: no limit]")
-@click.option("--smooth", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--max-frames", type=click.IntRange(1, limits.MAX_FRAMES), metavar="N",
+              help=f"Stop after this many frames or images, at most {limits.MAX_FRAMES:,}.  [default: no limit]")
+@click.option("--smooth", type=click.IntRange(1, limits.MAX_SMOOTH_FRAMES), default=5, show_default=True,
               metavar="FRAMES",
-              help="Frames (video or camera) voted over before a different pill is announced.")
+              help=f"Frames (video or camera) voted over before a different pill is announced, at most "
+                   f"{limits.MAX_SMOOTH_FRAMES}.")
 @click.pass_context
 def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edgetpu, cropped,
          headless, benchmark, max_frames, smooth):

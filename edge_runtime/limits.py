@@ -32,6 +32,8 @@ MAX_TOP_K = 100  # --top-k
 MAX_THREADS = 256  # --threads (interpreter threads)
 MAX_CAMERA_INDEX = 63  # --camera
 MAX_SHOT_INTERVAL_S = 3_600.0  # --interval, seconds between enrollment shots
+MAX_SMOOTH_FRAMES = 1_000  # --smooth, frames voted over
+MAX_FRAMES = 1_000_000_000  # --max-frames
 
 # Waiting for another command that holds the bundle's lock (an enroll or remove in progress)
 LOCK_WAIT_S = 60.0  # seconds, then the command gives up with an error

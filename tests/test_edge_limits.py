@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pathlib
 import unicodedata
 
 import numpy as np
@@ -137,7 +138,9 @@ def test_preprocessing_constants_over_the_limits_are_refused(edge_bundle, name, 
 
 
 @pytest.mark.parametrize("option", [["--top-k", str(limits.MAX_TOP_K + 1)], ["--top-k", "9" * 30],
-                                    ["--threads", "100000"], ["--camera", "9" * 30]])
+                                    ["--threads", "100000"], ["--camera", "9" * 30],
+                                    ["--smooth", "9" * 30], ["--smooth", str(limits.MAX_SMOOTH_FRAMES + 1)],
+                                    ["--max-frames", "9" * 30]])
 def test_options_over_their_limits_are_usage_errors(edge_bundle, tmp_path, option):
     photo = write_photo(tmp_path / "red.png", pill_photos("red", 1)[0])
     result = CliRunner().invoke(main, ["--bundle", edge_bundle, *option, "--image", photo])
@@ -219,3 +222,23 @@ def test_a_lock_file_that_is_a_fifo_is_refused_not_waited_on(edge_bundle):
     os.mkfifo(os.path.join(edge_bundle, ".lock"))
     with pytest.raises(BundleError, match=r"\.lock: not a regular file \(a FIFO\)"):
         load_bundle(edge_bundle)
+
+
+def test_the_readme_limits_table_states_the_limits_in_force():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| limit | value |"):]
+    table = table[:table.index("\n\n")]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:]}
+    stated = {
+        "label length": f"{limits.MAX_LABEL_CHARS} characters",
+        "pills / photos in a gallery": f"{limits.MAX_PILLS:,} / {limits.MAX_GALLERY_ROWS:,}",
+        "photos (or `--shots`) per enroll": f"{limits.MAX_ENROLL_PHOTOS:,}",
+        "`bundle.json` / model file": f"{limits.MAX_SIDECAR_BYTES >> 20} MiB / {limits.MAX_MODEL_BYTES >> 20} MiB",
+        "Annoy trees (`enroll.annoy_trees`)": f"{limits.MAX_ANNOY_TREES:,}",
+        "`--top-k` / `--threads` / `--camera` / `--interval`":
+            f"{limits.MAX_TOP_K} / {limits.MAX_THREADS} / {limits.MAX_CAMERA_INDEX} / {limits.MAX_SHOT_INTERVAL_S:,.0f} s",
+        "`--smooth` / `--max-frames`": f"{limits.MAX_SMOOTH_FRAMES:,} / {limits.MAX_FRAMES:,}",
+        "wait for another command's bundle lock": f"{limits.LOCK_WAIT_S:.0f} s, then exit 1",
+    }
+    for name, value in stated.items():
+        assert rows.get(name) == value, (name, rows.get(name), value)

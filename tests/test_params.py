@@ -178,6 +178,13 @@ def test_out_of_range_value_is_named(params, dotted, value, expected):
     assert expected in _rejects(params, dotted)
 
 
+@pytest.mark.parametrize("value", [3, 5, 16, True])
+def test_symmetry_views_outside_the_allowed_counts_are_refused(params, value):
+    # only 1, 2, 4 or 8 views exist (edge_runtime.limits.SYMMETRY_VIEWS): 3 must not pass here and fail in a stage
+    params["preprocess"]["symmetry_views"] = value
+    _rejects(params, "preprocess.symmetry_views")
+
+
 @pytest.mark.parametrize("value", [0.0, 0])
 def test_min_pill_fraction_zero_is_refused(params, value):
     # PreprocessConfig needs 0 < min_pill_fraction: refuse it here, naming the key, rather

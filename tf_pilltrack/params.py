@@ -17,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from edge_runtime import storage
-from edge_runtime.limits import MAX_ANNOY_TREES, MAX_IMAGE_PIXELS, MAX_SHOWN_CHARS, shown
+from edge_runtime.limits import MAX_ANNOY_TREES, MAX_IMAGE_PIXELS, MAX_SHOWN_CHARS, SYMMETRY_VIEWS, shown
 from edge_runtime.preprocessing import AUTO, PreprocessConfig, is_localise_mode
 
 MAX_PARAMS_BYTES = 1 << 20  # params.yaml is a few kilobytes; a larger file is refused unread
@@ -68,6 +68,14 @@ def _choice(*options: str) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if value not in options:
             raise ParamsError(f"{key}: {shown(value)} is not one of {', '.join(options)}")
+
+    return check
+
+
+def _one_of(values: tuple[int, ...]) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool) or value not in values:
+            raise ParamsError(f"{key}: {shown(value)} is not one of {', '.join(map(str, values))}")
 
     return check
 
@@ -163,7 +171,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "min_pill_fraction": _number(0.0, 1.0),
         "max_pill_fraction": _number(0.0, 1.0),
         "crop_margin": _number(0.0, 1.0),
-        "symmetry_views": _integer(1, 8),
+        "symmetry_views": _one_of(SYMMETRY_VIEWS),
     },
     "prepare": {
         "novel_classes": _number(0.0, 1.0),
@@ -204,6 +212,8 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "annoy_trees": _integer(1, MAX_ANNOY_TREES),
         "search_k_agreement": _number(0.0, 1.0),
         "calibration_absent": _number(0.0, 1.0),
+        "calibration_gallery_pills": _integer(2, 100_000),
+        "calibration_galleries": _integer(1, 10_000),
         "min_named_correct": _number(0.0, 1.0),
         "max_absent_named": _number(0.0, 1.0),
         "rule_steps": _integer(2, 1000),
