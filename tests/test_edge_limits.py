@@ -242,3 +242,13 @@ def test_the_readme_limits_table_states_the_limits_in_force():
     }
     for name, value in stated.items():
         assert rows.get(name) == value, (name, rows.get(name), value)
+
+
+def test_a_sidecar_over_the_limit_is_refused_unread(edge_bundle):
+    """The reader checks bundle.json's size before reading it: an oversized one (however it came) is one
+    clear error, not 64 MiB read and parsed."""
+    path = os.path.join(edge_bundle, SIDECAR)
+    with open(path, "ab") as handle:
+        handle.truncate(limits.MAX_SIDECAR_BYTES + 1)  # sparse: no 64 MiB written
+    with pytest.raises(BundleError, match=rf"bundle.json.*{limits.MAX_SIDECAR_BYTES + 1} bytes, over the limit"):
+        load_bundle(edge_bundle)
