@@ -1,6 +1,7 @@
 """Which rule should decide when the device names a pill? Each rule is calibrated on the
-calibration classes exactly as the enroll stage calibrates the shipped one (some classes kept
-out of the gallery, `metrics.choose_rule` for enroll.min_named_correct and
+calibration classes exactly as the enroll stage calibrates the shipped one (counter-sized
+galleries, `enrollment.draw_calibration_galleries`, some pills of each kept out of it;
+`--calibration-gallery-pills` changes their size), `metrics.choose_rule` for enroll.min_named_correct and
 enroll.max_absent_named), then scored on the real photo set's K-shot episodes (the answers of
 every episode pooled): the share of enrolled pills' photos named, the share of named answers
 that are right (an absent pill named counts as wrong) and the share of absent pills' photos
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime import interpreter  # noqa: E402
 from edge_runtime.bundle import load_bundle  # noqa: E402
-from tf_pilltrack import dataset, episodes, evaluation, metrics, paths  # noqa: E402
+from tf_pilltrack import dataset, enrollment, episodes, evaluation, metrics, paths  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
 
 
@@ -84,6 +85,49 @@ def rule_inputs(rule: str, known: dict, absent: dict) -> tuple[np.ndarray, ...]:
 RULES = ("distance + margin", "distance + ratio", "spread-scaled distance + ratio")
 
 
+def leave_out_answers(gallery: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[dict, dict]:
+    """What the device could calibrate on from its own gallery alone: each enrolled shot asks the
+    gallery without its own photo (a known pill), and each pill's shots ask the gallery without
+    that pill (an absent one)."""
+    known, absent = [], []
+    for row in range(len(gallery)):
+        keep = groups != groups[row]
+        if len(set(labels[keep].tolist())) >= 2 and labels[row] in set(labels[keep].tolist()):
+            known.append(answers(gallery[row:row + 1], gallery[keep], labels[keep], labels[row:row + 1]))
+    for name in sorted(set(labels.tolist())):
+        keep = labels != name
+        if len(set(labels[keep].tolist())) >= 2:
+            absent.append(answers(gallery[~keep], gallery[keep], labels[keep], None))
+    return ({key: np.concatenate([part[key] for part in known]) for key in known[0]},
+            {key: np.concatenate([part[key] for part in absent]) for key in absent[0]})
+
+
+def gallery_calibrated(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                       drawn: list[episodes.Episode], settings: dict) -> dict:
+    """Each episode's rule (distance + margin) calibrated on its own gallery by `leave_out_answers`,
+    then applied to that episode's queries; the rates of all episodes' answers pooled."""
+    totals = {"named": 0.0, "named_right": 0.0, "known": 0, "absent_named": 0.0, "absent": 0}
+    for episode in drawn:
+        rows = episode.references
+        known, absent = leave_out_answers(embeddings[rows], labels[rows], groups[rows])
+        chosen = metrics.choose_rule(*rule_inputs(RULES[0], known, absent), settings["min_named_correct"],
+                                     settings["max_absent_named"], settings["rule_steps"])
+        asked_known, asked_absent = pooled(embeddings, labels, [episode])
+        rates = metrics.selective_rates(*rule_inputs(RULES[0], asked_known, asked_absent), chosen["threshold"],
+                                        chosen["margin"])
+        count, away = len(asked_known["d1"]), len(asked_absent["d1"])
+        named = rates["named_share"] * count
+        totals["named"] += named
+        totals["named_right"] += rates["named_correct"] * (named + rates["absent_named"] * away)
+        totals["absent_named"] += rates["absent_named"] * away
+        totals["known"] += count
+        totals["absent"] += away
+    answered = totals["named"] + totals["absent_named"]
+    return {"named_share": totals["named"] / totals["known"],
+            "named_correct": totals["named_right"] / answered if answered else 1.0,
+            "absent_named": totals["absent_named"] / totals["absent"]}
+
+
 def pooled(embeddings: np.ndarray, labels: np.ndarray, drawn: list[episodes.Episode]) -> tuple[dict, dict]:
     known, absent = [], []
     for episode in drawn:
@@ -98,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default=str(paths.REPORTS / "naming_rules.json"))
+    parser.add_argument("--calibration-gallery-pills", type=int, default=None,
+                        help="pills enrolled in each calibration gallery instead of enroll.calibration_gallery_pills "
+                             "(0: every calibration pill in one gallery)")
     args = parser.parse_args()
     params = params_module.load(args.params)
     settings, calibration_settings = params["episodes"], params["enroll"]
@@ -106,16 +153,24 @@ def main() -> None:
     views = loaded.preprocess.symmetry_views
 
     references, queries = (dataset.load_split(name) for name in ("calibration_references", "calibration_queries"))
-    labels = sorted(set(references.labels.tolist()))
-    count = min(len(labels) - 2, max(1, int(round(calibration_settings["calibration_absent"] * len(labels)))))
-    kept_out = [labels[index] for index in np.random.default_rng(params["base"]["seed"]).permutation(len(labels))[:count]]
-    gallery_rows = ~np.isin(references.labels, kept_out)
-    query_known = ~np.isin(queries.labels, kept_out)
-    gallery = interpreter.embed(lite, references.pixels[gallery_rows], views)
+    if args.calibration_gallery_pills is not None:  # 0: every calibration pill in one gallery (before issue 18)
+        calibration_settings = {**calibration_settings, "calibration_gallery_pills": args.calibration_gallery_pills
+                                or 10 * len(references)}
+    galleries = enrollment.draw_calibration_galleries(sorted(set(references.labels.tolist())), calibration_settings,
+                                                      params["base"]["seed"])
+    embedded_references = interpreter.embed(lite, references.pixels, views)
     asked = interpreter.embed(lite, queries.pixels, views)
-    calibration_known = answers(asked[query_known], gallery, references.labels[gallery_rows].astype(str),
-                                queries.labels[query_known].astype(str))
-    calibration_absent = answers(asked[~query_known], gallery, references.labels[gallery_rows].astype(str), None)
+    known_parts, absent_parts = [], []
+    for enrolled, kept_out in galleries:
+        gallery_rows = np.isin(references.labels, enrolled)
+        gallery, gallery_labels = embedded_references[gallery_rows], references.labels[gallery_rows].astype(str)
+        query_known, query_absent = np.isin(queries.labels, enrolled), np.isin(queries.labels, kept_out)
+        known_parts.append(answers(asked[query_known], gallery, gallery_labels, queries.labels[query_known].astype(str)))
+        absent_parts.append(answers(asked[query_absent], gallery, gallery_labels, None))
+    calibration_known, calibration_absent = (
+        {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} for parts in (known_parts, absent_parts))
+    print(f"calibration: {len(galleries)} galleries of {len(galleries[0][0])} pills enrolled, "
+          f"{len(galleries[0][1])} absent")
 
     real_pool, _, _ = evaluation.load_novel_real(settings, loaded.preprocess)
     real_embeddings = interpreter.embed(lite, real_pool.pixels, views)
@@ -131,6 +186,10 @@ def main() -> None:
             real = metrics.selective_rates(*rule_inputs(rule, real_known, real_absent), chosen["threshold"],
                                            chosen["margin"])
             rows[rule] = {"calibration": chosen, "real": real}
+        if shots >= 2:  # a pill needs a second shot to be asked as a known pill
+            rows["distance + margin calibrated on each episode's own gallery (leave one shot / pill out)"] = {
+                "real": gallery_calibrated(real_embeddings, real_pool.labels.astype(str), real_pool.groups.astype(str),
+                                           drawn, calibration_settings)}
         oracle = metrics.choose_rule(*rule_inputs(RULES[0], real_known, real_absent),
                                      calibration_settings["min_named_correct"],
                                      calibration_settings["max_absent_named"], calibration_settings["rule_steps"])

@@ -314,8 +314,11 @@ def test_enroll_calibrates_the_naming_rule_by_hand():
     # a's queries at -10 and 5 deg, b's at 30 (right) and 9 (taken for a, a close call), c's at 170
     queries, query_split = _unit(-10, 5, 30, 9, 170), split(["a", "a", "b", "b", "c"])
     distance = lambda degrees: 1 - np.cos(np.radians(degrees))  # noqa: E731
-    settings = {"calibration_absent": 0.3, "min_named_correct": 0.95, "max_absent_named": 0.05, "rule_steps": 4}
+    settings = {"calibration_gallery_pills": 20, "calibration_galleries": 5, "calibration_absent": 0.3,
+                "min_named_correct": 0.95, "max_absent_named": 0.05, "rule_steps": 4}
     calibration = enrollment.calibrate(gallery, references, queries, query_split, settings, 0)
+    # three pills are fewer than one draw of 20 enrolled: one gallery of them all
+    assert calibration["calibration_galleries"] == 1
     assert calibration["calibration_absent_classes"] == 1 and calibration["calibration_absent_queries"] == 1
     assert calibration["calibration_recall_at_1"] == pytest.approx(0.75)
     # the widest threshold (10 deg) names the wrong answer too, unless the margin leaves its near tie out
@@ -376,3 +379,35 @@ def test_risk_coverage_rises_with_the_threshold():
     shares = [point["named_share"] for point in curve]
     assert shares == sorted(shares) and shares[-1] == 1.0
     assert curve[0]["named_correct"] == 1.0 and curve[-1]["named_correct"] < 1.0
+
+
+def test_calibration_galleries_are_counter_sized_seeded_draws():
+    from tf_pilltrack import enrollment
+
+    labels = [f"pill_{number:03d}" for number in range(100)]
+    settings = {"calibration_gallery_pills": 14, "calibration_galleries": 30, "calibration_absent": 0.3}
+    galleries = enrollment.draw_calibration_galleries(labels, settings, 42)
+    assert len(galleries) == 30
+    for enrolled, absent in galleries:
+        # 14 / (1 - 0.3) = 20 pills drawn, 6 of them kept out of the gallery
+        assert len(enrolled) == 14 and len(absent) == 6
+        assert not set(enrolled) & set(absent) and set(enrolled) | set(absent) <= set(labels)
+    assert len({tuple(enrolled) for enrolled, _ in galleries}) > 1  # every draw its own
+    assert galleries == enrollment.draw_calibration_galleries(labels, settings, 42)
+    assert galleries != enrollment.draw_calibration_galleries(labels, settings, 43)
+    # a calibration set no larger than one draw is one gallery of every pill
+    whole = enrollment.draw_calibration_galleries(labels[:15], settings, 42)
+    assert len(whole) == 1 and sorted(whole[0][0] + whole[0][1]) == labels[:15] and len(whole[0][1]) == 4
+    with pytest.raises(ValueError, match="at least 3"):
+        enrollment.draw_calibration_galleries(labels[:2], settings, 42)
+
+
+def test_choose_rule_never_returns_a_negative_distance():
+    # an enrolled photo asked again sits at distance 0, which float rounding can make -1e-7: the bundle
+    # refuses a negative threshold, so the rule must not give one
+    best = np.array([-1.2e-7, -1.2e-7, 0.2])
+    margins = np.array([0.5, 0.5, -1e-9])
+    rule = metrics.choose_rule(best, margins, np.array([True, True, False]), np.array([0.3]), np.array([0.1]),
+                               0.95, 0.05, 4)
+    assert rule["threshold"] >= 0.0 and rule["margin"] >= 0.0
+    assert rule["named_share"] == pytest.approx(2 / 3) and rule["named_correct"] == 1.0

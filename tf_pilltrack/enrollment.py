@@ -5,8 +5,13 @@ The novel classes' reference shots are embedded by the exported int8 model throu
 `edge_runtime.bundle.write_bundle`: model, Annoy index, embeddings and sidecar.
 
 The naming rule is calibrated on the calibration classes, which neither training nor
-evaluation uses: `enroll.calibration_absent` of them (a seeded choice) are kept out of a gallery
-made of the others' reference shots, and all their other photos query it. The rule names the
+evaluation uses, in galleries the size of a counter's: `enroll.calibration_galleries` seeded draws
+of `enroll.calibration_gallery_pills` enrolled pills plus absent ones (`enroll.calibration_absent`
+of each draw's pills are kept out of its gallery), each gallery made of its pills' reference
+shots and queried by all their other photos, the answers of every draw pooled. (A rule's error
+rates grow with the number of pills enrolled: calibrated on one gallery of every calibration
+class, hundreds of them, it names almost nothing in a gallery of twenty.) When the calibration
+classes are no more than one draw, they are one gallery. The rule names the
 nearest pill only when it lies within the unknown threshold (cosine distance) and the runner-up
 pill lies more than the look-alike margin farther; anything else is "unknown", and a close call
 shows both candidates. The pair chosen (`metrics.choose_rule`) names the most photos of the
@@ -36,25 +41,44 @@ def embed_split(model_interpreter, split: dataset.Split, views: int) -> np.ndarr
     return interpreter.embed(model_interpreter, split.pixels, views)
 
 
+def draw_calibration_galleries(labels: list[str], settings: dict, seed: int) -> list[tuple[list[str], list[str]]]:
+    """(enrolled, absent) calibration pills of each calibration gallery (module docstring): a
+    draw of gallery_pills / (1 - calibration_absent) pills, at least one of them absent and two
+    enrolled; all the pills in one draw when there are no more than that."""
+    if len(labels) < 3:
+        raise ValueError(f"{len(labels)} calibration classes: the naming rule needs at least 3")
+    fraction = settings["calibration_absent"]
+    drawn = int(round(settings["calibration_gallery_pills"] / (1.0 - fraction))) if fraction < 1.0 else len(labels)
+    whole = drawn >= len(labels)
+    galleries = []
+    for number in range(1 if whole else settings["calibration_galleries"]):
+        rng = np.random.default_rng(seed if whole else [seed, number])
+        chosen = [labels[index] for index in rng.permutation(len(labels))[:min(drawn, len(labels))]]
+        count = min(len(chosen) - 2, max(1, int(round(fraction * len(chosen)))))
+        galleries.append((sorted(chosen[count:]), sorted(chosen[:count])))
+    return galleries
+
+
 def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_embeddings: np.ndarray,
               queries: dataset.Split, settings: dict, seed: int) -> dict:
     """The naming rule (unknown threshold and look-alike margin) of `settings` (params.yaml's
-    `enroll`) on the calibration classes, with the figures it was set from."""
-    labels = sorted(set(references.labels.tolist()))
-    count = min(len(labels) - 2, max(1, int(round(settings["calibration_absent"] * len(labels)))))
-    if count < 1:
-        raise ValueError(f"{len(labels)} calibration classes: the naming rule needs at least 3")
-    absent = np.random.default_rng(seed).permutation(len(labels))[:count]
-    absent_labels = [labels[index] for index in absent]
-    in_gallery = ~np.isin(references.labels, absent_labels)
-    known = ~np.isin(queries.labels, absent_labels)
-    gallery_rows, gallery_labels = gallery_embeddings[in_gallery], references.labels[in_gallery]
-    order, distances = metrics.rank_gallery(query_embeddings[known], gallery_rows, 1)
-    correct = gallery_labels[order[:, 0]] == queries.labels[known]
-    margins = metrics.label_margins(query_embeddings[known], gallery_rows, gallery_labels)
-    absent_best = metrics.rank_gallery(query_embeddings[~known], gallery_rows, 1)[1][:, 0]
-    absent_margins = metrics.label_margins(query_embeddings[~known], gallery_rows, gallery_labels)
-    rule = metrics.choose_rule(distances[:, 0], margins, correct, absent_best, absent_margins,
+    `enroll`) on the calibration classes' galleries (`draw_calibration_galleries`), with the
+    figures it was set from."""
+    galleries = draw_calibration_galleries(sorted(set(references.labels.tolist())), settings, seed)
+    best, margins, correct, absent_best, absent_margins = [], [], [], [], []
+    for enrolled, absent in galleries:
+        in_gallery = np.isin(references.labels, enrolled)
+        known, away = np.isin(queries.labels, enrolled), np.isin(queries.labels, absent)
+        gallery_rows, gallery_labels = gallery_embeddings[in_gallery], references.labels[in_gallery]
+        order, distances = metrics.rank_gallery(query_embeddings[known], gallery_rows, 1)
+        best.append(distances[:, 0])
+        correct.append(gallery_labels[order[:, 0]] == queries.labels[known])
+        margins.append(metrics.label_margins(query_embeddings[known], gallery_rows, gallery_labels))
+        absent_best.append(metrics.rank_gallery(query_embeddings[away], gallery_rows, 1)[1][:, 0])
+        absent_margins.append(metrics.label_margins(query_embeddings[away], gallery_rows, gallery_labels))
+    best, margins, correct, absent_best, absent_margins = (
+        np.concatenate(values) for values in (best, margins, correct, absent_best, absent_margins))
+    rule = metrics.choose_rule(best, margins, correct, absent_best, absent_margins,
                                settings["min_named_correct"], settings["max_absent_named"], settings["rule_steps"])
     return {
         "threshold": rule["threshold"],
@@ -64,10 +88,11 @@ def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_e
         "named_correct": rule["named_correct"],
         "absent_named": rule["absent_named"],
         "calibration_recall_at_1": float(correct.mean()),
-        "calibration_known_classes": len(labels) - count,
-        "calibration_absent_classes": count,
-        "calibration_queries": int(known.sum()),
-        "calibration_absent_queries": int((~known).sum()),
+        "calibration_galleries": len(galleries),
+        "calibration_known_classes": len(galleries[0][0]),
+        "calibration_absent_classes": len(galleries[0][1]),
+        "calibration_queries": int(len(correct)),
+        "calibration_absent_queries": int(len(absent_best)),
         "min_named_correct": settings["min_named_correct"],
         "max_absent_named": settings["max_absent_named"],
         **metrics.lookalike_rates(margins, correct, rule["margin"]),
@@ -130,7 +155,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"enroll: {summary['gallery_pills']} novel pills ({summary['gallery_items']} photos) in {paths.BUNDLE}/ "
          f"via {summary['runtime']}; naming rule: within {summary['unknown_threshold']:.3f} cosine distance and "
          f"no other pill within {summary['lookalike_margin']:.4f} of it. On the calibration classes "
-         f"({calibration['calibration_known_classes']} enrolled, {calibration['calibration_absent_classes']} absent) "
+         f"({calibration['calibration_galleries']} galleries of {calibration['calibration_known_classes']} enrolled, "
+         f"{calibration['calibration_absent_classes']} absent) "
          f"it names {calibration['named_share']:.1%} of enrolled pills' photos, {calibration['named_correct']:.1%} "
          f"of named answers right, {calibration['absent_named']:.1%} of absent pills' photos named (targets "
          f">= {settings['min_named_correct']:.0%} right, <= {settings['max_absent_named']:.0%} absent named: "

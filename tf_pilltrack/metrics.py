@@ -152,11 +152,12 @@ def choose_rule(best: np.ndarray, margins: np.ndarray, correct: np.ndarray, abse
     if not correct.any():
         raise ValueError("no correct answers to calibrate the naming rule on")
     levels = np.linspace(1.0 / steps, 1.0, steps)
-    thresholds = np.unique(np.quantile(np.asarray(best)[correct], levels, method="inverted_cdf"))
+    # cosine distances lie in [0, 2]; float rounding can put an identical pair's a hair below 0
+    thresholds = np.unique(np.clip(np.quantile(np.asarray(best)[correct], levels, method="inverted_cdf"), 0.0, 2.0))
     wrong_margins = np.asarray(margins)[~correct]
-    candidates = np.unique(np.concatenate(
+    candidates = np.unique(np.clip(np.concatenate(
         [[0.0], np.quantile(wrong_margins, levels - 1.0 / steps, method="inverted_cdf")] if len(wrong_margins)
-        else [[0.0]]))
+        else [[0.0]]), 0.0, 2.0))
     chosen, fallback = None, None
     for threshold in thresholds:
         for margin in candidates:
