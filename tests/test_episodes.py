@@ -453,3 +453,9 @@ def test_shipped_real_set_is_a_byte_identical_copy_of_the_shared_one():
               for path in SHARED_REAL.rglob("*") if path.is_file()}
     assert shipped.keys() == shared.keys()
     assert all(shipped[name] == shared[name] for name in shared)
+
+
+def test_distinct_labels_are_the_nearest_pills_padded():
+    ranked = np.array([["a", "a", "b", "a", "c"], ["b", "b", "b", "b", "b"]])
+    assert episodes.distinct_labels(ranked, 2).tolist() == [["a", "b"], ["b", ""]]
+    assert episodes.distinct_labels(ranked, 4).tolist() == [["a", "b", "c", ""], ["b", "", "", ""]]

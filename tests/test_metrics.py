@@ -286,19 +286,19 @@ def test_lookalike_rates_by_hand():
     assert everything["lookalike_flagged"] == 1.0 and everything["recall_at_1_unflagged"] == 1.0
 
 
-def test_parity_figures_find_the_near_ties_where_answers_differ():
+def test_keras_int8_agreement_finds_the_near_ties_where_answers_differ():
     from tf_pilltrack import evaluation
 
     gallery, labels = _unit(0, 90), np.array(["a", "b"])
     keras_queries = _unit(10, 44, 46, 80)  # margins: large, small, small, large
     int8_queries = _unit(10, 46, 44, 80)  # the two near ties flip
     keras_top1, int8_top1 = np.array(["a", "a", "b", "b"]), np.array(["a", "b", "a", "b"])
-    figures = evaluation.parity_figures(keras_queries, gallery, int8_queries, labels, keras_top1, int8_top1)
+    figures = evaluation.keras_int8_agreement(keras_queries, gallery, int8_queries, labels, keras_top1, int8_top1)
     tie = np.cos(np.radians(44)) - np.cos(np.radians(46))
     assert figures["largest_disagreeing_margin"] == pytest.approx(tie, abs=1e-6)
     assert figures["near_tie_share"] == 0.5
     assert figures["embedding_cosine_median"] == pytest.approx((1 + np.cos(np.radians(2))) / 2, abs=1e-6)
-    same = evaluation.parity_figures(keras_queries, gallery, keras_queries, labels, keras_top1, keras_top1)
+    same = evaluation.keras_int8_agreement(keras_queries, gallery, keras_queries, labels, keras_top1, keras_top1)
     assert same["largest_disagreeing_margin"] == 0.0 and same["near_tie_share"] == 0.0
 
 

@@ -163,10 +163,11 @@ def combine_views(embeddings: np.ndarray, tuples: np.ndarray) -> np.ndarray:
     return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
 
-def _by_pill(ranked_items: np.ndarray, depth: int) -> np.ndarray:
-    """Each row of gallery labels (nearest first) as its distinct labels, padded with ''."""
+def distinct_labels(ranked_labels: np.ndarray, depth: int) -> np.ndarray:
+    """Each row of gallery items' labels (nearest first) as its first `depth` distinct labels,
+    padded with '': the k nearest *pills*, as the device answers."""
     rows = []
-    for row in ranked_items.tolist():
+    for row in np.asarray(ranked_labels).tolist():
         seen = list(dict.fromkeys(row))[:depth]
         rows.append(seen + [""] * (depth - len(seen)))
     return np.array(rows, dtype=object)
@@ -191,7 +192,7 @@ def score_queries(query_embeddings: np.ndarray, query_labels: np.ndarray, galler
     gallery_labels = np.asarray(gallery_labels).astype(str)
     order, distances = metrics.rank_gallery(query_embeddings, gallery_embeddings, len(gallery_embeddings))
     ranked = gallery_labels[order]
-    result = metrics.retrieval_metrics(_by_pill(ranked, max(RECALL_KS)), query_labels.astype(object),
+    result = metrics.retrieval_metrics(distinct_labels(ranked, max(RECALL_KS)), query_labels.astype(object),
                                        gallery_labels, RECALL_KS)
     result["map_at_r"] = metrics.retrieval_metrics(ranked, query_labels, gallery_labels)["map_at_r"]
     best, correct = distances[:, 0], ranked[:, 0] == query_labels

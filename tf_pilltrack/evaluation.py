@@ -44,25 +44,16 @@ def _recall_curve(ranked_labels: np.ndarray, query_labels: np.ndarray) -> list[f
     return [float(hits[:, :k].any(axis=1).mean()) for k in range(1, ranked_labels.shape[1] + 1)]
 
 
-def _by_label(order: np.ndarray, gallery_labels: np.ndarray, depth: int) -> np.ndarray:
-    """Rankings of gallery items turned into rankings of distinct labels (padded with '')."""
-    rows = []
-    for row in gallery_labels[order]:
-        seen = list(dict.fromkeys(row.tolist()))[:depth]
-        rows.append(seen + [""] * (depth - len(seen)))
-    return np.array(rows, dtype=object)
-
-
 def score(query_embeddings: np.ndarray, query_labels: np.ndarray,
           gallery_embeddings: np.ndarray, gallery_labels: np.ndarray) -> tuple[dict, list[float], np.ndarray]:
     """Metrics by exact search, the Recall@k curve, and each query's top-1 label."""
     result = metrics.evaluate_embeddings(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
     order, _ = metrics.rank_gallery(query_embeddings, gallery_embeddings, len(gallery_embeddings))
-    curve = _recall_curve(_by_label(order, gallery_labels, RECALL_CURVE_DEPTH), query_labels)
+    curve = _recall_curve(episodes.distinct_labels(gallery_labels[order], RECALL_CURVE_DEPTH), query_labels)
     return result, curve, gallery_labels[order[:, 0]]
 
 
-def parity_figures(keras_queries: np.ndarray, keras_references: np.ndarray, int8_queries: np.ndarray,
+def keras_int8_agreement(keras_queries: np.ndarray, keras_references: np.ndarray, int8_queries: np.ndarray,
                    reference_labels: np.ndarray, keras_top1: np.ndarray, int8_top1: np.ndarray) -> dict:
     """How far an int8 model's answers follow its Keras model's, and why they differ: the median
     cosine similarity of the two models' embeddings of a query, the largest Keras margin
@@ -298,7 +289,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "float_vs_int8_top1_agreement": float(np.mean(top1["student_float"] == top1["student_int8"])),
         "qat_keras_vs_int8_top1_agreement": float(np.mean(top1["student_qat_keras"] == top1["student_int8"])),
         "int8_vs_teacher_recall_at_1": results["student_int8"]["recall_at_1"] / max(results["teacher"]["recall_at_1"], 1e-9),
-        **{f"qat_keras_vs_int8_{key}": value for key, value in parity_figures(
+        **{f"qat_keras_vs_int8_{key}": value for key, value in keras_int8_agreement(
             *keras_embeddings["student_qat_keras"], shipped_queries, references.labels,
             top1["student_qat_keras"], top1["student_int8"]).items()},
     }
