@@ -52,6 +52,10 @@ def test_evaluation_reports_every_model(pipeline):
     # no disagreement, no disagreeing margin; a disagreement may sit on an exact Keras tie (margin 0), as
     # the toy profile's barely trained students give
     assert parity["qat_keras_vs_int8_largest_disagreeing_margin"] >= 0.0
+    real = json.loads((pipeline["dir"] / "metrics/evaluation.json").read_text())["episodes"]["real"]
+    largest = real[f"shots_{max(yaml.safe_load((pipeline['dir'] / 'params.yaml').read_text())['episodes']['shots'])}"]
+    assert parity["real_int8_vs_teacher_recall_at_1"] == pytest.approx(
+        largest["student_int8"]["single"]["recall_at_1"] / max(largest["teacher"]["single"]["recall_at_1"], 1e-9))
     if parity["qat_keras_vs_int8_top1_agreement"] == 1.0:
         assert parity["qat_keras_vs_int8_largest_disagreeing_margin"] == 0.0
     assert "Recall@1" in pipeline["first"].stdout  # the summary table a person reads
@@ -68,7 +72,7 @@ def test_evaluation_reports_episodes_on_synthetic_reference_and_real_data(pipeli
         for shots in params["shots"]:
             entry = episodes[data][f"shots_{shots}"]
             assert entry["known_classes"] >= 2 and entry["absent_classes"] >= 1
-            for model in ("baseline_colour_shape", "teacher", "student_int8"):
+            for model in ("baseline_colour_shape", "teacher", "student_ptq_int8", "student_int8"):
                 for views in ("single", "multi"):
                     summary = entry[model][views]
                     assert summary["episodes"] == params["count"]
