@@ -105,27 +105,19 @@ def leave_out_answers(gallery: np.ndarray, labels: np.ndarray, groups: np.ndarra
 def gallery_calibrated(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                        drawn: list[episodes.Episode], settings: dict) -> dict:
     """Each episode's rule (distance + margin) calibrated on its own gallery by `leave_out_answers`,
-    then applied to that episode's queries; the rates of all episodes' answers pooled."""
-    totals = {"named": 0.0, "named_right": 0.0, "known": 0, "absent_named": 0.0, "absent": 0}
+    then applied to that episode's queries; the rates of all episodes' answers pooled. Each
+    answer's distance and margin are taken relative to its episode's (threshold, margin), so the
+    pooled answers are scored by one `metrics.selective_rates` at (0, 0)."""
+    parts = []
     for episode in drawn:
         rows = episode.references
         known, absent = leave_out_answers(embeddings[rows], labels[rows], groups[rows])
         chosen = metrics.choose_rule(*rule_inputs(RULES[0], known, absent), settings["min_named_correct"],
                                      settings["max_absent_named"], settings["rule_steps"])
-        asked_known, asked_absent = pooled(embeddings, labels, [episode])
-        rates = metrics.selective_rates(*rule_inputs(RULES[0], asked_known, asked_absent), chosen["threshold"],
-                                        chosen["margin"])
-        count, away = len(asked_known["d1"]), len(asked_absent["d1"])
-        named = rates["named_share"] * count
-        totals["named"] += named
-        totals["named_right"] += rates["named_correct"] * (named + rates["absent_named"] * away)
-        totals["absent_named"] += rates["absent_named"] * away
-        totals["known"] += count
-        totals["absent"] += away
-    answered = totals["named"] + totals["absent_named"]
-    return {"named_share": totals["named"] / totals["known"],
-            "named_correct": totals["named_right"] / answered if answered else 1.0,
-            "absent_named": totals["absent_named"] / totals["absent"]}
+        score, sure, correct, absent_score, absent_sure = rule_inputs(RULES[0], *pooled(embeddings, labels, [episode]))
+        parts.append((score - chosen["threshold"], sure - chosen["margin"], correct,
+                      absent_score - chosen["threshold"], absent_sure - chosen["margin"]))
+    return metrics.selective_rates(*(np.concatenate(values) for values in zip(*parts)), 0.0, 0.0)
 
 
 def pooled(embeddings: np.ndarray, labels: np.ndarray, drawn: list[episodes.Episode]) -> tuple[dict, dict]:

@@ -244,9 +244,9 @@ def test_the_readme_limits_table_states_the_limits_in_force():
         assert rows.get(name) == value, (name, rows.get(name), value)
 
 
-def test_a_sidecar_over_the_limit_is_refused_unread(edge_bundle):
-    """The reader checks bundle.json's size before reading it: an oversized one (however it came) is one
-    clear error, not 64 MiB read and parsed."""
+def test_a_sidecar_over_the_limit_is_refused_by_its_size(edge_bundle):
+    """The reader checks bundle.json's size: an oversized one (however it came) is one clear error naming
+    its size and the limit."""
     path = os.path.join(edge_bundle, SIDECAR)
     with open(path, "ab") as handle:
         handle.truncate(limits.MAX_SIDECAR_BYTES + 1)  # sparse: no 64 MiB written
