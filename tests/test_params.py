@@ -412,3 +412,26 @@ def test_bad_episode_settings_are_named(params, dotted, value, expected):
     else:
         _set(params, dotted, value)
     assert expected in _rejects(params, dotted)
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("firmware.core", "cortex-m0", "is not one of cortex-m4"),
+    ("firmware.required", "yes", "expected true or false"),
+    ("firmware.crops", 0, "below the minimum 1"),
+    ("firmware.tolerance_steps", -1, "below the minimum 0"),
+    ("firmware.cycles_per_instruction", 0.5, "below the minimum 1.0"),
+    ("firmware.clock_mhz", "64 MHz", "expected a finite number"),
+    ("firmware.tflm_kit", "", "non-empty string"),
+    ("budgets.mcu.max_firmware_flash_bytes", "512 KB", "expected an integer"),
+    ("budgets.mcu.max_firmware_ram_bytes", 0, "below the minimum 1"),
+])
+def test_bad_firmware_settings_are_named(params, dotted, value, expected):
+    _set(params, dotted, value)
+    assert expected in _rejects(params, dotted)
+
+
+def test_a_null_firmware_budget_means_no_limit(params):
+    params["budgets"]["mcu"]["max_firmware_flash_bytes"] = None
+    params_module.validate(params)
+    _delete(params, "budgets.mcu.max_firmware_ram_bytes")
+    assert "missing key" in _rejects(params, "budgets.mcu.max_firmware_ram_bytes")

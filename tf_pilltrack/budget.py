@@ -5,7 +5,9 @@ invoke latency under LiteRT with one thread and under TFLM, median and spread ov
 invocations, and the same for a fixed reference model (MobileNetV2 1.0 at 224 px, untrained,
 converted to int8 the same way; stage `reference`), because absolute times on a shared machine
 are noisy while the ratio to a model measured alongside is not; and the novel-class Recall@1
-of the int8 model from the evaluation. Exit status 1 when any figure breaks its budget.
+of the int8 model from the evaluation; and the Cortex-M firmware's flash and RAM as stage
+`firmware` measured them (metrics/firmware.json; a firmware not built is listed as not judged,
+with why). Exit status 1 when any figure breaks its budget.
 """
 
 from __future__ import annotations
@@ -87,9 +89,14 @@ def measure(params: dict) -> dict:
     model = paths.STUDENT_QAT_TFLITE.read_bytes()
     export = json.loads((paths.REPORTS / "export.json").read_text())
     evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
+    firmware = json.loads((paths.METRICS / "firmware.json").read_text())
     student = litert_latency(paths.STUDENT_QAT_TFLITE)
     reference = litert_latency(REFERENCE_TFLITE)
     return {
+        # stage `firmware`'s measured image; None when it was not built (firmware.required false)
+        "firmware_flash_bytes": firmware["flash_bytes"] if firmware["built"] else None,
+        "firmware_ram_bytes": firmware["ram_bytes"] if firmware["built"] else None,
+        "firmware_missing": [] if firmware["built"] else firmware["missing"],
         "model_bytes": len(model),
         "arena_bytes": export["qat"]["micro_arena_bytes"],
         "invoke_ms": student["median_ms"],
@@ -108,16 +115,34 @@ _BUDGET_ROWS = (
     ("LiteRT invoke, 1 thread (ms, median)", "invoke_ms", "max_invoke_ms"),
     ("invoke time / reference model", "reference_ratio", "max_reference_ratio"),
     ("novel-class Recall@1 (int8)", "recall_at_1", "min_recall_at_1"),
+    ("Cortex-M firmware flash (bytes)", "firmware_flash_bytes", "max_firmware_flash_bytes"),
+    ("Cortex-M firmware RAM (bytes)", "firmware_ram_bytes", "max_firmware_ram_bytes"),
 )
 
 
 def compare(measured: dict, budget: dict) -> list[dict]:
-    """One row per budget: name, measured, limit, passed."""
+    """One row per budget with a limit and a measured figure: name, measured, limit, passed. A
+    null limit (no limit for this profile) or a figure not measured (None: the firmware was not
+    built) gives no row; `not_judged` lists those."""
     rows = []
     for name, key, budget_key in _BUDGET_ROWS:
         value, limit = measured[key], budget[budget_key]
+        if value is None or limit is None:
+            continue
         passed = value <= limit if budget_key.startswith("max_") else value >= limit
         rows.append({"budget": name, "measured": value, "limit": limit, "passed": passed})
+    return rows
+
+
+def not_judged(measured: dict, budget: dict) -> list[dict]:
+    """The budgets `compare` leaves out, each with why."""
+    rows = []
+    for name, key, budget_key in _BUDGET_ROWS:
+        if budget[budget_key] is None:
+            rows.append({"budget": name, "reason": f"no limit: {budget_key} is null for this profile"})
+        elif measured[key] is None:
+            rows.append({"budget": name, "reason": "not measured: the firmware was not built (missing: "
+                                                   + "; ".join(measured["firmware_missing"]) + ")"})
     return rows
 
 
@@ -134,13 +159,17 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     profile = params["base"]["profile"]
     measured = measure(params)
     rows = compare(measured, params_module.budget(params))
-    report = {"profile": profile, "measured": measured, "budgets": rows, "passed": all(row["passed"] for row in rows)}
+    skipped = not_judged(measured, params_module.budget(params))
+    report = {"profile": profile, "measured": measured, "budgets": rows, "not_judged": skipped,
+              "passed": all(row["passed"] for row in rows)}
     paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "budget.json", json.dumps(report, indent=2).encode())
     echo(f"\nBudgets of profile {profile!r}:")
     echo(f"{'budget':<40} {'measured':>12} {'limit':>12}  result")
     for row in rows:
         echo(f"{row['budget']:<40} {row['measured']:>12.4g} {row['limit']:>12.4g}  {'ok' if row['passed'] else 'OVER BUDGET'}")
+    for row in skipped:
+        echo(f"{row['budget']:<40} {'-':>12} {'-':>12}  {row['reason']}")
     latency = measured["latency"]
     echo(f"latency medians: student LiteRT {latency['student_litert_1_thread']['median_ms']:.3f} ms "
          f"(p95 {latency['student_litert_1_thread']['p95_ms']:.3f}), reference {latency['reference_litert_1_thread']['median_ms']:.2f} ms, "

@@ -46,7 +46,7 @@ def _run_stage(module: str, params_path: str, function: str = "run", **options) 
 @click.group()
 def main() -> None:
     """PillTrack training pipeline. `dvc repro` runs these stages in order:
-    generate, prepare, teacher, distill, export, enroll, evaluate, reference, check."""
+    generate, prepare, teacher, distill, export, enroll, evaluate, reference, firmware, check."""
 
 
 @main.command()
@@ -89,6 +89,13 @@ def export(params_path: str) -> None:
 def enroll(params_path: str) -> None:
     """Embed the novel classes' reference shots with the int8 model; write the device bundle."""
     _run_stage("enrollment", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
+def firmware(params_path: str) -> None:
+    """Build the int8 model into a Cortex-M firmware (TFLite Micro, CMSIS-NN), run it under QEMU, measure it."""
+    _run_stage("firmware", params_path)
 
 
 @main.command()

@@ -138,13 +138,22 @@ def _stages(key: str, value: Any) -> None:
         if stage[3] not in (1, 2):
             raise ParamsError(f"{key}[{position}]: stride must be 1 or 2, got {stage[3]}")
 
+def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """`check`, or null (YAML's null, ~ or an empty value: no limit)."""
+    return lambda key, value: None if value is None else check(key, value)
+
+
 _BUDGET = {
     "max_model_bytes": _integer(1),
     "max_arena_bytes": _integer(1),
     "max_invoke_ms": _number(0.0),
     "max_reference_ratio": _number(0.0, 1.0),
     "min_recall_at_1": _number(0.0, 1.0),
+    "max_firmware_flash_bytes": _optional(_integer(1)),
+    "max_firmware_ram_bytes": _optional(_integer(1)),
 }
+
+FIRMWARE_CORES = ("cortex-m4",)  # tf_pilltrack/firmware.py's CORES, checked against it by tests/test_firmware.py
 
 SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "base": {"seed": _integer(0, 2**31 - 1), "profile": _text},
@@ -241,6 +250,18 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "tflite_runtime_python": _text,
         "parity_queries": _integer(0),
         "targets": _mapping(_BENCH_TARGETS),
+    },
+    "firmware": {
+        "tflm_kit": _text,
+        "build_cache": _text,
+        "required": _boolean,
+        "core": _choice(*FIRMWARE_CORES),
+        "crops": _integer(1, 64),
+        "tolerance_steps": _integer(0, 255),
+        "emulator_timeout_s": _number(1.0, 86400.0),
+        "board": _text,
+        "clock_mhz": _number(1.0, 10_000.0),
+        "cycles_per_instruction": _number(1.0, 100.0),
     },
     "episodes": {
         "count": _integer(1, 1000),

@@ -1,0 +1,819 @@
+"""Stage `firmware`: the exported int8 model in a Cortex-M firmware image, run under emulation.
+
+From the export's C array (models/micro/model_data.cc / .h) and a few real pill crops
+(episodes.real_source through edge_runtime/preprocessing.py, the device's own preprocessing),
+this stage
+
+1. generates the firmware's sources (`write_sources`): main.cc with the op resolver generated
+   from the model's ops, the tensor arena the export sized, the crops as uint8 arrays and each
+   crop's symmetric views (the device's `preprocess.symmetry_views`) made on the device;
+2. builds TensorFlow Lite Micro once per kit and core (`prepare_library`: the kit's setup.sh,
+   then TFLM's own Makefile with CMSIS-NN kernels, into `firmware.build_cache`), and
+   cross-compiles and links the firmware against it (`build_firmware`) with CMSIS's startup
+   file and linker script, Debian's arm-none-eabi-gcc and newlib's semihosting library;
+3. runs it on QEMU's MPS2 board for the core (`run_emulator`, `-icount shift=0`: the virtual
+   clock advances 1 ns per instruction, so the board's 25 MHz timer read around each
+   `Invoke()` counts instructions; a loop of known length calibrates the count on every run);
+4. compares the int8 outputs with the host's TFLite Micro (reference kernels) and LiteRT for the
+   same views, in int8 steps, and the top-1 / named answers of the device's gallery search on
+   the shipped bundle (`compare_outputs`, `compare_answers`);
+5. measures flash, RAM and instructions per inference (`measure_image`, `parse_run`) and writes
+   metrics/firmware.json and models/firmware/ (firmware.elf, its sources, the build and
+   emulator logs).
+
+With the kit, the toolchain or the emulator missing, `firmware.required` decides: true fails
+naming what is missing; false writes metrics/firmware.json saying the firmware was not built
+and why, and models/firmware/NOT_BUILT.txt, so a pipeline without them (CI) still runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Callable
+
+import numpy as np
+
+from edge_runtime import storage
+from edge_runtime.storage import write_atomically
+from tf_pilltrack import micro, paths
+from tf_pilltrack import params as params_module
+
+FIRMWARE = paths.MODELS / "firmware"
+METRICS_FILE = paths.METRICS / "firmware.json"
+ELF_NAME = "firmware.elf"
+NOT_BUILT = "NOT_BUILT.txt"
+
+# The cores this stage can build for and emulate: QEMU's MPS2 board with that core, CMSIS's
+# device folder for its startup file and linker script, and the memory the linker script gives
+# the emulated board (QEMU's MPS2 boards have 4 MB of code memory at 0 and more RAM at
+# 0x20000000; the figures measured are the image's own, not these).
+CORES = {
+    "cortex-m4": {"machine": "mps2-an386", "device": "ARMCM4", "rom_bytes": 0x400000, "ram_bytes": 0x400000},
+}
+RAM_BASE = 0x20000000  # start of RAM in CMSIS's linker script; sections below it are in flash
+
+# TFLM's Makefile settings of the library: its Cortex-M semihosting target, CMSIS-NN kernels and
+# its benchmarking build type (no debug assertions, error messages kept).
+TFLM_TARGET = "cortex_m_qemu"
+TFLM_KERNELS = "cmsis_nn"
+TFLM_BUILD_TYPE = "release_with_logs"
+
+# The compiler flags TFLM's Makefile gives its library for this target and build type
+# (tensorflow/lite/micro/tools/make/Makefile, targets/cortex_m_qemu_makefile.inc), so that the
+# firmware's own files are compiled as the library is: -Os as TFLM's core code.
+COMMON_FLAGS = ("-mthumb", "-mfloat-abi=soft", "-funsigned-char", "-mlittle-endian", "-fomit-frame-pointer",
+                "-fno-unwind-tables", "-fno-asynchronous-unwind-tables", "-ffunction-sections",
+                "-fdata-sections", "-DTF_LITE_STATIC_MEMORY", "-DTF_LITE_DISABLE_X86_NEON", "-DCMSIS_NN",
+                "-DNDEBUG", "-Os", "--specs=rdimon.specs")
+CXX_FLAGS = ("-std=c++17", "-fno-rtti", "-fno-exceptions", "-fno-threadsafe-statics")
+
+TIMER_HZ = 25_000_000  # QEMU's MPS2 boards clock their CMSDK APB timers at the 25 MHz SYSCLK
+CALIBRATION_ITERATIONS = 1_000_000  # the firmware's calibration loop: 2 instructions per iteration
+STACK_WINDOW_BYTES = 128 * 1024  # stack painted below main's frame to find the deepest stack use
+BUILD_LOCK_WAIT_S = 3600.0  # another process building the same TFLM library: wait this long
+
+TOOLS = {  # command -> Debian package
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi",
+    "arm-none-eabi-g++": "gcc-arm-none-eabi",
+    "arm-none-eabi-size": "binutils-arm-none-eabi",
+    "arm-none-eabi-nm": "binutils-arm-none-eabi",
+    "qemu-system-arm": "qemu-system-arm",
+    "make": "make",
+    "git": "git",
+}
+NEWLIB_SPECS = "rdimon.specs"  # libnewlib-arm-none-eabi's semihosting C library
+
+
+class FirmwareError(RuntimeError):
+    """The firmware could not be built or run, or its run disagrees with the host."""
+
+
+class ToolsMissing(FileNotFoundError):
+    """The kit, the toolchain or the emulator is missing; the message says which and how to get them."""
+
+
+# --- what is there -------------------------------------------------------------------------------
+
+
+def kit_path(params: dict) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(params["firmware"]["tflm_kit"]))
+
+
+def cache_path(params: dict) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(params["firmware"]["build_cache"]))
+
+
+def find_missing(kit: pathlib.Path) -> list[str]:
+    """What the build needs and this machine lacks, one line each (empty: everything is there)."""
+    missing = []
+    if not (kit / "setup.sh").is_file() or not sorted((kit / "src").glob("*.tar.gz")):
+        missing.append(f"the TFLite Micro kit at {kit} (firmware.tflm_kit in params.yaml: a folder with setup.sh "
+                       "and src/*.tar.gz, TFLM's sources and the downloads its Makefile pins; docs/device.md lists them)")
+    absent = sorted({f"{tool} (apt-get install {package})" for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    missing += absent
+    gcc = shutil.which("arm-none-eabi-gcc")
+    if gcc is not None:
+        specs = subprocess.run([gcc, f"-print-file-name={NEWLIB_SPECS}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(specs):  # gcc echoes the bare name when it has no such file
+            missing.append(f"newlib's {NEWLIB_SPECS} for arm-none-eabi-gcc (apt-get install libnewlib-arm-none-eabi)")
+    return missing
+
+
+def kit_digest(kit: pathlib.Path) -> str:
+    """A short digest of the kit's archives and setup script: the key of its built library."""
+    digest = hashlib.sha256()
+    for path in [kit / "setup.sh"] + sorted((kit / "src").glob("*.tar.gz")):
+        digest.update(path.name.encode() + b"\0" + storage.sha256_file(path).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def tool_versions() -> dict:
+    def first_line(command: list[str]) -> str:
+        return subprocess.run(command, capture_output=True, text=True).stdout.splitlines()[0].strip()
+
+    return {"arm-none-eabi-gcc": first_line(["arm-none-eabi-gcc", "--version"]),
+            "qemu-system-arm": first_line(["qemu-system-arm", "--version"])}
+
+
+# --- the TFLM library ----------------------------------------------------------------------------
+
+
+def library_folder(cache: pathlib.Path, kit: pathlib.Path, core: str) -> pathlib.Path:
+    """Where the kit's sources are laid out and its library for `core` is built."""
+    return cache / f"{kit_digest(kit)}-{core}"
+
+
+def _make_arguments(core: str) -> list[str]:
+    return ["-f", "tensorflow/lite/micro/tools/make/Makefile", f"TARGET={TFLM_TARGET}", f"TARGET_ARCH={core}",
+            f"OPTIMIZED_KERNEL_DIR={TFLM_KERNELS}", f"BUILD_TYPE={TFLM_BUILD_TYPE}"]
+
+
+def library_file(root: pathlib.Path, core: str) -> pathlib.Path:
+    return (root / "gen" / f"{TFLM_TARGET}_{core}_{TFLM_BUILD_TYPE}_{TFLM_KERNELS}_gcc" / "lib"
+            / "libtensorflow-microlite.a")
+
+
+def cached_library(cache: pathlib.Path, kit: pathlib.Path, core: str) -> pathlib.Path | None:
+    """The TFLM source root whose library for `core` is built, or None (nothing is built here)."""
+    folder = library_folder(cache, kit, core)
+    root = folder / "tflite-micro"
+    return root if (folder / "built").is_file() and library_file(root, core).is_file() else None
+
+
+def _tool_environment() -> dict:
+    """PATH with this Python first: TFLM's Makefile runs generator scripts that need numpy and Pillow."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
+
+
+def _run_logged(command: list[str], log: pathlib.Path, what: str, **options) -> subprocess.CompletedProcess:
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, text=True, **options)
+    if result.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise FirmwareError(f"{what} failed (exit {result.returncode}); log {log}:\n{tail}")
+    return result
+
+
+def prepare_library(kit: pathlib.Path, cache: pathlib.Path, core: str, jobs: int,
+                    echo: Callable[[str], None] = print) -> pathlib.Path:
+    """The TFLM source root with its library for `core` built: from the cache, else laid out with
+    the kit's setup.sh and built with TFLM's Makefile (about 12 minutes on 2 cores), once."""
+    folder = library_folder(cache, kit, core)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with storage.file_lock(str(folder) + ".lock", holder="another TFLM build", wait_s=BUILD_LOCK_WAIT_S):
+        root = cached_library(cache, kit, core)
+        if root is not None:
+            return root
+        if folder.exists():  # an interrupted build: start again from the archives
+            shutil.rmtree(folder)
+        folder.mkdir()
+        log = folder / "build.log"
+        echo(f"firmware: building TensorFlow Lite Micro for {core} with {TFLM_KERNELS} kernels into {folder} "
+             "(once per kit and core; about 12 minutes on 2 cores)")
+        _run_logged(["bash", str((kit / "setup.sh").resolve()), str(folder.resolve())], log, "the kit's setup.sh")
+        root = folder / "tflite-micro"
+        _run_logged(["make", *_make_arguments(core), f"-j{jobs}", "microlite"], log, "TFLM's library build",
+                    cwd=root, env=_tool_environment())
+        if not library_file(root, core).is_file():
+            raise FirmwareError(f"TFLM's build left no {library_file(root, core)}; log {log}")
+        write_atomically(folder / "built", b"")
+        return root
+
+
+# --- the crops ------------------------------------------------------------------------------------
+
+
+def select_crops(params: dict) -> tuple[np.ndarray, list[str], list[str]]:
+    """`firmware.crops` real crops (uint8, the device's preprocessing) of as many different pills
+    of episodes.real_source, a seeded choice (base.seed); with their labels and source files."""
+    from tf_pilltrack import episodes
+
+    count = params["firmware"]["crops"]
+    pool, _, _ = episodes.load_real(params["episodes"]["real_source"], params_module.preprocess_config(params),
+                                    params["episodes"]["real_localise"])
+    labels = sorted(set(pool.labels.tolist()))
+    if count > len(labels):
+        raise ValueError(f"firmware.crops: {count} crops of different pills asked, "
+                         f"{params['episodes']['real_source']} has {len(labels)} pills")
+    rng = np.random.default_rng(params["base"]["seed"])
+    chosen = []
+    for label in sorted(rng.choice(labels, size=count, replace=False).tolist()):
+        rows = np.flatnonzero(pool.labels == label)
+        chosen.append(int(rng.choice(rows)))
+    return pool.pixels[chosen], [str(pool.labels[i]) for i in chosen], [str(pool.sources[i]) for i in chosen]
+
+
+def view_transforms(count: int) -> list[tuple[int, bool]]:
+    """(counter-clockwise quarter turns, mirrored after turning) of each of `count` symmetric
+    views, in the order of edge_runtime.preprocessing.symmetric_views."""
+    turns = (0,) if count == 1 else (0, 2) if count == 2 else (0, 1, 2, 3)
+    return [(turn, False) for turn in turns] + ([(turn, True) for turn in turns] if count == 8 else [])
+
+
+def apply_view(crop: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """One view of an (S, S, 3) crop by the index arithmetic main.cc's MakeView uses."""
+    size = crop.shape[0]
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    jj = size - 1 - j if mirrored else j
+    source = {0: (i, jj), 1: (jj, size - 1 - i), 2: (size - 1 - i, size - 1 - jj), 3: (size - 1 - jj, i)}[turns]
+    return crop[source[0], source[1]]
+
+
+# --- the sources ----------------------------------------------------------------------------------
+
+
+def _c_bytes(data: bytes, indent: str = "    ") -> str:
+    return "\n".join(indent + ", ".join(f"0x{byte:02x}" for byte in data[start:start + 16]) + ","
+                     for start in range(0, len(data), 16))
+
+
+def write_sources(directory: pathlib.Path, details: dict, op_names: list[str], crops: np.ndarray,
+                  views: int, core: str, cmsis: pathlib.Path | None = None) -> None:
+    """main.cc, crops.cc / crops.h and (with CMSIS's folder) the linker script of the firmware.
+
+    main.cc needs the export's model_data.h. Input must be uint8 pixels as they are
+    (interpreter.takes_pixels): the firmware passes the crops' bytes unchanged, as a camera's."""
+    from edge_runtime.interpreter import takes_pixels
+
+    input_detail = details["input"]
+    shape = input_detail["shape"]
+    detail = {"dtype": np.dtype(input_detail["dtype"]),
+              "quantization": (input_detail["scale"], input_detail["zero_point"])}
+    if not takes_pixels(detail):
+        raise ValueError(f"model input is {input_detail['dtype']} scale {input_detail['scale']} zero point "
+                         f"{input_detail['zero_point']}: the firmware passes uint8 pixels unchanged, which needs "
+                         "uint8 with scale 1/127.5 and zero point 128 (as `pilltrack export` writes)")
+    if crops.dtype != np.uint8 or crops.ndim != 4 or tuple(crops.shape[1:]) != tuple(shape[1:]) or not len(crops):
+        raise ValueError(f"crops must be uint8 (N, {shape[1]}, {shape[2]}, {shape[3]}), got {crops.dtype} {crops.shape}")
+    if details["output"]["dtype"] != "int8":
+        raise ValueError(f"model output is {details['output']['dtype']}: the firmware prints int8 outputs")
+    directory.mkdir(parents=True, exist_ok=True)
+    transforms = view_transforms(views)
+    header = f"""// Generated by `pilltrack firmware`: real pill crops (uint8 RGB, the device's preprocessing). Do not edit.
+#ifndef PILLTRACK_CROPS_H_
+#define PILLTRACK_CROPS_H_
+
+#include <cstdint>
+
+constexpr int kPilltrackCropCount = {len(crops)};
+constexpr int kPilltrackCropBytes = {int(np.prod(crops.shape[1:]))};
+extern const uint8_t g_pilltrack_crops[kPilltrackCropCount][kPilltrackCropBytes];
+
+#endif  // PILLTRACK_CROPS_H_
+"""
+    rows = ",\n".join("  {\n" + _c_bytes(crop.tobytes()) + "\n  }" for crop in crops)
+    source = f"""// Generated by `pilltrack firmware`. Do not edit.
+#include "crops.h"
+
+alignas(16) const uint8_t g_pilltrack_crops[kPilltrackCropCount][kPilltrackCropBytes] = {{
+{rows}
+}};
+"""
+    resolver = "\n".join(f"  if (resolver.{call}() != kTfLiteOk) Fail(\"{call}\");"
+                         for call in micro.resolver_calls(op_names))
+    view_table = ", ".join(f"{{{turn}, {'true' if mirrored else 'false'}}}" for turn, mirrored in transforms)
+    main = f"""// Generated by `pilltrack firmware` from the exported int8 model. Do not edit.
+// Embeds each crop's symmetric views under TFLite Micro and prints the raw int8 outputs and the
+// timer ticks of each Invoke() over semihosting; under `qemu-system-arm -icount shift=0` a tick of
+// the board's {TIMER_HZ // 1_000_000} MHz timer is a fixed number of instructions, which a loop of
+// known length measures on every run.
+#include <malloc.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "crops.h"
+#include "model_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+namespace {{
+
+// The core's (MPS2) CMSDK APB timer 0: a 32-bit down counter.
+volatile uint32_t* const kTimerControl = reinterpret_cast<volatile uint32_t*>(0x40000000u);
+volatile uint32_t* const kTimerValue = reinterpret_cast<volatile uint32_t*>(0x40000004u);
+volatile uint32_t* const kTimerReload = reinterpret_cast<volatile uint32_t*>(0x40000008u);
+constexpr uint32_t kCalibrationIterations = {CALIBRATION_ITERATIONS}u;  // 2 instructions each
+constexpr uint32_t kStackWindow = {STACK_WINDOW_BYTES}u;  // bytes painted below main's frame
+constexpr uint32_t kStackPaint = 0x5afe57acu;
+constexpr int kViewCount = {views};
+// (counter-clockwise quarter turns, mirrored after turning): edge_runtime's symmetric_views.
+constexpr struct {{ int turns; bool mirrored; }} kViews[kViewCount] = {{{view_table}}};
+constexpr int kSide = kPilltrackInputHeight;
+
+alignas(16) uint8_t tensor_arena[kPilltrackArenaSize];
+
+uint32_t Semihost(uint32_t operation, void* argument) {{
+  register uint32_t r0 __asm("r0") = operation;
+  register void* r1 __asm("r1") = argument;
+  __asm volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+  return r0;
+}}
+
+[[noreturn]] void Exit(bool ok) {{
+  std::fflush(stdout);
+  // SYS_EXIT, ADP_Stopped_ApplicationExit (QEMU exits 0) or ADP_Stopped_RunTimeErrorUnknown (1)
+  Semihost(0x18, reinterpret_cast<void*>(ok ? 0x20026u : 0x20023u));
+  for (;;) {{
+  }}
+}}
+
+[[noreturn]] void Fail(const char* what) {{
+  std::printf("error: %s\\n", what);
+  Exit(false);
+}}
+
+uint32_t Ticks() {{ return *kTimerValue; }}
+
+void Spin(uint32_t iterations) {{
+  __asm volatile("1: subs %0, %0, #1\\n bne 1b\\n" : "+r"(iterations) : : "cc");
+}}
+
+uint32_t StackPointer() {{
+  uint32_t sp;
+  __asm volatile("mov %0, sp" : "=r"(sp));
+  return sp;
+}}
+
+// One view of a crop, by the index arithmetic of tf_pilltrack/firmware.py's apply_view.
+void MakeView(const uint8_t* crop, uint8_t* view, int turns, bool mirrored) {{
+  for (int i = 0; i < kSide; ++i) {{
+    for (int j = 0; j < kSide; ++j) {{
+      const int jj = mirrored ? kSide - 1 - j : j;
+      int si = i, sj = jj;
+      if (turns == 1) {{ si = jj; sj = kSide - 1 - i; }}
+      if (turns == 2) {{ si = kSide - 1 - i; sj = kSide - 1 - jj; }}
+      if (turns == 3) {{ si = kSide - 1 - jj; sj = i; }}
+      std::memcpy(view + (i * kSide + j) * 3, crop + (si * kSide + sj) * 3, 3);
+    }}
+  }}
+}}
+
+}}  // namespace
+
+int main() {{
+  // The stack: SYS_HEAPINFO says where it starts; paint a window below this frame.
+  uint32_t heap_info[4] = {{0, 0, 0, 0}};
+  void* block = heap_info;
+  Semihost(0x16, &block);
+  uint32_t* const paint_top = reinterpret_cast<uint32_t*>((StackPointer() - 256u) & ~3u);
+  uint32_t* const paint_bottom = paint_top - kStackWindow / 4;
+  for (uint32_t* word = paint_bottom; word < paint_top; ++word) *word = kStackPaint;
+
+  *kTimerReload = 0xffffffffu;
+  *kTimerValue = 0xffffffffu;
+  *kTimerControl = 1u;
+  const uint32_t before = Ticks();
+  Spin(kCalibrationIterations);
+  const uint32_t after = Ticks();
+  std::printf("calibration instructions=%lu ticks=%lu\\n", 2ul * kCalibrationIterations,
+              static_cast<unsigned long>(before - after));
+
+  const tflite::Model* model = tflite::GetModel(g_pilltrack_model);
+  if (model->version() != TFLITE_SCHEMA_VERSION) Fail("model schema version");
+  tflite::MicroMutableOpResolver<kPilltrackOpCount> resolver;
+{resolver}
+  tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kPilltrackArenaSize);
+  if (interpreter.AllocateTensors() != kTfLiteOk) Fail("AllocateTensors");
+  TfLiteTensor* input = interpreter.input(0);
+  const TfLiteTensor* output = interpreter.output(0);
+  if (input->type != kTfLiteUInt8 || input->bytes != static_cast<size_t>(kPilltrackCropBytes)) Fail("input tensor");
+  if (output->type != kTfLiteInt8 || output->bytes != static_cast<size_t>(kPilltrackEmbeddingSize)) Fail("output tensor");
+  for (int crop = 0; crop < kPilltrackCropCount; ++crop) {{
+    for (int view = 0; view < kViewCount; ++view) {{
+      MakeView(g_pilltrack_crops[crop], input->data.uint8, kViews[view].turns, kViews[view].mirrored);
+      const uint32_t start = Ticks();
+      if (interpreter.Invoke() != kTfLiteOk) Fail("Invoke");
+      const uint32_t end = Ticks();
+      std::printf("invoke crop=%d view=%d ticks=%lu output=", crop, view, static_cast<unsigned long>(start - end));
+      for (int i = 0; i < kPilltrackEmbeddingSize; ++i) {{
+        std::printf(i ? ",%d" : "%d", static_cast<int>(output->data.int8[i]));
+      }}
+      std::printf("\\n");
+    }}
+  }}
+  std::printf("arena used=%lu reserved=%lu\\n", static_cast<unsigned long>(interpreter.arena_used_bytes()),
+              static_cast<unsigned long>(kPilltrackArenaSize));
+  const uint32_t* deepest = paint_bottom;
+  while (deepest < paint_top && *deepest == kStackPaint) ++deepest;
+  if (deepest == paint_bottom) Fail("the stack went below its measured window");
+  std::printf("stack used=%lu\\n", static_cast<unsigned long>(heap_info[2] - reinterpret_cast<uint32_t>(deepest)));
+  std::printf("heap used=%lu\\n", static_cast<unsigned long>(mallinfo().arena));
+  std::printf("done\\n");
+  Exit(true);
+}}
+"""
+    write_atomically(directory / "crops.h", header.encode())
+    write_atomically(directory / "crops.cc", source.encode())
+    write_atomically(directory / "main.cc", main.encode())
+    if cmsis is not None:
+        write_atomically(directory / "firmware.ld", linker_script(cmsis, core).encode())
+
+
+def cmsis_device(root: pathlib.Path, core: str) -> pathlib.Path:
+    return root / "tensorflow/lite/micro/tools/make/downloads/cmsis/Cortex_DFP/Device" / CORES[core]["device"]
+
+
+def linker_script(cmsis: pathlib.Path, core: str) -> str:
+    """CMSIS's linker script for the core with the emulated board's memory, and no stack or heap
+    reserved in it: newlib's semihosting start-up takes both from the emulator (SYS_HEAPINFO)."""
+    device = CORES[core]
+    path = cmsis / "Config" / f"{device['device']}_gcc.ld"
+    text = path.read_text()
+    for name, value in (("__ROM_SIZE", device["rom_bytes"]), ("__RAM_SIZE", device["ram_bytes"]),
+                        ("__STACK_SIZE", 0), ("__HEAP_SIZE", 0)):
+        text, count = re.subn(rf"^{name}\s*=\s*0x[0-9A-Fa-f]+;", f"{name} = 0x{value:08X};", text, flags=re.M)
+        if count != 1:
+            raise FirmwareError(f"{path}: no `{name} = 0x...;` line to set")
+    return text
+
+
+# --- build, run, measure --------------------------------------------------------------------------
+
+
+def build_firmware(root: pathlib.Path, core: str, sources: pathlib.Path, micro_dir: pathlib.Path,
+                   out: pathlib.Path) -> pathlib.Path:
+    """Compile main.cc, crops.cc, the export's model_data.cc and CMSIS's startup files; link them
+    with TFLM's library into `out`/firmware.elf. Commands and compiler output go to build.log."""
+    device = cmsis_device(root, core)
+    downloads = root / "tensorflow/lite/micro/tools/make/downloads"
+    includes = [f"-I{path}" for path in (sources, micro_dir, root, downloads, downloads / "gemmlowp",
+                                         downloads / "flatbuffers/include", downloads / "ruy",
+                                         downloads / "cmsis/CMSIS/Core/Include", device / "Include")]
+    flags = [f"-mcpu={core}", *COMMON_FLAGS]
+    log = out / "build.log"
+    objects = []
+    units = [(sources / "main.cc", True), (sources / "crops.cc", True), (micro_dir / "model_data.cc", True),
+             (device / "Source" / f"startup_{CORES[core]['device']}.c", False),
+             (device / "Source" / f"system_{CORES[core]['device']}.c", False)]
+    for unit, cplusplus in units:
+        target = out / (unit.stem + ".o")
+        compiler = "arm-none-eabi-g++" if cplusplus else "arm-none-eabi-gcc"
+        extra = list(CXX_FLAGS) if cplusplus else [f"-D{CORES[core]['device']}"]
+        _run_logged([compiler, *flags, *extra, *includes, "-c", str(unit), "-o", str(target)], log,
+                    f"compiling {unit.name}")
+        objects.append(str(target))
+    elf = out / ELF_NAME
+    _run_logged(["arm-none-eabi-g++", *flags, "-Wl,--gc-sections", f"-T{sources / 'firmware.ld'}", *objects,
+                 str(library_file(root, core)), "-lm", "-o", str(elf)], log, "linking firmware.elf")
+    return elf
+
+
+def run_emulator(elf: pathlib.Path, core: str, timeout_s: float, log: pathlib.Path) -> str:
+    """The firmware's semihosting output under QEMU's MPS2 board for `core`, one instruction per
+    nanosecond of virtual time. FirmwareError when it does not exit 0 in time."""
+    command = ["qemu-system-arm", "-M", CORES[core]["machine"], "-nographic", "-monitor", "none",
+               "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
+        write_atomically(log, ("$ " + " ".join(command) + "\n" + output).encode())
+        raise FirmwareError(f"{elf}: the emulated run did not finish in {timeout_s:g} s "
+                            f"(firmware.emulator_timeout_s); output so far in {log}") from None
+    write_atomically(log, ("$ " + " ".join(command) + "\n" + result.stdout + result.stderr).encode())
+    if result.returncode != 0 or "done" not in result.stdout.splitlines():
+        raise FirmwareError(f"{elf}: the emulated run failed (exit {result.returncode}); output in {log}: "
+                            f"{(result.stdout + result.stderr)[-500:]!r}")
+    return result.stdout
+
+
+_INVOKE = re.compile(r"^invoke crop=(\d+) view=(\d+) ticks=(\d+) output=(-?\d+(?:,-?\d+)*)$")
+
+
+def parse_run(text: str, crops: int, views: int, embedding_size: int) -> dict:
+    """The emulated run's figures: int8 outputs (crops, views, E), instructions of each invoke
+    (from timer ticks and the calibration loop), arena, stack and heap bytes."""
+    values: dict = {}
+    outputs = np.full((crops, views, embedding_size), np.iinfo(np.int16).min, np.int16)
+    ticks = np.zeros((crops, views), np.int64)
+    for line in text.splitlines():
+        line = line.strip()
+        match = _INVOKE.match(line)
+        if match:
+            crop, view = int(match.group(1)), int(match.group(2))
+            row = [int(v) for v in match.group(4).split(",")]
+            if crop >= crops or view >= views or len(row) != embedding_size:
+                raise FirmwareError(f"emulated run: unexpected line {line[:120]!r}")
+            outputs[crop, view] = row
+            ticks[crop, view] = int(match.group(3))
+            continue
+        for name, pattern in (("calibration", r"calibration instructions=(\d+) ticks=(\d+)"),
+                              ("arena", r"arena used=(\d+) reserved=(\d+)"),
+                              ("stack", r"stack used=(\d+)"), ("heap", r"heap used=(\d+)")):
+            found = re.fullmatch(pattern, line)
+            if found:
+                values[name] = [int(v) for v in found.groups()]
+    missing = [name for name in ("calibration", "arena", "stack", "heap") if name not in values]
+    if missing or (ticks == 0).any():
+        raise FirmwareError(f"emulated run: no {', '.join(missing) or 'output of every crop and view'} in its output")
+    calibration_instructions, calibration_ticks = values["calibration"]
+    per_tick = calibration_instructions / calibration_ticks
+    nominal = 1e9 / TIMER_HZ  # -icount shift=0: 1 ns of virtual time per instruction
+    if abs(per_tick - nominal) > nominal * 0.01:
+        raise FirmwareError(f"emulated run: the calibration loop gave {per_tick:.3f} instructions per timer tick, "
+                            f"not {nominal:g}: is QEMU running with -icount shift=0?")
+    instructions = ticks * per_tick
+    return {
+        "outputs": outputs.astype(np.int8),
+        "instructions": instructions,
+        "instructions_per_tick": per_tick,
+        "arena_used_bytes": values["arena"][0],
+        "arena_reserved_bytes": values["arena"][1],
+        "stack_bytes": values["stack"][0],
+        "heap_bytes": values["heap"][0],
+    }
+
+
+def measure_image(elf: pathlib.Path) -> dict:
+    """Flash and static RAM of the ELF from its sections (`arm-none-eabi-size -A`) and the sizes of
+    the model, the test crops and the arena (`arm-none-eabi-nm -S`)."""
+    sizes = subprocess.run(["arm-none-eabi-size", "-A", "-d", str(elf)], capture_output=True, text=True, check=True).stdout
+    sections = {}
+    for line in sizes.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            sections[parts[0]] = (int(parts[1]), int(parts[2]))
+    allocated = {name: size for name, (size, address) in sections.items() if address != 0 or name == ".text"}
+    flash = {name: size for name, size in allocated.items() if sections[name][1] < RAM_BASE}
+    data = sections.get(".data", (0, 0))[0]
+    symbols = subprocess.run(["arm-none-eabi-nm", "-S", "-C", str(elf)], capture_output=True, text=True, check=True).stdout
+    sized = {}
+    for line in symbols.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4:
+            sized[parts[3].split("::")[-1].split("(")[0]] = int(parts[1], 16)
+    for name in ("g_pilltrack_model", "g_pilltrack_crops", "tensor_arena"):
+        if name not in sized:
+            raise FirmwareError(f"{elf}: no symbol {name} with a size")
+    return {
+        "sections": {name: size for name, size in allocated.items()},
+        "flash_image_bytes": sum(flash.values()) + data,  # .data's initial values are stored in flash too
+        "data_bytes": data,
+        "bss_bytes": sections.get(".bss", (0, 0))[0],
+        "model_bytes": sized["g_pilltrack_model"],
+        "test_crops_bytes": sized["g_pilltrack_crops"],
+        "arena_bytes": sized["tensor_arena"],
+    }
+
+
+# --- host reference -------------------------------------------------------------------------------
+
+
+def host_outputs(model_path: pathlib.Path, crops: np.ndarray, views: int) -> dict:
+    """Raw int8 outputs (crops, views, E) of the host's TFLite Micro (its Python interpreter,
+    reference kernels) and of LiteRT as the device client runs it (interpreter.make_interpreter,
+    one thread), for the same views (edge_runtime.preprocessing.symmetric_views)."""
+    from edge_runtime.interpreter import make_interpreter
+    from edge_runtime.preprocessing import symmetric_views
+
+    tflm = micro.micro_interpreter(pathlib.Path(model_path).read_bytes())
+    lite = make_interpreter(model_path, threads=1)
+    lite_input, lite_output = lite.get_input_details()[0]["index"], lite.get_output_details()[0]["index"]
+    per_view = symmetric_views(crops, views)
+    results = {"tflite_micro": [], "litert": []}
+    for crop in range(len(crops)):
+        tflm_rows, lite_rows = [], []
+        for view in per_view:
+            pixels = view[crop][None]
+            tflm_rows.append(micro.micro_invoke(tflm, pixels).reshape(-1))
+            lite.set_tensor(lite_input, pixels)
+            lite.invoke()
+            lite_rows.append(np.array(lite.get_tensor(lite_output)).reshape(-1))
+        results["tflite_micro"].append(tflm_rows)
+        results["litert"].append(lite_rows)
+    return {name: np.array(rows, np.int8) for name, rows in results.items()}
+
+
+def compare_outputs(emulated: np.ndarray, host: np.ndarray) -> dict:
+    """Largest difference in int8 steps and the share of identical values, emulated vs host."""
+    difference = np.abs(emulated.astype(np.int32) - host.astype(np.int32))
+    return {"max_step_difference": int(difference.max()), "identical_share": float((difference == 0).mean())}
+
+
+def embed_outputs(outputs: np.ndarray, output_detail: dict) -> np.ndarray:
+    """Embeddings (crops, E) from raw outputs (crops, views, E) as the device makes them: each
+    view dequantised and L2-normalised, their sum L2-normalised (interpreter.embed_views)."""
+    from edge_runtime.interpreter import dequantise_output, l2_normalise
+
+    detail = {"dtype": np.int8, "quantization": (output_detail["scale"], output_detail["zero_point"])}
+    per_view = [l2_normalise(dequantise_output(outputs[:, view], detail)) for view in range(outputs.shape[1])]
+    return per_view[0] if len(per_view) == 1 else l2_normalise(np.sum(per_view, axis=0))
+
+
+def gallery_answers(bundle_dir: pathlib.Path, model: bytes, outputs: dict, output_detail: dict, views: int) -> list[dict]:
+    """Per crop, for each named set of raw outputs (crops, views, E): the shipped gallery's top-1
+    pill, its cosine distance and the named answer (the bundle's naming rule, gallery.identify),
+    through the device's search (gallery.search on the bundle's Annoy index)."""
+    from edge_runtime import gallery
+    from edge_runtime.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir, verify_model=False)
+    if bundle.model_sha256 != storage.sha256_bytes(model):
+        raise FirmwareError(f"{bundle_dir}: its model is not {paths.STUDENT_QAT_TFLITE}; rerun the enroll stage")
+    if bundle.preprocess.symmetry_views != views:
+        raise FirmwareError(f"{bundle_dir}: embeds {bundle.preprocess.symmetry_views} views, "
+                            f"preprocess.symmetry_views is {views}; rerun the enroll stage")
+    embeddings = {name: embed_outputs(values, output_detail) for name, values in outputs.items()}
+    answers = []
+    for crop in range(len(next(iter(outputs.values())))):
+        row = {}
+        for name, vectors in embeddings.items():
+            matches = gallery.search(bundle.index, bundle.labels, vectors[crop], 2, bundle.search_k,
+                                     bundle.rows_per_label)
+            row[name] = {"top1": matches[0].label, "distance": float(matches[0].distance),
+                         "named": gallery.identify(matches, bundle.unknown_threshold, bundle.lookalike_margin)}
+        answers.append(row)
+    return answers
+
+
+def agree(answers: list[dict], first: str, second: str, key: str) -> bool:
+    return all(row[first][key] == row[second][key] for row in answers)
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def estimate_latency_ms(instructions: float, settings: dict) -> float:
+    return instructions * settings["cycles_per_instruction"] / (settings["clock_mhz"] * 1e3)
+
+
+def write_not_built(out_dir: pathlib.Path, metrics_file: pathlib.Path, profile: str, missing: list[str]) -> dict:
+    report = {"built": False, "profile": profile, "missing": missing}
+    _replace_folder(out_dir, {NOT_BUILT: ("firmware.required is false and the build could not run; missing:\n"
+                                          + "".join(f"- {line}\n" for line in missing)).encode()})
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(metrics_file, json.dumps(report, indent=2).encode())
+    return report
+
+
+def _replace_folder(out_dir: pathlib.Path, files: dict[str, bytes] | None = None,
+                    source: pathlib.Path | None = None) -> None:
+    """Replace `out_dir` by a folder holding `files` (or by `source`, renamed), never half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=storage.TEMP_PREFIX, dir=out_dir.parent))
+    try:
+        if source is not None:
+            for path in source.iterdir():
+                shutil.copy2(path, staging / path.name)
+        for name, data in (files or {}).items():
+            write_atomically(staging / name, data)
+        old = out_dir.parent / f"{storage.TEMP_PREFIX}old-{out_dir.name}"
+        if old.exists():
+            shutil.rmtree(old)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        storage.fsync_directory(out_dir.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def build_and_run(root: pathlib.Path, core: str, micro_dir: pathlib.Path, model_path: pathlib.Path,
+                  crops: np.ndarray, views: int, work: pathlib.Path, timeout_s: float) -> dict:
+    """Sources, build, emulated run and measurement of a firmware for the model at `model_path`
+    (its C array in `micro_dir`) and `crops`, in `work`; with the host's outputs for the same views."""
+    model = pathlib.Path(model_path).read_bytes()
+    details = micro.io_details(model)
+    write_sources(work, details, micro.operators(model), crops, views, core, cmsis_device(root, core))
+    elf = build_firmware(root, core, work, micro_dir, work)
+    text = run_emulator(elf, core, timeout_s, work / "emulator.log")
+    run = parse_run(text, len(crops), views, details["output"]["shape"][-1])
+    image = measure_image(elf)
+    return {"details": details, "run": run, "image": image, "host": host_outputs(model_path, crops, views), "elf": elf}
+
+
+def summarise(result: dict, settings: dict) -> dict:
+    """The figures of metrics/firmware.json from `build_and_run`'s result."""
+    run, image = result["run"], result["image"]
+    instructions = sorted(float(v) for v in run["instructions"].reshape(-1))
+    median = statistics.median(instructions)
+    flash = image["flash_image_bytes"] - image["test_crops_bytes"]
+    ram = image["data_bytes"] + image["bss_bytes"] + run["heap_bytes"] + run["stack_bytes"]
+    return {
+        "flash_bytes": flash,
+        "flash": {"model_bytes": image["model_bytes"], "runtime_and_code_bytes": flash - image["model_bytes"],
+                  "test_crops_bytes": image["test_crops_bytes"], "image_bytes": image["flash_image_bytes"]},
+        "ram_bytes": ram,
+        "ram": {"arena_bytes": image["arena_bytes"], "arena_used_bytes": run["arena_used_bytes"],
+                "data_bytes": image["data_bytes"], "bss_other_bytes": image["bss_bytes"] - image["arena_bytes"],
+                "heap_bytes": run["heap_bytes"], "stack_bytes": run["stack_bytes"]},
+        "sections": image["sections"],
+        "instructions_per_inference": {"median": median, "min": instructions[0], "max": instructions[-1],
+                                       "invokes": len(instructions),
+                                       "resolution": run["instructions_per_tick"]},
+        "estimated_latency_ms": estimate_latency_ms(median, settings),
+    }
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    settings = params["firmware"]
+    profile = params["base"]["profile"]
+    core = settings["core"]
+    kit = kit_path(params)
+    missing = find_missing(kit)
+    if missing:
+        if settings["required"]:
+            raise ToolsMissing("the firmware cannot be built; missing: " + "; ".join(missing)
+                               + ". Install them, or set firmware.required: false in params.yaml to skip the firmware")
+        echo("firmware: NOT BUILT (firmware.required is false); missing:")
+        for line in missing:
+            echo(f"  - {line}")
+        return write_not_built(FIRMWARE, METRICS_FILE, profile, missing)
+    model = paths.STUDENT_QAT_TFLITE.read_bytes()
+    crops, labels, sources = select_crops(params)
+    views = params["preprocess"]["symmetry_views"]
+    root = prepare_library(kit, cache_path(params), core, os.cpu_count() or 1, echo)
+    with tempfile.TemporaryDirectory(prefix=storage.TEMP_PREFIX, dir=paths.MODELS) as scratch:
+        work = pathlib.Path(scratch)
+        result = build_and_run(root, core, paths.MICRO, paths.STUDENT_QAT_TFLITE, crops, views, work,
+                               settings["emulator_timeout_s"])
+        for path in work.glob("*.o"):
+            path.unlink()
+        _replace_folder(FIRMWARE, source=work)
+    figures = summarise(result, settings)
+    emulated, host = result["run"]["outputs"], result["host"]
+    versus = {name: compare_outputs(emulated, values) for name, values in host.items()}
+    tolerance = settings["tolerance_steps"]
+    versus["tflite_micro"]["within_tolerance"] = versus["tflite_micro"]["max_step_difference"] <= tolerance
+    answers = gallery_answers(paths.BUNDLE, model, {"emulated": emulated, "tflite_micro": host["tflite_micro"],
+                                                    "litert": host["litert"]}, result["details"]["output"], views)
+    answer_agreement = {f"{name}_{key}_agree": agree(answers, "emulated", name, key)
+                        for name in ("tflite_micro", "litert") for key in ("top1", "named")}
+    passed = (versus["tflite_micro"]["within_tolerance"] and answer_agreement["tflite_micro_top1_agree"]
+              and answer_agreement["tflite_micro_named_agree"])
+    report = {
+        "built": True, "profile": profile, "core": core, "machine": CORES[core]["machine"],
+        **figures,
+        "latency_assumption": {"board": settings["board"], "clock_mhz": settings["clock_mhz"],
+                               "cycles_per_instruction": settings["cycles_per_instruction"]},
+        "agreement": {"crops": len(crops), "views": views, "tolerance_steps": tolerance,
+                      "judged": "emulated vs host TFLite Micro: outputs within tolerance_steps, gallery top-1 and "
+                                "named answers equal; LiteRT (the device client's runtime, other kernels) reported",
+                      **versus, **answer_agreement,
+                      "per_crop": [{"label": label, "source": source, **row}
+                                   for label, source, row in zip(labels, sources, answers)]},
+        "tools": {**tool_versions(), "tflm_kit_digest": kit_digest(kit),
+                  "tflm_build": f"{TFLM_TARGET} {core} {TFLM_KERNELS} {TFLM_BUILD_TYPE}"},
+        "passed": passed,
+    }
+    METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(METRICS_FILE, json.dumps(report, indent=2).encode())
+    instructions = report["instructions_per_inference"]
+    echo(f"firmware: {FIRMWARE / ELF_NAME} for {core} ({CORES[core]['machine']} under QEMU)")
+    echo(f"  flash {report['flash_bytes']:,} B (model {report['flash']['model_bytes']:,}, runtime and code "
+         f"{report['flash']['runtime_and_code_bytes']:,}; test crops {report['flash']['test_crops_bytes']:,} not counted)")
+    ram = report["ram"]
+    echo(f"  RAM {report['ram_bytes']:,} B (arena {ram['arena_bytes']:,}, of it used {ram['arena_used_bytes']:,}; "
+         f"data {ram['data_bytes']:,}, other bss {ram['bss_other_bytes']:,}, heap {ram['heap_bytes']:,}, "
+         f"stack {ram['stack_bytes']:,})")
+    echo(f"  {instructions['median']:,.0f} instructions per inference (median of {instructions['invokes']}); "
+         f"estimated {report['estimated_latency_ms']:.0f} ms at {settings['clock_mhz']:g} MHz and "
+         f"{settings['cycles_per_instruction']:g} cycles per instruction ({settings['board']})")
+    for name, entry in versus.items():
+        echo(f"  vs host {name}: max {entry['max_step_difference']} int8 steps, {entry['identical_share']:.1%} identical; "
+             f"gallery top-1 agree {answer_agreement[name + '_top1_agree']}, named {answer_agreement[name + '_named_agree']}")
+    echo(f"  judged: host TFLite Micro within {tolerance} int8 steps and the same answers: "
+         f"{'passed' if passed else 'FAILED'}")
+    if not passed:
+        raise FirmwareError(f"the emulated firmware disagrees with the host (see {METRICS_FILE})")
+    return report
+
