@@ -268,3 +268,28 @@ def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_p
     assert figures["flash"]["test_crops_bytes"] == tiny_crops.size
     assert figures["ram"]["arena_used_bytes"] <= figures["ram"]["arena_bytes"]
     assert figures["ram"]["stack_bytes"] > 0 and figures["instructions_per_inference"]["median"] > 0
+
+
+# --- the benchmark report's row -------------------------------------------------------------------
+
+
+def test_benchmark_has_a_cortex_m_row_beside_the_host_runtimes_only_when_built():
+    from tf_pilltrack import benchmark
+
+    report = json.loads((ROOT / "reports" / "benchmark.json").read_text())
+    report.pop("firmware", None)  # a report of a bench run before the firmware stage existed
+    assert not any("Cortex-M" in line for line in benchmark.to_markdown(report).splitlines())
+    report["firmware"] = {"built": False, "profile": "mcu", "missing": ["qemu-system-arm"]}
+    assert not any("Cortex-M" in line for line in benchmark.to_markdown(report).splitlines())
+    report["firmware"] = {
+        "built": True, "profile": report["pipeline_profile"], "core": "cortex-m4", "machine": "mps2-an386",
+        "flash_bytes": 400 * 1024, "ram": {"arena_used_bytes": 90 * 1024, "arena_bytes": 120 * 1024},
+        "instructions_per_inference": {"median": 12_800_000.0}, "estimated_latency_ms": 200.0,
+        "latency_assumption": {"board": "a test board", "clock_mhz": 64, "cycles_per_instruction": 1.0},
+        "agreement": {"crops": 4, "tflite_micro": {"max_step_difference": 0}}}
+    lines = benchmark.to_markdown(report).splitlines()
+    table = [line for line in lines if line.startswith(f"| {report['pipeline_profile']} | student, QAT int8 |")]
+    row = next(index for index, line in enumerate(table) if "Cortex-M (emulated, cortex-m4)" in line)
+    assert "| 400 KiB flash | 90 KiB |" in table[row] and "| ≈200 |" in table[row]
+    assert "TFLite Micro (host)" in table[row - 1]  # right after the same model's host rows
+    assert any(line.startswith("- Cortex-M (emulated):") and "12,800,000 instructions" in line for line in lines)

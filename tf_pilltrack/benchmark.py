@@ -630,6 +630,7 @@ def run(params: dict, echo: Callable[[str], None] = print, artefacts: dict | Non
     export_report = _read_json(paths.REPORTS / "export.json")
     report["training"]["export_seconds"] = export_report.get("seconds") if export_report else None
     report["repro_seconds"] = repro_seconds
+    report["firmware"] = _read_json(paths.METRICS / "firmware.json")  # stage `firmware`: the Cortex-M (emulated) row
     report["targets"] = evaluate_targets(report, settings["targets"])
     report["phase_seconds"] = phases.seconds
     report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
@@ -787,6 +788,10 @@ def to_markdown(report: dict) -> str:
                 _number(timing.get("reference_ratio")), _number(timing.get("floor_ms")),
                 "—" if timing.get("floor_fraction") is None else f"{timing['floor_fraction']:.0%}", step_cell,
             ])
+    firmware_rows, firmware_note = cortex_m_row(report)
+    for firmware_row in firmware_rows:  # after the same model's host rows
+        same = [index for index, row in enumerate(rows) if row[:2] == firmware_row[:2]]
+        rows.insert(same[-1] + 1 if same else len(rows), firmware_row)
     lines += _table(["profile", "model", "runtime", "Recall@1 synth", "mAP@R synth", "Recall@1 real", "mAP@R real",
                      "size", "TFLM arena", "MACs", "invoke median ms", "p95 ms", "× reference", "floor ms",
                      "floor / invoke", "device step ms"], rows)
@@ -805,6 +810,7 @@ def to_markdown(report: dict) -> str:
     notes.append(f"Real columns: {real_what}; models the episodes do not evaluate say {NOT_MEASURED}." if real_what
                  else f"Real columns: {NOT_MEASURED} (metrics/evaluation.json has no real-photo episodes).")
     notes.append("Keras rows: size is float32 weights; the reference's TensorFlow row is the same architecture in Keras float32.")
+    notes += firmware_note
     lines += [""] + [f"- {note}" for note in notes]
 
     lines += ["", "## int8 throughput: the compute floor", ""]
@@ -941,3 +947,27 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
         plt.close(figure)
         written.append(name)
     return written
+
+
+def cortex_m_row(report: dict) -> tuple[list[list[str]], list[str]]:
+    """The "Cortex-M (emulated)" row of the models table and its note, from stage `firmware`'s
+    metrics/firmware.json (none when it is absent or the firmware was not built): its latency is
+    an estimate from the instructions counted under QEMU, not a timing of this machine."""
+    firmware = report.get("firmware")
+    if not firmware or not firmware.get("built"):
+        return [], []
+    shipped = next((entry for entry in report["models"]
+                    if entry["id"] == f"{firmware['profile']}/student_qat_int8"), None)
+    assumption = firmware["latency_assumption"]
+    row = [firmware["profile"], MODEL_LABELS["student_qat_int8"], f"Cortex-M (emulated, {firmware['core']})",
+           *[NOT_MEASURED] * 4, f"{_bytes(firmware['flash_bytes'])} flash", _bytes(firmware["ram"]["arena_used_bytes"]),
+           _macs(shipped["macs"]) if shipped else "", f"≈{firmware['estimated_latency_ms']:.0f}", "", "", "", "", ""]
+    note = (f"Cortex-M (emulated): `pilltrack firmware` (metrics/firmware.json), TFLite Micro with CMSIS-NN on "
+            f"QEMU {firmware['machine']}; size: the firmware's flash (model, runtime, kernels); invoke ≈: "
+            f"{firmware['instructions_per_inference']['median']:,.0f} instructions per inference counted by QEMU × "
+            f"{assumption['cycles_per_instruction']:g} cycles per instruction at {assumption['clock_mhz']:g} MHz "
+            f"({assumption['board']}): an estimate, not timed; TFLM arena: used of the reserved "
+            f"{_bytes(firmware['ram']['arena_bytes'])}. Its int8 outputs for {firmware['agreement']['crops']} real crops "
+            f"differ from TFLite Micro's on this host by at most "
+            f"{firmware['agreement']['tflite_micro']['max_step_difference']} steps.")
+    return [row], [note]
