@@ -475,7 +475,9 @@ def build_firmware(root: pathlib.Path, core: str, sources: pathlib.Path, micro_d
     includes = [f"-I{path}" for path in (sources, micro_dir, root, downloads, downloads / "gemmlowp",
                                          downloads / "flatbuffers/include", downloads / "ruy",
                                          downloads / "cmsis/CMSIS/Core/Include", device / "Include")]
-    flags = [f"-mcpu={core}", *COMMON_FLAGS]
+    # source paths in the image (__FILE__ of TFLM's checks) without the build's temporary folders: the same ELF every build
+    flags = [f"-mcpu={core}", *COMMON_FLAGS, f"-ffile-prefix-map={sources}=firmware",
+             f"-ffile-prefix-map={micro_dir}=micro", f"-ffile-prefix-map={root}=tflite-micro"]
     log = out / "build.log"
     objects = []
     units = [(sources / "main.cc", True), (sources / "crops.cc", True), (micro_dir / "model_data.cc", True),
@@ -768,6 +770,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
                                settings["emulator_timeout_s"])
         for path in work.glob("*.o"):
             path.unlink()
+        for log in ("build.log", "emulator.log"):  # name the files where they end up, not the scratch folder
+            text = (work / log).read_text().replace(str(work), str(FIRMWARE))
+            write_atomically(work / log, text.encode())
         _replace_folder(FIRMWARE, source=work)
     figures = summarise(result, settings)
     emulated, host = result["run"]["outputs"], result["host"]
