@@ -3,7 +3,7 @@ the emulator output's parsing, the stage without its tools, the firmware budgets
 Cortex-M toolchain, QEMU and an already built TFLM library are there, the tiny model cross-built,
 run under emulation and compared with the host's TFLite Micro and the gallery search.
 
-The TFLM library takes about 12 minutes to build, so these tests never build it: `pilltrack
+The TFLM library takes about 10 minutes to build, so these tests never build it: `pilltrack
 firmware` builds it once into `firmware.build_cache` (tests/params_small.yaml's, the same folder
 as params.yaml's), and the emulated test skips, saying so, until it is there.
 """
@@ -234,7 +234,7 @@ def _built_library(params: dict) -> pathlib.Path:
     root = firmware.cached_library(firmware.cache_path(params), kit, params["firmware"]["core"])
     if root is None:
         pytest.skip(f"no TFLM library built in {firmware.cache_path(params)} for this kit and core: `pilltrack "
-                    "firmware` builds it once (about 12 minutes), which the test suite does not")
+                    "firmware` builds it once (about 10 minutes), which the test suite does not")
     return root
 
 

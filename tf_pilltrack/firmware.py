@@ -190,7 +190,7 @@ def _run_logged(command: list[str], log: pathlib.Path, what: str, **options) -> 
 def prepare_library(kit: pathlib.Path, cache: pathlib.Path, core: str, jobs: int,
                     echo: Callable[[str], None] = print) -> pathlib.Path:
     """The TFLM source root with its library for `core` built: from the cache, else laid out with
-    the kit's setup.sh and built with TFLM's Makefile (about 12 minutes on 2 cores), once."""
+    the kit's setup.sh and built with TFLM's Makefile (about 10 minutes on 2 cores), once."""
     folder = library_folder(cache, kit, core)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with storage.file_lock(str(folder) + ".lock", holder="another TFLM build", wait_s=BUILD_LOCK_WAIT_S):
@@ -202,7 +202,7 @@ def prepare_library(kit: pathlib.Path, cache: pathlib.Path, core: str, jobs: int
         folder.mkdir()
         log = folder / "build.log"
         echo(f"firmware: building TensorFlow Lite Micro for {core} with {TFLM_KERNELS} kernels into {folder} "
-             "(once per kit and core; about 12 minutes on 2 cores)")
+             "(once per kit and core; about 10 minutes on 2 cores)")
         _run_logged(["bash", str((kit / "setup.sh").resolve()), str(folder.resolve())], log, "the kit's setup.sh")
         root = folder / "tflite-micro"
         _run_logged(["make", *_make_arguments(core), f"-j{jobs}", "microlite"], log, "TFLM's library build",
