@@ -106,8 +106,15 @@ def to_rgb(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def camera_frames(index: int, opener: Callable = open_camera, max_failures: int = 10,
-                  backoff_s: float = 0.1, max_backoff_s: float = 2.0,
+# A camera's read retries (camera_frames): the first wait, doubling up to the longest, and how many
+# failed reads in a row end in CaptureError. The counter page reopens a failed camera after the longest.
+BACKOFF_S = 0.1
+MAX_BACKOFF_S = 2.0
+MAX_FAILURES = 10
+
+
+def camera_frames(index: int, opener: Callable = open_camera, max_failures: int = MAX_FAILURES,
+                  backoff_s: float = BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S,
                   sleep: Callable[[float], None] = time.sleep) -> Iterator[Frame]:
     """Frames from camera `index` until the consumer stops.
 

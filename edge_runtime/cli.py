@@ -1,6 +1,7 @@
 """`pilltrack-edge`: identify pills on the device, and enroll new ones.
 
     pilltrack-edge --image a.jpg b.jpg          a table of what each photo shows
+    pilltrack-edge --one-pill --image front.jpg back.jpg   one answer from both faces of one pill
     pilltrack-edge --camera 0                   live view (q or Esc quits)
     pilltrack-edge --video clip.mp4 --headless  one JSON line per frame
     pilltrack-edge enroll --label "Ibuprofen 400" photos/*.jpg
@@ -8,6 +9,7 @@
     pilltrack-edge --cropped enroll --label "Ibuprofen 400" crops/*.png   (tight crops)
     pilltrack-edge remove --label "Ibuprofen 400"
     pilltrack-edge list
+    pilltrack-edge serve --camera 0             the counter page on http://127.0.0.1:8000/
 
 Exit codes: 0 done; 1 the camera or disk failed while running, or another command kept the
 bundle locked past limits.LOCK_WAIT_S; 2 bad input (an unusable bundle, image, video, model or
@@ -27,9 +29,9 @@ import click
 import numpy as np
 
 from edge_runtime import capture, enrollment, gallery, limits
-from edge_runtime.capture import CaptureError
+from edge_runtime.capture import CaptureError, Frame
 from edge_runtime.display import DisplayUnavailable, Window, annotate
-from edge_runtime.identification import STAGES, Identifier, Smoother
+from edge_runtime.identification import STAGES, Identifier, Smoother, combine_views
 from edge_runtime.preprocessing import AUTO, Box, touches_edge
 from edge_runtime.quiet import silence_opencv
 
@@ -129,9 +131,14 @@ def _cpu_count() -> int:
               metavar="FRAMES",
               help=f"Frames (video or camera) voted over before a different pill is announced, at most "
                    f"{limits.MAX_SMOOTH_FRAMES}.")
+@click.option("--one-pill", is_flag=True,
+              help=f"The --image photos show one pill (its two faces, say): one answer from all of them "
+                   f"together, their embeddings combined as the evaluation's multi-photo queries are; at most "
+                   f"{limits.MAX_VIEWS} photos. A photo without a pill is reported and left out.  [default: off, "
+                   "an answer per photo]")
 @click.pass_context
 def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edgetpu, cropped,
-         headless, benchmark, max_frames, smooth):
+         headless, benchmark, max_frames, smooth, one_pill):
     """Identify pills in photos, a video or a live camera view, with the device bundle.
 
     Distances are cosine distances between embeddings (0 same, 2 opposite)."""
@@ -144,9 +151,16 @@ def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edge
         return
     if sum(given) > 1:
         raise click.UsageError("give only one of --image, --video and --camera")
+    if one_pill and not images:
+        raise click.UsageError("--one-pill answers for --image photos")
+    if one_pill and len(images) > limits.MAX_VIEWS:
+        raise click.UsageError(f"--one-pill takes at most {limits.MAX_VIEWS} photos of one pill, got {len(images)}")
     with _errors_reported():
         identifier = _open_identifier(ctx, top_k, threshold)
         identifier.warm_up()
+        if one_pill:
+            _identify_one_pill(identifier, images, headless)
+            return
         failed = []
 
         def skip(error):
@@ -208,6 +222,38 @@ def _identify_frames(identifier, frames, live, headless, window, smoother, sourc
                 click.echo(f"{'image':<{source_width}}  {'pill':<20} {'distance':>8}  closest")
             click.echo(_table_row(frame.source, result, source_width))
     return timings
+
+
+def _identify_one_pill(identifier: Identifier, images, headless: bool) -> None:
+    """--one-pill: one answer from the photos' embeddings combined (identification.combine_views).
+    A photo that cannot be read, or shows no pill, is reported and left out; none left is exit 2."""
+    max_pixels = identifier.bundle.preprocess.max_image_pixels
+    embeddings, used, failed = [], [], []
+
+    def skip(error):
+        failed.append(str(error))
+        click.echo(f"error: {error}", err=True)
+
+    for frame in capture.image_frames(images, max_pixels, on_error=skip):
+        found = identifier.embed_image(frame.rgb)
+        if found is None:
+            skip(f"{frame.source}: no pill found")
+            continue
+        embeddings.append(found[0])
+        used.append(frame.source)
+    if not embeddings:
+        raise ValueError("no pill found in any of the photos, so there is nothing to answer")
+    result = identifier.identify_embedding(combine_views(np.stack(embeddings)))
+    if headless:
+        record = {key: value for key, value in _record(Frame(None, "", 0), result, result.label).items()
+                  if key not in ("source", "frame", "box")}
+        click.echo(json.dumps({"sources": used, **record}))
+    else:
+        source = " + ".join(used)
+        click.echo(f"{'photos':<{len(source)}}  {'pill':<20} {'distance':>8}  closest")
+        click.echo(_table_row(source, result, len(source)))
+    if failed:
+        raise SystemExit(2)
 
 
 def _record(frame, result, announced) -> dict:
@@ -354,6 +400,89 @@ def list_command(ctx):
     for label, count in counts.items():
         click.echo(f"{label:<{width}}  {count:>6}")
     click.echo(f"{len(counts)} pills, {sum(counts.values())} photos")
+
+
+@main.command()
+@click.option("--camera", type=click.IntRange(0, limits.MAX_CAMERA_INDEX), metavar="INDEX",
+              help="Camera index to serve the live view of, 0 being the first camera.")
+@click.option("--video", type=click.Path(exists=True, dir_okay=False),
+              help="Video file to serve instead of a camera, played in a loop (demos, tests).")
+@click.option("--folder", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Folder of photos to serve instead of a camera, shown in turn in a loop (demos, tests).")
+@click.option("--fps", type=click.FloatRange(0.0, limits.MAX_FPS, min_open=True), default=10.0, show_default=True,
+              metavar="FPS",
+              help=f"Frames per second read from --video or --folder, at most {limits.MAX_FPS:g}; a camera "
+                   "gives its own.")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address to listen on. Any but a loopback one (127.0.0.1, ::1, localhost) lets other devices "
+                   "in and needs an access token (--token, or one generated and printed).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, metavar="PORT",
+              help="TCP port to listen on; 0 picks a free one (printed).")
+@click.option("--token", envvar="PILLTRACK_TOKEN", metavar="TOKEN",
+              help=f"Access token (at least {limits.MIN_TOKEN_CHARS} characters; also from $PILLTRACK_TOKEN) "
+                   "that every request changing the gallery must carry, and beyond loopback every request.  "
+                   "[default: none on loopback; generated and printed once for any other --host]")
+@click.option("--top-k", type=click.IntRange(1, limits.MAX_TOP_K), default=3, show_default=True, metavar="N",
+              help=f"Closest enrolled pills shown per answer (distinct pills), at most {limits.MAX_TOP_K}.")
+@click.option("--threshold", type=click.FloatRange(0.0, 2.0), metavar="DISTANCE",
+              help="Unknown-pill threshold, a cosine distance (1 - cos, 0 to 2).  [default: the bundle's]")
+@click.option("--smooth", type=click.IntRange(1, limits.MAX_SMOOTH_FRAMES), default=5, show_default=True,
+              metavar="FRAMES",
+              help=f"Frames voted over before a different pill is announced, at most {limits.MAX_SMOOTH_FRAMES}.")
+@click.option("--shots", type=click.IntRange(1, limits.MAX_ENROLL_PHOTOS), default=5, show_default=True, metavar="N",
+              help="Shots the page's \"take N shots\" takes to enroll a pill (the page can change it).")
+@click.option("--countdown", type=click.FloatRange(0.0, limits.MAX_COUNTDOWN_S), default=3.0, show_default=True,
+              metavar="SECONDS", help="Seconds counted down on the page before each shot; turn the pill meanwhile.")
+@click.pass_context
+def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, smooth, shots, countdown):
+    """Serve the counter page: the live view with the answer, enroll (camera shots or uploaded
+    photos), the gallery, close calls answered from both faces, the bundle.
+
+    Open the address it prints in a browser on this device, or with --host 0.0.0.0 on a tablet
+    (with the token). Ctrl+C stops it. --bundle, --threads, --edgetpu and --cropped go before the
+    command: pilltrack-edge --bundle DIR serve --camera 0. Needs the `serve` extra."""
+    if sum(source is not None for source in (camera, video, folder)) != 1:
+        raise click.UsageError("give one of --camera, --video and --folder")
+    from edge_runtime import counter as counters
+
+    if token is not None and len(token) < limits.MIN_TOKEN_CHARS:
+        raise click.UsageError(f"--token must have at least {limits.MIN_TOKEN_CHARS} characters")
+    with _errors_reported():
+        from edge_runtime import server  # ImportError without the `serve` extra: one line, exit 2
+
+        loopback = server.is_loopback(host)
+        identifier = _open_identifier(ctx, top_k, threshold)
+        identifier.warm_up()
+        if video is not None:
+            with contextlib.closing(capture.video_frames(video)) as probe:  # a file no frame decodes of: exit 2
+                next(probe)
+            frames, source = counters.video_source(video), video
+        elif folder is not None:
+            counters.folder_photos(folder)  # a folder without photos: exit 2
+            frames = counters.folder_source(folder, identifier.bundle.preprocess.max_image_pixels)
+            source = folder
+        else:
+            injected = ctx.find_root().obj or {}
+            frames = counters.camera_source(camera, injected.get("open_camera", capture.open_camera),
+                                            injected.get("sleep", time.sleep))
+            source, fps = f"camera {camera}", None
+        generated = token is None and not loopback
+        token = server.make_token() if generated else token
+        counter = counters.Counter(identifier, frames, source, fps, smooth)
+        app = server.make_app(counter, token, loopback, shots, countdown)
+        sock = server.listen(host, port)
+        bound_port = sock.getsockname()[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        address = f"http://{shown_host}:{bound_port}/" + (f"?token={token}" if token else "")
+        if generated:
+            click.echo(f"access token (printed once; give it with --token to keep it): {token}")
+        click.echo(f"serving the counter page on {address}  (Ctrl+C stops)", err=False)
+        counter.start()
+        try:
+            server.make_server(app).run(sockets=[sock])
+        finally:
+            counter.stop()
+            sock.close()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,7 @@ class DisplayUnavailable(RuntimeError):
 def annotate(bgr: np.ndarray, result, announced: str | None, fps: float) -> np.ndarray:
     """A copy of a BGR frame with the pill's box, the announced name (or "unknown"), the
     best match's distance and the frame rate drawn on it."""
-    canvas = bgr.copy()
-    if result.box is not None:
-        colour = _ORANGE if announced in (None, UNKNOWN) else _GREEN
-        left, top, right, bottom = result.box
-        cv2.rectangle(canvas, (left, top), (right - 1, bottom - 1), colour, 2)
+    canvas = draw_box(bgr, result, announced)
     if announced is None:
         text = "no pill"
     elif result.distance is None:
@@ -40,6 +36,17 @@ def annotate(bgr: np.ndarray, result, announced: str | None, fps: float) -> np.n
         cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3,
                     cv2.LINE_AA)
         cv2.putText(canvas, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, _WHITE, 1, cv2.LINE_AA)
+    return canvas
+
+
+def draw_box(bgr: np.ndarray, result, announced: str | None) -> np.ndarray:
+    """A copy of a BGR frame with the pill's box drawn: green when a pill is announced, orange
+    for "unknown" or none yet. The counter page streams frames drawn so, the answer beside them."""
+    canvas = bgr.copy()
+    if result.box is not None:
+        colour = _ORANGE if announced in (None, UNKNOWN) else _GREEN
+        left, top, right, bottom = result.box
+        cv2.rectangle(canvas, (left, top), (right - 1, bottom - 1), colour, 2)
     return canvas
 
 

@@ -35,6 +35,15 @@ MAX_SHOT_INTERVAL_S = 3_600.0  # --interval, seconds between enrollment shots
 MAX_SMOOTH_FRAMES = 1_000  # --smooth, frames voted over
 MAX_FRAMES = 1_000_000_000  # --max-frames
 
+# The counter page (pilltrack-edge serve)
+MAX_UPLOAD_FILES = 20  # photos in one upload to enroll a pill
+MAX_UPLOAD_BYTES = 128 << 20  # bytes of one upload request, its photos together (each at most MAX_IMAGE_BYTES)
+MAX_VIEWS = 8  # photos answered together as views of one pill: --one-pill, the page's faces of a close call
+MAX_FPS = 60.0  # serve --fps, frames per second read from a video or a folder of photos
+MAX_COUNTDOWN_S = 60.0  # serve --countdown, seconds before each camera shot
+MIN_TOKEN_CHARS = 16  # serve --token, an access token given rather than generated
+SHOT_WAIT_S = 10.0  # seconds a shot (or a face) waits for a frame where a pill is found, then it is refused
+
 # Waiting for another command that holds the bundle's lock (an enroll or remove in progress)
 LOCK_WAIT_S = 60.0  # seconds, then the command gives up with an error
 

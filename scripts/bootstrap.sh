@@ -4,13 +4,13 @@
 #
 #   bash scripts/bootstrap.sh [ENVIRONMENT ...]          (no argument: train)
 #
-#   ENVIRONMENT   folder              installs                          for
-#   train         .venv               -e '.[train,test]'                the pipeline (dvc repro), all tests
-#   edge          .venv-edge          -e '.[edge,test]'                 the device client on LiteRT, NumPy 2
-#   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,test]'          the device client on tflite-runtime, NumPy 1
+#   ENVIRONMENT   folder              installs                                  for
+#   train         .venv               -e '.[train,serve,test,browser]'          the pipeline (dvc repro), all tests
+#   edge          .venv-edge          -e '.[edge,serve,test]'                   the device client on LiteRT, NumPy 2
+#   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,serve,test]'            the device client on tflite-runtime, NumPy 1
 #
-# The edge environments hold only the client's dependencies (and the test tools): no TensorFlow,
-# which this script checks. Direct pins live in pyproject.toml; constraints/<environment>.txt
+# The edge environments hold only the client's dependencies, its counter page's (`serve`: the page's
+# tests run there too) and the test tools: no TensorFlow, which this script checks. Direct pins live in pyproject.toml; constraints/<environment>.txt
 # fixes every transitive version too (pip freeze of a tested environment), so pip installs
 # without a resolver search (an unconstrained install backtracked for 15 minutes). An environment is complete when its
 # stamp file (.pilltrack-bootstrap inside it) holds the hash of pyproject.toml, this script, the
@@ -52,9 +52,9 @@ folder_of() {
 }
 extras_of() {
     case $1 in
-        train) echo train,test ;;
-        edge) echo edge,test ;;
-        edge-tflite) echo edge-tflite,test ;;
+        train) echo train,serve,test,browser ;;
+        edge) echo edge,serve,test ;;
+        edge-tflite) echo edge-tflite,serve,test ;;
     esac
 }
 

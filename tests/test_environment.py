@@ -18,14 +18,14 @@ from packaging.utils import canonicalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE_TESTS = ["tests/test_edge_runtime.py", "tests/test_edge_cli.py", "tests/test_edge_reliability.py",
-              "tests/test_edge_limits.py"]
+              "tests/test_edge_limits.py", "tests/test_edge_serve.py"]
 
 # environment -> (folder, extras, interpreter library the client must pick, NumPy major version)
 EDGE_ENVIRONMENTS = {
-    "edge": (".venv-edge", ("edge", "test"), "ai_edge_litert", 2),
-    "edge-tflite": (".venv-edge-tflite", ("edge-tflite", "test"), "tflite_runtime", 1),
+    "edge": (".venv-edge", ("edge", "serve", "test"), "ai_edge_litert", 2),
+    "edge-tflite": (".venv-edge-tflite", ("edge-tflite", "serve", "test"), "tflite_runtime", 1),
 }
-TRAIN_EXTRAS = ("train", "test")
+TRAIN_EXTRAS = ("train", "serve", "test", "browser")
 TENSORFLOW_FAMILY = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly", "tf-keras", "keras"}
 
 

@@ -1,0 +1,443 @@
+"""The counter: what `pilltrack-edge serve` runs behind its page, with no web code in it.
+
+A `Counter` reads frames from a source (a camera, a video played in a loop, a folder of photos
+shown in turn) in a thread of its own, answers each with the CLI's `Identifier` and `Smoother`,
+and keeps the latest frame, answer and the device step's time for the page to show. It enrolls
+and removes pills with the CLI's code (`enrollment`, under the bundle's lock, atomic), from
+uploaded photos or from shots of the live view, and answers a close call from several faces of
+one pill together (`identification.combine_views`). After a change of the gallery, by the page
+or by another command, the next frame is answered with the new gallery: every frame first checks
+whether bundle.json was replaced.
+
+A camera that fails is reported in the answer (`error`) and opened again after
+`capture.MAX_BACKOFF_S`, as long as the counter runs; a video or folder that cannot be read is
+reported and retried the same way. The interpreter is used by one thread at a time (`_model`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+import time
+from typing import Callable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+from edge_runtime import capture, enrollment, gallery, limits, storage
+from edge_runtime.bundle import SIDECAR
+from edge_runtime.capture import CaptureError, Frame
+from edge_runtime.display import draw_box
+from edge_runtime.identification import Identifier, Result, Smoother, combine_views, is_close_call
+from edge_runtime.interpreter import runtime_name
+from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, decode_image
+
+THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill enrolled through the page
+STEP_WINDOW = 200  # frames over which the device step's median and 95th percentile are shown
+JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
+
+
+class Refused(ValueError):
+    """A request the counter refuses without changing anything: bad input (a label, a photo, a
+    limit); the message says what and, for photos, which."""
+
+
+class NotReady(RuntimeError):
+    """The live view cannot give what was asked (no frame with a pill within limits.SHOT_WAIT_S,
+    a camera that fails): try again."""
+
+
+class Live(NamedTuple):
+    sequence: int  # frames answered so far
+    rgb: np.ndarray  # the frame
+    result: Result
+    answer: dict  # what the page shows (Counter.describe)
+    jpeg: bytes | None  # the frame with the pill's box, for the stream; None while nobody watches
+
+
+def video_source(path: str) -> Callable[[], Iterator[Frame]]:
+    """Frames of a video file, played from the start each time the source is opened."""
+    return lambda: capture.video_frames(path)
+
+
+def folder_photos(directory: str) -> list[str]:
+    """The photos of a folder (by IMAGE_SUFFIXES, sorted), or ImageError naming the folder."""
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.lower().endswith(IMAGE_SUFFIXES))
+    except OSError as error:
+        raise ImageError(directory, f"cannot be read ({error.strerror or error})") from None
+    if not names:
+        raise ImageError(directory, f"no photos in it (files ending {', '.join(IMAGE_SUFFIXES)})")
+    return [os.path.join(directory, name) for name in names]
+
+
+def folder_source(directory: str, max_pixels: int) -> Callable[[], Iterator[Frame]]:
+    """Each photo of a folder in turn (listed again every round, so photos added show up); one
+    that cannot be read is reported on stderr and skipped."""
+    def skip(error):
+        print(f"skipped {error}", file=sys.stderr)
+
+    return lambda: capture.image_frames(folder_photos(directory), max_pixels, on_error=skip)
+
+
+def camera_source(index: int, opener: Callable = capture.open_camera,
+                  sleep: Callable[[float], None] = time.sleep) -> Callable[[], Iterator[Frame]]:
+    """Frames of a camera, its failed reads retried as the CLI retries them."""
+    return lambda: capture.camera_frames(index, opener=opener, sleep=sleep)
+
+
+class Counter:
+    """The live loop and the gallery changes behind the page (see the module docstring).
+
+    `open_frames()` starts the source again (after its end or a failure); `fps` paces a video or
+    a folder (None: as fast as frames come, a camera's own rate). `wait(seconds)` is the pause
+    between tries and the pacing, stopped early by `stop()` (tests pass a faster one)."""
+
+    def __init__(self, identifier: Identifier, open_frames: Callable[[], Iterator[Frame]], source: str,
+                 fps: float | None = None, smooth: int = 5, on_frame: Callable[[], None] | None = None):
+        if fps is not None and not 0.0 < fps <= limits.MAX_FPS:
+            raise ValueError(f"fps must be within (0, {limits.MAX_FPS:g}], got {fps}")
+        self.identifier = identifier
+        self.bundle_dir = identifier.bundle.directory
+        self.source = source
+        self.fps = fps
+        self.open_frames = open_frames
+        self.smoother = Smoother(smooth)
+        self.on_frame = on_frame or (lambda: None)
+        self.viewers = 0  # streams open: frames are JPEG-encoded only while someone watches
+        self.error: str | None = None  # what stops the live view now (a camera failing), shown on the page
+        self.steps: collections.deque = collections.deque(maxlen=STEP_WINDOW)  # seconds per frame
+        self.live: Live | None = None
+        self.shots: list[dict] = []  # camera shots waiting to be enrolled: embedding, thumbnail
+        self.faces: list[np.ndarray] = []  # embeddings of the faces of one pill, for a close call
+        self._model = threading.Lock()  # the interpreter, and self.identifier, one thread at a time
+        self._changed = threading.Condition()  # a new frame answered, or an error
+        self._stopping = threading.Event()
+        self._stamp = self._bundle_stamp()
+        self._thread: threading.Thread | None = None
+
+    # --- the live loop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pilltrack-counter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            answered = 0
+            try:
+                with contextlib.closing(self.open_frames()) as frames:
+                    for frame in frames:
+                        started = time.monotonic()
+                        self.answer_frame(frame)
+                        answered += 1
+                        if self._stopping.is_set():
+                            return
+                        if self.fps is not None:
+                            self._stopping.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - started)))
+                if answered:
+                    continue  # a video's end: play it again; a folder: the next round
+                self._report(f"{self.source}: gave no frame; trying again in {capture.MAX_BACKOFF_S:g} s")
+            except CaptureError as error:  # the camera failing: shown, and the camera opened again
+                self._report(f"{error}; trying again in {capture.MAX_BACKOFF_S:g} s")
+            except (ValueError, OSError) as error:  # a video or photo folder gone bad while serving
+                self._report(f"{error}; trying again in {capture.MAX_BACKOFF_S:g} s")
+            except Exception as error:  # anything else: shown, and the page goes on serving
+                self._report(f"{type(error).__name__}: {error}; trying again in {capture.MAX_BACKOFF_S:g} s")
+            self._stopping.wait(capture.MAX_BACKOFF_S)
+
+    def _report(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        with self._changed:
+            self.error = message
+            self._changed.notify_all()
+        self.on_frame()
+
+    def answer_frame(self, frame: Frame) -> Live:
+        """Answer one frame and make it the live one."""
+        if self._bundle_stamp() != self._stamp:  # another command changed the gallery
+            self.reload()
+        with self._model:
+            identifier = self.identifier
+            start = time.perf_counter()
+            result = identifier.identify_image(frame.rgb)
+            step = time.perf_counter() - start
+        announced = self.smoother.update(result.label)
+        self.steps.append(step)
+        answer = self.describe(result, announced, identifier)
+        answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3))
+        jpeg = None
+        if self.viewers:
+            bgr = draw_box(np.ascontiguousarray(frame.rgb[:, :, ::-1]), result, announced)
+            jpeg = encode_jpeg(bgr)
+        with self._changed:
+            sequence = (self.live.sequence if self.live else 0) + 1
+            answer["sequence"] = sequence
+            self.live = Live(sequence, frame.rgb, result, answer, jpeg)
+            self.error = None
+            self._changed.notify_all()
+        self.on_frame()
+        return self.live
+
+    @staticmethod
+    def describe(result: Result, announced: str | None, identifier: Identifier) -> dict:
+        """An answer as the page shows it: `state` "pill" (announced names one), "unknown" or
+        "none" (no pill), the frame's own label, distance, closest pills, look-alike and box,
+        and whether it is a close call worth turning the pill over for."""
+        state = "none" if announced is None else "unknown" if announced == gallery.UNKNOWN else "pill"
+        bundle = identifier.bundle
+        return {
+            "state": state,
+            "announced": announced,
+            "label": result.label,
+            "distance": None if result.distance is None else round(result.distance, 6),
+            "top_k": [{"label": m.label, "distance": round(m.distance, 6)} for m in result.top_k],
+            "lookalike": result.lookalike,
+            "close_call": state == "unknown" and is_close_call(result, identifier.threshold, bundle.lookalike_margin),
+            "box": None if result.box is None else [int(v) for v in result.box],
+        }
+
+    def next_live(self, after: int, timeout: float) -> Live | None:
+        """The live frame once one newer than sequence `after` is answered, or None after
+        `timeout` seconds (or when the counter stops)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._stopping.is_set():
+                if self.live is not None and self.live.sequence > after:
+                    return self.live
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
+        return None
+
+    def status(self) -> dict:
+        """The latest answer, with what stops the live view if anything (`error`)."""
+        with self._changed:
+            answer = dict(self.live.answer) if self.live else {"state": "waiting", "sequence": 0}
+            answer["error"] = self.error
+        return answer
+
+    # --- the gallery ---------------------------------------------------------------------------
+
+    def _bundle_stamp(self):
+        try:
+            info = os.stat(os.path.join(self.bundle_dir, SIDECAR))
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def reload(self) -> None:
+        """Answer from the gallery as it is on disk now; a bundle that does not load keeps the
+        previous gallery answering (and is reported)."""
+        stamp = self._bundle_stamp()
+        try:
+            identifier = self.identifier.reload()
+        except ValueError as error:
+            print(f"error: {error}; answering with the gallery loaded before", file=sys.stderr)
+            self._stamp = stamp
+            return
+        with self._model:
+            self.identifier = identifier
+        self._stamp = stamp
+
+    def _pill_frame(self) -> np.ndarray:
+        """The next live frame in which a pill is found (waiting up to limits.SHOT_WAIT_S)."""
+        deadline = time.monotonic() + limits.SHOT_WAIT_S
+        after = self.live.sequence if self.live else 0
+        while (left := deadline - time.monotonic()) > 0:
+            live = self.next_live(after, left)
+            if live is None:
+                break
+            if live.result.box is not None:
+                return live.rgb
+            after = live.sequence
+        problem = f" ({self.error})" if self.error else ""
+        raise NotReady(f"no pill found in the live view for {limits.SHOT_WAIT_S:g} s{problem}: "
+                       "put the pill under the camera, on a plain background")
+
+    def _embed(self, rgb: np.ndarray, source: str):
+        with self._model:
+            found = self.identifier.embed_image(rgb)
+        if found is None:
+            raise Refused(f"{source}: no pill found")
+        return found
+
+    def take_shot(self, replace: int | None = None) -> dict:
+        """A shot of the live view for enrolling: the next frame where a pill is found, its
+        embedding kept with a thumbnail of the pill. `replace` retakes shot number `replace`."""
+        if replace is not None and not 0 <= replace < len(self.shots):
+            raise Refused(f"there is no shot {replace} to retake ({len(self.shots)} taken)")
+        if replace is None and len(self.shots) >= limits.MAX_ENROLL_PHOTOS:
+            raise Refused(f"{len(self.shots)} shots taken, the limit of one enroll")
+        embedding, crop = self._embed(self._pill_frame(), "the live view")
+        shot = {"embedding": embedding, "thumbnail": encode_jpeg(np.ascontiguousarray(crop.pixels[:, :, ::-1]))}
+        if replace is None:
+            self.shots.append(shot)
+            replace = len(self.shots) - 1
+        else:
+            self.shots[replace] = shot
+        return {"shot": replace, "shots": len(self.shots)}
+
+    def clear_shots(self) -> None:
+        self.shots = []
+
+    def take_face(self) -> dict:
+        """One more face of the pill in view, and the answer from all the faces taken together
+        (`combine_views`, the evaluation's multi-photo rule), with `views` faces."""
+        if len(self.faces) >= limits.MAX_VIEWS:
+            raise Refused(f"{len(self.faces)} faces taken, the limit of {limits.MAX_VIEWS}; start again")
+        embedding, _ = self._embed(self._pill_frame(), "the live view")
+        self.faces.append(embedding)
+        with self._model:
+            identifier = self.identifier
+            result = identifier.identify_embedding(combine_views(np.stack(self.faces)))
+        answer = self.describe(result, result.label, identifier)
+        answer["views"] = len(self.faces)
+        return answer
+
+    def clear_faces(self) -> None:
+        self.faces = []
+
+    def enroll_photos(self, label: str, photos: list[tuple[str, bytes]], new_gallery: bool = False) -> dict:
+        """Enroll `label` from uploaded photos, (file name, bytes) each, decoded with the CLI's
+        checks and limits. Any photo that cannot be used (not an image, too large, no pill found)
+        refuses the whole upload, naming each such photo: nothing is enrolled."""
+        label = _checked_label(label)
+        if not photos:
+            raise Refused("no photos uploaded: choose the pill's photos first")
+        if len(photos) > limits.MAX_UPLOAD_FILES:
+            raise Refused(f"{len(photos)} photos uploaded, over the limit of {limits.MAX_UPLOAD_FILES}; "
+                          "upload them in parts")
+        max_pixels = self.identifier.bundle.preprocess.max_image_pixels
+        embeddings, problems, first = [], [], None
+        for name, data in photos:
+            try:
+                embedding, crop = self._embed(decode_image(data, name, max_pixels), name)
+            except (ImageError, Refused) as error:
+                problems.append(str(error))
+                continue
+            embeddings.append(embedding)
+            first = crop.pixels if first is None else first
+        if problems:
+            raise Refused("nothing enrolled: " + "; ".join(problems))
+        return self._enroll(label, np.stack(embeddings), first, new_gallery)
+
+    def enroll_shots(self, label: str, new_gallery: bool = False) -> dict:
+        """Enroll `label` from the shots taken (`take_shot`), then forget them."""
+        label = _checked_label(label)
+        if not self.shots:
+            raise Refused("no shots taken: take the pill's shots first")
+        shots = list(self.shots)
+        thumbnail = cv2.imdecode(np.frombuffer(shots[0]["thumbnail"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        done = self._enroll(label, np.stack([shot["embedding"] for shot in shots]), thumbnail, new_gallery)
+        self.shots = []
+        return done
+
+    def _enroll(self, label: str, embeddings: np.ndarray, pixels: np.ndarray, new_gallery: bool) -> dict:
+        count = enrollment.enroll(self.bundle_dir, label, embeddings, new_gallery)
+        if not new_gallery:  # a pill enrolled before under another case keeps its first spelling
+            label = gallery.find_label(dict.fromkeys(self.identifier.bundle.labels), label) or label
+        self.reload()
+        if new_gallery:
+            self._drop_thumbnails(keep=set())
+        self._write_thumbnail(label, pixels)
+        return {"label": label, "photos": len(embeddings), "in_gallery": count, "new_gallery": new_gallery}
+
+    def remove(self, label: str) -> dict:
+        """Remove a pill (matched as the CLI matches it), then answer without it."""
+        removed = enrollment.remove(self.bundle_dir, label)
+        self.reload()
+        self._drop_thumbnails(keep=set(self.identifier.bundle.labels))
+        return {"label": gallery.normalise_label(label), "photos": removed}
+
+    def gallery(self) -> list[dict]:
+        """The enrolled pills, sorted, with their photo counts and thumbnail (file name or None)."""
+        counts = collections.Counter(self.identifier.bundle.labels)
+        listed = []
+        for label in sorted(counts, key=gallery.label_key):
+            name = thumbnail_name(label)
+            exists = os.path.isfile(os.path.join(self.bundle_dir, THUMBNAILS, name))
+            listed.append({"label": label, "photos": counts[label], "thumbnail": name if exists else None})
+        return listed
+
+    def thumbnail(self, name: str) -> bytes | None:
+        """A thumbnail's JPEG bytes by its name (as `gallery` gives it), or None."""
+        if name not in {thumbnail_name(label) for label in set(self.identifier.bundle.labels)}:
+            return None
+        try:
+            return storage.read_regular(os.path.join(self.bundle_dir, THUMBNAILS, name), limits.MAX_IMAGE_BYTES)
+        except (OSError, ValueError):
+            return None
+
+    def _write_thumbnail(self, label: str, pixels: np.ndarray) -> None:
+        folder = os.path.join(self.bundle_dir, THUMBNAILS)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            storage.write_atomically(os.path.join(folder, thumbnail_name(label)),
+                                     encode_jpeg(np.ascontiguousarray(pixels[:, :, ::-1])))
+        except OSError as error:  # the pill is enrolled: a missing thumbnail is only shown as such
+            print(f"warning: {folder}: cannot write {label!r}'s thumbnail ({error.strerror or error})",
+                  file=sys.stderr)
+
+    def _drop_thumbnails(self, keep: set) -> None:
+        folder = os.path.join(self.bundle_dir, THUMBNAILS)
+        wanted = {thumbnail_name(label) for label in keep}
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                if name.endswith(".jpg") and name not in wanted:
+                    os.unlink(os.path.join(folder, name))
+
+    def bundle_info(self) -> dict:
+        """What the page's bundle panel shows: model, runtime, profile, input size, naming rule,
+        pills and photos, the source, and the device step (identify one frame) over the last
+        STEP_WINDOW frames."""
+        identifier = self.identifier
+        bundle = identifier.bundle
+        steps = np.asarray(self.steps, float) * 1000.0
+        return {
+            "model": bundle.files["model"].name,
+            "runtime": runtime_name(),
+            "profile": bundle.extra.get("profile"),
+            "input_size": bundle.preprocess.image_size,
+            "symmetry_views": bundle.preprocess.symmetry_views,
+            "threshold": identifier.threshold,
+            "lookalike_margin": bundle.lookalike_margin,
+            "pills": len(set(bundle.labels)),
+            "photos": len(bundle.labels),
+            "source": self.source,
+            "fps": self.fps,
+            "step_ms": None if not len(steps) else {
+                "median": round(float(np.median(steps)), 3), "p95": round(float(np.percentile(steps, 95)), 3),
+                "frames": int(len(steps))},
+        }
+
+
+def thumbnail_name(label: str) -> str:
+    """A pill's thumbnail file: named by a digest of its label's key, so any label makes a safe name."""
+    return hashlib.sha256(gallery.label_key(label).encode("utf-8")).hexdigest()[:16] + ".jpg"
+
+
+def encode_jpeg(bgr: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("a frame could not be encoded as JPEG")
+    return data.tobytes()
+
+
+def _checked_label(label) -> str:
+    try:
+        return gallery.check_label(label)
+    except ValueError as error:
+        raise Refused(str(error)) from None

@@ -1,0 +1,384 @@
+"""The counter page's server (`pilltrack-edge serve`, issue 21) over HTTP: every route, served by
+uvicorn on loopback from a thread, fed by in-memory frames of the tiny fixtures' pills or a fake
+camera. Nothing here imports TensorFlow (the edge environments run this file too)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from edge_fixtures import pill_photos
+from PIL import Image
+
+from edge_runtime import capture, limits, storage
+from edge_runtime.capture import Frame
+from edge_runtime.cli import main
+from edge_runtime.counter import Counter, camera_source, thumbnail_name
+from edge_runtime.identification import Identifier
+
+server = pytest.importorskip("edge_runtime.server", reason="the `serve` extra (starlette, uvicorn) is not installed")
+
+TOKEN = "a-token-of-twenty-chars"
+WAIT_S = 20.0  # a page answer to wait for, at most (the server answers frames at 50 per second)
+
+
+def snapshot(directory) -> dict:
+    return {name: storage.sha256_file(os.path.join(directory, name))
+            for name in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, name))}
+
+
+def png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+def looping(frames):
+    """A video-like source: the frames once per opening, as a video file played from its start."""
+    def play():
+        for index, rgb in enumerate(frames):
+            yield Frame(rgb, "clip", index)
+
+    return play
+
+
+class Page:
+    """A counter and its server, running on 127.0.0.1 on a free port."""
+
+    def __init__(self, identifier, open_frames, token=None, loopback=True, source="clip", fps=50.0):
+        self.counter = Counter(identifier, open_frames, source, fps, smooth=3)
+        self.app = server.make_app(self.counter, token, loopback, shots=2, countdown_s=0.0)
+        self.sock = server.listen("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = server.make_server(self.app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.counter.start()
+        self.thread.start()
+        deadline = time.monotonic() + WAIT_S
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.counter.stop()
+        self.sock.close()
+
+    def request(self, method, path, fields=None, files=None, headers=None, body=None):
+        """(status, JSON or bytes) of one request; `fields` and `files` [(name, filename, bytes)] go as
+        multipart/form-data, as the page's FormData does."""
+        headers = dict(headers or {})
+        if fields is not None or files is not None:
+            boundary = uuid.uuid4().hex
+            parts = io.BytesIO()
+            for name, value in (fields or {}).items():
+                parts.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+            for name, filename, data in files or []:
+                parts.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                            "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+            parts.write(f"--{boundary}--\r\n".encode())
+            body = parts.getvalue()
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, data, kind = response.status, response.read(), response.headers.get("content-type", "")
+        except urllib.error.HTTPError as error:
+            status, data, kind = error.code, error.read(), error.headers.get("content-type", "")
+        return status, json.loads(data) if kind.startswith("application/json") else data
+
+    def answer_becomes(self, test, what):
+        deadline, answer = time.monotonic() + WAIT_S, None
+        while time.monotonic() < deadline:
+            status, answer = self.request("GET", "/api/answer")
+            assert status == 200
+            if test(answer):
+                return answer
+            time.sleep(0.05)
+        raise AssertionError(f"the answer never became {what}; last: {answer}")
+
+
+@pytest.fixture
+def identifier(edge_bundle, edge_model_path):
+    from edge_runtime.interpreter import make_interpreter
+
+    from edge_runtime.bundle import load_bundle
+
+    return Identifier(make_interpreter(edge_model_path, threads=1), load_bundle(edge_bundle))
+
+
+@pytest.fixture
+def page(identifier):
+    """The page fed by a clip of the cyan pill, which the bundle does not have."""
+    running = Page(identifier, looping(pill_photos("cyan", 4, seed=3)))
+    yield running
+    running.close()
+
+
+def uploads(name="cyan", count=3, seed=5):
+    return [("photos", f"{name}-{i}.png", png(photo)) for i, photo in enumerate(pill_photos(name, count, seed=seed))]
+
+
+def test_the_page_streams_the_view_and_answers(page):
+    status, html = page.request("GET", "/")
+    assert status == 200
+    text = html.decode()
+    for element in ('id="view"', 'id="answer"', 'id="enroll-form"', 'id="gallery"', 'id="bundle"', 'id="closecall"'):
+        assert element in text
+    assert "http://" not in text and "https://" not in text  # nothing fetched from elsewhere
+    answer = page.answer_becomes(lambda a: a["state"] == "unknown", "unknown")
+    assert answer["announced"] == "unknown" and answer["box"] is not None and answer["error"] is None
+    assert [m["label"] for m in answer["top_k"]][:1] in (["red"], ["green"], ["blue"])
+    assert answer["step_ms"] > 0
+
+    with urllib.request.urlopen(page.url + "/stream.mjpg", timeout=30) as stream:
+        assert stream.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+        head = stream.read(64)
+        assert head.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        rest = stream.read(length + 64)
+        jpeg = (head + rest).split(b"\r\n\r\n", 1)[1][:length]
+        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert frame.shape == (96, 96, 3)
+    with urllib.request.urlopen(page.url + "/events", timeout=30) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = [events.readline() for _ in range(4)]
+        data = [json.loads(line[len(b"data: "):]) for line in lines if line.startswith(b"data: ")]
+        assert data and {"state", "announced", "top_k", "lookalike", "close_call", "error"} <= set(data[-1])
+
+    status, info = page.request("GET", "/api/bundle")
+    assert status == 200
+    assert (info["input_size"], info["pills"], info["photos"], info["threshold"]) == (32, 3, 9, 0.1)
+    assert info["model"].startswith("model-") and info["step_ms"]["frames"] > 0
+    assert info["settings"] == {"shots": 2, "countdown_s": 0.0, "max_upload_files": limits.MAX_UPLOAD_FILES,
+                                "max_upload_bytes": limits.MAX_UPLOAD_BYTES}
+
+
+def test_enroll_from_uploads_names_the_pill_and_remove_forgets_it(page, edge_bundle):
+    status, listed = page.request("GET", "/api/gallery")
+    assert [(p["label"], p["photos"], p["thumbnail"]) for p in listed["pills"]] == [
+        ("blue", 3, None), ("green", 3, None), ("red", 3, None)]
+
+    status, done = page.request("POST", "/api/enroll", {"label": " Cyan "}, uploads())
+    assert status == 200, done
+    assert done == {"label": "Cyan", "photos": 3, "in_gallery": 3, "new_gallery": False}
+    answer = page.answer_becomes(lambda a: a["state"] == "pill", "the new pill, without a restart")
+    assert answer["announced"] == "Cyan" and answer["distance"] <= 0.1
+    status, listed = page.request("GET", "/api/gallery")
+    cyan = next(p for p in listed["pills"] if p["label"] == "Cyan")
+    assert cyan == {"label": "Cyan", "photos": 3, "thumbnail": thumbnail_name("Cyan")}
+    status, picture = page.request("GET", f"/thumbnails/{cyan['thumbnail']}")
+    assert status == 200 and picture[:2] == b"\xff\xd8"  # a JPEG
+
+    status, done = page.request("POST", "/api/remove", {"label": "CYAN"})  # matched ignoring case, as the CLI does
+    assert (status, done) == (200, {"label": "CYAN", "photos": 3})
+    page.answer_becomes(lambda a: a["state"] == "unknown", "unknown again")
+    assert page.request("GET", f"/thumbnails/{cyan['thumbnail']}")[0] == 404
+    assert "Cyan" not in [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]]
+    status, refused = page.request("POST", "/api/remove", {"label": "cyan"})
+    assert status == 400 and "is not enrolled" in refused["error"]
+
+
+def test_enroll_from_shots_with_a_retake(page):
+    assert page.request("POST", "/api/enroll", {"label": "cyan", "from_shots": "1"})[1] == {
+        "error": "no shots taken: take the pill's shots first"}
+    assert page.request("POST", "/api/shots", {})[1] == {"shot": 0, "shots": 1}
+    assert page.request("POST", "/api/shots", {})[1] == {"shot": 1, "shots": 2}
+    assert page.request("POST", "/api/shots", {"replace": "0"})[1] == {"shot": 0, "shots": 2}
+    status, refused = page.request("POST", "/api/shots", {"replace": "7"})
+    assert status == 400 and "no shot 7" in refused["error"]
+    status, picture = page.request("GET", "/api/shots/1.jpg")
+    assert status == 200 and picture[:2] == b"\xff\xd8"
+    status, done = page.request("POST", "/api/enroll", {"label": "cyan", "from_shots": "1"})
+    assert (status, done) == (200, {"label": "cyan", "photos": 2, "in_gallery": 2, "new_gallery": False})
+    assert page.request("GET", "/api/shots")[1] == {"shots": 0}
+    page.answer_becomes(lambda a: a["announced"] == "cyan", "cyan")
+
+
+def test_a_new_gallery_keeps_only_the_new_pill(page):
+    status, done = page.request("POST", "/api/enroll", {"label": "cyan", "new_gallery": "1"}, uploads(count=2))
+    assert status == 200 and done["new_gallery"] is True
+    assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["cyan"]
+    assert page.request("GET", "/api/bundle")[1]["pills"] == 1
+
+
+def test_a_bad_upload_is_named_and_changes_nothing(page, edge_bundle):
+    before = snapshot(edge_bundle)
+    empty = png(np.full((80, 80, 3), 128, np.uint8))
+    cases = [
+        ({"label": "cyan"}, uploads(count=1) + [("photos", "notes.txt", b"not an image")],
+         "notes.txt: not a readable image"),
+        ({"label": "cyan"}, uploads(count=1) + [("photos", "tray.png", empty)], "tray.png: no pill found"),
+        ({"label": "unknown"}, uploads(count=1), "is reserved for pills that match no enrolled one"),
+        ({"label": "  "}, uploads(count=1), "must not be empty"),
+        ({"label": "x" * (limits.MAX_LABEL_CHARS + 1)}, uploads(count=1), "longer than 200 characters"),
+        ({"label": "cyan"}, [], "no photos uploaded"),
+        ({}, uploads(count=1), "give the pill's name"),
+    ]
+    for fields, files, message in cases:
+        status, refused = page.request("POST", "/api/enroll", fields, files)
+        assert status == 400 and message in refused["error"], (message, refused)
+    status, refused = page.request("POST", "/api/enroll", body=b"label=cyan&x", headers={"Content-Type": "text/plain"})
+    assert status == 400
+    assert snapshot(edge_bundle) == before  # nothing written
+    assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["blue", "green", "red"]
+
+
+def test_oversize_uploads_are_refused(page, edge_bundle, monkeypatch):
+    before = snapshot(edge_bundle)
+    huge = io.BytesIO()
+    Image.new("RGB", (4000, 2600), (128, 128, 128)).save(huge, "PNG")  # 10.4 million pixels, a small file
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, [("photos", "huge.png", huge.getvalue())])
+    assert status == 400 and "huge.png: 4000x2600 pixels exceeds the limit of 10000000 pixels" in refused["error"]
+
+    monkeypatch.setattr(limits, "MAX_UPLOAD_FILES", 2)
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=3))
+    assert status == 400 and "over the limit of 2" in refused["error"]
+
+    files = uploads(count=2)
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", len(files[0][2]) - 1)
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, files)
+    assert status == 400 and f"cyan-0.png: over the limit of {len(files[0][2]) - 1:,} bytes" in refused["error"]
+    monkeypatch.undo()
+
+    monkeypatch.setattr(limits, "MAX_UPLOAD_BYTES", 1000)  # three photos are about 1.5 kB
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=3))
+    assert status == 413 and "bytes: the upload is over the limit of 1,000 bytes" in refused["error"]
+    assert snapshot(edge_bundle) == before
+
+
+def test_the_token_guards_every_gallery_change(identifier, edge_bundle):
+    page = Page(identifier, looping(pill_photos("cyan", 2, seed=3)), token=TOKEN, loopback=True)
+    try:
+        before = snapshot(edge_bundle)
+        assert page.request("GET", "/")[0] == 200  # reads stay open on loopback
+        assert page.request("GET", "/api/gallery")[0] == 200
+        for headers in ({}, {server.TOKEN_HEADER: "wrong-token-of-twenty"}):
+            for path, fields, files in [("/api/enroll", {"label": "cyan"}, uploads(count=1)),
+                                        ("/api/remove", {"label": "red"}, None), ("/api/shots", {}, None),
+                                        ("/api/shots/clear", {}, None), ("/api/faces", {}, None),
+                                        ("/api/faces/clear", {}, None)]:
+                status, refused = page.request("POST", path, fields, files, headers=headers)
+                assert status == 403 and "needs the access token" in refused["error"], (path, refused)
+        assert snapshot(edge_bundle) == before
+        status, refused = page.request("POST", "/api/remove", {"label": "red"},
+                                       headers={server.TOKEN_HEADER: TOKEN, "Origin": "http://evil.example"})
+        assert status == 403 and "another site" in refused["error"]
+        assert page.request("GET", "/", headers={"Host": "evil.example"})[0] == 400  # no DNS rebinding
+        status, done = page.request("POST", "/api/remove", {"label": "red"}, headers={server.TOKEN_HEADER: TOKEN})
+        assert (status, done) == (200, {"label": "red", "photos": 3})
+    finally:
+        page.close()
+
+    page = Page(identifier, looping(pill_photos("cyan", 2, seed=3)), token=TOKEN, loopback=False)
+    try:  # beyond loopback every request needs it, the page's stream and events too
+        for path in ("/", "/api/answer", "/api/gallery", "/api/bundle", "/stream.mjpg", "/events"):
+            assert page.request("GET", path)[0] == 403, path
+        assert page.request("GET", f"/api/gallery?token={TOKEN}")[0] == 200
+        assert page.request("GET", "/api/bundle", headers={server.TOKEN_HEADER: TOKEN})[0] == 200
+    finally:
+        page.close()
+    with pytest.raises(ValueError, match="needs an access token"):
+        server.make_app(page.counter, None, False, 2, 0.0)
+
+
+class FlakyCamera:
+    """Reads fail always (a pulled cable), or work, giving `frames` in turn."""
+
+    def __init__(self, frames=None):
+        self.frames = [cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames or []]
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if not self.frames:
+            return False, None
+        return True, self.frames[self.reads % len(self.frames)]
+
+    def release(self):
+        pass
+
+
+def test_a_failing_camera_is_shown_and_retried_while_the_page_serves(identifier, monkeypatch):
+    monkeypatch.setattr(capture, "MAX_BACKOFF_S", 0.05)  # the wait before the camera is opened again
+    monkeypatch.setattr(limits, "SHOT_WAIT_S", 0.5)
+    opened = []
+    working = threading.Event()
+
+    def opener(index):
+        opened.append(index)
+        return FlakyCamera(pill_photos("green", 2, seed=1) if working.is_set() else None)
+
+    page = Page(identifier, camera_source(0, opener, sleep=lambda seconds: None), source="camera 0", fps=None)
+    try:
+        answer = page.answer_becomes(lambda a: a["error"] is not None, "a camera error")
+        assert "camera 0: 10 reads in a row failed" in answer["error"] and "trying again" in answer["error"]
+        assert page.request("GET", "/")[0] == 200 and page.request("GET", "/api/gallery")[0] == 200
+        status, refused = page.request("POST", "/api/shots", {})
+        assert status == 503 and "no pill found in the live view for 0.5 s (camera 0: 10 reads" in refused["error"]
+        working.set()  # the cable plugged back in: the next opening works
+        answer = page.answer_becomes(lambda a: a["error"] is None and a["state"] == "pill", "green again")
+        assert answer["announced"] == "green" and len(opened) >= 2
+    finally:
+        page.close()
+
+
+def test_a_close_call_is_answered_from_both_faces(edge_bundle, identifier):
+    from edge_runtime.enrollment import enroll
+
+    greens = identifier.bundle.embeddings[[label == "green" for label in identifier.bundle.labels]]
+    enroll(edge_bundle, "lime", greens)  # a look-alike of green: every green photo is a close call
+    page = Page(identifier.reload(), looping(pill_photos("green", 3, seed=2)))
+    try:
+        answer = page.answer_becomes(lambda a: a["close_call"], "a close call")
+        assert answer["state"] == "unknown" and {answer["top_k"][0]["label"], answer["lookalike"]} == {"green", "lime"}
+        status, first = page.request("POST", "/api/faces")
+        assert status == 200 and first["views"] == 1 and first["state"] == "unknown"
+        status, both = page.request("POST", "/api/faces")
+        assert both["views"] == 2 and {both["top_k"][0]["label"], both["lookalike"]} == {"green", "lime"}
+        assert page.request("POST", "/api/faces/clear")[1] == {"views": 0}
+        assert page.request("POST", "/api/faces")[1]["views"] == 1
+    finally:
+        page.close()
+
+
+def test_serve_refuses_bad_arguments_before_serving(edge_bundle, tmp_path):
+    def serve(*args):
+        return CliRunner().invoke(main, ["--bundle", edge_bundle, "serve", *args])
+
+    assert "give one of --camera, --video and --folder" in serve().output
+    assert "give one of" in serve("--camera", "0", "--folder", str(tmp_path)).output
+    result = serve("--folder", str(tmp_path), "--token", "short")
+    assert result.exit_code == 2 and "at least 16 characters" in result.output
+    result = serve("--folder", str(tmp_path))
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path}: no photos in it (files ending .jpg, .jpeg, .png, .webp, .bmp)\n"
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not a video")
+    result = serve("--video", str(clip))
+    assert result.exit_code == 2 and "not a video this client can decode" in result.stderr
+    for option, value in (("--fps", "0"), ("--fps", "61"), ("--port", "70000"), ("--countdown", "61")):
+        assert serve("--folder", str(tmp_path), option, value).exit_code == 2
+    sock = server.listen("127.0.0.1", 0)
+    try:  # the port taken: one line naming the address, exit 1
+        photo = tmp_path / "green.png"
+        photo.write_bytes(png(pill_photos("green", 1)[0]))
+        result = serve("--folder", str(tmp_path), "--port", str(sock.getsockname()[1]))
+        assert result.exit_code == 1 and f"127.0.0.1:{sock.getsockname()[1]}: cannot listen there" in result.stderr
+    finally:
+        sock.close()
+
+
+def test_loopback_addresses():
+    assert all(map(server.is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
+    assert not any(map(server.is_loopback, ["0.0.0.0", "192.168.1.20", "::", "counter.local"]))
