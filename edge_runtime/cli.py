@@ -483,6 +483,7 @@ def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, 
         finally:
             counter.stop()
             sock.close()
+        click.echo("stopped")
 
 
 if __name__ == "__main__":

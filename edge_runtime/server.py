@@ -370,9 +370,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but stopped by Ctrl+C or SIGTERM it returns (and `serve` exits 0) instead of
+    raising the signal again once it has shut down gracefully."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # uvicorn 0.54's list of signals to raise again
+
+
 def make_server(app: Starlette) -> uvicorn.Server:
     """A uvicorn server for the app: its own log off (the CLI says what it serves), and open
     streams given 2 s to end when it stops."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
                             lifespan="on")
-    return uvicorn.Server(config)
+    return _Server(config)

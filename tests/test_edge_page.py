@@ -1,0 +1,138 @@
+"""The counter page end to end in a real browser (issue 21): `pilltrack-edge serve --video` run as
+a user runs it, and Debian's headless Chromium, driven through its chromedriver by Selenium,
+reading the answer, enrolling the pill through the form, and removing it.
+
+Chromium and its driver are Debian's packages (`chromium`, `chromium-driver`), installed here with
+apt-get when missing (no browser download); where they cannot be installed the test is skipped,
+saying why. The screenshot goes to $PILLTRACK_PAGE_SCREENSHOT when set (docs/counter_page.png,
+which the README shows, is made so), else into the test's temporary folder."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from edge_fixtures import PILL_COLOURS, pill_photo, pill_photos, write_photo
+
+BIN = os.path.dirname(sys.executable)
+WAIT_S = 60  # seconds for the page to show an answer (two cores, CI's other tests beside)
+
+
+def provide_chromium() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installed with apt-get (as root) when missing."""
+    def found():
+        return shutil.which("chromium"), shutil.which("chromedriver")
+
+    if all(found()):
+        return found()
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Debian's chromium and chromium-driver are not installed, and this user cannot apt-get "
+                    "install them (root on Debian/Ubuntu can)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"]
+    try:
+        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:  # perhaps a stale package list
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+            result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("apt-get install chromium chromium-driver did not finish in 15 minutes")
+    if result.returncode != 0 or not all(found()):
+        pytest.skip(f"apt-get install chromium chromium-driver failed: {(result.stderr or result.stdout)[-500:]}")
+    return found()
+
+
+@pytest.fixture
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the `browser` extra) is not installed")
+    chromium, chromedriver = provide_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
+    driver.set_page_load_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def served(edge_bundle, tmp_path):
+    """`pilltrack-edge serve` on a free loopback port, fed by a clip of the cyan pill (not enrolled)."""
+    clip = str(tmp_path / "cyan.avi")
+    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    generator = np.random.default_rng(1)
+    for _ in range(20):
+        frame = np.full((240, 320, 3), 128, np.uint8)
+        frame[:, 40:280] = pill_photo(PILL_COLOURS["cyan"], size=240,
+                                      centre=(int(generator.integers(90, 150)), int(generator.integers(90, 150))),
+                                      axes=(int(generator.integers(40, 70)), int(generator.integers(22, 40))),
+                                      angle=float(generator.integers(0, 180)))
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    command = [os.path.join(BIN, "pilltrack-edge"), "--bundle", edge_bundle, "--threads", "1", "serve",
+               "--video", clip, "--port", "0", "--fps", "10", "--countdown", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=WAIT_S)
+    except queue.Empty:
+        process.kill()
+        pytest.fail(f"pilltrack-edge serve printed nothing: {process.stderr.read()[-2000:]}")
+    assert line.startswith("serving the counter page on http://127.0.0.1:"), line
+    yield line.split()[5]
+    process.terminate()
+    try:
+        assert process.wait(timeout=20) == 0  # Ctrl+C / SIGTERM: a clean stop
+    finally:
+        process.kill()
+
+
+def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text_becomes(element_id, wanted):
+        WebDriverWait(browser, WAIT_S).until(lambda driver: driver.find_element(By.ID, element_id).text == wanted,
+                                             f"#{element_id} never read {wanted!r}")
+
+    def gallery():
+        return [item.get_attribute("data-label") for item in browser.find_elements(By.CSS_SELECTOR, "#gallery li")]
+
+    browser.get(served)
+    text_becomes("answer", "unknown pill")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: gallery() == ["blue", "green", "red"])
+    assert "closest" in browser.find_element(By.ID, "details").text
+    WebDriverWait(browser, WAIT_S).until(  # the MJPEG stream plays in the <img>
+        lambda driver: driver.execute_script("return document.getElementById('view').naturalWidth") == 320)
+
+    photos = [write_photo(tmp_path / f"cyan-{i}.png", photo) for i, photo in enumerate(pill_photos("cyan", 3, seed=5))]
+    browser.find_element(By.ID, "label").send_keys("Cyan 20 mg")
+    browser.find_element(By.ID, "photos").send_keys("\n".join(photos))
+    browser.find_element(By.ID, "enroll-photos").click()
+    text_becomes("message", "Enrolled Cyan 20 mg from 3 photos (3 in the gallery)")
+    text_becomes("answer", "Cyan 20 mg")
+    assert gallery() == ["blue", "Cyan 20 mg", "green", "red"]
+    WebDriverWait(browser, WAIT_S).until(  # the new pill's thumbnail has loaded
+        lambda driver: driver.execute_script(
+            "const img = document.querySelector('#gallery li[data-label=\"Cyan 20 mg\"] img');"
+            "return img !== null && img.complete && img.naturalWidth > 0"))
+    assert "4 pills, 12 photos" in browser.find_element(By.ID, "bundle").text
+    screenshot = os.environ.get("PILLTRACK_PAGE_SCREENSHOT") or str(tmp_path / "counter_page.png")
+    assert browser.save_screenshot(screenshot)
+
+    browser.find_element(By.CSS_SELECTOR, '#gallery li[data-label="Cyan 20 mg"] button.remove').click()
+    text_becomes("confirm-text", "Remove Cyan 20 mg and its 3 photos from the gallery?")
+    browser.find_element(By.ID, "confirm-remove").click()
+    text_becomes("message", "Removed Cyan 20 mg (3 photos)")
+    text_becomes("answer", "unknown pill")
+    assert gallery() == ["blue", "green", "red"]
