@@ -239,6 +239,12 @@ def test_the_readme_limits_table_states_the_limits_in_force():
             f"{limits.MAX_TOP_K} / {limits.MAX_THREADS} / {limits.MAX_CAMERA_INDEX} / {limits.MAX_SHOT_INTERVAL_S:,.0f} s",
         "`--smooth` / `--max-frames`": f"{limits.MAX_SMOOTH_FRAMES:,} / {limits.MAX_FRAMES:,}",
         "wait for another command's bundle lock": f"{limits.LOCK_WAIT_S:.0f} s, then exit 1",
+        "`--one-pill` photos / faces of a close call": f"{limits.MAX_VIEWS}",
+        "page upload: photos / bytes (each photo as an image file above)":
+            f"{limits.MAX_UPLOAD_FILES} / {limits.MAX_UPLOAD_BYTES >> 20} MiB",
+        "`serve --fps` / `--countdown` / `--token`":
+            f"{limits.MAX_FPS:g} / {limits.MAX_COUNTDOWN_S:g} s / at least {limits.MIN_TOKEN_CHARS} characters",
+        "a page shot or face waits for a pill in view": f"{limits.SHOT_WAIT_S:g} s, then refused",
     }
     for name, value in stated.items():
         assert rows.get(name) == value, (name, rows.get(name), value)
