@@ -258,6 +258,49 @@ def test_oversize_uploads_are_refused(page, edge_bundle, monkeypatch):
     assert snapshot(edge_bundle) == before
 
 
+def test_an_upload_without_a_declared_length_is_held_to_the_limit_as_it_arrives(page, edge_bundle, monkeypatch):
+    """A chunked upload declares no length: the bytes are counted as they come."""
+    before = snapshot(edge_bundle)
+    monkeypatch.setattr(limits, "MAX_UPLOAD_BYTES", 1000)
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\ncyan\r\n'.encode()]
+    for name, filename, data in uploads(count=3):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n\r\n'
+                     .encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    request = urllib.request.Request(page.url + "/api/enroll", data=iter(parts), method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["error"].startswith("the upload is over the limit of 1,000 bytes")
+    assert snapshot(edge_bundle) == before
+
+
+def test_a_crash_mid_enroll_leaves_the_previous_gallery_answering(page, edge_bundle, monkeypatch):
+    from edge_runtime import bundle
+
+    before = snapshot(edge_bundle)
+    real_store = bundle._store
+    stored = []
+
+    def store_then_fail(directory, entry, data):  # the disk fails after the first new file
+        if stored:
+            raise OSError(28, "No space left on device")
+        stored.append(entry.name)
+        real_store(directory, entry, data)
+
+    monkeypatch.setattr(bundle, "_store", store_then_fail)
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads())
+    assert status == 500 and "No space left on device" in refused["error"]
+    monkeypatch.undo()
+    assert snapshot(edge_bundle)["bundle.json"] == before["bundle.json"]  # not committed
+    assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["blue", "green", "red"]
+    page.answer_becomes(lambda a: a["state"] == "unknown" and a["sequence"] > 5, "still answered, unknown")
+    status, done = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads())  # and the next enroll works
+    assert status == 200 and done["in_gallery"] == 3
+
+
 def test_the_token_guards_every_gallery_change(identifier, edge_bundle):
     page = Page(identifier, looping(pill_photos("cyan", 2, seed=3)), token=TOKEN, loopback=True)
     try:
