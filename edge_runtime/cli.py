@@ -473,6 +473,8 @@ def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, 
         sock = server.listen(host, port)
         bound_port = sock.getsockname()[1]
         shown_host = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "::", "[::]"):  # every address of this device: name one to open
+            shown_host = "<this device's address>"
         address = f"http://{shown_host}:{bound_port}/" + (f"?token={token}" if token else "")
         if generated:
             click.echo(f"access token (printed once; give it with --token to keep it): {token}")
