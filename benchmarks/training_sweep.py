@@ -166,6 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     changes = json.loads(args.overrides)
     params = override(params_module.load(args.params), changes)
+    tf_pilltrack.pin_threads(params["base"]["threads"])
     result = (sweep_teacher(params, args.save, args.train_classes, args.weights) if args.stage == "teacher"
               else sweep_distill(params, args.teacher))
     line = json.dumps({"stage": args.stage, "overrides": changes, "train_classes": args.train_classes, **result})

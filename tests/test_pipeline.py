@@ -5,6 +5,9 @@ the pipeline's own bundle."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -112,6 +115,35 @@ def test_metrics_show_lists_evaluation(pipeline):
 def test_second_repro_runs_nothing(pipeline):
     again = _run([str(BIN / "dvc"), "repro"], pipeline["dir"], pipeline["env"])
     assert "Running stage" not in again.stdout
+
+
+def test_teacher_trains_the_same_weights_on_one_core(pipeline, tmp_path):
+    """base.threads fixes TensorFlow's kernel threads, so the weights do not depend on the machine's
+    cores: the teacher trained again from the same prepared data, pinned to one core, is the
+    repro's own teacher bit for bit (without it, one core trains other weights)."""
+    h5py = pytest.importorskip("h5py")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip(f"this machine gives the tests {len(cores)} core: the pipeline already ran on one")
+    work = pipeline["dir"]
+    for name in ("tf_pilltrack", "edge_runtime", "data/prepared"):
+        shutil.copytree(work / name, tmp_path / name)
+    shutil.copy(work / "params.yaml", tmp_path / "params.yaml")
+    env = {name: value for name, value in pipeline["env"].items() if name != "MLFLOW_TRACKING_URI"}  # a local store
+    trained = subprocess.run([str(BIN / "pilltrack"), "teacher"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, preexec_fn=lambda: os.sched_setaffinity(0, {cores[0]}))
+    assert trained.returncode == 0, trained.stderr[-4000:]
+
+    def weights(path):
+        found = {}
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda key, item: found.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None)
+        return found
+
+    first, again = weights(work / "models/teacher.weights.h5"), weights(tmp_path / "models/teacher.weights.h5")
+    assert first.keys() == again.keys() and first
+    differing = [key for key in first if not (first[key] == again[key]).all()]
+    assert not differing, f"{len(differing)} of {len(first)} weight arrays differ on one core, e.g. {differing[:3]}"
 
 
 def test_int8_model_fits_tflite_micro(pipeline):

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tf_pilltrack  # (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tf_pilltrack import params as params_module
 
 PARAMS_OPTION = click.option(
@@ -32,6 +32,7 @@ def _load(params_path: str) -> dict:
 
 def _run_stage(module: str, params_path: str, function: str = "run", **options) -> None:
     params = _load(params_path)
+    tf_pilltrack.pin_threads(params["base"]["threads"])
     stage = importlib.import_module(f"tf_pilltrack.{module}")
     try:
         getattr(stage, function)(params, echo=lambda line: click.echo(line), **options)

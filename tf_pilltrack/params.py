@@ -156,7 +156,7 @@ _BUDGET = {
 FIRMWARE_CORES = ("cortex-m4",)  # tf_pilltrack/firmware.py's CORES, checked against it by tests/test_firmware.py
 
 SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
-    "base": {"seed": _integer(0, 2**31 - 1), "profile": _text},
+    "base": {"seed": _integer(0, 2**31 - 1), "profile": _text, "threads": _integer(1, 1024)},
     "data": {
         "source": _text,
         "synthetic_classes": _integer(4),
