@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime.preprocessing import decode_image  # noqa: E402
-from tf_pilltrack import composition, dataset, episodes, evaluation, paths, preparation  # noqa: E402
+from tf_pilltrack import composition, dataset, episodes, evaluation, models, paths, preparation  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
-from tf_pilltrack import teacher as teacher_stage  # noqa: E402
 
 THUMB = 64
 
@@ -50,7 +49,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(paths.REPORTS / "reference_overlap"))
     args = parser.parse_args()
     params = params_module.load(args.params)
-    model = teacher_stage.build(params)
+    model = models.make_teacher(params)
     model.load_weights(args.teacher)
     views = params["preprocess"]["symmetry_views"]
     config = params_module.preprocess_config(params)

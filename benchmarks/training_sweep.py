@@ -34,9 +34,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_pilltrack  # noqa: E402  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edge_runtime import interpreter  # noqa: E402
-from tf_pilltrack import composition, dataset, distillation, evaluation, export, metrics, paths  # noqa: E402
+from tf_pilltrack import composition, conversion, dataset, distillation, evaluation, metrics, models, paths  # noqa: E402
 from tf_pilltrack import params as params_module  # noqa: E402
 from tf_pilltrack import teacher as teacher_stage  # noqa: E402
 
@@ -107,7 +107,7 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
         dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
     if weights:  # evaluate a teacher trained before
-        model, history = teacher_stage.build(params), {"calibration_recall_at_1": []}
+        model, history = models.make_teacher(params), {"calibration_recall_at_1": []}
         model.load_weights(weights)
     else:
         model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
@@ -123,7 +123,7 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
 
 def sweep_distill(params: dict, teacher_weights: str) -> dict:
     views = params["preprocess"]["symmetry_views"]
-    teacher = teacher_stage.build(params)
+    teacher = models.make_teacher(params)
     teacher.load_weights(teacher_weights)
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
@@ -134,9 +134,9 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "teacher": novel_scores(lambda pixels: evaluation.embed_keras(teacher, pixels, views))[0]}
     real = real_pool(params)
-    calibration = export.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
-    for name, keras_model, convert in (("qat", qat_student, export.convert_qat),
-                                       ("ptq", student, export.convert_ptq)):
+    calibration = conversion.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
+    for name, keras_model, convert in (("qat", qat_student, conversion.convert_qat),
+                                       ("ptq", student, conversion.convert_ptq)):
         keras_scores, keras_queries, keras_gallery = novel_scores(
             lambda pixels, model=keras_model: evaluation.embed_keras(model, pixels, views))
         result["float" if name == "ptq" else "qat_keras"] = keras_scores

@@ -291,7 +291,7 @@ def test_graph_macs_counts_convolutions_and_dense_layers():
     import tf_keras
 
     from tf_pilltrack.benchmark import graph_macs, keras_macs
-    from tf_pilltrack.export import _converter
+    from tf_pilltrack.conversion import converter
 
     inputs = tf_keras.layers.Input((8, 8, 3))
     x = tf_keras.layers.Conv2D(4, 3, padding="same")(inputs)
@@ -301,7 +301,7 @@ def test_graph_macs_counts_convolutions_and_dense_layers():
     expected = 8 * 8 * 4 * 9 * 3 + 8 * 8 * 4 * 9 + 4 * 2
     assert keras_macs(model) == expected
     calibration = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    counted = graph_macs(_converter(model, calibration).convert())
+    counted = graph_macs(converter(model, calibration).convert())
     assert counted["total"] == expected
     assert counted["by_op"] == {"CONV_2D": 8 * 8 * 4 * 27, "DEPTHWISE_CONV_2D": 8 * 8 * 4 * 9, "FULLY_CONNECTED": 8}
 

@@ -14,7 +14,7 @@ import tf_keras  # noqa: E402
 
 from edge_runtime import interpreter as edge_interpreter  # noqa: E402
 from edge_runtime.preprocessing import normalise  # noqa: E402
-from tf_pilltrack import distillation, export, micro, models, parity  # noqa: E402
+from tf_pilltrack import conversion, micro, models, parity  # noqa: E402
 
 SIZE = 32
 
@@ -23,7 +23,7 @@ SIZE = 32
 def tiny(tmp_path_factory):
     tf_keras.utils.set_random_seed(0)
     student = models.build_student(SIZE, 0.35, 16, 8, [(1, 8, 1, 1), (4, 16, 1, 2), (4, 24, 1, 2)])
-    qat = distillation.quantize(student)
+    qat = models.quantize(student)
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, 256, size=(16, SIZE, SIZE, 3), dtype=np.uint8)
     # Forward passes in training mode settle BatchNorm's moving statistics and the QAT ranges,
@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     batch = normalise(calibration.astype(np.float32))
     for _ in range(200):
         qat(batch, training=True)
-    model_bytes = export.convert_qat(qat, calibration)
+    model_bytes = conversion.convert_qat(qat, calibration)
     path = tmp_path_factory.mktemp("export") / "tiny.tflite"
     path.write_bytes(model_bytes)
     pixels = rng.integers(0, 256, size=(6, SIZE, SIZE, 3), dtype=np.uint8)
@@ -86,8 +86,8 @@ def _invoke(interpreter, pixels):
 
 def test_ptq_conversion_needs_calibration(tiny):
     with pytest.raises(ValueError, match="calibration"):
-        export.convert_ptq(tiny["student"], tiny["calibration"][:0])
-    ptq = export.convert_ptq(tiny["student"], tiny["calibration"])
+        conversion.convert_ptq(tiny["student"], tiny["calibration"][:0])
+    ptq = conversion.convert_ptq(tiny["student"], tiny["calibration"])
     assert micro.io_details(ptq)["output"]["dtype"] == "int8"
 
 

@@ -4,8 +4,6 @@ colour cast and saturation, orientation). Works on float pixels in 0..255; `norm
 
 from __future__ import annotations
 
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import tensorflow as tf
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import micro, paths
-from tf_pilltrack.budget import REFERENCE_TFLITE, time_invocations
+from tf_pilltrack.timing import time_invocations
 from tf_pilltrack.parity import PARITY_BUILTIN, PARITY_LABEL, run_in_tflite_runtime, runtime_parity, runtime_version
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]  # where the code (and its environments) live
@@ -187,7 +187,7 @@ def calibration_pixels(params: dict, profile: str, count: int, seed: int) -> np.
     from tf_pilltrack import params as params_module
 
     train = dataset.load_split("train")
-    rng = np.random.default_rng(seed)  # the same draw as export.calibration_sample
+    rng = np.random.default_rng(seed)  # the same draw as conversion.calibration_sample
     indices = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
     config = params_module.preprocess_config(_profile_params(params, profile))
     crops = []
@@ -265,9 +265,9 @@ def _entry(profile: str | None, model: str, **fields) -> dict:
 
 def _int8_entry(profile: str | None, model: str, tflite: bytes, source: str, trained: bool | None,
                 accuracy: dict) -> dict:
-    from tf_pilltrack import export
+    from tf_pilltrack import conversion
 
-    described = export.describe(tflite)
+    described = conversion.describe(tflite)
     return _entry(profile, model, format="int8 TFLite", trained=trained, source=source, bytes=described["bytes"],
                   size_kind="int8 file", arena_bytes=described["micro_arena_bytes"], macs=graph_macs(tflite)["total"],
                   ops=described["ops"], edgetpu=described["edgetpu"], io=described["io"], accuracy=accuracy)
@@ -286,12 +286,11 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
 
     `artefacts` is the project directory of a pipeline run with this profile (its models/ and
     metrics/), or None: then the architectures are built untrained and exported to int8 here."""
-    from tf_pilltrack import distillation, export
-    from tf_pilltrack import teacher as teacher_stage
+    from tf_pilltrack import conversion, models
 
     profile_params = _profile_params(params, profile)
     shots = params["prepare"]["reference_shots"]
-    keras_models = {"teacher": teacher_stage.build(profile_params), "student_float": distillation.build_student(profile_params)}
+    keras_models = {"teacher": models.make_teacher(profile_params), "student_float": models.make_student(profile_params)}
     files: dict[str, pathlib.Path] = {}
     if artefacts is not None:
         evaluation_path = artefacts / paths.METRICS / "evaluation.json"
@@ -306,8 +305,8 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
         echo(f"bench: profile {profile!r}: no artefacts, building its student untrained and exporting it to int8")
         calibration = calibration_pixels(params, profile, settings["calibration_images"], params["base"]["seed"])
         float_student = keras_models["student_float"]
-        for model, convert, keras_model in (("student_qat_int8", export.convert_qat, distillation.quantize(float_student)),
-                                            ("student_ptq_int8", export.convert_ptq, float_student)):
+        for model, convert, keras_model in (("student_qat_int8", conversion.convert_qat, models.quantize(float_student)),
+                                            ("student_ptq_int8", conversion.convert_ptq, float_student)):
             files[model] = workdir / f"{profile}_{model}.tflite"
             files[model].write_bytes(convert(keras_model, calibration))
         evaluation, note = None, NOT_TRAINED
@@ -328,12 +327,12 @@ def reference_model(params: dict, seed: int) -> tuple[pathlib.Path, object]:
     architecture in Keras (float32, for the TensorFlow ratio)."""
     import tf_keras
 
-    from tf_pilltrack import budget
+    from tf_pilltrack import conversion
 
-    path = REFERENCE_TFLITE
+    path = paths.REFERENCE_TFLITE
     if not path.is_file():
-        path = pathlib.Path(tempfile.mkdtemp()) / REFERENCE_TFLITE.name
-        path.write_bytes(budget.build_reference(max(params["export"]["calibration_images"] // 8, 1), seed))
+        path = pathlib.Path(tempfile.mkdtemp()) / paths.REFERENCE_TFLITE.name
+        path.write_bytes(conversion.build_reference(max(params["export"]["calibration_images"] // 8, 1), seed))
     keras_model = tf_keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False,
                                                     weights=None, pooling="avg")
     return path, keras_model
@@ -341,18 +340,18 @@ def reference_model(params: dict, seed: int) -> tuple[pathlib.Path, object]:
 
 def peak_conv_model(side: int, in_channels: int, out_channels: int, seed: int) -> bytes:
     """One 3x3 int8 convolution, `side` x `side` x `in_channels` -> `out_channels`, converted
-    exactly as the students are (export's converter, uint8 in / int8 out): the most
+    exactly as the students are (conversion.converter, uint8 in / int8 out): the most
     multiply-accumulates per second an int8 runtime reaches on this machine."""
     import tf_keras
 
-    from tf_pilltrack.export import _converter
+    from tf_pilltrack.conversion import converter
 
     tf_keras.utils.set_random_seed(seed)
     inputs = tf_keras.layers.Input((side, side, in_channels))
     outputs = tf_keras.layers.Conv2D(out_channels, 3, padding="same", use_bias=False)(inputs)
     model = tf_keras.Model(inputs, outputs)
     calibration = np.random.default_rng(seed).integers(0, 256, size=(4, side, side, in_channels), dtype=np.uint8)
-    return _converter(model, calibration).convert()
+    return converter(model, calibration).convert()
 
 
 # ---------------------------------------------------------------------------------------------

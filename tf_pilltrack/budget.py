@@ -13,7 +13,6 @@ with why). Exit status 1 when any figure breaks its budget.
 from __future__ import annotations
 
 import json
-import time
 from typing import Callable
 
 import numpy as np
@@ -21,47 +20,12 @@ import numpy as np
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import micro, paths
 from tf_pilltrack import params as params_module
+from tf_pilltrack.timing import REPEATS, time_invocations
 
-REFERENCE_TFLITE = paths.MODELS / "reference_mobilenetv2_224_int8.tflite"
-REPEATS = 200  # timed invocations per model and runtime (after 10 untimed)
 
 
 class BudgetExceeded(RuntimeError):
     """At least one measured figure is over its budget."""
-
-
-def build_reference(calibration_images: int, seed: int) -> bytes:
-    """MobileNetV2 1.0 at 224 px (the size of model the seed project shipped), untrained,
-    converted to uint8-in/int8-out exactly as the student is."""
-    import tf_pilltrack  # noqa: F401
-
-    import tf_keras
-
-    from tf_pilltrack.export import _converter
-
-    tf_keras.utils.set_random_seed(seed)
-    model = tf_keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False,
-                                              weights=None, pooling="avg")
-    rng = np.random.default_rng(seed)
-    calibration = rng.integers(0, 256, size=(calibration_images, 224, 224, 3), dtype=np.uint8)
-    return _converter(model, calibration).convert()
-
-
-def time_invocations(invoke: Callable[[], None], repeats: int = REPEATS) -> dict:
-    """Median, p95 and spread (interquartile range) of `invoke` in milliseconds."""
-    for _ in range(10):
-        invoke()
-    samples = np.empty(repeats)
-    for index in range(repeats):
-        start = time.perf_counter()
-        invoke()
-        samples[index] = (time.perf_counter() - start) * 1000.0
-    return {
-        "median_ms": float(np.median(samples)),
-        "p95_ms": float(np.percentile(samples, 95)),
-        "iqr_ms": float(np.percentile(samples, 75) - np.percentile(samples, 25)),
-        "repeats": repeats,
-    }
 
 
 def litert_latency(model_path, threads: int = 1) -> dict:
@@ -91,7 +55,7 @@ def measure(params: dict) -> dict:
     evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
     firmware = json.loads((paths.METRICS / "firmware.json").read_text())
     student = litert_latency(paths.STUDENT_QAT_TFLITE)
-    reference = litert_latency(REFERENCE_TFLITE)
+    reference = litert_latency(paths.REFERENCE_TFLITE)
     return {
         # stage `firmware`'s measured image; None when it was not built (firmware.required false)
         "firmware_flash_bytes": firmware["flash_bytes"] if firmware["built"] else None,
@@ -104,7 +68,7 @@ def measure(params: dict) -> dict:
         "recall_at_1": evaluation["student_int8"]["recall_at_1"],
         "latency": {"student_litert_1_thread": student, "reference_litert_1_thread": reference,
                     "student_tflite_micro": micro_latency(model)},
-        "reference_bytes": REFERENCE_TFLITE.stat().st_size,
+        "reference_bytes": paths.REFERENCE_TFLITE.stat().st_size,
     }
 
 
@@ -148,10 +112,12 @@ def not_judged(measured: dict, budget: dict) -> list[dict]:
 
 def run_reference(params: dict, echo: Callable[[str], None] = print) -> dict:
     """Stage `reference`: convert the reference model once."""
-    model = build_reference(params["export"]["calibration_images"] // 8 or 1, params["base"]["seed"])
+    from tf_pilltrack import conversion  # TensorFlow: only this command of the stage needs it
+
+    model = conversion.build_reference(params["export"]["calibration_images"] // 8 or 1, params["base"]["seed"])
     paths.MODELS.mkdir(exist_ok=True)
-    write_atomically(REFERENCE_TFLITE, model)
-    echo(f"reference: {REFERENCE_TFLITE} {len(model) / 1024:.0f} KiB")
+    write_atomically(paths.REFERENCE_TFLITE, model)
+    echo(f"reference: {paths.REFERENCE_TFLITE} {len(model) / 1024:.0f} KiB")
     return {"bytes": len(model)}
 
 

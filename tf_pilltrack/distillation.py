@@ -19,18 +19,13 @@ import random
 import time
 from typing import Callable
 
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 import tensorflow_similarity as tfsim
 import tf_keras
 
 from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, models, paths, sampling, tracking
-from tf_pilltrack import params as params_module
-from tf_pilltrack import teacher as teacher_stage
+from tf_pilltrack import dataset, models, paths, sampling, tracking, training
 
 SECTIONS = ("profiles", "teacher", "distill", "augment", "data")
 
@@ -114,31 +109,6 @@ class Distiller(tf_keras.Model):
         return self._record(self.compute_terms(pixels, labels, training=False))
 
 
-def build_student(params: dict):
-    profile = params_module.profile(params)
-    return models.build_student(profile["image_size"], profile["student_alpha"],
-                                profile["student_last_channels"], params["teacher"]["embedding_size"],
-                                [tuple(stage) for stage in profile["student_stages"]])
-
-
-def quantize(student):
-    """Wrap a float student for quantization-aware training (weights carried over)."""
-    return tfmot.quantization.keras.quantize_model(student)
-
-
-def load_float_student(params: dict):
-    student = build_student(params)
-    student.load_weights(paths.STUDENT_FLOAT_WEIGHTS)
-    return student
-
-
-def load_qat_student(params: dict):
-    with tfmot.quantization.keras.quantize_scope():
-        student = quantize(build_student(params))
-    student.load_weights(paths.STUDENT_QAT_WEIGHTS)
-    return student
-
-
 def make_sampler(params: dict, split: dataset.Split, mix: dataset.Split | None = None):
     """Class-balanced batches (several shots per class, so the triplet term has positives),
     augmented and normalised exactly as the teacher's, with the mix split's share of classes."""
@@ -169,14 +139,14 @@ def train(params: dict, teacher, train_split: dataset.Split, references: dataset
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
     sampler = make_sampler(params, train_split, mix)
-    monitor = teacher_stage.OpenSetMonitor(references, queries)
-    student = build_student(params)
+    monitor = training.OpenSetMonitor(references, queries)
+    student = models.make_student(params)
     history: dict[str, list] = {}
     if settings["float_epochs"]:
         history = _fit_phase(student, teacher, params, sampler, settings["float_epochs"],
                              settings["learning_rate"], monitor, list(callbacks or []), verbose)
         history["quantization_aware"] = [0.0] * settings["float_epochs"]
-    qat_student = quantize(student)
+    qat_student = models.quantize(student)
     if settings["qat_epochs"]:
         qat_history = _fit_phase(qat_student, teacher, params, sampler, settings["qat_epochs"],
                                  settings["qat_learning_rate"], monitor, list(callbacks or []), verbose)
@@ -192,7 +162,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["distill"]
-    teacher = teacher_stage.load(params)
+    teacher = models.load_teacher(params)
     echo(f"distill: {settings['float_epochs']} float + {settings['qat_epochs']} quantization-aware epochs "
          f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops"
          + (f" + {len(mix)} mix crops" if len(mix) else ""))
@@ -206,8 +176,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         epochs = settings["float_epochs"] + settings["qat_epochs"]
         classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
         images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
-        summary = teacher_stage.record_training("distill", history, student, images, started, mlflow,
-                                                paths.STUDENT_QAT_WEIGHTS)
+        summary = training.record_training("distill", history, student, images, started, mlflow,
+                                           paths.STUDENT_QAT_WEIGHTS)
     echo(f"distill: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f} (quantization-aware "
          f"student), {summary['images_per_second']} images/s, {summary['seconds']} s")
     return summary

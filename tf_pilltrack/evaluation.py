@@ -33,8 +33,7 @@ from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, composition, dataset, distillation, episodes, metrics, paths, tracking
-from tf_pilltrack import teacher as teacher_stage
+from tf_pilltrack import baseline, composition, dataset, episodes, metrics, models, paths, tracking
 
 RECALL_CURVE_DEPTH = 10
 
@@ -105,7 +104,7 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
 
 def embed_keras(model, pixels: np.ndarray, views: int) -> np.ndarray:
     """A Keras model's embeddings of crops over `views` symmetric views, as the device's."""
-    return interpreter.embed_views(lambda view: teacher_stage.embed(model, view), pixels, views)
+    return interpreter.embed_views(lambda view: models.embed(model, view), pixels, views)
 
 
 def concatenate(*splits: dataset.Split) -> dataset.Split:
@@ -232,9 +231,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"evaluate: {len(set(references.labels.tolist()))} novel pills, {len(references)} gallery photos, "
          f"{len(queries)} queries, {len(absent)} photos of {len(set(absent.labels.tolist()))} gallery-absent pills")
     keras_models = {
-        "teacher": teacher_stage.load(params),
-        "student_float": distillation.load_float_student(params),
-        "student_qat_keras": distillation.load_qat_student(params),
+        "teacher": models.load_teacher(params),
+        "student_float": models.load_float_student(params),
+        "student_qat_keras": models.load_qat_student(params),
     }
     settings = params["episodes"]
     # Synthetic episodes pool every photo of the novel classes; the fixed-split figures below

@@ -1,4 +1,6 @@
-"""The two networks: a ResNet teacher (TF-Similarity SimilarityModel) and a MobileNetV2 student.
+"""The two networks: a ResNet teacher (TF-Similarity SimilarityModel) and a MobileNetV2 student,
+built from their dimensions (`build_*`) or from params (`make_*`), loaded with their trained
+weights (`load_*`), and embedding crops (`embed`): what the stages share.
 
 Both are flat functional Keras 2 models that take normalised pixels (see
 `edge_runtime.preprocessing.normalise`) and return an embedding. The student contains only
@@ -9,12 +11,16 @@ hard-swish, no Lambda, no L2 normalisation inside (the device normalises after d
 
 from __future__ import annotations
 
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
+import numpy as np
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tensorflow_similarity as tfsim
 from tf_keras import layers
 import tf_keras
+
+from edge_runtime.preprocessing import normalise
+from tf_pilltrack import paths
+from tf_pilltrack import params as params_module
 
 
 # BatchNorm's moving statistics follow the batches with this momentum. Keras' default (0.99)
@@ -140,3 +146,56 @@ def build_student(image_size: int, alpha: float, last_channels: int, embedding_s
 
 def l2_normalise(embeddings):
     return tf.math.l2_normalize(embeddings, axis=-1)
+
+
+def make_teacher(params: dict):
+    """The teacher of params' profile and teacher section, untrained."""
+    settings = params["teacher"]
+    return build_teacher(
+        params_module.profile(params)["image_size"], settings["embedding_size"],
+        settings["widths"], settings["blocks"],
+    )
+
+
+def load_teacher(params: dict):
+    """The trained teacher, rebuilt from params and its saved weights."""
+    model = make_teacher(params)
+    model.load_weights(paths.TEACHER_WEIGHTS)
+    return model
+
+
+def make_student(params: dict):
+    """The float student of params' profile, untrained."""
+    profile = params_module.profile(params)
+    return build_student(profile["image_size"], profile["student_alpha"],
+                         profile["student_last_channels"], params["teacher"]["embedding_size"],
+                         [tuple(stage) for stage in profile["student_stages"]])
+
+
+def quantize(student):
+    """Wrap a float student for quantization-aware training (weights carried over)."""
+    return tfmot.quantization.keras.quantize_model(student)
+
+
+def load_float_student(params: dict):
+    student = make_student(params)
+    student.load_weights(paths.STUDENT_FLOAT_WEIGHTS)
+    return student
+
+
+def load_qat_student(params: dict):
+    with tfmot.quantization.keras.quantize_scope():
+        student = quantize(make_student(params))
+    student.load_weights(paths.STUDENT_QAT_WEIGHTS)
+    return student
+
+
+def embed(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised embeddings of uint8 crops by a Keras model (teacher or student)."""
+    outputs = []
+    for start in range(0, len(pixels), batch_size):
+        batch = normalise(pixels[start:start + batch_size].astype(np.float32))
+        outputs.append(np.asarray(model(batch, training=False)))
+    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)

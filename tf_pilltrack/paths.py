@@ -12,6 +12,7 @@ STUDENT_QAT_WEIGHTS = MODELS / "student_qat.weights.h5"
 STUDENT_QAT_TFLITE = MODELS / "student_int8.tflite"
 STUDENT_PTQ_TFLITE = MODELS / "student_ptq_int8.tflite"
 MICRO = MODELS / "micro"
+REFERENCE_TFLITE = MODELS / "reference_mobilenetv2_224_int8.tflite"  # stage `reference`
 BUNDLE = pathlib.Path("bundle")
 METRICS = pathlib.Path("metrics")
 REPORTS = pathlib.Path("reports")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import random
 
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import numpy as np
 import tensorflow_similarity as tfsim
 

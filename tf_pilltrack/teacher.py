@@ -7,50 +7,18 @@ open-set ability the product needs, not the training classes' separability.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from typing import Callable
 
 import numpy as np
-
-import tf_pilltrack  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from edge_runtime.preprocessing import normalise
-from edge_runtime.storage import atomic_path, write_atomically
-from tf_pilltrack import dataset, metrics, models, paths, sampling, tracking
-from tf_pilltrack import params as params_module
+from edge_runtime.storage import atomic_path
+from tf_pilltrack import dataset, models, paths, sampling, tracking, training
 
 SECTIONS = ("profiles", "teacher", "augment", "data")
-
-
-def build(params: dict):
-    settings = params["teacher"]
-    return models.build_teacher(
-        params_module.profile(params)["image_size"], settings["embedding_size"],
-        settings["widths"], settings["blocks"],
-    )
-
-
-def load(params: dict):
-    """The trained teacher, rebuilt from params and its saved weights."""
-    model = build(params)
-    model.load_weights(paths.TEACHER_WEIGHTS)
-    return model
-
-
-def embed(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised embeddings of uint8 crops by a Keras model (teacher or student)."""
-    outputs = []
-    for start in range(0, len(pixels), batch_size):
-        batch = normalise(pixels[start:start + batch_size].astype(np.float32))
-        outputs.append(np.asarray(model(batch, training=False)))
-    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def make_loss(settings: dict):
@@ -62,54 +30,6 @@ def make_loss(settings: dict):
         negative_mining_strategy=settings["negative_mining"],
         margin=settings["triplet_margin"],
     )
-
-
-class OpenSetMonitor(tf_keras.callbacks.Callback):
-    """Adds `calibration_recall_at_1` (held-out classes, gallery = their reference shots) to the
-    epoch's logs, so the history, the progress line and MLflow all carry it."""
-
-    def __init__(self, references: dataset.Split, queries: dataset.Split, model_to_embed=None):
-        super().__init__()
-        self.references = references
-        self.queries = queries
-        self.model_to_embed = model_to_embed
-
-    def on_epoch_end(self, epoch, logs=None):
-        model = self.model_to_embed or self.model
-        gallery = embed(model, self.references.pixels)
-        queries = embed(model, self.queries.pixels)
-        scores = metrics.evaluate_embeddings(queries, self.queries.labels, gallery, self.references.labels)
-        if logs is not None:
-            logs["calibration_recall_at_1"] = scores["recall_at_1"]
-
-
-def write_history(history: dict, path) -> None:
-    """Per-epoch metrics as CSV, for `dvc plots`."""
-    names = sorted(history)
-    rows = ["epoch," + ",".join(names)]
-    for epoch in range(len(history[names[0]]) if names else 0):
-        rows.append(f"{epoch}," + ",".join(f"{float(history[name][epoch]):.6f}" for name in names))
-    write_atomically(path, ("\n".join(rows) + "\n").encode())
-
-
-def record_training(stage: str, history: dict, model, images: int, started: float, mlflow, artefact) -> dict:
-    """A training stage's summary: reports/<stage>_history.csv (per epoch), metrics/<stage>.json
-    and the same figures and the weights file in the stage's MLflow run."""
-    seconds = time.time() - started
-    summary = {
-        "calibration_recall_at_1": float(history["calibration_recall_at_1"][-1]),
-        "final_loss": float(history["loss"][-1]),
-        "seconds": round(seconds, 1),
-        "images_per_second": round(images / seconds, 1),
-        "parameters": int(model.count_params()),
-    }
-    paths.REPORTS.mkdir(parents=True, exist_ok=True)
-    write_history(history, paths.REPORTS / f"{stage}_history.csv")
-    paths.METRICS.mkdir(exist_ok=True)
-    write_atomically(paths.METRICS / f"{stage}.json", json.dumps(summary, indent=2).encode())
-    mlflow.log_metrics({f"{stage}_{key}": value for key, value in summary.items()})
-    mlflow.log_artifact(str(artefact))
-    return summary
 
 
 def train(params: dict, train_split: dataset.Split, references: dataset.Split,
@@ -124,13 +44,13 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
     sampler = sampling.make_sampler(settings, params["augment"], train_split,
                                     mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]),
                                     params["data"]["mix_ratio"], params["data"]["reference_share"])
-    model = build(params)
+    model = models.make_teacher(params)
     schedule = tf_keras.optimizers.schedules.CosineDecay(
         settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
     model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=make_loss(settings))
     history = model.fit(
         sampler, epochs=settings["epochs"], verbose=verbose,
-        callbacks=[OpenSetMonitor(references, queries)] + list(callbacks or []),
+        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []),
     )
     return model, history.history
 
@@ -156,7 +76,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         with atomic_path(paths.TEACHER_WEIGHTS) as temporary:
             model.save_weights(temporary, save_format="h5")
         images = settings["epochs"] * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
-        summary = record_training("teacher", history, model, images, started, mlflow, paths.TEACHER_WEIGHTS)
+        summary = training.record_training("teacher", history, model, images, started, mlflow, paths.TEACHER_WEIGHTS)
     echo(f"teacher: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f}, "
          f"{summary['images_per_second']} images/s, {summary['seconds']} s")
     return summary
