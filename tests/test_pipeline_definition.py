@@ -144,7 +144,7 @@ def test_import_walk_follows_every_form_of_project_import():
     assert "edge_runtime/preprocessing.py" in teacher     # from edge_runtime.preprocessing import normalise
     assert "tf_pilltrack/augmentation.py" in teacher      # sampling: from tf_pilltrack.augmentation import augment
     assert "edge_runtime/__init__.py" in teacher          # the package of edge_runtime/preprocessing.py
-    synthesis = {relative(path) for path in direct_imports(ROOT / "tf_pilltrack" / "synthesis.py")}
+    synthesis = {relative(path) for path in direct_imports(ROOT / "tf_pilltrack" / "synthesis" / "generation.py")}
     assert {"tf_pilltrack/composition.py", "tf_pilltrack/paths.py"} <= synthesis  # inside functions
     assert all(not path.startswith(("numpy", "cv2")) for path in teacher)
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from edge_runtime.preprocessing import PreprocessConfig, preprocess, read_image
 from tf_pilltrack import synthesis
+from tf_pilltrack.synthesis import face, generation, palettes, photo
 
 # The preprocessing constants of params.yaml (mcu profile): what the pipeline crops with.
 PIPELINE_PREPROCESS = PreprocessConfig(
@@ -128,7 +129,7 @@ def test_a_different_seed_gives_different_photos_and_types(tmp_path):
 
 
 def test_output_does_not_depend_on_worker_processes(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthesis, "_POOL_MIN_IMAGES", 0)  # pool even for a tiny job
+    monkeypatch.setattr(generation, "_POOL_MIN_IMAGES", 0)  # pool even for a tiny job
     synthesis.generate(tmp_path / "one", 4, 2, 40, 5, workers=1)
     synthesis.generate(tmp_path / "two", 4, 2, 40, 5, workers=2)
     assert digests(tmp_path / "one") == digests(tmp_path / "two")
@@ -173,11 +174,11 @@ def test_background_chroma_one_is_the_listed_palettes_and_zero_greys_all_but_ski
         listed = synthesis.render_photo(pill_type, 64, np.random.default_rng([4, 1, index]),
                                         background_chroma=1.0)
         assert np.array_equal(default[0], listed[0]) and default[1:] == listed[1:]
-    surfaces, _ = synthesis._scale_surface_chroma(0.0)
+    surfaces, _ = palettes.scale_surface_chroma(0.0)
     for kind, colours in surfaces.items():
         spread = np.ptp(np.array(colours), axis=1)
         if kind == "skin":
-            assert colours == synthesis._SURFACES[kind]
+            assert colours == palettes.SURFACES[kind]
         else:
             assert spread.max() < 2.0, kind
 
@@ -238,7 +239,7 @@ def test_a_crash_leaves_no_half_data_set(tmp_path, monkeypatch):
     out = tmp_path / "set"
     synthesis.generate(out, 2, 1, 40, 1)
     before = digests(out)
-    render = synthesis._render_class_job
+    render = generation._render_class_job
     calls = []
 
     def failing(job):
@@ -247,7 +248,7 @@ def test_a_crash_leaves_no_half_data_set(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return render(job)
 
-    monkeypatch.setattr(synthesis, "_render_class_job", failing)
+    monkeypatch.setattr(generation, "_render_class_job", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         synthesis.generate(out, 3, 2, 40, 2, workers=1)
     assert digests(out) == before  # the old set untouched
@@ -301,21 +302,21 @@ def test_the_face_up_changes_what_a_photo_shows():
     pill_type = next(t for t in synthesis.describe_pill_types(60, 42)
                      if t["back"]["kind"] == "none" and t["score"] == "none"
                      and t["imprint_style"] == "debossed")
-    front = synthesis._face(pill_type, "front", 100.0)
-    back = synthesis._face(pill_type, "back", 100.0)
+    front = face.draw_face(pill_type, "front", 100.0)
+    back = face.draw_face(pill_type, "back", 100.0)
     assert np.array_equal(front.alpha, back.alpha)  # same outline
     assert not np.array_equal(front.normals[0], back.normals[0])  # the imprint is on one face
 
 
 def test_photos_show_either_face(monkeypatch):
     shown = []
-    draw = synthesis._face
+    draw = face.draw_face
 
     def spy(pill_type, which, length):
         shown.append(which)
         return draw(pill_type, which, length)
 
-    monkeypatch.setattr(synthesis, "_face", spy)
+    monkeypatch.setattr(photo, "draw_face", spy)
     pill_type = synthesis.describe_pill_types(1, 6)[0]
     for index in range(12):
         synthesis.render_photo(pill_type, 48, np.random.default_rng([6, 0, index]))
@@ -349,7 +350,7 @@ def test_the_background_stands_out_from_the_pill():
     for index, pill_type in enumerate(types):
         rgb, box, quality = synthesis.render_photo(pill_type, 96, np.random.default_rng([8, index]))
         assert 60 <= quality <= 95
-        lab = synthesis._lab(rgb.reshape(-1, 3).astype(np.float32)).reshape(rgb.shape)
+        lab = palettes.to_lab(rgb.reshape(-1, 3).astype(np.float32)).reshape(rgb.shape)
         centre = lab[(box.top + box.bottom) // 2, (box.left + box.right) // 2]
         ring = np.concatenate([lab[max(0, box.top - 3), box.left:box.right],
                                lab[min(95, box.bottom + 2), box.left:box.right]])

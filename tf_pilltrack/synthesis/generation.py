@@ -1,0 +1,257 @@
+"""Stage `generate`: the synthetic data set written to a folder (pill_types.json, boxes.json,
+one folder of photos per pill type), rendered class by class in worker processes, replaced
+atomically."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from tf_pilltrack.synthesis.limits import (
+    MAX_CLASSES,
+    MAX_IMAGES_PER_CLASS,
+    MAX_PHOTO_SIZE,
+    MIN_PHOTO_SIZE,
+    check_count,
+    check_fraction,
+)
+from tf_pilltrack.synthesis.photo import write_photos
+from tf_pilltrack.synthesis.pill_types import describe_pill_types
+
+TYPES_FILE = "pill_types.json"
+BOXES_FILE = "boxes.json"
+FORMAT_VERSION = 1
+
+# Only pools for jobs at least this big: starting workers costs more than small jobs take.
+_POOL_MIN_IMAGES = 300
+
+
+def generate(
+    out_dir: pathlib.Path,
+    classes: int,
+    images_per_class: int,
+    photo_size: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    background_chroma: float = 1.0,
+    surface_grain: float = 0.0,
+    references: list | None = None,
+    reference_photos: int = 0,
+) -> dict:
+    """Write the synthetic data set to `out_dir`; return {"classes", "families", "images",
+    "seconds"}.
+
+    The set is built in a temporary sibling folder and renamed into place at the end, so a crash
+    leaves no half data set; an existing `out_dir` is replaced, but only when it is empty or a
+    previous synthetic data set (it holds pill_types.json). `progress(done, total)` is called
+    with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
+    the output does not depend on it. `background_chroma` scales the colourfulness of the
+    surfaces the pills lie on and `surface_grain` speckles tablets (see `render_photo`).
+    `references` (composition.ReferenceType) are real pills composited into the same scenes,
+    `reference_photos` photos each, in class folders of their own (see tf_pilltrack.composition).
+    """
+    started = time.perf_counter()
+    check_count("classes", classes, 1, MAX_CLASSES)
+    check_count("images_per_class", images_per_class, 1, MAX_IMAGES_PER_CLASS)
+    check_count("photo_size", photo_size, MIN_PHOTO_SIZE, MAX_PHOTO_SIZE)
+    check_count("seed", seed, 0, None)
+    check_fraction("background_chroma", background_chroma)
+    check_fraction("surface_grain", surface_grain)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    check_count("workers", workers, 1, None)
+    classes, images_per_class, photo_size, seed, workers = (
+        int(classes), int(images_per_class), int(photo_size), int(seed), int(workers))
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be callable or None, got {progress!r}")
+    try:
+        out_dir = pathlib.Path(out_dir)
+    except TypeError:
+        raise ValueError(f"out_dir must be a path, got {out_dir!r}") from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / TYPES_FILE).is_file():
+        raise ValueError(
+            f"out_dir {out_dir} is a non-empty folder without {TYPES_FILE}; refusing to replace "
+            "what is not a synthetic data set"
+        )
+
+    references = list(references or [])
+    if references:
+        check_count("reference_photos", reference_photos, 1, MAX_IMAGES_PER_CLASS)
+    pill_types = describe_pill_types(classes, seed)
+    total = classes * images_per_class + len(references) * reference_photos
+    out_dir = out_dir.absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
+    try:
+        jobs = [
+            ("synthetic", (str(staging), pill_type, index, images_per_class, photo_size, seed,
+                           float(background_chroma), float(surface_grain)))
+            for index, pill_type in enumerate(pill_types)
+        ] + [
+            ("reference", (str(staging), reference, index, int(reference_photos), photo_size, seed,
+                           float(background_chroma)))
+            for index, reference in enumerate(references)
+        ]
+        boxes: dict[str, list[int]] = {}
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        workers = min(workers, len(jobs))
+        if workers > 1 and total >= _POOL_MIN_IMAGES:
+            context = multiprocessing.get_context(
+                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            )
+            with context.Pool(workers, initializer=_start_worker) as pool:
+                for class_boxes in pool.imap(_run_job, jobs, chunksize=4):
+                    boxes.update(class_boxes)
+                    done += len(class_boxes)
+                    if progress is not None:
+                        progress(done, total)
+        else:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                for job in jobs:
+                    class_boxes = _run_job(job)
+                    boxes.update(class_boxes)
+                    done += len(class_boxes)
+                    if progress is not None:
+                        progress(done, total)
+            finally:
+                cv2.setNumThreads(threads)
+        families = sorted({pill_type["family"] for pill_type in pill_types})
+        description = {
+            "format": FORMAT_VERSION,
+            "generator": "tf_pilltrack.synthesis",
+            "seed": seed,
+            "classes": classes,
+            "images_per_class": images_per_class,
+            "photo_size": photo_size,
+            # only when set: the description of a data set with the listed palettes is unchanged
+            **({} if background_chroma == 1.0 else {"background_chroma": float(background_chroma)}),
+            **({} if surface_grain == 0.0 else {"surface_grain": float(surface_grain)}),
+            "families": len(families),
+            "size_unit": "size: length of the pill's long axis as a fraction of the photo side",
+            "types": pill_types,
+            **({} if not references else {
+                "reference_photos": int(reference_photos),
+                "reference_types": [{"name": reference.name, "source": reference.source,
+                                     "faces": [name for _, name, _ in reference.faces]}
+                                    for reference in references]}),
+        }
+        (staging / TYPES_FILE).write_text(json.dumps(description, indent=1) + "\n",
+                                          encoding="utf-8")
+        box_lines = ",\n".join(
+            f' "{name}": {json.dumps(box)}' for name, box in sorted(boxes.items()))
+        (staging / BOXES_FILE).write_text("{\n" + box_lines + "\n}\n", encoding="utf-8")
+        _replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "classes": classes,
+        "families": len(families),
+        "reference_classes": len(references),
+        "images": total,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _start_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def _run_job(job) -> dict[str, list[int]]:
+    kind, arguments = job
+    if kind == "reference":
+        from tf_pilltrack import composition  # it builds on this module
+        return composition.render_job(arguments)
+    return _render_class_job(arguments)
+
+
+def _render_class_job(job) -> dict[str, list[int]]:
+    (staging, pill_type, class_index, images_per_class, photo_size, seed, background_chroma,
+     surface_grain) = job
+    return write_photos(pathlib.Path(staging), pill_type, images_per_class, photo_size, {},
+                        lambda image: np.random.default_rng([seed, class_index, image]),
+                        background_chroma, surface_grain)
+
+
+def _replace_folder(staging: pathlib.Path, out_dir: pathlib.Path) -> None:
+    """Rename the finished `staging` folder to `out_dir`, replacing an old one."""
+    old = None
+    if out_dir.exists():
+        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    """Stage `generate`: render data.synthetic_* photos into data/synthetic."""
+    from tf_pilltrack import paths
+
+    settings = params["data"]
+    total = settings["synthetic_classes"] * settings["synthetic_images_per_class"]
+
+    printed = [0]
+
+    def progress(done: int, count: int) -> None:  # called once per pill type rendered
+        if done - printed[0] >= 1000 or done == count:
+            printed[0] = done
+            echo(f"  rendered {done}/{count} photos")
+
+    echo(f"generate: {settings['synthetic_classes']} pill types x {settings['synthetic_images_per_class']} "
+         f"photos of {settings['synthetic_photo_size']} px ({total} photos)")
+    references, skipped = _load_references(params, echo)
+    summary = generate(paths.SYNTHETIC, settings["synthetic_classes"], settings["synthetic_images_per_class"],
+                       settings["synthetic_photo_size"], params["base"]["seed"], progress=progress,
+                       background_chroma=settings["synthetic_background_chroma"],
+                       surface_grain=settings["synthetic_surface_grain"],
+                       references=references, reference_photos=settings["reference_photos_per_type"])
+    summary["reference_photos_skipped"] = skipped
+    echo(f"generate: {summary['images']} photos of {summary['classes']} pill types in "
+         f"{summary['families']} look-alike families and {summary['reference_classes']} real reference "
+         f"pill classes, {summary['seconds']:.1f} s")
+    return summary
+
+
+def _load_references(params: dict, echo: Callable[[str], None]) -> tuple[list, list[dict]]:
+    """data.reference_types of data.reference_source's pill types (a choice seeded with base.seed),
+    or none when either count is 0; and the reference photos skipped, with reasons."""
+    from tf_pilltrack import composition  # it builds on this module
+
+    settings = params["data"]
+    if settings["reference_types"] == 0 or settings["reference_photos_per_type"] == 0:
+        return [], []
+    source = pathlib.Path(settings["reference_source"])
+    references, skipped = composition.load(source, settings["reference_faces"], settings["max_image_pixels"])
+    if not references:
+        raise ValueError(f"{source}: no usable reference photo in data.reference_source")
+    sources = sorted({reference.source for reference in references})
+    order = np.random.default_rng(params["base"]["seed"]).permutation(len(sources))
+    chosen = {sources[index] for index in order[:settings["reference_types"]]}
+    references = [reference for reference in references if reference.source in chosen]
+    for entry in skipped[:10]:
+        echo(f"  reference photo skipped {entry['file']}: {entry['reason']}")
+    echo(f"generate: {len(chosen)} real reference pill types of {source} ({len(references)} classes, "
+         f"faces {settings['reference_faces']}) x {settings['reference_photos_per_type']} composited photos"
+         + (f", {len(skipped)} reference photos skipped" if skipped else ""))
+    return references, skipped
