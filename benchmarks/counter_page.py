@@ -15,8 +15,10 @@ by the counter over the last counter.STEP_WINDOW frames: median and 95th percent
 process's CPU share over the same window. The client runs on the same machine (its CPU competes
 with the device's, unlike a tablet's), so the page's figure is, if anything, pessimistic.
 
-    python benchmarks/counter_page.py                       # 10 fps, the bundle in bundle/
-    python benchmarks/counter_page.py --fps 15 --threads 1 --out /tmp/counter_page.json
+From the project root, in an edge environment (LiteRT and the counter page's extra):
+
+    .venv-edge/bin/python -m benchmarks.counter_page        # 10 fps, the bundle in bundle/
+    .venv-edge/bin/python -m benchmarks.counter_page --fps 15 --threads 1 --out /tmp/counter_page.json
 """
 
 from __future__ import annotations
@@ -158,8 +160,9 @@ def main() -> None:
         shutil.copytree(args.bundle, bundle, ignore=shutil.ignore_patterns(".lock", "thumbnails"))
         clip = os.path.join(scratch, "clip.avi")
         frames = make_clip(args.photos, clip, hold=5)
-        alone = subprocess.run([sys.executable, __file__, "--fps", str(args.fps), "--threads", str(args.threads),
-                                "--measure-without-page", bundle, clip], capture_output=True, text=True, check=True)
+        alone = subprocess.run([sys.executable, "-m", "benchmarks.counter_page", "--fps", str(args.fps),
+                                "--threads", str(args.threads), "--measure-without-page", bundle, clip],
+                               cwd=ROOT, capture_output=True, text=True, check=True)
         without = json.loads(alone.stdout.splitlines()[-1])
         with_page = measure_with_page(bundle, clip, args.fps, args.threads)
     report = {"fps": args.fps, "threads": args.threads, "clip_frames": frames, "frame_size": [640, 480],

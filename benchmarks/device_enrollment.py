@@ -14,8 +14,8 @@ threshold and look-alike margin, Annoy search. Each episode runs three ways (WAY
 - `--cropped`, keeping the bundle's own enrolled pills (the pipeline's synthetic novel pills)
   in the gallery beside the new ones, as distractors.
 
-    python benchmarks/device_enrollment.py                       # data/real/pushin_pill.zip
-    python benchmarks/device_enrollment.py --photos my_pills/ --shots 3
+    python -m benchmarks.device_enrollment                       # from the project root; data/real/pushin_pill.zip
+    python -m benchmarks.device_enrollment --photos my_pills/ --shots 3
 
 Reported per way of cropping, mean ± sample std over the episodes: Recall@1 of the known pills'
 photos (a photo answered "unknown" or "no pill found" counts as wrong), the share answered
@@ -37,14 +37,13 @@ import tempfile
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edge_runtime import enrollment, gallery
+from edge_runtime.identification import Identifier
+from edge_runtime.bundle import load_bundle
+from edge_runtime.storage import write_atomically
+from tf_pilltrack import episodes, preparation
 
-from edge_runtime import enrollment, gallery  # noqa: E402
-from edge_runtime.identification import Identifier  # noqa: E402
-from edge_runtime.bundle import load_bundle  # noqa: E402
-from edge_runtime.storage import write_atomically  # noqa: E402
-from tf_pilltrack import episodes, preparation  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 
 WAYS = {  # name -> (Identifier's `cropped`, `enroll --new-gallery`)
     "bundle_localisation": (False, True),

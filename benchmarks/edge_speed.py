@@ -1,9 +1,9 @@
 """Device-step speed and gallery search (Annoy, exact, usearch) at the gallery sizes a counter reaches.
 
-Run after `dvc repro` (it reads the pipeline's bundle, prepared crops and synthetic photos), in the
-training environment or an edge environment with the repository on the path:
+Run after `dvc repro` (it reads the pipeline's bundle, prepared crops and synthetic photos), from the
+project root, in the training environment or an edge environment (`pilltrack bench` runs it so):
 
-    python benchmarks/edge_speed.py [--sizes 1000 10000 100000] [--frames 300] [--bundle DIR]
+    python -m benchmarks.edge_speed [--sizes 1000 10000 100000] [--frames 300] [--bundle DIR]
                                     [--out reports/edge_benchmark.json]
 
 Galleries: the bundle model's embeddings of every prepared crop except the query split (the
@@ -32,19 +32,17 @@ import json
 import os
 import pathlib
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edge_runtime import bundle as bundle_module
+from edge_runtime import gallery, interpreter
+from edge_runtime.identification import STAGES, Identifier
+from edge_runtime.preprocessing import read_image
 
-from edge_runtime import bundle as bundle_module  # noqa: E402
-from edge_runtime import gallery, interpreter  # noqa: E402
-from edge_runtime.identification import STAGES, Identifier  # noqa: E402
-from edge_runtime.preprocessing import read_image  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 
 # The novel pills' reference shots first, so every gallery size holds the pills the queries show (as a
 # device's gallery holds the pills it is asked about); the other splits' pills are distractors.

@@ -15,7 +15,7 @@ mean distance of a pill's enrolled shots to their mean, known on the device at e
 and, for reference, `oracle`: the best (t, m) of the first rule chosen on the real answers
 themselves, which no device can know.
 
-    python benchmarks/naming_rules.py              # after dvc repro; reports/naming_rules.json
+    python -m benchmarks.naming_rules              # project root, after dvc repro; reports/naming_rules.json
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edge_runtime import interpreter  # noqa: E402
-from edge_runtime.bundle import load_bundle  # noqa: E402
-from tf_pilltrack import dataset, enrollment, episodes, evaluation, metrics, paths  # noqa: E402
-from tf_pilltrack import params as params_module  # noqa: E402
+import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from edge_runtime import interpreter
+from edge_runtime.bundle import load_bundle
+from tf_pilltrack import dataset, enrollment, episodes, evaluation, metrics, paths
+from tf_pilltrack import params as params_module
 
 
 def spreads(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -6,8 +6,8 @@ the real pill, then the studio front photo of each nearest type with its similar
 
 Run from the project root after `dvc repro teacher`, in the training environment:
 
-    python benchmarks/reference_overlap.py                    # reports/reference_overlap.{json,png}
-    python benchmarks/reference_overlap.py --teacher /tmp/t.h5 --nearest 5
+    python -m benchmarks.reference_overlap                    # reports/reference_overlap.{json,png}
+    python -m benchmarks.reference_overlap --teacher /tmp/t.h5 --nearest 5
 
 A type that is the same product as an evaluation pill must not train; the evaluation's real
 figures would otherwise measure recognition of a trained pill. This finds candidates; a person
@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 import cv2
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import tf_pilltrack  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edge_runtime.preprocessing import decode_image  # noqa: E402
-from tf_pilltrack import composition, dataset, episodes, evaluation, models, paths, preparation  # noqa: E402
-from tf_pilltrack import params as params_module  # noqa: E402
+import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from edge_runtime.preprocessing import decode_image
+from tf_pilltrack import composition, dataset, episodes, evaluation, models, paths, preparation
+from tf_pilltrack import params as params_module
 
 THUMB = 64
 

@@ -13,9 +13,9 @@ the same uint8 inputs, every op's output tensor compared in int8 steps, two ways
   builtin run's own input tensors; differences here come from that op's kernel only. An op that
   XNNPACK does not take alone (a lone QUANTIZE, int8 AVERAGE_POOL_2D) runs on builtin kernels.
 
-The model must have one input (uint8 pixels, as the student's).
+The model must have one input (uint8 pixels, as the student's). From the project root:
 
-    .venv/bin/python benchmarks/runtime_divergence.py models/student_int8.tflite \
+    .venv/bin/python -m benchmarks.runtime_divergence models/student_int8.tflite \
         --inputs data/prepared/queries.npz --count 200
 
 Columns: max / mean |difference| in int8 steps and the % of values that differ; `<` marks the
@@ -30,10 +30,9 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tf_pilltrack import parity  # tf_pilltrack sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
-from tf_pilltrack import parity  # noqa: E402  (tf_pilltrack sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 
 COLUMNS = ("xnnpack_vs_builtin", "tflm_vs_builtin", "tflm_vs_ref")  # the pairs of the per-op table
 

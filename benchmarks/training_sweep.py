@@ -4,10 +4,10 @@ params.yaml's teacher and distill choices (loss, epochs, width, distillation ter
 Run from the project root after `dvc repro prepare` (it reads data/prepared), in the training
 environment:
 
-    python benchmarks/training_sweep.py teacher '{"teacher.loss": "triplet"}' --save /tmp/t.h5
-    python benchmarks/training_sweep.py distill '{"distill.relation_weight": 0}' --teacher /tmp/t.h5
-    python benchmarks/training_sweep.py teacher --train-classes synthetic    # the synthetic pills only
-    python benchmarks/training_sweep.py teacher --weights /tmp/t.h5          # score a saved teacher
+    python -m benchmarks.training_sweep teacher '{"teacher.loss": "triplet"}' --save /tmp/t.h5
+    python -m benchmarks.training_sweep distill '{"distill.relation_weight": 0}' --teacher /tmp/t.h5
+    python -m benchmarks.training_sweep teacher --train-classes synthetic    # the synthetic pills only
+    python -m benchmarks.training_sweep teacher --weights /tmp/t.h5          # score a saved teacher
 
 `teacher` trains a teacher with params.yaml's settings overridden by the JSON object
 ("section.key": value) and reports its per-epoch calibration-class Recall@1 and its novel-class
@@ -25,20 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import tf_pilltrack  # noqa: E402  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edge_runtime import interpreter  # noqa: E402
-from tf_pilltrack import composition, conversion, dataset, distillation, evaluation, metrics, models, paths  # noqa: E402
-from tf_pilltrack import params as params_module  # noqa: E402
-from tf_pilltrack import teacher as teacher_stage  # noqa: E402
+import tf_pilltrack  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from edge_runtime import interpreter
+from tf_pilltrack import composition, conversion, dataset, distillation, evaluation, metrics, models, paths
+from tf_pilltrack import params as params_module
+from tf_pilltrack import teacher as teacher_stage
 
 
 def override(params: dict, changes: dict) -> dict:

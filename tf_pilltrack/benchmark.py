@@ -362,15 +362,18 @@ def peak_conv_model(side: int, in_channels: int, out_channels: int, seed: int) -
 def search_benchmark(settings: dict, workdir: pathlib.Path, echo: Callable[[str], None]) -> dict:
     """Run benchmarks/edge_speed.py with the same interpreter on the project's bundle and data
     (the current directory), the device step at the targets' gallery size; its JSON report, or
-    {"error": ...}."""
+    {"error": ...}. It runs as `python -m benchmarks.edge_speed` from the code's root (the project
+    may be a clone elsewhere), so every path it is given is absolute."""
     script = REPOSITORY / EDGE_SPEED
-    out = workdir / "edge_benchmark.json"
-    command = [sys.executable, str(script), "--sizes", *map(str, settings["gallery_sizes"]),
-               "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE), "--data-root", ".",
+    module = ".".join(EDGE_SPEED.with_suffix("").parts)
+    out = workdir.resolve() / "edge_benchmark.json"
+    command = [sys.executable, "-m", module, "--sizes", *map(str, settings["gallery_sizes"]),
+               "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE.resolve()),
+               "--data-root", str(pathlib.Path.cwd()),
                "--device-gallery", str(settings["targets"]["gallery_size"]), "--out", str(out)]
     echo(f"  {' '.join(command[1:])}")
     started = time.time()
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)
     for line in finished.stdout.splitlines():
         echo(f"  {line}")
     if finished.returncode != 0 or not out.is_file():
