@@ -112,6 +112,17 @@ def test_metrics_show_lists_evaluation(pipeline):
     assert "recall_at_1" in shown
 
 
+def test_summary_prints_the_runs_headline_figures(pipeline):
+    printed = _run([str(BIN / "pilltrack"), "summary"], pipeline["dir"], pipeline["env"]).stdout
+    with open(os.path.join(pipeline["dir"], "metrics", "evaluation.json")) as handle:
+        real = json.load(handle)["episodes"]["real"]
+    most = max(int(key.removeprefix("shots_")) for key in real if key.startswith("shots_"))
+    recall = real[f"shots_{most}"]["student_int8"]["single"]["recall_at_1"]
+    assert f"real {most}-shot Recall@1 (int8)" in printed.splitlines()[1]  # the first figure
+    assert f"{recall:.3f}" in printed.splitlines()[1]
+    assert "budgets" in printed and "all passed" in printed
+
+
 def test_second_repro_runs_nothing(pipeline):
     again = _run([str(BIN / "dvc"), "repro"], pipeline["dir"], pipeline["env"])
     assert "Running stage" not in again.stdout

@@ -122,6 +122,13 @@ def check(params_path: str) -> None:
 
 @main.command()
 @PARAMS_OPTION
+def summary(params_path: str) -> None:
+    """Print the headline figures of the last `dvc repro` (not a dvc stage; writes nothing)."""
+    _run_stage("summary", params_path)
+
+
+@main.command()
+@PARAMS_OPTION
 @click.option("--artefacts", "artefacts", multiple=True, metavar="PROFILE=DIR",
               help="A pipeline run of another profile (its models/ and metrics/) to measure instead of an "
                    "untrained build of it; repeatable.")
