@@ -1,4 +1,4 @@
-"""`pilltrack bench` (tf_pilltrack/benchmark.py) on the small pipeline's artefacts: it writes
+"""`pilltrack bench` (tf_pilltrack/benchmark/) on the small pipeline's artefacts: it writes
 benchmark.md, benchmark.json and the plots, well formed, for every model, runtime and gallery
 size asked for. Small galleries and few repeats; nothing here asserts how fast anything is."""
 
