@@ -41,7 +41,7 @@ from edge_runtime import enrollment, gallery
 from edge_runtime.identification import Identifier
 from edge_runtime.bundle import load_bundle
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import episodes, preparation
+from tf_pilltrack import episodes, ingestion
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 
@@ -54,9 +54,9 @@ WAYS = {  # name -> (Identifier's `cropped`, `enroll --new-gallery`)
 
 def load_photos(source: pathlib.Path, max_pixels: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Decoded photos of a <class>/<image> folder or zip, their labels and source-photo groups,
-    read as `prepare` reads them (`preparation.decode_images`); files skipped are reported on stderr."""
-    images, groups, skipped = preparation.list_source(source)
-    decoded = list(preparation.decode_images(images, max_pixels, skipped))
+    read as `prepare` reads them (`ingestion.decode_images`); files skipped are reported on stderr."""
+    images, groups, skipped = ingestion.list_source(source)
+    decoded = list(ingestion.decode_images(images, max_pixels, skipped))
     for entry in skipped:
         print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
     return ([rgb for _, rgb in decoded], np.array([image.label for image, _ in decoded], dtype=str),

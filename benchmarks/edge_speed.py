@@ -186,8 +186,9 @@ def measure_device_step(loaded, root, embeddings, photo_sources, frames, threads
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
     without_localise, totals = [], []
     with tempfile.TemporaryDirectory() as directory:
-        bundle_module.write_bundle(directory, loaded.model_path, embeddings, labels, loaded.unknown_threshold,
-                                   loaded.preprocess, loaded.annoy_trees, search_k, seed,
+        bundle_module.write_bundle(directory, loaded.model_path, embeddings, labels,
+                                   threshold=loaded.unknown_threshold, preprocess=loaded.preprocess,
+                                   annoy_trees=loaded.annoy_trees, search_k=search_k, seed=seed,
                                    lookalike_margin=loaded.lookalike_margin)
         identifier = Identifier.open(directory, threads=threads)
         identifier.warm_up()

@@ -1,6 +1,6 @@
 """Which rule should decide when the device names a pill? Each rule is calibrated on the
 calibration classes exactly as the enroll stage calibrates the shipped one (counter-sized
-galleries, `enrollment.draw_calibration_galleries`, some pills of each kept out of it;
+galleries, `calibration.draw_calibration_galleries`, some pills of each kept out of it;
 `--calibration-gallery-pills` changes their size), `metrics.choose_rule` for enroll.min_named_correct and
 enroll.max_absent_named), then scored on the real photo set's K-shot episodes (the answers of
 every episode pooled): the share of enrolled pills' photos named, the share of named answers
@@ -29,7 +29,7 @@ import numpy as np
 import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edge_runtime import interpreter
 from edge_runtime.bundle import load_bundle
-from tf_pilltrack import dataset, enrollment, episodes, evaluation, metrics, paths
+from tf_pilltrack import calibration, dataset, episodes, evaluation, metrics, paths
 from tf_pilltrack import params as params_module
 
 
@@ -144,7 +144,7 @@ def main() -> None:
     if args.calibration_gallery_pills is not None:  # 0: every calibration pill in one gallery (before issue 18)
         calibration_settings = {**calibration_settings, "calibration_gallery_pills": args.calibration_gallery_pills
                                 or 10 * len(references)}
-    galleries = enrollment.draw_calibration_galleries(sorted(set(references.labels.tolist())), calibration_settings,
+    galleries = calibration.draw_calibration_galleries(sorted(set(references.labels.tolist())), calibration_settings,
                                                       params["base"]["seed"])
     embedded_references = interpreter.embed(lite, references.pixels, views)
     asked = interpreter.embed(lite, queries.pixels, views)
@@ -188,9 +188,9 @@ def main() -> None:
               f"{calibration_settings['max_absent_named']:.0%} absent named:")
         print(f"{'rule':<56}{'named':>8}{'right':>8}{'absent':>8}   calibration: named / right / absent")
         for rule, row in rows.items():
-            real, calibration = row["real"], row.get("calibration")
-            tail = (f"   {calibration['named_share']:.3f} / {calibration['named_correct']:.3f} / "
-                    f"{calibration['absent_named']:.3f}" if calibration else "")
+            real, calibrated = row["real"], row.get("calibration")
+            tail = (f"   {calibrated['named_share']:.3f} / {calibrated['named_correct']:.3f} / "
+                    f"{calibrated['absent_named']:.3f}" if calibrated else "")
             print(f"{rule:<56}{real['named_share']:>8.3f}{real['named_correct']:>8.3f}{real['absent_named']:>8.3f}{tail}")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

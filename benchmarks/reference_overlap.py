@@ -25,7 +25,7 @@ import numpy as np
 
 import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edge_runtime.preprocessing import decode_image
-from tf_pilltrack import composition, dataset, episodes, evaluation, models, paths, preparation
+from tf_pilltrack import dataset, episodes, evaluation, ingestion, models, paths
 from tf_pilltrack import params as params_module
 
 THUMB = 64
@@ -53,14 +53,14 @@ def main() -> None:
     real, _, _ = episodes.load_real(params["episodes"]["real_source"], config, params["episodes"]["real_localise"])
     real_names, real_means = mean_embeddings(evaluation.embed_keras(model, real.pixels, views), real.labels.astype(str))
     composited = evaluation.concatenate(*(dataset.load_split(name) for name in paths.SPLITS if name != "mix"))
-    is_reference = np.char.startswith(composited.labels.astype(str), composition.PREFIX)
+    is_reference = np.char.startswith(composited.labels.astype(str), dataset.REFERENCE_PREFIX)
     composited = dataset.Split(*(field[is_reference] for field in composited))
     type_names, type_means = mean_embeddings(evaluation.embed_keras(model, composited.pixels, views),
                                              composited.labels.astype(str))
     similarity = real_means @ type_means.T
 
     source = pathlib.Path(params["data"]["reference_source"])
-    images, _, _ = preparation.list_source(source)
+    images, _, _ = ingestion.list_source(source)
     fronts: dict[str, object] = {}
     for image in images:  # the first photo by name of each type: its front in the NLM layout
         fronts.setdefault(image.label, image)
@@ -68,7 +68,7 @@ def main() -> None:
     for row, name in enumerate(real_names):
         order = np.argsort(-similarity[row])[:args.nearest]
         nearest = [(type_names[index], float(similarity[row, index])) for index in order]
-        found[name] = [{"type": label, "source": label[len(composition.PREFIX):].split("~")[0],
+        found[name] = [{"type": label, "source": label[len(dataset.REFERENCE_PREFIX):].split("~")[0],
                         "similarity": round(value, 4)} for label, value in nearest]
         crops = real.pixels[real.labels.astype(str) == name][:3]
         tiles = [cv2.resize(crop, (THUMB, THUMB)) for crop in crops]

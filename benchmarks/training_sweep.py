@@ -32,7 +32,7 @@ import numpy as np
 
 import tf_pilltrack  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from edge_runtime import interpreter
-from tf_pilltrack import composition, conversion, dataset, distillation, evaluation, metrics, models, paths
+from tf_pilltrack import conversion, dataset, distillation, evaluation, metrics, models, paths
 from tf_pilltrack import params as params_module
 from tf_pilltrack import teacher as teacher_stage
 
@@ -89,10 +89,10 @@ def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.nda
 
 def training_classes(split: dataset.Split, kind: str) -> dataset.Split:
     """The training split's photos of every class ("all"), of the synthetic pills only or of the
-    composited reference pills only (class names composition.PREFIX...)."""
+    composited reference pills only (class names dataset.REFERENCE_PREFIX...)."""
     if kind == "all":
         return split
-    reference = np.char.startswith(split.labels.astype(str), composition.PREFIX)
+    reference = np.char.startswith(split.labels.astype(str), dataset.REFERENCE_PREFIX)
     keep = reference if kind == "reference" else ~reference
     return dataset.Split(*(field[keep] for field in split))
 

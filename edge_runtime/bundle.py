@@ -115,9 +115,9 @@ def file_name(kind: str, sha256: str) -> str:
 
 
 def write_bundle(directory: str | os.PathLike, model: bytes | str | os.PathLike,
-                 embeddings: np.ndarray, labels: Sequence[str], threshold: float,
-                 preprocess_config: PreprocessConfig, annoy_trees: int, search_k: int,
-                 seed: int, extra: dict | None = None, *, lookalike_margin: float) -> dict:
+                 embeddings: np.ndarray, labels: Sequence[str], *, threshold: float, lookalike_margin: float,
+                 preprocess: PreprocessConfig, annoy_trees: int, search_k: int, seed: int,
+                 extra: dict | None = None) -> dict:
     """Write a bundle into `directory` (created if absent), replacing any bundle there
     atomically, and return the sidecar's contents.
 
@@ -127,7 +127,7 @@ def write_bundle(directory: str | os.PathLike, model: bytes | str | os.PathLike,
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     with _locked(directory):
-        return _write(directory, model, embeddings, labels, threshold, lookalike_margin, preprocess_config,
+        return _write(directory, model, embeddings, labels, threshold, lookalike_margin, preprocess,
                       annoy_trees, search_k, seed, extra)
 
 

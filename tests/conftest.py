@@ -80,8 +80,8 @@ def _edge_bundle_template(tmp_path_factory, edge_model_path, edge_config, edge_e
     labels = [name for name in GALLERY_PILLS for _ in range(3)]
     photos = [photo for name in GALLERY_PILLS for photo in pill_photos(name, 3)]
     directory = tmp_path_factory.mktemp("edge") / "bundle"
-    write_bundle(directory, edge_model_path, edge_embed(photos), labels, THRESHOLD,
-                 edge_config, annoy_trees=4, search_k=-1, seed=42, extra={"made_by": "tests"},
+    write_bundle(directory, edge_model_path, edge_embed(photos), labels, threshold=THRESHOLD,
+                 preprocess=edge_config, annoy_trees=4, search_k=-1, seed=42, extra={"made_by": "tests"},
                  lookalike_margin=LOOKALIKE_MARGIN)
     return directory
 

@@ -403,8 +403,9 @@ def test_open_identifier_keeps_answering_while_its_files_are_replaced(tmp_path, 
         model = handle.read() + b"\0" * 16
     current = fresh.bundle
     write_bundle(edge_bundle, model, current.embeddings, current.labels,
-                 current.unknown_threshold, current.preprocess, current.annoy_trees,
-                 current.search_k, current.seed, lookalike_margin=current.lookalike_margin)
+                 threshold=current.unknown_threshold, preprocess=current.preprocess,
+                 annoy_trees=current.annoy_trees, search_k=current.search_k, seed=current.seed,
+                 lookalike_margin=current.lookalike_margin)
     assert not any(os.path.exists(path) for path in first_files)  # all of the first bundle's
     assert answers(identifier) == before
     assert answers(Identifier.open(edge_bundle, threads=1)) == answers(fresh)

@@ -50,8 +50,8 @@ def test_client_runs_without_tensorflow(edge_model_path):
 def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
     embeddings = edge_embed(pill_photos("red", 2) + pill_photos("blue", 2))
     labels = ["red", "red", "blue", "blue"]
-    sidecar = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
-                           edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
+    sidecar = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, threshold=0.25,
+                           preprocess=edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
                            lookalike_margin=0.02)
 
     loaded = load_bundle(tmp_path / "b")
@@ -73,10 +73,10 @@ def test_bundle_round_trip(tmp_path, edge_model_path, edge_config, edge_embed):
 
     # Rewriting the same content gives the same files (deterministic index), and stale
     # files of an older gallery are removed.
-    write_bundle(tmp_path / "b", edge_model_path, embeddings[:3], labels[:3], 0.25,
-                 edge_config, annoy_trees=3, search_k=50, seed=7, lookalike_margin=0.02)
-    again = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, 0.25,
-                         edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
+    write_bundle(tmp_path / "b", edge_model_path, embeddings[:3], labels[:3], threshold=0.25,
+                 preprocess=edge_config, annoy_trees=3, search_k=50, seed=7, lookalike_margin=0.02)
+    again = write_bundle(tmp_path / "b", edge_model_path, embeddings, labels, threshold=0.25,
+                         preprocess=edge_config, annoy_trees=3, search_k=50, seed=7, extra={"run": "x"},
                          lookalike_margin=0.02)
     assert again == sidecar
     names = sorted(os.listdir(tmp_path / "b"))
@@ -88,13 +88,16 @@ def test_write_bundle_refuses_embeddings_the_model_cannot_make(tmp_path, edge_mo
                                                                edge_config):
     with pytest.raises(ValueError, match="outputs 8-dimensional"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((2, 16), np.float32),
-                     ["a", "b"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
+                     ["a", "b"], threshold=0.1, preprocess=edge_config, annoy_trees=2, search_k=-1,
+                     seed=0, lookalike_margin=0.02)
     with pytest.raises(ValueError, match="2 labels for 3 embeddings"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((3, 8), np.float32),
-                     ["a", "b"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
+                     ["a", "b"], threshold=0.1, preprocess=edge_config, annoy_trees=2, search_k=-1,
+                     seed=0, lookalike_margin=0.02)
     with pytest.raises(ValueError, match="reserved"):
         write_bundle(tmp_path / "b", edge_model_path, np.ones((1, 8), np.float32),
-                     ["unknown"], 0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
+                     ["unknown"], threshold=0.1, preprocess=edge_config, annoy_trees=2, search_k=-1,
+                     seed=0, lookalike_margin=0.02)
 
 
 def _sidecar(directory):
@@ -235,8 +238,8 @@ def test_a_version_2_bundle_loads_and_enrolling_writes_version_3(edge_bundle, ed
 
 def test_write_bundle_refuses_a_bad_lookalike_margin(tmp_path, edge_model_path, edge_config):
     with pytest.raises(ValueError, match="lookalike_margin must be a cosine distance"):
-        write_bundle(tmp_path / "b", edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"], 0.1,
-                     edge_config, 2, -1, 0, lookalike_margin=2.5)
+        write_bundle(tmp_path / "b", edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"], threshold=0.1,
+                     preprocess=edge_config, annoy_trees=2, search_k=-1, seed=0, lookalike_margin=2.5)
     assert not (tmp_path / "b" / "bundle.json").exists()
 
 
@@ -260,7 +263,8 @@ def test_crash_while_writing_a_bundle_leaves_the_previous_one(edge_bundle, edge_
     monkeypatch.setattr(storage, "write_atomically", crash_on_sidecar)
     with pytest.raises(OSError, match="power cut"):
         write_bundle(edge_bundle, edge_model_path, np.eye(2, 8, dtype=np.float32), ["x", "y"],
-                     0.1, edge_config, 2, -1, 0, lookalike_margin=0.02)
+                     threshold=0.1, preprocess=edge_config, annoy_trees=2, search_k=-1, seed=0,
+                     lookalike_margin=0.02)
     monkeypatch.undo()
     assert load_bundle(edge_bundle).labels[0] == "red"
 
@@ -445,7 +449,8 @@ def test_enrolling_updates_search_k_from_the_gallery_size(edge_bundle, edge_embe
     assert _sidecar(edge_bundle)["search_k"] == -1  # the fixture searches exhaustively
     loaded = load_bundle(edge_bundle)
     write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
-                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, 5, loaded.seed,
+                 threshold=loaded.unknown_threshold, preprocess=loaded.preprocess,
+                 annoy_trees=loaded.annoy_trees, search_k=5, seed=loaded.seed,
                  lookalike_margin=loaded.lookalike_margin)
     assert _sidecar(edge_bundle)["search_k"] == 5
     enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 4)))
@@ -453,7 +458,8 @@ def test_enrolling_updates_search_k_from_the_gallery_size(edge_bundle, edge_embe
     assert _sidecar(edge_bundle)["search_k"] == gallery.search_k_for_size(rows, loaded.annoy_trees)
     assert load_bundle(edge_bundle).rows_per_label == 4
     write_bundle(edge_bundle, loaded.model_path, loaded.embeddings, loaded.labels,
-                 loaded.unknown_threshold, loaded.preprocess, loaded.annoy_trees, -1, loaded.seed,
+                 threshold=loaded.unknown_threshold, preprocess=loaded.preprocess,
+                 annoy_trees=loaded.annoy_trees, search_k=-1, seed=loaded.seed,
                  lookalike_margin=loaded.lookalike_margin)
     enroll(edge_bundle, "cyan", edge_embed(pill_photos("cyan", 2)))
     assert _sidecar(edge_bundle)["search_k"] == -1  # an exhaustive search stays exhaustive

@@ -108,7 +108,7 @@ CONFIG = PreprocessConfig(image_size=32, localise=True, min_pill_fraction=0.005,
        compression=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
 @example(files=[TRUNCATED_QOI], compression=zipfile.ZIP_STORED)
 def test_prepare_reads_or_reports_every_member_and_goes_on(files, compression):
-    from tf_pilltrack import preparation
+    from tf_pilltrack import ingestion
 
     with tempfile.TemporaryDirectory() as directory:
         archive = pathlib.Path(directory) / "source.zip"
@@ -116,8 +116,8 @@ def test_prepare_reads_or_reports_every_member_and_goes_on(files, compression):
             for position, (name, data) in enumerate(files):
                 handle.writestr(f"hostile/{position}-{name}", data)
             handle.writestr("red/good.png", GOOD)
-        images, groups, skipped = preparation.list_source(archive)
-        ingested = preparation.ingest(images, groups, CONFIG)
+        images, groups, skipped = ingestion.list_source(archive)
+        ingested = ingestion.ingest(images, groups, CONFIG)
     used = [source for items in ingested.crops.values() for _, source, _ in items]
     reported = [entry["file"] for entry in skipped + ingested.skipped]
     assert sorted(used + reported) == sorted([f"hostile/{n}-{name}" for n, (name, _) in enumerate(files)]

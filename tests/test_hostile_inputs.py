@@ -239,12 +239,12 @@ def hostile_zip(path: pathlib.Path) -> pathlib.Path:
 
 
 def test_prepare_reports_and_skips_hostile_zip_members(tmp_path, config, decoder_raising, monkeypatch):
-    from tf_pilltrack import preparation
+    from tf_pilltrack import ingestion
 
     decoder_raising(IndexError)
     monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 4000)  # the PNGs are about 600 bytes, huge.png 5000
-    images, groups, skipped = preparation.list_source(hostile_zip(tmp_path / "source.zip"))
-    ingested = preparation.ingest(images, groups, config)
+    images, groups, skipped = ingestion.list_source(hostile_zip(tmp_path / "source.zip"))
+    ingested = ingestion.ingest(images, groups, config)
     reasons = {entry["file"]: entry["reason"] for entry in skipped + ingested.skipped}
     assert reasons == {
         "bad/encrypted.png": "encrypted (password-protected), not read",
@@ -257,7 +257,7 @@ def test_prepare_reports_and_skips_hostile_zip_members(tmp_path, config, decoder
 
 
 def test_prepare_skips_special_files_in_a_folder(tmp_path, config):
-    from tf_pilltrack import preparation
+    from tf_pilltrack import ingestion
 
     root = tmp_path / "source"
     (root / "red").mkdir(parents=True)
@@ -265,8 +265,8 @@ def test_prepare_skips_special_files_in_a_folder(tmp_path, config):
         (root / "red" / f"{index}.png").write_bytes(png(pill_photo((220, 40, 40), centre=(40 + index * 9, 48))))
     os.mkfifo(root / "red" / "pipe.png")
     os.symlink("/dev/zero", root / "red" / "zero.png")
-    images, groups, skipped = preparation.list_source(root)
-    ingested = preparation.ingest(images, groups, config)
+    images, groups, skipped = ingestion.list_source(root)
+    ingested = ingestion.ingest(images, groups, config)
     reasons = {entry["file"]: entry["reason"] for entry in skipped + ingested.skipped}
     assert reasons == {"red/pipe.png": "not a regular file (a FIFO)",
                        "red/zero.png": "not a regular file (a character device)"}
@@ -275,14 +275,14 @@ def test_prepare_skips_special_files_in_a_folder(tmp_path, config):
 
 @pytest.mark.parametrize("source, kind", [("/dev/zero", "a character device"), ("fifo", "a FIFO")])
 def test_a_special_file_as_the_data_source_is_refused(tmp_path, source, kind):
-    from tf_pilltrack import preparation
+    from tf_pilltrack import ingestion
 
     if source == "fifo":
         source = tmp_path / "source.zip"
         os.mkfifo(source)
     with pytest.raises(ValueError, match=f"must be a folder .* or a .zip of one, and this is not a regular file "
                                          f"\\({kind}\\)"):
-        preparation.list_source(pathlib.Path(source))
+        ingestion.list_source(pathlib.Path(source))
 
 
 def test_a_params_value_too_large_to_print_is_cut_short(tmp_path):

@@ -303,7 +303,7 @@ def test_keras_int8_agreement_finds_the_near_ties_where_answers_differ():
 
 
 def test_enroll_calibrates_the_naming_rule_by_hand():
-    from tf_pilltrack import dataset, enrollment
+    from tf_pilltrack import calibration, dataset
 
     def split(labels):
         labels = np.array(labels)
@@ -316,18 +316,18 @@ def test_enroll_calibrates_the_naming_rule_by_hand():
     distance = lambda degrees: 1 - np.cos(np.radians(degrees))  # noqa: E731
     settings = {"calibration_gallery_pills": 20, "calibration_galleries": 5, "calibration_absent": 0.3,
                 "min_named_correct": 0.95, "max_absent_named": 0.05, "rule_steps": 4}
-    calibration = enrollment.calibrate(gallery, references, queries, query_split, settings, 0)
+    rule = calibration.calibrate(gallery, references, queries, query_split, settings, 0)
     # three pills are fewer than one draw of 20 enrolled: one gallery of them all
-    assert calibration["calibration_galleries"] == 1
-    assert calibration["calibration_absent_classes"] == 1 and calibration["calibration_absent_queries"] == 1
-    assert calibration["calibration_recall_at_1"] == pytest.approx(0.75)
+    assert rule["calibration_galleries"] == 1
+    assert rule["calibration_absent_classes"] == 1 and rule["calibration_absent_queries"] == 1
+    assert rule["calibration_recall_at_1"] == pytest.approx(0.75)
     # the widest threshold (10 deg) names the wrong answer too, unless the margin leaves its near tie out
-    assert calibration["threshold"] == pytest.approx(distance(10))
-    assert calibration["lookalike_margin"] == pytest.approx(distance(11) - distance(9))
-    assert calibration["targets_met"]
-    assert calibration["named_share"] == pytest.approx(0.75)
-    assert calibration["named_correct"] == 1.0 and calibration["absent_named"] == 0.0
-    assert calibration["lookalike_flagged"] == pytest.approx(0.25) and calibration["recall_at_1_unflagged"] == 1.0
+    assert rule["threshold"] == pytest.approx(distance(10))
+    assert rule["lookalike_margin"] == pytest.approx(distance(11) - distance(9))
+    assert rule["targets_met"]
+    assert rule["named_share"] == pytest.approx(0.75)
+    assert rule["named_correct"] == 1.0 and rule["absent_named"] == 0.0
+    assert rule["lookalike_flagged"] == pytest.approx(0.25) and rule["recall_at_1_unflagged"] == 1.0
 
 
 def test_selective_rates_count_absent_pills_named_as_wrong_answers():
@@ -382,24 +382,24 @@ def test_risk_coverage_rises_with_the_threshold():
 
 
 def test_calibration_galleries_are_counter_sized_seeded_draws():
-    from tf_pilltrack import enrollment
+    from tf_pilltrack import calibration
 
     labels = [f"pill_{number:03d}" for number in range(100)]
     settings = {"calibration_gallery_pills": 14, "calibration_galleries": 30, "calibration_absent": 0.3}
-    galleries = enrollment.draw_calibration_galleries(labels, settings, 42)
+    galleries = calibration.draw_calibration_galleries(labels, settings, 42)
     assert len(galleries) == 30
     for enrolled, absent in galleries:
         # 14 / (1 - 0.3) = 20 pills drawn, 6 of them kept out of the gallery
         assert len(enrolled) == 14 and len(absent) == 6
         assert not set(enrolled) & set(absent) and set(enrolled) | set(absent) <= set(labels)
     assert len({tuple(enrolled) for enrolled, _ in galleries}) > 1  # every draw its own
-    assert galleries == enrollment.draw_calibration_galleries(labels, settings, 42)
-    assert galleries != enrollment.draw_calibration_galleries(labels, settings, 43)
+    assert galleries == calibration.draw_calibration_galleries(labels, settings, 42)
+    assert galleries != calibration.draw_calibration_galleries(labels, settings, 43)
     # a calibration set no larger than one draw is one gallery of every pill
-    whole = enrollment.draw_calibration_galleries(labels[:15], settings, 42)
+    whole = calibration.draw_calibration_galleries(labels[:15], settings, 42)
     assert len(whole) == 1 and sorted(whole[0][0] + whole[0][1]) == labels[:15] and len(whole[0][1]) == 4
     with pytest.raises(ValueError, match="at least 3"):
-        enrollment.draw_calibration_galleries(labels[:2], settings, 42)
+        calibration.draw_calibration_galleries(labels[:2], settings, 42)
 
 
 def test_choose_rule_never_returns_a_negative_distance():

@@ -30,7 +30,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFile
 
 from edge_runtime.preprocessing import ImageError, decode_image
-from tf_pilltrack import dataset, paths, preparation
+from tf_pilltrack import dataset, ingestion, paths, preparation
 from tf_pilltrack import params as params_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -209,8 +209,8 @@ def _without_addresses(skipped: list[dict]) -> list[dict]:
 
 
 def list_and_ingest(source: pathlib.Path, config):
-    images, groups, skipped = preparation.list_source(source)
-    ingested = preparation.ingest(images, groups, config)
+    images, groups, skipped = ingestion.list_source(source)
+    ingested = ingestion.ingest(images, groups, config)
     return images, skipped + ingested.skipped, ingested
 
 
@@ -330,7 +330,7 @@ def test_corrupt_zip_member_is_reported_and_skipped(tmp_path, source_files, conf
 
 def test_zip_of_one_class_folder_is_not_mistaken_for_a_wrapper(tmp_path, source_files):
     files = {name: data for name, data in source_files.items() if name.startswith("class_1/photo")}
-    images, _, skipped = preparation.list_source(write_zip(tmp_path / "one.zip", files))
+    images, _, skipped = ingestion.list_source(write_zip(tmp_path / "one.zip", files))
     assert skipped == []
     assert {image.label for image in images} == {"class_1"}
 
@@ -354,7 +354,7 @@ def test_manifest_groups_are_read(tmp_path, source_files, bom, kind):
         source = write_folder(tmp_path / "photos", files)
     else:
         source = write_zip(tmp_path / "photos.zip", files, top="photos" if kind == "wrapped zip" else "")
-    images, groups, skipped = preparation.list_source(source)
+    images, groups, skipped = ingestion.list_source(source)
     assert groups == dict(rows)
     assert skipped == []
     assert len(images) == PHOTOS_PER_CLASS
@@ -364,16 +364,16 @@ def test_manifest_without_its_columns_is_refused(tmp_path, source_files):
     files = {"class_1/photo_0.jpg": source_files["class_1/photo_0.jpg"],
              "manifest.csv": b"file,photo\nclass_1/photo_0.jpg,a.jpg\n"}
     with pytest.raises(ValueError, match="manifest.csv"):
-        preparation.list_source(write_folder(tmp_path / "photos", files))
+        ingestion.list_source(write_folder(tmp_path / "photos", files))
 
 
 def test_source_that_is_neither_folder_nor_zip_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="data source not found"):
-        preparation.list_source(tmp_path / "missing")
+        ingestion.list_source(tmp_path / "missing")
     text = tmp_path / "photos.tar"
     text.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="must be a folder"):
-        preparation.list_source(text)
+        ingestion.list_source(text)
 
 
 def test_oversized_image_is_refused_before_decoding(monkeypatch, source_files, config):
@@ -381,9 +381,9 @@ def test_oversized_image_is_refused_before_decoding(monkeypatch, source_files, c
         raise AssertionError("pixels were decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    images = [preparation.SourceImage("class_5", name, lambda name=name: source_files[name])
+    images = [ingestion.SourceImage("class_5", name, lambda name=name: source_files[name])
               for name in ("class_5/big.png", "class_5/bomb.png")]
-    ingested = preparation.ingest(images, {}, config)
+    ingested = ingestion.ingest(images, {}, config)
     assert ingested.crops == {} and ingested.sizes == []
     reasons = [entry["reason"] for entry in ingested.skipped]
     assert reasons[0] == f"8000x8000 pixels exceeds the limit of {MAX_PIXELS} pixels"
@@ -393,12 +393,12 @@ def test_oversized_image_is_refused_before_decoding(monkeypatch, source_files, c
 def test_pixel_limit_comes_from_the_config(source_files, config):
     # A 64 x 64 photo is refused under a 4000-pixel limit and accepted under 4096.
     data = source_files["class_1/photo_1.png"]
-    images = [preparation.SourceImage("class_1", "class_1/photo_1.png", lambda: data)]
-    refused = preparation.ingest(images, {}, dataclasses.replace(config, max_image_pixels=4000))
+    images = [ingestion.SourceImage("class_1", "class_1/photo_1.png", lambda: data)]
+    refused = ingestion.ingest(images, {}, dataclasses.replace(config, max_image_pixels=4000))
     assert refused.skipped == [{"file": "class_1/photo_1.png",
                                 "reason": "64x64 pixels exceeds the limit of 4000 pixels"}]
     exact = dataclasses.replace(config, max_image_pixels=64 * 64)
-    assert len(preparation.ingest(images, {}, exact).crops["class_1"]) == 1
+    assert len(ingestion.ingest(images, {}, exact).crops["class_1"]) == 1
 
 
 # --- class partition and splits ---------------------------------------------------------------
@@ -724,14 +724,14 @@ def test_duplicate_photos_are_reported_and_kept_once(tmp_path, config):
     other = encode(pill_photo((40, 40, 200), rng), "PNG")
     root = write_folder(tmp_path / "source", {
         "red/a.png": photo, "red/a_copy.png": photo, "blue/b.png": other, "blue/same_as_red.png": photo})
-    images, groups, skipped = preparation.list_source(root)
-    ingested = preparation.ingest(images, groups, config)
+    images, groups, skipped = ingestion.list_source(root)
+    ingested = ingestion.ingest(images, groups, config)
     reasons = {entry["file"]: entry["reason"] for entry in ingested.skipped}
     # files are read in path order, so blue/same_as_red.png is the copy that stays
     assert reasons == {"red/a.png": "duplicate of blue/same_as_red.png in another class (blue)",
                        "red/a_copy.png": "duplicate of blue/same_as_red.png in another class (blue)"}
     assert {label: len(items) for label, items in ingested.crops.items()} == {"blue": 2}
-    assert preparation.empty_class_folders(root) == ["empty_class"]
+    assert ingestion.empty_class_folders(root) == ["empty_class"]
 
 
 def test_cmyk_jpeg_is_converted_to_rgb():

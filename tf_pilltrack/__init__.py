@@ -1,4 +1,4 @@
-"""PillTrack training package: data, teacher, distillation, export, enrollment, evaluation.
+"""PillTrack training package: data, teacher, distillation, export, calibration (the bundle), evaluation.
 
 TF-Similarity and tensorflow-model-optimization need Keras 2 (tf-keras). TensorFlow reads
 TF_USE_LEGACY_KERAS when it is first imported, so the package sets it here, before any module

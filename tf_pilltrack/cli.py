@@ -89,7 +89,7 @@ def export(params_path: str) -> None:
 @PARAMS_OPTION
 def enroll(params_path: str) -> None:
     """Embed the novel classes' reference shots with the int8 model; write the device bundle."""
-    _run_stage("enrollment", params_path)
+    _run_stage("calibration", params_path)
 
 
 @main.command()

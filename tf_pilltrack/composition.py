@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 
 from edge_runtime.preprocessing import decode_image
-from tf_pilltrack import preparation, synthesis
+from tf_pilltrack import dataset, ingestion, synthesis
 
-PREFIX = "ref-"  # class folders of composited reference pills: ref-<type>
+PREFIX = dataset.REFERENCE_PREFIX  # class folders of composited reference pills: ref-<type>
 FACE_MODES = ("together", "apart")
 _STREAM = 0x5246_524E  # "RFRN": photos draw from default_rng([seed, _STREAM, type, photo])
 _MIN_AREA = 0.01  # a cut-out pill covers at least this fraction of its photo ...
@@ -42,10 +42,10 @@ def load(source: pathlib.Path, faces: str, max_pixels: int) -> tuple[list[Refere
     duplicated, or no pill found against a plain background."""
     if faces not in FACE_MODES:
         raise ValueError(f"data.reference_faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
-    images, _groups, skipped = preparation.list_source(source)
-    sides = preparation.read_sides(source)
+    images, _groups, skipped = ingestion.list_source(source)
+    sides = ingestion.read_sides(source)
     by_type: dict[str, list] = {}
-    for image, rgb in preparation.decode_images(images, max_pixels, skipped):
+    for image, rgb in ingestion.decode_images(images, max_pixels, skipped):
         if cut_out(rgb) is None:
             skipped.append({"file": image.name, "reason": "no pill found against a plain background"})
             continue

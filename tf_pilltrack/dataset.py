@@ -11,6 +11,10 @@ import numpy as np
 from edge_runtime.storage import atomic_writer
 from tf_pilltrack import paths
 
+# Class names of real reference pills composited into the synthetic scenes (stage `generate`,
+# tf_pilltrack/composition.py): REFERENCE_PREFIX + type; the other synthetic classes are drawn pills.
+REFERENCE_PREFIX = "ref-"
+
 
 class Split(NamedTuple):
     pixels: np.ndarray  # (N, S, S, 3) uint8 RGB crops, the output of preprocessing.preprocess

@@ -36,7 +36,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
-from tf_pilltrack import dataset, metrics, preparation
+from tf_pilltrack import dataset, ingestion, metrics
 
 RECALL_KS = (1, 5)
 
@@ -335,13 +335,13 @@ def load_real(source: str, config: PreprocessConfig, localise: bool | str) -> tu
     path = pathlib.Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: real photo set not found (episodes.real_source in params.yaml)")
-    images, groups, listing_skipped = preparation.list_source(path)
+    images, groups, listing_skipped = ingestion.list_source(path)
     if not images:
         raise ValueError(f"{path}: no images in <class>/<image> folders (episodes.real_source in params.yaml)")
-    chosen = preparation.ingest(images, groups, dataclasses.replace(config, localise=localise))
+    chosen = ingestion.ingest(images, groups, dataclasses.replace(config, localise=localise))
     # "auto" finds no pill in exactly the images where localisation on does (choose_box), so
     # only localisation off needs a second pass for the count
-    localised = chosen if localise else preparation.ingest(images, groups, dataclasses.replace(config, localise=True))
+    localised = chosen if localise else ingestion.ingest(images, groups, dataclasses.replace(config, localise=True))
     items = [(label, *item) for label, crops in sorted(chosen.crops.items()) for item in crops]
     if not items:
         raise ValueError(f"{path}: no usable crop in {len(images)} images")

@@ -19,13 +19,18 @@ baseline on the same episodes. Real images go through the same ingest and prepro
 gallery-absent pills are reported at two thresholds: "bundle", the int8 bundle's unknown
 threshold calibrated on the synthetic calibration classes (int8 only), and "episode", the one
 keeping `episodes.keep_correct` of the episode's own correct answers.
+
+`run` goes load → embed → score → write → print (`load_inputs`, `embed_all`, `score_all`,
+`write_results`, `print_tables`). About 440 lines: the stage's helpers above them are used by the
+benchmarks too (`benchmarks/training_sweep.py`, `naming_rules.py`), and `print_tables` is long
+because the stage prints every figure it writes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -33,7 +38,7 @@ from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, composition, dataset, episodes, metrics, models, paths, tracking
+from tf_pilltrack import baseline, dataset, episodes, metrics, models, paths, tracking
 
 RECALL_CURVE_DEPTH = 10
 
@@ -68,10 +73,10 @@ def keras_int8_agreement(keras_queries: np.ndarray, keras_references: np.ndarray
     }
 
 
-def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, queries: dataset.Split,
-                    absent: dataset.Split) -> dict:
-    """The shipped path: int8 embeddings (`query_embeddings`, by the bundle's model), Annoy search
-    with the bundle's search_k, threshold."""
+def evaluate_bundle(loaded, query_embeddings: np.ndarray, queries: dataset.Split,
+                    absent_embeddings: np.ndarray) -> dict:
+    """The shipped path: int8 embeddings (of `queries` and of the gallery-absent photos, by the
+    bundle's model), Annoy search with the bundle's search_k, threshold."""
     labels = np.array(loaded.labels)
     ranked, best, margins = [], [], []
     for embedding in query_embeddings:
@@ -87,8 +92,7 @@ def evaluate_bundle(loaded, model_interpreter, query_embeddings: np.ndarray, que
     exact_order, _ = metrics.rank_gallery(query_embeddings, loaded.embeddings, 1)
     result["annoy_exact_top1_agreement"] = float(np.mean(labels[exact_order[:, 0]] == ranked[:, 0]))
     absent_best, absent_margins = [], []
-    for embedding in (interpreter.embed(model_interpreter, absent.pixels, loaded.preprocess.symmetry_views)
-                      if len(absent) else []):
+    for embedding in absent_embeddings:
         matches = gallery.search(loaded.index, loaded.labels, embedding, 2, loaded.search_k)
         absent_best.append(matches[0].distance)
         absent_margins.append(matches[1].distance - matches[0].distance if len(matches) > 1 else 2.0)
@@ -160,9 +164,9 @@ EPISODE_DATA = ("synthetic", "reference", "real")  # synthetic pills, composited
 def split_novel_pool(pool: dataset.Split, embeddings: dict[str, dict[str, np.ndarray]]
                      ) -> tuple[dict[str, dataset.Split], dict[str, dict[str, np.ndarray]]]:
     """The novel classes' photos (and each model's embeddings of them, `embeddings["novel"]`)
-    split into synthetic pills and composited reference pills (class names composition.PREFIX...);
+    split into synthetic pills and composited reference pills (class names dataset.REFERENCE_PREFIX...);
     a kind without any novel class is left out. `embeddings` keeps its other entries."""
-    is_reference = np.array([str(label).startswith(composition.PREFIX) for label in pool.labels], bool)
+    is_reference = np.array([str(label).startswith(dataset.REFERENCE_PREFIX) for label in pool.labels], bool)
     pools, split = {}, {key: value for key, value in embeddings.items() if key != "novel"}
     for data, chosen in (("synthetic", ~is_reference), ("reference", is_reference)):
         if chosen.any():
@@ -223,67 +227,73 @@ def load_novel_real(settings: dict, config: PreprocessConfig) -> tuple[dataset.S
     return dataset.Split(*(field[~trained] for field in pool)), report, skipped
 
 
-def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    started = time.time()
+class Inputs(NamedTuple):
+    """What `evaluate` reads: the novel classes' fixed splits, their pool (references, queries
+    and absent photos in that order), the shipped bundle and the real photo set."""
+    references: dataset.Split
+    queries: dataset.Split
+    absent: dataset.Split
+    synthetic_pool: dataset.Split
+    loaded: object
+    real_pool: dataset.Split
+    real_report: dict
+    real_skipped: list[dict]
+
+
+def load_inputs(settings: dict) -> Inputs:
     references = dataset.load_split("references")
     queries = dataset.load_split("queries")
     absent = dataset.load_split("absent_queries")
-    echo(f"evaluate: {len(set(references.labels.tolist()))} novel pills, {len(references)} gallery photos, "
-         f"{len(queries)} queries, {len(absent)} photos of {len(set(absent.labels.tolist()))} gallery-absent pills")
-    keras_models = {
-        "teacher": models.load_teacher(params),
-        "student_float": models.load_float_student(params),
-        "student_qat_keras": models.load_qat_student(params),
-    }
-    settings = params["episodes"]
-    # Synthetic episodes pool every photo of the novel classes; the fixed-split figures below
-    # slice the same embeddings (references first, then queries).
-    synthetic_pool = concatenate(references, queries, absent)
-    cut = len(references)
     loaded = bundle_module.load_bundle(paths.BUNDLE)
-    views = loaded.preprocess.symmetry_views  # every model embeds each crop as the device does
     real_pool, real_report, real_skipped = load_novel_real(settings, loaded.preprocess)
-    echo(f"evaluate: real set {settings['real_source']}: {real_report['crops_used']} crops of "
-         f"{real_report['classes']} pills from {real_report['photos']} photos; localisation finds no pill in "
-         f"{real_report['localisation_no_pill_found']} of {real_report['images']} images"
-         + (f"; {real_report['trained_classes_left_out']} pills left out, the models trained on them"
-            if real_report["trained_classes_left_out"] else "")
-         + {False: " (localisation off for the episodes: tight crops)",
-            "auto": " (localisation auto for the episodes: photos whose pill touches the edge used whole)"}
-         .get(settings["real_localise"], ""))
-    for entry in real_skipped[:10]:
-        echo(f"  skipped {entry['file']}: {entry['reason']}")
-    pool_embeddings = {"novel": {}, "real": {}}
-    results, curves, top1, keras_embeddings = {}, {}, {}, {}
-    for name, model in keras_models.items():
-        if name == "teacher":
-            pooled = embed_keras(model, synthetic_pool.pixels, views)
-            pool_embeddings["novel"][name] = pooled
-            pool_embeddings["real"][name] = embed_keras(model, real_pool.pixels, views)
-            query_embeddings, reference_embeddings = pooled[cut:cut + len(queries)], pooled[:cut]
-        else:
-            query_embeddings = embed_keras(model, queries.pixels, views)
-            reference_embeddings = embed_keras(model, references.pixels, views)
-        keras_embeddings[name] = (query_embeddings, reference_embeddings)
+    return Inputs(references, queries, absent, concatenate(references, queries, absent), loaded,
+                  real_pool, real_report, real_skipped)
+
+
+def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
+    """Every model's embeddings, each crop over the bundle's symmetry views as the device embeds:
+    (`fixed`: model -> (query, reference) embeddings of the fixed splits, `pools`: "novel" and
+    "real" -> model -> embeddings of the synthetic pool and of the real photos). The teacher,
+    baseline and int8 models embed the pools and their fixed splits are slices of them; the
+    float and QAT Keras students embed the fixed splits only. The shipped model ("student_int8")
+    also gives the absent photos' embeddings, under "student_int8_absent" of `fixed`."""
+    views = inputs.loaded.preprocess.symmetry_views
+    cut, end = len(inputs.references), len(inputs.references) + len(inputs.queries)
+    embedders = {
+        "teacher": lambda pixels, model=models.load_teacher(params): embed_keras(model, pixels, views),
+        "student_float": lambda pixels, model=models.load_float_student(params): embed_keras(model, pixels, views),
+        "student_qat_keras": lambda pixels, model=models.load_qat_student(params): embed_keras(model, pixels, views),
+        "baseline_colour_shape": baseline.embed,
+        "student_ptq_int8": lambda pixels, model=interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1):
+            interpreter.embed(model, pixels, views),
+        "student_int8": lambda pixels, model=interpreter.make_interpreter(inputs.loaded.model_path, threads=1):
+            interpreter.embed(model, pixels, views),
+    }
+    fixed, pools = {}, {"novel": {}, "real": {}}
+    for name, embed in embedders.items():
+        if name in ("student_float", "student_qat_keras"):
+            fixed[name] = (embed(inputs.queries.pixels), embed(inputs.references.pixels))
+            continue
+        pooled = embed(inputs.synthetic_pool.pixels)
+        pools["novel"][name] = pooled
+        pools["real"][name] = embed(inputs.real_pool.pixels)
+        fixed[name] = (pooled[cut:end], pooled[:cut])
+    fixed["student_int8_absent"] = pools["novel"]["student_int8"][end:]
+    return fixed, pools
+
+
+def score_all(params: dict, inputs: Inputs, fixed: dict, pools: dict) -> tuple[dict, dict, dict]:
+    """The figures of evaluation.json (fixed-split retrieval per model, parity, sizes, episodes),
+    the Recall@k curves and the int8 model's answers per pill (episode_answers.json)."""
+    settings, loaded, queries, references = params["episodes"], inputs.loaded, inputs.queries, inputs.references
+    results, curves, top1 = {}, {}, {}
+    for name in ("teacher", "student_float", "student_qat_keras", "baseline_colour_shape", "student_ptq_int8"):
+        query_embeddings, reference_embeddings = fixed[name]
         results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
                                                         reference_embeddings, references.labels)
-    pooled = baseline.embed(synthetic_pool.pixels)
-    pool_embeddings["novel"]["baseline_colour_shape"] = pooled
-    pool_embeddings["real"]["baseline_colour_shape"] = baseline.embed(real_pool.pixels)
-    results["baseline_colour_shape"], curves["baseline_colour_shape"], _ = score(
-        pooled[cut:cut + len(queries)], queries.labels, pooled[:cut], references.labels)
-    ptq = interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1)
-    pooled = interpreter.embed(ptq, synthetic_pool.pixels, views)
-    pool_embeddings["novel"]["student_ptq_int8"] = pooled
-    pool_embeddings["real"]["student_ptq_int8"] = interpreter.embed(ptq, real_pool.pixels, views)
-    results["student_ptq_int8"], curves["student_ptq_int8"], top1["student_ptq_int8"] = score(
-        pooled[cut:cut + len(queries)], queries.labels, pooled[:cut], references.labels)
-    shipped = interpreter.make_interpreter(loaded.model_path, threads=1)
-    pooled = interpreter.embed(shipped, synthetic_pool.pixels, views)
-    pool_embeddings["novel"]["student_int8"] = pooled
-    pool_embeddings["real"]["student_int8"] = interpreter.embed(shipped, real_pool.pixels, views)
-    shipped_queries = pooled[cut:cut + len(queries)]
-    results["student_int8"] = evaluate_bundle(loaded, shipped, shipped_queries, queries, absent)
+    top1.pop("baseline_colour_shape")
+    shipped_queries = fixed["student_int8"][0]
+    results["student_int8"] = evaluate_bundle(loaded, shipped_queries, queries, fixed["student_int8_absent"])
     _, curves["student_int8"], top1["student_int8"] = score(
         shipped_queries, queries.labels, loaded.embeddings, np.array(loaded.labels))
     results["parity"] = {
@@ -291,7 +301,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "qat_keras_vs_int8_top1_agreement": float(np.mean(top1["student_qat_keras"] == top1["student_int8"])),
         "int8_vs_teacher_recall_at_1": results["student_int8"]["recall_at_1"] / max(results["teacher"]["recall_at_1"], 1e-9),
         **{f"qat_keras_vs_int8_{key}": value for key, value in keras_int8_agreement(
-            *keras_embeddings["student_qat_keras"], shipped_queries, references.labels,
+            *fixed["student_qat_keras"], shipped_queries, references.labels,
             top1["student_qat_keras"], top1["student_int8"]).items()},
     }
     results["sizes"] = {"student_int8_bytes": paths.STUDENT_QAT_TFLITE.stat().st_size,
@@ -300,30 +310,39 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     thresholds = {"student_int8": {"bundle": loaded.unknown_threshold}}
     lookalike_margins = {"student_int8": loaded.lookalike_margin}
     # Novel classes are synthetic pills and real reference pills composited into scenes: episodes of each.
-    pools, pool_embeddings = split_novel_pool(synthetic_pool, pool_embeddings)
+    pools_by_data, embeddings = split_novel_pool(inputs.synthetic_pool, pools)
+    real_pool = inputs.real_pool
     results["episodes"] = {
         "count": settings["count"],
         "views": settings["views"],
         "keep_correct": settings["keep_correct"],
         "bundle_unknown_threshold": loaded.unknown_threshold,
         "bundle_lookalike_margin": loaded.lookalike_margin,
-        **{data: run_episodes(data, pool, pool_embeddings[data], settings, thresholds, lookalike_margins)
-           for data, pool in pools.items()},
-        "real": {**real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
-                                               pool_embeddings["real"], settings, thresholds, lookalike_margins)},
+        **{data: run_episodes(data, pool, embeddings[data], settings, thresholds, lookalike_margins)
+           for data, pool in pools_by_data.items()},
+        "real": {**inputs.real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
+                                                      embeddings["real"], settings, thresholds, lookalike_margins)},
     }
     shots = max(settings["shots"])
     real_best = results["episodes"]["real"][f"shots_{shots}"]
     results["parity"]["real_int8_vs_teacher_recall_at_1"] = (
         real_best["student_int8"]["single"]["recall_at_1"] / max(real_best["teacher"]["single"]["recall_at_1"], 1e-9))
     results["episodes"]["real"]["risk_coverage"] = risk_coverage_curve(
-        real_pool, pool_embeddings["real"]["student_int8"], shots, settings, loaded.lookalike_margin)
+        real_pool, embeddings["real"]["student_int8"], shots, settings, loaded.lookalike_margin)
+    answers = {data: tally_episodes(data, pool, embeddings[data]["student_int8"], settings)
+               for data, pool in {**pools_by_data, "real": real_pool}.items()}
+    return results, curves, answers
+
+
+def write_results(params: dict, results: dict, curves: dict, answers: dict) -> None:
+    """metrics/evaluation.json, reports/episode_answers.json and reports/recall_at_k.csv, each
+    written atomically, and the stage's MLflow run (headline metrics, both JSON files, the
+    shipped model registered with its figures)."""
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
-    answers = {data: tally_episodes(data, pool, pool_embeddings[data]["student_int8"], settings)
-               for data, pool in {**pools, "real": real_pool}.items()}
     paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "episode_answers.json", json.dumps(answers, indent=1).encode())
+    settings = params["episodes"]
     shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
     episode_metrics = {
         f"episodes_{data}_k{shots}_{views}_{model}_{key}": results["episodes"][data][f"shots_{shots}"][model][views][key]
@@ -342,23 +361,30 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     names = list(curves)
     rows = ["k," + ",".join(names)] + [
         f"{k + 1}," + ",".join(f"{curves[name][k]:.4f}" for name in names) for k in range(RECALL_CURVE_DEPTH)]
-    paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "recall_at_k.csv", ("\n".join(rows) + "\n").encode())
-    echo(f"\nNovel-class retrieval ({len(queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
+
+
+def print_tables(params: dict, inputs: Inputs, results: dict, answers: dict, seconds: float,
+                 echo: Callable[[str], None]) -> None:
+    """The stage's figures as text: fixed-split retrieval, the bundle's open-set rates and parity,
+    the episode table, the naming rule, close calls and the hardest pills."""
+    settings, loaded = params["episodes"], inputs.loaded
+    shots = max(settings["shots"])
+    echo(f"\nNovel-class retrieval ({len(inputs.queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
     echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
     for name in ("baseline_colour_shape", "teacher", "student_float", "student_qat_keras", "student_ptq_int8",
                  "student_int8"):
         row = results[name]
         echo(f"{name:<20} {row['recall_at_1']:>9.3f} {row['recall_at_5']:>9.3f} {row['map_at_r']:>7.3f}")
-    shipped_row = results["student_int8"]
+    shipped_row, parity = results["student_int8"], results["parity"]
     echo(f"int8 via bundle: false accepts of gallery-absent pills {shipped_row['false_accept_rate']:.3f}, "
          f"correct accepts {shipped_row['correct_accept_rate']:.3f} at threshold {shipped_row['unknown_threshold']:.3f}, "
          f"AUROC {shipped_row.get('auroc_known_vs_absent', float('nan')):.3f}; float/int8 top-1 agreement "
-         f"{results['parity']['float_vs_int8_top1_agreement']:.3f}, QAT Keras/int8 "
-         f"{results['parity']['qat_keras_vs_int8_top1_agreement']:.3f} (every disagreement a near tie: the Keras "
-         f"model's top two pills within {results['parity']['qat_keras_vs_int8_largest_disagreeing_margin']:.4f} "
-         f"cosine distance, as on {results['parity']['qat_keras_vs_int8_near_tie_share']:.1%} of queries); int8 size {results['sizes']['student_int8_bytes'] / 1024:.1f} KiB "
-         f"({time.time() - started:.0f} s)")
+         f"{parity['float_vs_int8_top1_agreement']:.3f}, QAT Keras/int8 "
+         f"{parity['qat_keras_vs_int8_top1_agreement']:.3f} (every disagreement a near tie: the Keras "
+         f"model's top two pills within {parity['qat_keras_vs_int8_largest_disagreeing_margin']:.4f} "
+         f"cosine distance, as on {parity['qat_keras_vs_int8_near_tie_share']:.1%} of queries); int8 size "
+         f"{results['sizes']['student_int8_bytes'] / 1024:.1f} KiB ({seconds:.0f} s)")
     echo(f"\nFew-shot episodes on novel classes ({settings['count']} per row, mean ± sample std; K shots per known "
          f"pill, by source photo; Recall@k over distinct pills; {settings['absent_classes']:.0%} of the classes "
          f"absent from the gallery; FAR = gallery-absent queries accepted; FAR@bundle at the int8 bundle's "
@@ -390,4 +416,32 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         echo(f"  {data}: lowest Recall@1 " + ", ".join(f"{pill} {value:.2f}" for pill, value in hardest)
              + "; most frequent false accepts " + ", ".join(
                  f"{pill} as {other} ({share:.0%} of its queries)" for pill, other, _, share in tally["false_accepts"][:3]))
+
+
+def announce(settings: dict, inputs: Inputs, echo: Callable[[str], None]) -> None:
+    """What the stage evaluates on, and the real photos it skipped."""
+    references, absent, report = inputs.references, inputs.absent, inputs.real_report
+    echo(f"evaluate: {len(set(references.labels.tolist()))} novel pills, {len(references)} gallery photos, "
+         f"{len(inputs.queries)} queries, {len(absent)} photos of {len(set(absent.labels.tolist()))} gallery-absent pills")
+    echo(f"evaluate: real set {settings['real_source']}: {report['crops_used']} crops of "
+         f"{report['classes']} pills from {report['photos']} photos; localisation finds no pill in "
+         f"{report['localisation_no_pill_found']} of {report['images']} images"
+         + (f"; {report['trained_classes_left_out']} pills left out, the models trained on them"
+            if report["trained_classes_left_out"] else "")
+         + {False: " (localisation off for the episodes: tight crops)",
+            "auto": " (localisation auto for the episodes: photos whose pill touches the edge used whole)"}
+         .get(settings["real_localise"], ""))
+    for entry in inputs.real_skipped[:10]:
+        echo(f"  skipped {entry['file']}: {entry['reason']}")
+
+
+def run(params: dict, echo: Callable[[str], None] = print) -> dict:
+    """The stage: embed every model's crops, score them, write the figures, print them."""
+    started = time.time()
+    inputs = load_inputs(params["episodes"])
+    announce(params["episodes"], inputs, echo)
+    fixed, pools = embed_all(params, inputs)
+    results, curves, answers = score_all(params, inputs, fixed, pools)
+    write_results(params, results, curves, answers)
+    print_tables(params, inputs, results, answers, time.time() - started, echo)
     return results

@@ -24,6 +24,11 @@ this stage
 With the kit, the toolchain or the emulator missing, `firmware.required` decides: true fails
 naming what is missing; false writes metrics/firmware.json saying the firmware was not built
 and why, and models/firmware/NOT_BUILT.txt, so a pipeline without them (CI) still runs.
+
+Why one module of about 800 lines: it is one stage whose parts no other code uses, in the order
+the stage runs them, each under its banner (the kit, the TFLM library, the crops, the sources,
+build/run/measure, the host reference, the stage); the text of the generated main.cc and linker
+script is a third of it.
 """
 
 from __future__ import annotations

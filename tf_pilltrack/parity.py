@@ -23,6 +23,10 @@ not bit-identical. The stated tolerance:
 
 This module imports no TensorFlow at import time: `interpreter_outputs` and `runtime_version` run
 in the tflite-runtime environment (NumPy 1, no TensorFlow) too, through `run_in_tflite_runtime`.
+
+Why one module of about 480 lines: one measurement in three sections (running a model under each
+runtime; isolating each op of a graph; the whole-model figures and the judgement), whose parts
+only `pilltrack bench` and tests/test_parity.py use, and the tolerance above that ties them together.
 """
 
 from __future__ import annotations

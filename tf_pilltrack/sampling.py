@@ -17,7 +17,6 @@ import tensorflow_similarity as tfsim
 from edge_runtime.preprocessing import normalise
 from tf_pilltrack import dataset
 from tf_pilltrack.augmentation import augment
-from tf_pilltrack.composition import PREFIX as REFERENCE_PREFIX
 
 MIX_PREFIX = "mix:"  # mix-set classes are their own classes, even where a folder name repeats
 
@@ -55,14 +54,14 @@ def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, m
     """The sampler of a training section of params.yaml (`teacher` or `distill`: classes_per_batch,
     examples_per_class, steps_per_epoch) over the training split plus the mix split. The mix set
     takes `mix_ratio` of each batch's classes; of the rest, `reference_share` are composited
-    reference pills (class names composition.PREFIX...) when the training split has both kinds.
+    reference pills (class names dataset.REFERENCE_PREFIX...) when the training split has both kinds.
     Its draws use Python's `random` module (TF-Similarity's): seed it first."""
     labels = np.concatenate([train.labels.astype(str), np.char.add(MIX_PREFIX, mix.labels.astype(str))])
     pixels = np.concatenate([train.pixels, mix.pixels]) if len(mix) else train.pixels
     targets, names = dataset.label_indices(labels)
     classes = dataset.batch_classes(settings["classes_per_batch"], labels)
     mix_ids = [index for index, name in enumerate(names) if name.startswith(MIX_PREFIX)]
-    reference_ids = [index for index, name in enumerate(names) if name.startswith(REFERENCE_PREFIX)]
+    reference_ids = [index for index, name in enumerate(names) if name.startswith(dataset.REFERENCE_PREFIX)]
     other_ids = sorted(set(range(len(names))) - set(mix_ids) - set(reference_ids))
     taken = mix_classes(classes, mix_ratio, len(names) - len(mix_ids), len(mix_ids))
 

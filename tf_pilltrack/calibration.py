@@ -129,10 +129,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     index.unload()
     bundle_module.write_bundle(
         paths.BUNDLE, paths.STUDENT_QAT_TFLITE, embeddings, [str(label) for label in references.labels],
-        calibration["threshold"], params_module.preprocess_config(params), settings["annoy_trees"],
-        search_k, seed, extra={"profile": params["base"]["profile"], "calibration": calibration,
-               "search_k_check": search},
-        lookalike_margin=calibration["lookalike_margin"],
+        threshold=calibration["threshold"], lookalike_margin=calibration["lookalike_margin"],
+        preprocess=params_module.preprocess_config(params), annoy_trees=settings["annoy_trees"],
+        search_k=search_k, seed=seed,
+        extra={"profile": params["base"]["profile"], "calibration": calibration, "search_k_check": search},
     )
     summary = {
         "gallery_items": int(len(references)),
