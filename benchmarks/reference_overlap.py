@@ -50,7 +50,7 @@ def main() -> None:
     views = params["preprocess"]["symmetry_views"]
     config = params_module.preprocess_config(params)
 
-    real, _, _ = episodes.load_real(params["episodes"]["real_source"], config, params["episodes"]["real_localise"])
+    real, _, _ = episodes.load_real(params["episodes"]["real_source"], config)
     real_names, real_means = mean_embeddings(evaluation.embed_keras(model, real.pixels, views), real.labels.astype(str))
     composited = evaluation.concatenate(*(dataset.load_split(name) for name in paths.SPLITS if name != "mix"))
     is_reference = np.char.startswith(composited.labels.astype(str), dataset.REFERENCE_PREFIX)

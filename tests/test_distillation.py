@@ -115,7 +115,7 @@ def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
                           labels, labels)
     params = {"distill": {"classes_per_batch": 16, "examples_per_class": 2, "steps_per_epoch": 1},
               "augment": {"brightness": 0.1, "contrast": 0.1, "colour_cast": 0.1, "saturation": 0.1,
-                          "rotate": True, "zoom": 0.1, "min_resolution": 8, "noise": 0.01},
+                          "rotate": True, "zoom": 0.1},
               "data": {"mix_ratio": 0.0, "reference_share": 0.5}}
     pixels, batch_labels = distillation.make_sampler(params, split)[0]
     assert len(pixels) == 3 * 2 and len(set(np.asarray(batch_labels).tolist())) == 3

@@ -373,7 +373,7 @@ def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures
         handle.writestr("set/blue/plain.png", _png(np.full((48, 48, 3), 235, np.uint8)))  # no pill to find
         handle.writestr("set/manifest.csv", "crop,class_name,source_photo\nred/r1.png,red,P1\nred/r2.png,red,P1\n"
                                             "blue/b1.png,blue,P1\n")
-    pool, report, skipped = episodes.load_real(str(archive), _config(), localise=False)
+    pool, report, skipped = episodes.load_real(str(archive), _config(localise=False))
     order = np.argsort(pool.sources)
     assert pool.sources[order].tolist() == ["blue/b1.png", "blue/plain.png", "red/r1.png", "red/r2.png"]
     assert pool.labels[order].tolist() == ["blue", "blue", "red", "red"]
@@ -383,11 +383,11 @@ def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures
     assert report["localisation_no_pill_found"] == 1
     assert report["localisation_no_pill_found_fraction"] == pytest.approx(0.25)
     assert report["crops_used"] == 4 and report["classes"] == 2 and report["photos"] == 2 and skipped == []
-    localised, report_on, skipped_on = episodes.load_real(str(archive), _config(), localise=True)
+    localised, report_on, skipped_on = episodes.load_real(str(archive), _config(localise=True))
     assert len(localised) == 3 and report_on["crops_used"] == 3
     assert skipped_on == [{"file": "blue/plain.png", "reason": "no pill found"}]
     # auto: these pills stand clear of the edge, so the same crops as localisation on, and the same count
-    auto, report_auto, skipped_auto = episodes.load_real(str(archive), _config(), localise="auto")
+    auto, report_auto, skipped_auto = episodes.load_real(str(archive), _config(localise="auto"))
     np.testing.assert_array_equal(auto.pixels, localised.pixels)
     assert report_auto["localisation_no_pill_found"] == 1 and skipped_auto == skipped_on
 
@@ -409,29 +409,29 @@ def test_load_novel_real_leaves_out_the_pills_a_model_trained_on(tmp_path, monke
                 np.zeros((len(labels), 32, 32, 3), np.uint8), np.array(labels, str),
                 np.array(labels, str), np.array(labels, str)))
 
-    settings = {"real_source": str(archive), "real_localise": False}
+    settings = {"real_source": str(archive)}
     trained_on(["red", "other"], ["blue"])  # a training pill and a mix pill share names with the real set
-    pool, report, _ = evaluation.load_novel_real(settings, _config())
+    pool, report, _ = evaluation.load_novel_real(settings, _config(localise=False))
     assert sorted(set(pool.labels.tolist())) == ["green"] and len(pool) == 2
     assert report["trained_classes_left_out"] == 2 and report["classes"] == 3
     trained_on(["other"], [])
-    pool, report, _ = evaluation.load_novel_real(settings, _config())
+    pool, report, _ = evaluation.load_novel_real(settings, _config(localise=False))
     assert len(pool) == 6 and report["trained_classes_left_out"] == 0
     trained_on(["red", "green"], ["blue"])
     with pytest.raises(ValueError, match=r"real\.zip: every pill of episodes.real_source was trained on"):
-        evaluation.load_novel_real(settings, _config())
+        evaluation.load_novel_real(settings, _config(localise=False))
 
 
 def test_load_real_names_a_missing_or_empty_source(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere\.zip: real photo set not found \(episodes.real_source"):
-        episodes.load_real(str(tmp_path / "nowhere.zip"), _config(), localise=False)
+        episodes.load_real(str(tmp_path / "nowhere.zip"), _config(localise=False))
     (tmp_path / "empty" / "red").mkdir(parents=True)
     with pytest.raises(ValueError, match="empty: no images"):
-        episodes.load_real(str(tmp_path / "empty"), _config(), localise=False)
+        episodes.load_real(str(tmp_path / "empty"), _config(localise=False))
 
 
 def test_shipped_real_set_is_complete():
-    pool, report, skipped = episodes.load_real(str(SHIPPED_REAL), _config(), localise=False)
+    pool, report, skipped = episodes.load_real(str(SHIPPED_REAL), _config(localise=False))
     assert skipped == []
     assert report["images"] == report["crops_used"] == 557
     assert report["classes"] == 17 and report["photos"] == 103

@@ -403,7 +403,7 @@ def _env_with_repo_on_path() -> dict:
     ("episodes.shots[0]", 0, "below the minimum 1"),
     ("episodes.views", 1, "below the minimum 2"),
     ("episodes.absent_classes", 0.95, "above the maximum 0.9"),
-    ("episodes.real_localise", "no", "expected true, false or auto"),
+    ("preprocess.localise", "no", "expected true, false or auto"),
     ("episodes.real_source", "", "non-empty string"),
 ])
 def test_bad_episode_settings_are_named(params, dotted, value, expected):

@@ -625,7 +625,7 @@ def test_mix_source_becomes_the_mix_split_of_training_classes(tmp_path, monkeypa
     params = _params(repo_params, source=str(folder))
     preparation.run(params, echo=lambda line: None)
     without = {name: dataset.load_split(name) for name in paths.SPLITS}
-    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)), mix_localise=True,
+    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)),
                           mix_ratio=0.5, mix_train_classes=1.0)
     lines: list[str] = []
     report = preparation.run(params, echo=lines.append)
@@ -645,7 +645,7 @@ def test_mix_train_classes_leaves_a_seeded_share_of_the_mix_pills_out(tmp_path, 
                                                                      repo_params):
     monkeypatch.chdir(tmp_path)
     params = _params(repo_params, source=str(folder))
-    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)), mix_localise=True,
+    params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)),
                           mix_ratio=0.5, mix_train_classes=0.5)
     lines: list[str] = []
     report = preparation.run(params, echo=lines.append)

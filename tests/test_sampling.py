@@ -17,7 +17,7 @@ from tf_pilltrack import augmentation, dataset, sampling  # noqa: E402
 SIZE = 16
 SETTINGS = {"classes_per_batch": 6, "examples_per_class": 2, "steps_per_epoch": 4}
 NO_AUGMENT = {"brightness": 0.0, "contrast": 0.0, "colour_cast": 0.0, "saturation": 0.0, "rotate": False,
-              "zoom": 0.0, "min_resolution": SIZE, "noise": 0.0}
+              "zoom": 0.0}
 
 
 def _split(names: list[str], per_class: int = 3, value: int = 0) -> dataset.Split:
@@ -87,21 +87,6 @@ def test_mix_classes_rule():
     assert sampling.mix_classes(2, 0.9, 5, 5) == 1  # each set keeps a class
 
 
-def _checkerboard(count: int) -> np.ndarray:
-    board = (np.indices((SIZE, SIZE)).sum(axis=0) % 2 * 255).astype(np.float32)
-    return np.repeat(np.repeat(board[None, :, :, None], 3, axis=3), count, axis=0)
-
-
-def test_lower_resolution_removes_detail_or_leaves_the_image_as_it_is():
-    tf.random.set_seed(0)
-    board = _checkerboard(200)
-    out = augmentation.lower_resolution(tf.constant(board), min_side=4).numpy()
-    unchanged = np.all(out == board, axis=(1, 2, 3))
-    spread = out.reshape(len(out), -1).std(axis=1)
-    assert 0.1 < unchanged.mean() < 0.35  # one chance in five
-    assert np.all(spread[~unchanged] < 0.5 * board[0].std())  # an alternating pattern blurs to grey
-
-
 def test_reframe_zooms_in_and_keeps_the_shape():
     tf.random.set_seed(0)
     square = np.zeros((100, SIZE, SIZE, 3), np.float32)
@@ -113,11 +98,6 @@ def test_reframe_zooms_in_and_keeps_the_shape():
     assert np.array_equal(augmentation.reframe(tf.constant(square[:3]), zoom=0.0).numpy(), square[:3])
 
 
-def test_noise_strength_is_bounded_by_the_setting():
-    tf.random.set_seed(0)
-    grey = np.full((64, SIZE, SIZE, 3), 128.0, np.float32)
-    quiet = augmentation.augment(tf.constant(grey), NO_AUGMENT).numpy()
-    assert np.array_equal(quiet, grey)
-    noisy = augmentation.augment(tf.constant(grey), dict(NO_AUGMENT, noise=0.05)).numpy()
-    deviation = (noisy - grey).reshape(len(noisy), -1).std(axis=1)
-    assert deviation.max() < 0.05 * 255 * 1.2 and deviation.mean() > 0.05 * 255 * 0.3
+def test_augment_with_every_change_off_leaves_the_photo_as_it_is():
+    grey = np.full((8, SIZE, SIZE, 3), 128.0, np.float32)
+    assert np.array_equal(augmentation.augment(tf.constant(grey), NO_AUGMENT).numpy(), grey)

@@ -167,48 +167,6 @@ def test_photos_render_independently_of_order():
     assert not np.array_equal(forwards[0], forwards[1])
 
 
-def test_background_chroma_one_is_the_listed_palettes_and_zero_greys_all_but_skin():
-    pill_type = synthesis.describe_pill_types(2, 4)[1]
-    for index in range(4):
-        default = synthesis.render_photo(pill_type, 64, np.random.default_rng([4, 1, index]))
-        listed = synthesis.render_photo(pill_type, 64, np.random.default_rng([4, 1, index]),
-                                        background_chroma=1.0)
-        assert np.array_equal(default[0], listed[0]) and default[1:] == listed[1:]
-    surfaces, _ = palettes.scale_surface_chroma(0.0)
-    for kind, colours in surfaces.items():
-        spread = np.ptp(np.array(colours), axis=1)
-        if kind == "skin":
-            assert colours == palettes.SURFACES[kind]
-        else:
-            assert spread.max() < 2.0, kind
-
-
-def test_background_chroma_is_recorded_only_when_set(tmp_path):
-    synthesis.generate(tmp_path / "listed", 2, 1, 40, 1, workers=1)
-    synthesis.generate(tmp_path / "grey", 2, 1, 40, 1, workers=1, background_chroma=0.5)
-    listed = json.loads((tmp_path / "listed" / synthesis.TYPES_FILE).read_text())
-    grey = json.loads((tmp_path / "grey" / synthesis.TYPES_FILE).read_text())
-    assert "background_chroma" not in listed and grey["background_chroma"] == 0.5
-
-
-def test_surface_grain_speckles_tablets_only_and_leaves_the_rest_of_the_photo():
-    types = synthesis.describe_pill_types(40, 4)
-    tablet = next(t for t in types if t["shape"] != "capsule")
-    capsule = next(t for t in types if t["shape"] == "capsule")
-    smooth = synthesis.render_photo(tablet, 64, np.random.default_rng([4, 0, 0]))
-    grainy = synthesis.render_photo(tablet, 64, np.random.default_rng([4, 0, 0]), surface_grain=0.2)
-    assert smooth[1:] == grainy[1:]  # same pose and JPEG quality: no draw of the photo's moved
-    left, top, right, bottom = smooth[1]
-    inside = (slice(top, bottom), slice(left, right))
-    assert not np.array_equal(smooth[0][inside], grainy[0][inside])
-    changed = np.argwhere((smooth[0] != grainy[0]).any(axis=2))  # within blur's reach of the pill
-    assert (changed.min(axis=0) >= [top - 4, left - 4]).all()
-    assert (changed.max(axis=0) <= [bottom + 3, right + 3]).all()
-    for grain in (0.0, 0.2):
-        photo = synthesis.render_photo(capsule, 64, np.random.default_rng([4, 1, 0]), surface_grain=grain)
-        assert np.array_equal(photo[0], synthesis.render_photo(capsule, 64, np.random.default_rng([4, 1, 0]))[0])
-
-
 # --- replacing and crashing ---------------------------------------------------------------------
 
 
@@ -367,8 +325,6 @@ def test_the_background_stands_out_from_the_pill():
     {"photo_size": 16}, {"photo_size": 4096}, {"photo_size": 128.0},
     {"seed": -1}, {"seed": 1.5}, {"seed": None},
     {"workers": 0}, {"progress": "not callable"},
-    {"background_chroma": -0.1}, {"background_chroma": 1.5}, {"background_chroma": "1"},
-    {"surface_grain": -0.1}, {"surface_grain": 2.0}, {"surface_grain": None},
 ])
 def test_bad_arguments_are_value_errors(tmp_path, changes):
     arguments = {"out_dir": tmp_path / "set", "classes": 2, "images_per_class": 1,

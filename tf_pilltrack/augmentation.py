@@ -1,6 +1,6 @@
 """Training-time augmentation, per image within a batch: what a phone or a Pi camera changes
-between two photos of the same pill (framing, resolution, sensor noise, exposure, contrast,
-colour cast and saturation, orientation). Works on float pixels in 0..255; `normalise` follows it."""
+between two photos of the same pill (framing, exposure, contrast, colour cast and saturation,
+orientation). Works on float pixels in 0..255; `normalise` follows it."""
 
 from __future__ import annotations
 
@@ -29,20 +29,6 @@ def reframe(x: tf.Tensor, zoom: float) -> tf.Tensor:
     return tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.stack([size, size]))
 
 
-def lower_resolution(x: tf.Tensor, min_side: int, levels: int = 4) -> tf.Tensor:
-    """Give each image, at random, the detail of a pill seen at one of `levels` sides between
-    `min_side` pixels and the model's input side (area down, bilinear up, as `crop_square` scales
-    a small crop), or leave it as it is (one chance in levels + 1): far or small pills."""
-    size = x.shape[1]
-    choice = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], 0, levels + 1, dtype=tf.int32)
-    out = x
-    for level in range(levels):
-        side = int(round(min_side + (size - min_side) * level / levels))
-        small = tf.image.resize(x, [side, side], method="area")
-        out = tf.where(tf.equal(choice, level), tf.image.resize(small, [size, size], method="bilinear"), out)
-    return out
-
-
 def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
     """Randomly perturb a (B, S, S, 3) batch of float pixels (0..255), each image on its own.
 
@@ -51,8 +37,6 @@ def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
     batch = tf.shape(x)[0]
     if settings["zoom"] > 0:
         x = _where_random(x, reframe(x, settings["zoom"]))
-    if settings["min_resolution"] < x.shape[1]:
-        x = lower_resolution(x, settings["min_resolution"])
     if settings["rotate"]:  # the 8 symmetries of the square: pills lie any way up
         x = _where_random(x, tf.transpose(x, [0, 2, 1, 3]))
         x = _where_random(x, tf.reverse(x, axis=[2]))
@@ -66,6 +50,4 @@ def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     x = mean + (x - mean) * _uniform(batch, 1.0 - contrast, 1.0 + contrast)
     x = x + _uniform(batch, -settings["brightness"], settings["brightness"])
-    if settings["noise"] > 0:  # sensor noise, its strength drawn per image
-        x = x + tf.random.normal(tf.shape(x)) * _uniform(batch, 0.0, settings["noise"])
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0

@@ -148,11 +148,10 @@ def render_job(job) -> dict[str, list[int]]:
     """Write the composited photos of one reference type (a worker's job of synthesis.generate):
     photo i draws from default_rng([seed, _STREAM, index, i]); its face is front or back at
     random (the one face it has, when faces are apart)."""
-    staging, reference, index, photos, photo_size, seed, background_chroma = job
+    staging, reference, index, photos, photo_size, seed = job
     pill_type, faces = describe(reference, index, seed)
     length = pill_type["size"] * 1.15 * 2 * photo_size  # the renderer's cache key for this type's faces
     cache = {(which, round(length, 3)): faces.get(which, next(iter(faces.values())))
              for which in ("front", "back")}
     return synthesis.write_photos(pathlib.Path(staging), pill_type, photos, photo_size, cache,
-                                  lambda image: np.random.default_rng([seed, _STREAM, index, image]),
-                                  background_chroma, 0.0)
+                                  lambda image: np.random.default_rng([seed, _STREAM, index, image]))

@@ -327,10 +327,10 @@ def summarise(results: list[Mapping[str, float]]) -> dict[str, float]:
     return summary
 
 
-def load_real(source: str, config: PreprocessConfig, localise: bool | str) -> tuple[dataset.Split, dict, list[dict]]:
+def load_real(source: str, config: PreprocessConfig) -> tuple[dataset.Split, dict, list[dict]]:
     """The real photo set as one pool of crops (labels, source photos from its manifest),
     through the same listing, decoding and preprocessing as `prepare`, with `config`'s constants
-    and localisation on, off or auto; a report of it, which always counts the images in which
+    and localisation (on, off or auto); a report of it, which always counts the images in which
     localisation (on) finds no pill; and the files skipped (file and reason)."""
     path = pathlib.Path(source)
     if not path.exists():
@@ -338,10 +338,10 @@ def load_real(source: str, config: PreprocessConfig, localise: bool | str) -> tu
     images, groups, listing_skipped = ingestion.list_source(path)
     if not images:
         raise ValueError(f"{path}: no images in <class>/<image> folders (episodes.real_source in params.yaml)")
-    chosen = ingestion.ingest(images, groups, dataclasses.replace(config, localise=localise))
+    chosen = ingestion.ingest(images, groups, config)
     # "auto" finds no pill in exactly the images where localisation on does (choose_box), so
     # only localisation off needs a second pass for the count
-    localised = chosen if localise else ingestion.ingest(images, groups, dataclasses.replace(config, localise=True))
+    localised = chosen if config.localise else ingestion.ingest(images, groups, dataclasses.replace(config, localise=True))
     items = [(label, *item) for label, crops in sorted(chosen.crops.items()) for item in crops]
     if not items:
         raise ValueError(f"{path}: no usable crop in {len(images)} images")

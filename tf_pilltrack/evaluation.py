@@ -217,7 +217,7 @@ def load_novel_real(settings: dict, config: PreprocessConfig) -> tuple[dataset.S
     (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
     model trained on (by class name, training and mix splits). The report counts the pills left
     out as `trained_classes_left_out`."""
-    pool, report, skipped = episodes.load_real(settings["real_source"], config, settings["real_localise"])
+    pool, report, skipped = episodes.load_real(settings["real_source"], config)
     trained_labels = np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")])
     trained = np.isin(pool.labels, trained_labels)
     if trained.all():
@@ -430,7 +430,7 @@ def announce(settings: dict, inputs: Inputs, echo: Callable[[str], None]) -> Non
             if report["trained_classes_left_out"] else "")
          + {False: " (localisation off for the episodes: tight crops)",
             "auto": " (localisation auto for the episodes: photos whose pill touches the edge used whole)"}
-         .get(settings["real_localise"], ""))
+         .get(inputs.loaded.preprocess.localise, ""))
     for entry in inputs.real_skipped[:10]:
         echo(f"  skipped {entry['file']}: {entry['reason']}")
 

@@ -227,8 +227,7 @@ def select_crops(params: dict) -> tuple[np.ndarray, list[str], list[str]]:
     from tf_pilltrack import episodes
 
     count = params["firmware"]["crops"]
-    pool, _, _ = episodes.load_real(params["episodes"]["real_source"], params_module.preprocess_config(params),
-                                    params["episodes"]["real_localise"])
+    pool, _, _ = episodes.load_real(params["episodes"]["real_source"], params_module.preprocess_config(params))
     labels = sorted(set(pool.labels.tolist()))
     if count > len(labels):
         raise ValueError(f"firmware.crops: {count} crops of different pills asked, "

@@ -162,8 +162,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "synthetic_classes": _integer(4),
         "synthetic_images_per_class": _integer(2),
         "synthetic_photo_size": _integer(32, 1024),
-        "synthetic_background_chroma": _number(0.0, 1.0),
-        "synthetic_surface_grain": _number(0.0, 1.0),
         "max_image_pixels": _integer(1, MAX_IMAGE_PIXELS),
         "reference_source": _text,
         "reference_types": _integer(0),
@@ -171,7 +169,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "reference_faces": _choice("together", "apart"),
         "reference_share": _number(0.0, 1.0),
         "mix_source": _text,
-        "mix_localise": _localise_mode,
         "mix_ratio": _number(0.0, 0.9),
         "mix_train_classes": _number(0.0, 1.0),
     },
@@ -234,8 +231,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "saturation": _number(0.0, 1.0),
         "rotate": _boolean,
         "zoom": _number(0.0, 0.9),
-        "min_resolution": _integer(4, 4096),
-        "noise": _number(0.0, 1.0),
     },
     "tracking": {"experiment": _text},
     "bench": {
@@ -271,7 +266,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "views": _integer(2, 16),
         "keep_correct": _number(0.01, 1.0),
         "real_source": _text,
-        "real_localise": _localise_mode,
     },
 }
 

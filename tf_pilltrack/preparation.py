@@ -14,7 +14,6 @@ Splits (all deterministic from base.seed):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -124,7 +123,7 @@ def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None])
     data.mix_ratio is above zero (else empty); {"split", "report"}. data.mix_train_classes of
     its pills train, a seeded choice (at least one); the others are left out of every split, so
     that a real set that is also `episodes.real_source` keeps novel pills to evaluate. The same
-    preprocessing as data.source, with data.mix_localise for localisation."""
+    preprocessing as data.source."""
     settings = params["data"]
     image_size = params_module.profile(params)["image_size"]
     if settings["mix_ratio"] <= 0:
@@ -135,7 +134,7 @@ def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None])
                          "trained on (set mix_ratio: 0, or another set)")
     if not mix_source.exists():
         raise FileNotFoundError(f"{mix_source}: data.mix_source not found (mix_ratio is {settings['mix_ratio']})")
-    config = dataclasses.replace(params_module.preprocess_config(params), localise=settings["mix_localise"])
+    config = params_module.preprocess_config(params)
     images, groups, skipped = list_source(mix_source)
     ingested = ingest(images, groups, config)
     skipped.extend(ingested.skipped)

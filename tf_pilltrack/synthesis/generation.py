@@ -22,7 +22,6 @@ from tf_pilltrack.synthesis.limits import (
     MAX_PHOTO_SIZE,
     MIN_PHOTO_SIZE,
     check_count,
-    check_fraction,
 )
 from tf_pilltrack.synthesis.photo import write_photos
 from tf_pilltrack.synthesis.pill_types import describe_pill_types
@@ -43,8 +42,6 @@ def generate(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
-    background_chroma: float = 1.0,
-    surface_grain: float = 0.0,
     references: list | None = None,
     reference_photos: int = 0,
 ) -> dict:
@@ -55,8 +52,7 @@ def generate(
     leaves no half data set; an existing `out_dir` is replaced, but only when it is empty or a
     previous synthetic data set (it holds pill_types.json). `progress(done, total)` is called
     with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
-    the output does not depend on it. `background_chroma` scales the colourfulness of the
-    surfaces the pills lie on and `surface_grain` speckles tablets (see `render_photo`).
+    the output does not depend on it.
     `references` (composition.ReferenceType) are real pills composited into the same scenes,
     `reference_photos` photos each, in class folders of their own (see tf_pilltrack.composition).
     """
@@ -65,8 +61,6 @@ def generate(
     check_count("images_per_class", images_per_class, 1, MAX_IMAGES_PER_CLASS)
     check_count("photo_size", photo_size, MIN_PHOTO_SIZE, MAX_PHOTO_SIZE)
     check_count("seed", seed, 0, None)
-    check_fraction("background_chroma", background_chroma)
-    check_fraction("surface_grain", surface_grain)
     if workers is None:
         workers = os.cpu_count() or 1
     check_count("workers", workers, 1, None)
@@ -99,12 +93,10 @@ def generate(
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
     try:
         jobs = [
-            ("synthetic", (str(staging), pill_type, index, images_per_class, photo_size, seed,
-                           float(background_chroma), float(surface_grain)))
+            ("synthetic", (str(staging), pill_type, index, images_per_class, photo_size, seed))
             for index, pill_type in enumerate(pill_types)
         ] + [
-            ("reference", (str(staging), reference, index, int(reference_photos), photo_size, seed,
-                           float(background_chroma)))
+            ("reference", (str(staging), reference, index, int(reference_photos), photo_size, seed))
             for index, reference in enumerate(references)
         ]
         boxes: dict[str, list[int]] = {}
@@ -142,9 +134,6 @@ def generate(
             "classes": classes,
             "images_per_class": images_per_class,
             "photo_size": photo_size,
-            # only when set: the description of a data set with the listed palettes is unchanged
-            **({} if background_chroma == 1.0 else {"background_chroma": float(background_chroma)}),
-            **({} if surface_grain == 0.0 else {"surface_grain": float(surface_grain)}),
             "families": len(families),
             "size_unit": "size: length of the pill's long axis as a fraction of the photo side",
             "types": pill_types,
@@ -185,11 +174,9 @@ def _run_job(job) -> dict[str, list[int]]:
 
 
 def _render_class_job(job) -> dict[str, list[int]]:
-    (staging, pill_type, class_index, images_per_class, photo_size, seed, background_chroma,
-     surface_grain) = job
+    staging, pill_type, class_index, images_per_class, photo_size, seed = job
     return write_photos(pathlib.Path(staging), pill_type, images_per_class, photo_size, {},
-                        lambda image: np.random.default_rng([seed, class_index, image]),
-                        background_chroma, surface_grain)
+                        lambda image: np.random.default_rng([seed, class_index, image]))
 
 
 def _replace_folder(staging: pathlib.Path, out_dir: pathlib.Path) -> None:
@@ -223,8 +210,6 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     references, skipped = _load_references(params, echo)
     summary = generate(paths.SYNTHETIC, settings["synthetic_classes"], settings["synthetic_images_per_class"],
                        settings["synthetic_photo_size"], params["base"]["seed"], progress=progress,
-                       background_chroma=settings["synthetic_background_chroma"],
-                       surface_grain=settings["synthetic_surface_grain"],
                        references=references, reference_photos=settings["reference_photos_per_type"])
     summary["reference_photos_skipped"] = skipped
     echo(f"generate: {summary['images']} photos of {summary['classes']} pill types in "

@@ -17,8 +17,3 @@ def check_count(name: str, value, low: int, high: int | None) -> None:
         bounds = f"at least {low}" if high is None else f"within [{low}, {high}]"
         raise ValueError(f"{name} must be {bounds}, got {value}")
 
-
-def check_fraction(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number within [0, 1], got {value!r}")

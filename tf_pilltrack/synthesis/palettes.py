@@ -112,26 +112,3 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 SURFACES = {"tray": TRAY_COLOURS, "skin": SKIN_COLOURS, "paper": PAPER_COLOURS,
              "cloth": CLOTH_COLOURS, "wood": WOOD_COLOURS}
 SURFACE_LAB = {kind: to_lab(np.array(colours, np.float32)) for kind, colours in SURFACES.items()}
-# Skin keeps its colours whatever the background chroma: palms are not grey in real photos.
-CHROMA_KEPT = ("skin",)
-_SCALED_SURFACES: dict[float, tuple[dict, dict]] = {1.0: (SURFACES, SURFACE_LAB)}
-
-
-def scale_surface_chroma(chroma: float) -> tuple[dict, dict]:
-    """The surface palettes ({kind: RGB tuples 0..255}) and their Lab with the chroma of every
-    kind but skin's scaled by `chroma`; 1 gives the listed palettes themselves."""
-    scaled = _SCALED_SURFACES.get(chroma)
-    if scaled is None:
-        surfaces, surface_lab = {}, {}
-        for kind, colours in SURFACES.items():
-            if kind in CHROMA_KEPT:
-                surfaces[kind], surface_lab[kind] = colours, SURFACE_LAB[kind]
-                continue
-            lab = SURFACE_LAB[kind].copy()
-            lab[:, 1:] *= np.float32(chroma)
-            rgb = cv2.cvtColor(lab.reshape(1, -1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3)
-            surfaces[kind] = tuple(tuple(float(v) for v in np.clip(colour, 0.0, 1.0) * 255.0)
-                                   for colour in rgb)
-            surface_lab[kind] = to_lab(np.array(surfaces[kind], np.float32))
-        scaled = _SCALED_SURFACES[chroma] = (surfaces, surface_lab)
-    return scaled

@@ -11,13 +11,14 @@ import cv2
 import numpy as np
 
 from tf_pilltrack.synthesis.face import draw_face
-from tf_pilltrack.synthesis.limits import MAX_PHOTO_SIZE, MIN_PHOTO_SIZE, check_count, check_fraction
+from tf_pilltrack.synthesis.limits import MAX_PHOTO_SIZE, MIN_PHOTO_SIZE, check_count
 from tf_pilltrack.synthesis.palettes import (
     BACKGROUNDS,
     FAMILY_STREAM,
     MIN_BACKGROUND_CONTRAST,
     pick,
-    scale_surface_chroma,
+    SURFACE_LAB,
+    SURFACES,
     to_lab,
 )
 
@@ -32,35 +33,18 @@ class PhotoFacts(NamedTuple):
 
 
 def render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator,
-                 cache: dict | None = None,
-                 background_chroma: float = 1.0,
-                 surface_grain: float = 0.0) -> tuple[np.ndarray, PhotoFacts, int]:
+                 cache: dict | None = None) -> tuple[np.ndarray, PhotoFacts, int]:
     """One photo of `pill_type` (an item of `describe_pill_types`), drawn from `rng`:
     (photo_size x photo_size x 3 uint8 RGB, the pill's box, the JPEG quality to save it with).
 
     `cache` keeps what photos of one pill type share (its drawn faces) between calls: pass the
     same dict for photos of the same type, or None. It never changes the result.
-
-    `background_chroma` scales the chroma (CIE Lab a*, b*) of every surface colour but skin's
-    before the surface is chosen: 1 keeps the palettes as they are, 0 makes trays, paper,
-    cloth and wood neutral greys of the same lightness, as the tables and paper of real pill
-    photos mostly are. `surface_grain` speckles the body of tablets (not capsules) like pressed
-    powder: the shading is multiplied by 1 + smooth noise of standard deviation up to
-    `surface_grain` (0: smooth, as before); its noise comes from a generator spawned from `rng`,
-    which leaves every other draw, and so the rest of the photo, as it is.
     """
     check_count("photo_size", photo_size, MIN_PHOTO_SIZE, MAX_PHOTO_SIZE)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {rng!r}")
-    check_fraction("background_chroma", background_chroma)
-    check_fraction("surface_grain", surface_grain)
-    return _render_photo(pill_type, int(photo_size), rng, {} if cache is None else cache,
-                         float(background_chroma), float(surface_grain))
+    return _render_photo(pill_type, int(photo_size), rng, {} if cache is None else cache)
 
-
-# Speckles of a tablet's pressed powder are about this many render pixels across: 1.5 photo
-# pixels, about 2 pixels of the 64 px crop of a pill of the default sizes.
-_GRAIN_CELL = 3
 
 # Sensor noise and background grain come from a fixed bank of Gaussian noise, cut at a random
 # place for each photo: drawing fresh normal deviates for every pixel would dominate the cost.
@@ -84,19 +68,7 @@ def _noise(rng: np.random.Generator, photo_size: int) -> np.ndarray:
     return bank[top:top + photo_size, left:left + photo_size]
 
 
-def _grain(rng: np.random.Generator, side: int, amount: float) -> np.ndarray:
-    """A (side, side) float32 factor around 1: speckles of `_GRAIN_CELL` render pixels whose
-    standard deviation is `amount` times a per-photo draw in [0.5, 1]."""
-    cells = max(1, side // _GRAIN_CELL)
-    field = rng.standard_normal((cells, cells), dtype=np.float32)
-    field *= np.float32(amount * rng.uniform(0.5, 1.0))
-    field = cv2.resize(field, (side, side), interpolation=cv2.INTER_LINEAR)
-    field += 1.0
-    return field
-
-
-def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, cache: dict,
-                  background_chroma: float, surface_grain: float):
+def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, cache: dict):
     size = photo_size
     render = 2 * size  # the pill is drawn at twice the size and reduced with area interpolation
     # Every draw happens in a fixed order: the photo depends only on the generator.
@@ -174,8 +146,6 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     specular = cv2.pow(specular, pill_type["shininess"])  # much faster than np.power
     specular *= face.alpha
     specular *= pill_type["gloss"] * 0.85
-    if surface_grain > 0.0 and pill_type["shape"] != "capsule":
-        shade = shade * _grain(rng.spawn(1)[0], shade.shape[0], surface_grain)
     red, green, blue = face.premultiplied_albedo
     layers = cv2.merge([red * shade + specular, green * shade + specular,
                         blue * shade + specular, face.alpha])
@@ -206,7 +176,7 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     pill_alpha = pill[:, :, 3]
 
     # Background, far enough in colour from the pill.
-    planes = _background(rng, size, pill_type, cache, background_chroma)
+    planes = _background(rng, size, pill_type, cache)
 
     # Soft drop shadow away from the light plus a tight contact shadow, drawn at half size.
     low_size = size // 2
@@ -283,19 +253,16 @@ def _render_photo(pill_type: dict, photo_size: int, rng: np.random.Generator, ca
     return rgb, box, quality
 
 
-def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dict,
-                chroma: float) -> list:
-    """Three float32 (size, size) planes of an RGB surface in 0..1 that stands out from the pill;
-    surface colours other than skin have their chroma scaled by `chroma` (1: as listed)."""
+def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dict) -> list:
+    """Three float32 (size, size) planes of an RGB surface in 0..1 that stands out from the pill."""
     pill_lab = cache.get("lab")
     if pill_lab is None:
         pill_lab = cache["lab"] = to_lab(np.array(pill_type["rgb"], np.float32))
-    surfaces, surface_lab = scale_surface_chroma(chroma)
     for _attempt in range(30):
         kind = pick(rng, BACKGROUNDS)
-        palette = surfaces[kind]
+        palette = SURFACES[kind]
         choice = int(rng.integers(len(palette)))
-        contrast = np.linalg.norm(pill_lab - surface_lab[kind][choice], axis=1)
+        contrast = np.linalg.norm(pill_lab - SURFACE_LAB[kind][choice], axis=1)
         # every colour of the pill must stand out, and about as much as the others: otherwise
         # a two-tone capsule looks like half a capsule
         if contrast.min() >= max(MIN_BACKGROUND_CONTRAST[kind], 0.7 * contrast.max()):
@@ -373,8 +340,7 @@ def _background(rng: np.random.Generator, size: int, pill_type: dict, cache: dic
 
 
 def write_photos(staging: pathlib.Path, pill_type: dict, count: int, photo_size: int, faces: dict,
-                 generator: Callable[[int], np.random.Generator], background_chroma: float,
-                 surface_grain: float) -> dict[str, list[int]]:
+                 generator: Callable[[int], np.random.Generator]) -> dict[str, list[int]]:
     """Render `count` photos of `pill_type` into staging/<name>/, photo i from `generator(i)`;
     `faces` is the renderer's cache of the type's faces (empty: drawn from the description).
     Returns each photo's pill box by file name."""
@@ -382,8 +348,7 @@ def write_photos(staging: pathlib.Path, pill_type: dict, count: int, photo_size:
     folder.mkdir()
     boxes = {}
     for image_index in range(count):
-        rgb, box, quality = _render_photo(pill_type, photo_size, generator(image_index), faces,
-                                          background_chroma, surface_grain)
+        rgb, box, quality = _render_photo(pill_type, photo_size, generator(image_index), faces)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
