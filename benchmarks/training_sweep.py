@@ -124,8 +124,8 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
-    student, qat_student, history = distillation.train(params, teacher, train_split, *splits, verbose=0,
-                                                       mix=dataset.load_split("mix"))
+    student, qat_student, history = distillation.train(params, train_split, *splits, verbose=0,
+                                                       mix=dataset.load_split("mix"), teacher=teacher)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "teacher": novel_scores(lambda pixels: evaluation.embed_keras(teacher, pixels, views))[0]}

@@ -24,10 +24,9 @@ import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, models, paths, sampling, tracking, training
+from tf_pilltrack import dataset, distribution, models, paths, sampling, tracking, training
 
-SECTIONS = ("profiles", "teacher", "distill", "augment", "data")
+SECTIONS = ("profiles", "teacher", "distill", "augment", "data", "training")
 
 
 def embedding_loss(teacher_embeddings: tf.Tensor, student_embeddings: tf.Tensor) -> tf.Tensor:
@@ -44,9 +43,16 @@ def _normalised_distances(embeddings: tf.Tensor) -> tf.Tensor:
 
 
 def relation_loss(teacher_embeddings: tf.Tensor, student_embeddings: tf.Tensor) -> tf.Tensor:
-    """Distance-wise relational distillation loss (Huber on mean-normalised pairwise distances)."""
-    huber = tf_keras.losses.Huber(delta=1.0, reduction="sum_over_batch_size")
+    """Distance-wise relational distillation loss (Huber on mean-normalised pairwise distances).
+    Keras' Huber of two vectors is their mean already; no Keras reduction, which tf.distribute
+    refuses in a custom train_step."""
+    huber = tf_keras.losses.Huber(delta=1.0, reduction="none")
     return huber(_normalised_distances(teacher_embeddings), _normalised_distances(student_embeddings))
+
+
+def batch_mean(losses: tf.Tensor) -> tf.Tensor:
+    """The mean of per-image losses as Keras' sum_over_batch_size computes it (sum, then divide)."""
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), losses.dtype))
 
 
 class Distiller(tf_keras.Model):
@@ -66,7 +72,7 @@ class Distiller(tf_keras.Model):
         self.teacher.trainable = False
         self.weights_by_term = {"embedding": embedding_weight, "relation": relation_weight,
                                 "triplet": triplet_weight}
-        self.triplet = tfsim.losses.TripletLoss(distance="cosine", margin=triplet_margin)
+        self.triplet = tfsim.losses.TripletLoss(distance="cosine", margin=triplet_margin, reduction="none")
         self.trackers = {name: tf_keras.metrics.Mean(name=name)
                          for name in ("loss", "embedding_loss", "relation_loss", "triplet_loss")}
 
@@ -83,7 +89,7 @@ class Distiller(tf_keras.Model):
         terms = {
             "embedding_loss": embedding_loss(teacher_embeddings, student_embeddings),
             "relation_loss": relation_loss(teacher_embeddings, student_embeddings),
-            "triplet_loss": self.triplet(labels, student_embeddings),
+            "triplet_loss": batch_mean(self.triplet(labels, student_embeddings)),
         }
         terms["loss"] = (self.weights_by_term["embedding"] * terms["embedding_loss"]
                          + self.weights_by_term["relation"] * terms["relation_loss"]
@@ -99,8 +105,11 @@ class Distiller(tf_keras.Model):
         pixels, labels = data
         with tf.GradientTape() as tape:
             terms = self.compute_terms(pixels, labels, training=True)
+            # each replica's mean over its share of the batch; the replicas' gradients are summed
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = terms["loss"] / replicas if replicas > 1 else terms["loss"]
         variables = self.student.trainable_variables
-        gradients = tape.gradient(terms["loss"], variables)
+        gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._record(terms)
 
@@ -117,39 +126,52 @@ def make_sampler(params: dict, split: dataset.Split, mix: dataset.Split | None =
                                  params["data"]["mix_ratio"], params["data"]["reference_share"])
 
 
-def _fit_phase(student, teacher, params: dict, sampler, epochs: int, learning_rate: float,
-               monitor, callbacks: list, verbose: int) -> dict:
+def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate: float,
+               monitor, callbacks: list, verbose: int, strategy, phase: str) -> dict:
     settings = params["distill"]
-    distiller = Distiller(student, teacher, settings["embedding_weight"], settings["relation_weight"],
-                          settings["triplet_weight"], settings["triplet_margin"])
-    schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, max(1, epochs * settings["steps_per_epoch"]))
-    distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))
+    with strategy.scope():
+        distiller = Distiller(student, teacher, settings["embedding_weight"], settings["relation_weight"],
+                              settings["triplet_weight"], settings["triplet_margin"])
+        schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                             max(1, epochs * settings["steps_per_epoch"]))
+        distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))
     monitor.model_to_embed = student
-    history = distiller.fit(sampler, epochs=epochs, verbose=verbose, callbacks=[monitor] + callbacks)
+    options = distribution.fit_options(params, "distill", f"distill_{phase}")
+    history = distiller.fit(data, epochs=epochs, verbose=verbose,
+                            callbacks=[monitor] + callbacks + options.pop("callbacks"), **options)
     return history.history
 
 
-def train(params: dict, teacher, train_split: dataset.Split, references: dataset.Split,
+def train(params: dict, train_split: dataset.Split, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
-          mix: dataset.Split | None = None):
-    """Float then quantization-aware distillation on the training split (and the mix split);
-    returns (float student, QAT student, history)."""
+          mix: dataset.Split | None = None, teacher=None):
+    """Float then quantization-aware distillation on the training split (and the mix split), as
+    params' `training` section says (tf_pilltrack.distribution); returns (float student, QAT
+    student, history). The teacher is the trained one (models.load_teacher, built under the
+    strategy) unless `teacher` is given (one process only)."""
     settings = params["distill"]
     seed = params["base"]["seed"]
+    strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
+    with strategy.scope():  # built before the seeds are set, so that the student's draws do not depend on it
+        teacher = teacher if teacher is not None else models.load_teacher(params)
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
-    sampler = make_sampler(params, train_split, mix)
+    data = distribution.training_input(params, "distill", train_split,
+                                       mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]))
     monitor = training.OpenSetMonitor(references, queries)
-    student = models.make_student(params)
+    with strategy.scope():
+        student = models.make_student(params)
     history: dict[str, list] = {}
     if settings["float_epochs"]:
-        history = _fit_phase(student, teacher, params, sampler, settings["float_epochs"],
-                             settings["learning_rate"], monitor, list(callbacks or []), verbose)
+        history = _fit_phase(student, teacher, params, data, settings["float_epochs"],
+                             settings["learning_rate"], monitor, list(callbacks or []), verbose, strategy, "float")
         history["quantization_aware"] = [0.0] * settings["float_epochs"]
-    qat_student = models.quantize(student)
+    with strategy.scope():
+        qat_student = models.quantize(student)
     if settings["qat_epochs"]:
-        qat_history = _fit_phase(qat_student, teacher, params, sampler, settings["qat_epochs"],
-                                 settings["qat_learning_rate"], monitor, list(callbacks or []), verbose)
+        qat_history = _fit_phase(qat_student, teacher, params, data, settings["qat_epochs"],
+                                 settings["qat_learning_rate"], monitor, list(callbacks or []), verbose, strategy,
+                                 "qat")
         qat_history["quantization_aware"] = [1.0] * settings["qat_epochs"]
         for key, values in qat_history.items():
             history[key] = history.get(key, []) + list(values)
@@ -162,17 +184,18 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["distill"]
-    teacher = models.load_teacher(params)
     echo(f"distill: {settings['float_epochs']} float + {settings['qat_epochs']} quantization-aware epochs "
          f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops"
          + (f" + {len(mix)} mix crops" if len(mix) else ""))
-    with tracking.stage_run("distill", params, SECTIONS) as mlflow:
-        student, qat_student, history = train(params, teacher, train_split, references, queries,
-                                              callbacks=[tracking.epoch_logger("distill_")], mix=mix)
-        paths.MODELS.mkdir(parents=True, exist_ok=True)
+    chief = distribution.is_chief()
+    with distribution.chief_only(tracking.stage_run("distill", params, SECTIONS)) as mlflow:
+        student, qat_student, history = train(params, train_split, references, queries,
+                                              callbacks=[tracking.epoch_logger("distill_")] if chief else [], mix=mix)
         for model, path in ((student, paths.STUDENT_FLOAT_WEIGHTS), (qat_student, paths.STUDENT_QAT_WEIGHTS)):
-            with atomic_path(path) as temporary:
-                model.save_weights(temporary, save_format="h5")
+            distribution.save_weights(model, path)
+        if not chief:  # the chief writes the models and the figures
+            echo("distill: trained as a worker; the chief writes the models")
+            return {}
         epochs = settings["float_epochs"] + settings["qat_epochs"]
         classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
         images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]

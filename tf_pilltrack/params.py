@@ -232,6 +232,12 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "rotate": _boolean,
         "zoom": _number(0.0, 0.9),
     },
+    "training": {
+        "distribution": _choice("none", "mirrored", "multi_worker"),
+        "input": _choice("memory", "stream"),
+        "shards": _text,
+        "backup": _text,
+    },
     "tracking": {"experiment": _text},
     "bench": {
         "profiles": _list_of(_text),
@@ -306,6 +312,9 @@ def validate(params: Any) -> dict:
         raise ParamsError("prepare.novel_classes: with calibration_classes it leaves no training class")
     if params["distill"]["float_epochs"] + params["distill"]["qat_epochs"] < 1:
         raise ParamsError("distill.float_epochs: float_epochs + qat_epochs must be at least 1")
+    if params["training"]["distribution"] != "none" and params["training"]["input"] != "stream":
+        raise ParamsError(f"training.input: {params['training']['distribution']} training needs input: stream "
+                          "(the memory samplers cannot be split between replicas)")
     return params
 
 

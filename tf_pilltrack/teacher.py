@@ -15,10 +15,9 @@ import numpy as np
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, models, paths, sampling, tracking, training
+from tf_pilltrack import dataset, distribution, models, paths, tracking, training
 
-SECTIONS = ("profiles", "teacher", "augment", "data")
+SECTIONS = ("profiles", "teacher", "augment", "data", "training")
 
 
 def make_loss(settings: dict):
@@ -36,21 +35,25 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
           mix: dataset.Split | None = None):
     """Train the teacher on the training split (and the mix split, data.mix_ratio of each
-    batch's classes); returns (model, history dict)."""
+    batch's classes), as params' `training` section says (one process or distributed, memory or
+    streaming input: tf_pilltrack.distribution); returns (model, history dict)."""
     settings = params["teacher"]
     seed = params["base"]["seed"]
+    strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
     random.seed(seed)  # TF-Similarity's samplers draw classes with the `random` module
     tf_keras.utils.set_random_seed(seed)
-    sampler = sampling.make_sampler(settings, params["augment"], train_split,
-                                    mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]),
-                                    params["data"]["mix_ratio"], params["data"]["reference_share"])
-    model = models.make_teacher(params)
-    schedule = tf_keras.optimizers.schedules.CosineDecay(
-        settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
-    model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=make_loss(settings))
+    data = distribution.training_input(params, "teacher", train_split,
+                                       mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]))
+    with strategy.scope():
+        model = models.make_teacher(params)
+        schedule = tf_keras.optimizers.schedules.CosineDecay(
+            settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
+        model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=make_loss(settings))
+    options = distribution.fit_options(params, "teacher", "teacher")
     history = model.fit(
-        sampler, epochs=settings["epochs"], verbose=verbose,
-        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []),
+        data, epochs=settings["epochs"], verbose=verbose,
+        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []) + options.pop("callbacks"),
+        **options,
     )
     return model, history.history
 
@@ -69,12 +72,14 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"{classes} classes x {settings['examples_per_class']} crops"
          + (f" (fewer training classes than teacher.classes_per_batch {settings['classes_per_batch']})"
             if classes < settings["classes_per_batch"] else ""))
-    with tracking.stage_run("teacher", params, SECTIONS) as mlflow:
+    chief = distribution.is_chief()
+    with distribution.chief_only(tracking.stage_run("teacher", params, SECTIONS)) as mlflow:
         model, history = train(params, train_split, references, queries,
-                               callbacks=[tracking.epoch_logger("teacher_")], mix=mix)
-        paths.MODELS.mkdir(parents=True, exist_ok=True)
-        with atomic_path(paths.TEACHER_WEIGHTS) as temporary:
-            model.save_weights(temporary, save_format="h5")
+                               callbacks=[tracking.epoch_logger("teacher_")] if chief else [], mix=mix)
+        distribution.save_weights(model, paths.TEACHER_WEIGHTS)
+        if not chief:  # the chief writes the model and the figures
+            echo("teacher: trained as a worker; the chief writes the model")
+            return {}
         images = settings["epochs"] * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
         summary = training.record_training("teacher", history, model, images, started, mlflow, paths.TEACHER_WEIGHTS)
     echo(f"teacher: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f}, "

@@ -1,0 +1,119 @@
+"""How the teacher and the distiller run (params.yaml `training`): in one process, on every GPU of
+one host, or across hosts, with TensorFlow's own engine (`tf.distribute`), and which input feeds them.
+
+- `none`: TensorFlow's default strategy, one process: today's path.
+- `mirrored`: `tf.distribute.MirroredStrategy`, one replica per GPU of this host (one on a CPU).
+- `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy`, one process per host, each started
+  with its TF_CONFIG (the cluster's workers, this process's index). Variables are mirrored and
+  gradients all-reduced every step, so every worker holds the same weights.
+
+Distributed runs need `training.input: stream` (tf_pilltrack.shards: each worker reads its share of
+every global batch from the shard files; TF-Similarity's memory samplers cannot be split) and keep
+their training state each epoch in `training.backup`/<stage> (Keras' BackupAndRestore): a worker
+started again after a crash resumes from the last finished epoch. Only the chief (TF_CONFIG's
+`chief` task, else worker 0) writes models, metrics and MLflow runs; the others write nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+
+import tensorflow as tf
+import tf_keras
+
+from edge_runtime.storage import atomic_path
+from tf_pilltrack import dataset, sampling, shards
+
+
+def make_strategy(settings: dict) -> tf.distribute.Strategy:
+    """The strategy of `training.distribution`; multi_worker reads TF_CONFIG (an error names it)."""
+    name = settings["distribution"]
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise ValueError("training.distribution is multi_worker and TF_CONFIG is not set: give each process "
+                         "the cluster and its task (see docs/device.md, Training on several machines)")
+    try:
+        json.loads(config)
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's outputs: always in one process; under TF_CONFIG,
+    the `chief` task, or worker 0 when the cluster has no chief."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
+
+
+def training_input(params: dict, section: str, train: dataset.Split, mix: dataset.Split):
+    """What `fit` trains on for the `teacher` or `distill` section: the memory sampler, or for
+    `training.input: stream` the shard files of these splits read by tf.data (a DatasetCreator
+    under a distribution strategy, so that each worker builds its own share of each batch)."""
+    settings, training = params[section], params["training"]
+    mix_ratio, reference_share = params["data"]["mix_ratio"], params["data"]["reference_share"]
+    if training["input"] == "memory":
+        return sampling.make_sampler(settings, params["augment"], train, mix, mix_ratio, reference_share)
+    folder = shards.write_shards(train, mix, pathlib.Path(training["shards"]))
+
+    def make(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        pipelines, pipeline = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
+        return shards.make_dataset(folder, settings, params["augment"], mix_ratio, reference_share,
+                                   params["base"]["seed"], pipelines, pipeline)
+
+    if training["distribution"] == "none":
+        return make()
+    return tf_keras.utils.experimental.DatasetCreator(make)
+
+
+def fit_options(params: dict, section: str, stage: str) -> dict:
+    """`fit`'s extra arguments: the steps of an epoch for a tf.data input (it never ends), and
+    under distribution the BackupAndRestore callback of this stage (`training.backup`/<stage>)."""
+    training = params["training"]
+    options: dict = {"callbacks": []}
+    if training["input"] == "stream":
+        options["steps_per_epoch"] = params[section]["steps_per_epoch"]
+    if training["distribution"] != "none":
+        options["callbacks"].append(tf_keras.callbacks.BackupAndRestore(str(pathlib.Path(training["backup"]) / stage)))
+    return options
+
+
+def save_weights(model, path: pathlib.Path) -> None:
+    """The chief writes `model`'s weights to `path` (h5, atomically, its folder made); every other
+    worker saves them to a scratch file it deletes, since reading a replicated variable (BatchNorm's
+    statistics) is a collective that every worker must join."""
+    if is_chief():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            model.save_weights(temporary, save_format="h5")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_weights(os.path.join(scratch, path.name), save_format="h5")
+
+
+@contextlib.contextmanager
+def chief_only(context):
+    """`context` (an MLflow run, say) on the chief; elsewhere a stand-in whose calls do nothing."""
+    if is_chief():
+        with context as value:
+            yield value
+    else:
+        yield _Nothing()
+
+
+class _Nothing:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
