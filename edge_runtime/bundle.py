@@ -20,6 +20,10 @@ fields and types, that each file name is the one its checksum implies (so no nam
 outside the directory), sizes and SHA-256 checksums, the embeddings' shape against the labels
 and embedding size, and the model's input and output against the sidecar. Anything wrong
 raises BundleError naming the file and the problem.
+
+Why one module of about 600 lines: the writer and the reader of one on-disk format, which must
+agree field for field (the writer runs the reader's own checks on what it is about to commit),
+with the lock that serialises them; most of it is those checks.
 """
 
 from __future__ import annotations

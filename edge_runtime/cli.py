@@ -15,6 +15,9 @@ Exit codes: 0 done; 1 the camera or disk failed while running, or another comman
 bundle locked past limits.LOCK_WAIT_S; 2 bad input (an unusable bundle, image, video, model or
 argument, or one over a limit of `limits.py`). Errors are one line on stderr, no traceback;
 native libraries' messages are kept off stderr (`quiet`).
+
+Why one module of about 500 lines: the commands' options, validation and messages, which share
+the error handling and exit codes above; the work itself is in the modules they call.
 """
 
 from __future__ import annotations

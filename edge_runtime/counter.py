@@ -12,6 +12,10 @@ whether bundle.json was replaced.
 A camera that fails is reported in the answer (`error`) and opened again after
 `capture.MAX_BACKOFF_S`, as long as the counter runs; a video or folder that cannot be read is
 reported and retried the same way. The interpreter is used by one thread at a time (`_model`).
+
+Why one module of about 450 lines: one object whose state (the current answer, the shots being
+taken, the gallery's version) its frame loop and the page's requests share, through its lock,
+condition and stop event.
 """
 
 from __future__ import annotations
