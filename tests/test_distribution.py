@@ -236,10 +236,14 @@ def test_two_workers_distil_the_student_near_the_single_process(teacher_runs, tm
     teacher = teacher_runs["single"] / "models" / "teacher.weights.h5"
     chief, worker = _train_pair(tmp_path, "distill", "pair", teacher)
     single = _train_single(tmp_path, "distill", "single", teacher_weights=teacher)
+    other = _train_single(tmp_path, "distill", "other", seed=43, teacher_weights=teacher)
     assert (chief / "models" / "student_qat.weights.h5").is_file() and not (worker / "models" / "student_qat.weights.h5").exists()
     pair = _embed(chief / "models" / "student_qat.weights.h5", "distill")
     alone = _embed(single / "models" / "student_qat.weights.h5", "distill")
-    assert _mean_cosine(pair, alone) >= 0.98  # per-image embedding loss: only BatchNorm's per-replica statistics differ
+    # per-image embedding loss: BatchNorm's per-replica statistics and the all-reduce's order differ;
+    # measured 0.976 to 0.993 over four runs
+    assert _mean_cosine(pair, alone) >= 0.95
+    assert _mean_cosine(_embed(other / "models" / "student_qat.weights.h5", "distill"), alone) < _mean_cosine(pair, alone) - 0.05
 
 
 def test_a_killed_worker_resumes_from_the_backup(tmp_path):
@@ -247,7 +251,7 @@ def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     as a cluster runner restarts a failed job) resumes from it and trains only the epochs left."""
     ports = _free_ports(2)
     backup = tmp_path / "backup"
-    params = _params(backup, "multi_worker", epochs=6)
+    params = _params(backup, "multi_worker", epochs=12)  # long enough to be killed mid-run on a fast machine
     folders = [_workdir(tmp_path / f"w{index}", params) for index in range(2)]
     processes = [_start("teacher", folder, _cluster(ports, index)) for index, folder in enumerate(folders)]
     deadline = time.time() + 300
@@ -267,7 +271,7 @@ def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     restarted = [_start("teacher", folder, _cluster(ports, index)) for index, folder in enumerate(folders)]
     _wait(restarted, folders, "teacher")
     history = (folders[0] / "reports" / "teacher_history.csv").read_text().splitlines()
-    assert 1 + 1 <= len(history) < 1 + 6  # resumed: fewer epochs than the six asked for
+    assert 1 + 1 <= len(history) < 1 + 12  # resumed: fewer epochs than the twelve asked for
     assert (folders[0] / "models" / "teacher.weights.h5").is_file()
     assert not list((backup / "teacher").rglob("*.index"))  # a finished run removes its backup
 
