@@ -62,8 +62,9 @@ def _params(steps: int, epochs: int, distribution: str, data_input: str, backup:
 
 
 def _child(folder: pathlib.Path, data_input: str) -> None:
-    """In `folder`: train the teacher as the stage does, from the split in RAM or from the shard
-    folder alone (never loading the split); print its wall time and peak RSS as JSON."""
+    """In `folder`: the teacher of params.yaml fit on the split in RAM or on the shard folder alone
+    (never loading the split): the stage's model, loss and input, without its open-set monitor,
+    learning-rate schedule and MLflow run. Prints its wall time and peak RSS as JSON."""
     os.chdir(folder)
     started = time.time()
     from tf_pilltrack import dataset, distribution, models, params as params_module, shards

@@ -107,7 +107,7 @@ def test_student_has_no_ops_microcontrollers_lack():
 def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     """A pharmacy's own photo set may hold fewer training classes than classes_per_batch (16):
     the sampler then draws every class, instead of failing."""
-    from tf_pilltrack import dataset
+    from tf_pilltrack import dataset, distribution
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.array(["a", "b", "c"]), 6)
@@ -116,8 +116,9 @@ def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     params = {"distill": {"classes_per_batch": 16, "examples_per_class": 2, "steps_per_epoch": 1},
               "augment": {"brightness": 0.1, "contrast": 0.1, "colour_cast": 0.1, "saturation": 0.1,
                           "rotate": True, "zoom": 0.1},
-              "data": {"mix_ratio": 0.0, "reference_share": 0.5}}
-    pixels, batch_labels = distillation.make_sampler(params, split)[0]
+              "data": {"mix_ratio": 0.0, "reference_share": 0.5},
+              "training": {"distribution": "none", "input": "memory"}}
+    pixels, batch_labels = distribution.training_input(params, "distill", split, dataset.empty_split(SIZE))[0]
     assert len(pixels) == 3 * 2 and len(set(np.asarray(batch_labels).tolist())) == 3
     assert dataset.batch_classes(16, labels) == 3 and dataset.batch_classes(2, labels) == 2
     with pytest.raises(ValueError, match="at least 2"):

@@ -68,8 +68,9 @@ def test_stream_batches_hold_pills_times_photos_of_the_training_pills(shard_fold
         labels = labels.numpy()
         assert pixels.shape == (12, SIZE, SIZE, 3)
         assert [len(set(labels[i:i + 3])) for i in range(0, 12, 3)] == [1, 1, 1, 1] and len(set(labels)) == 4
-        kinds = [shards.read_index(folder)["pills"][label]["kind"] for label in labels[::3]]
-        assert kinds.count("mix") == 1 and kinds.count("reference") == 2  # 0.25 of 4, then 0.5 of the rest
+        chosen = [names[label] for label in labels[::3]]
+        assert sum(name.startswith(sampling.MIX_PREFIX) for name in chosen) == 1  # 0.25 of 4
+        assert sum(name.startswith(dataset.REFERENCE_PREFIX) for name in chosen) == 2  # then 0.5 of the rest
         for image, label in zip(pixels.numpy(), labels):  # the photo is one of its pill's (normalised)
             raw = np.round((image + 1.0) * 127.5)
             assert min(np.abs(raw - photo).max() for photo in photos[names[label]]) <= 1

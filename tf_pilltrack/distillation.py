@@ -15,6 +15,7 @@ fake quantisation, so the int8 export keeps what was learned.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Callable
@@ -24,7 +25,7 @@ import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from tf_pilltrack import dataset, distribution, models, paths, sampling, tracking, training
+from tf_pilltrack import dataset, distribution, models, paths, tracking, training
 
 SECTIONS = ("profiles", "teacher", "distill", "augment", "data", "training")
 
@@ -118,14 +119,6 @@ class Distiller(tf_keras.Model):
         return self._record(self.compute_terms(pixels, labels, training=False))
 
 
-def make_sampler(params: dict, split: dataset.Split, mix: dataset.Split | None = None):
-    """Class-balanced batches (several shots per class, so the triplet term has positives),
-    augmented and normalised exactly as the teacher's, with the mix split's share of classes."""
-    return sampling.make_sampler(params["distill"], params["augment"], split,
-                                 mix if mix is not None else dataset.empty_split(split.pixels.shape[1]),
-                                 params["data"]["mix_ratio"], params["data"]["reference_share"])
-
-
 def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate: float,
                monitor, callbacks: list, verbose: int, strategy, phase: str) -> dict:
     settings = params["distill"]
@@ -136,9 +129,8 @@ def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate:
                                                              max(1, epochs * settings["steps_per_epoch"]))
         distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))
     monitor.model_to_embed = student
-    options = distribution.fit_options(params, "distill", f"distill_{phase}")
-    history = distiller.fit(data, epochs=epochs, verbose=verbose,
-                            callbacks=[monitor] + callbacks + options.pop("callbacks"), **options)
+    backup, options = distribution.fit_options(params, "distill", f"distill_{phase}")
+    history = distiller.fit(data, epochs=epochs, verbose=verbose, callbacks=[monitor] + callbacks + backup, **options)
     return history.history
 
 
@@ -188,7 +180,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops"
          + (f" + {len(mix)} mix crops" if len(mix) else ""))
     chief = distribution.is_chief()
-    with distribution.chief_only(tracking.stage_run("distill", params, SECTIONS)) as mlflow:
+    with tracking.stage_run("distill", params, SECTIONS) if chief else contextlib.nullcontext() as mlflow:
         student, qat_student, history = train(params, train_split, references, queries,
                                               callbacks=[tracking.epoch_logger("distill_")] if chief else [], mix=mix)
         for model, path in ((student, paths.STUDENT_FLOAT_WEIGHTS), (qat_student, paths.STUDENT_QAT_WEIGHTS)):

@@ -16,7 +16,6 @@ started again after a crash resumes from the last finished epoch. Only the chief
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -79,16 +78,13 @@ def training_input(params: dict, section: str, train: dataset.Split, mix: datase
     return tf_keras.utils.experimental.DatasetCreator(make)
 
 
-def fit_options(params: dict, section: str, stage: str) -> dict:
-    """`fit`'s extra arguments: the steps of an epoch for a tf.data input (it never ends), and
-    under distribution the BackupAndRestore callback of this stage (`training.backup`/<stage>)."""
+def fit_options(params: dict, section: str, stage: str) -> tuple[list, dict]:
+    """`fit`'s extra callbacks and arguments: under distribution the BackupAndRestore callback of
+    this stage (`training.backup`/<stage>); for a tf.data input the steps of an epoch (it never ends)."""
     training = params["training"]
-    options: dict = {"callbacks": []}
-    if training["input"] == "stream":
-        options["steps_per_epoch"] = params[section]["steps_per_epoch"]
-    if training["distribution"] != "none":
-        options["callbacks"].append(tf_keras.callbacks.BackupAndRestore(str(pathlib.Path(training["backup"]) / stage)))
-    return options
+    callbacks = ([tf_keras.callbacks.BackupAndRestore(str(pathlib.Path(training["backup"]) / stage))]
+                 if training["distribution"] != "none" else [])
+    return callbacks, ({"steps_per_epoch": params[section]["steps_per_epoch"]} if training["input"] == "stream" else {})
 
 
 def save_weights(model, path: pathlib.Path) -> None:
@@ -104,16 +100,3 @@ def save_weights(model, path: pathlib.Path) -> None:
         model.save_weights(os.path.join(scratch, path.name), save_format="h5")
 
 
-@contextlib.contextmanager
-def chief_only(context):
-    """`context` (an MLflow run, say) on the chief; elsewhere a stand-in whose calls do nothing."""
-    if is_chief():
-        with context as value:
-            yield value
-    else:
-        yield _Nothing()
-
-
-class _Nothing:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None

@@ -255,8 +255,7 @@ def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
     (`fixed`: model -> (query, reference) embeddings of the fixed splits, `pools`: "novel" and
     "real" -> model -> embeddings of the synthetic pool and of the real photos). The teacher,
     baseline and int8 models embed the pools and their fixed splits are slices of them; the
-    float and QAT Keras students embed the fixed splits only. The shipped model ("student_int8")
-    also gives the absent photos' embeddings, under "student_int8_absent" of `fixed`."""
+    float and QAT Keras students embed the fixed splits only."""
     views = inputs.loaded.preprocess.symmetry_views
     cut, end = len(inputs.references), len(inputs.references) + len(inputs.queries)
     embedders = {
@@ -278,7 +277,6 @@ def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
         pools["novel"][name] = pooled
         pools["real"][name] = embed(inputs.real_pool.pixels)
         fixed[name] = (pooled[cut:end], pooled[:cut])
-    fixed["student_int8_absent"] = pools["novel"]["student_int8"][end:]
     return fixed, pools
 
 
@@ -293,7 +291,8 @@ def score_all(params: dict, inputs: Inputs, fixed: dict, pools: dict) -> tuple[d
                                                         reference_embeddings, references.labels)
     top1.pop("baseline_colour_shape")
     shipped_queries = fixed["student_int8"][0]
-    results["student_int8"] = evaluate_bundle(loaded, shipped_queries, queries, fixed["student_int8_absent"])
+    absent_embeddings = pools["novel"]["student_int8"][len(references) + len(queries):]  # the pool's last part
+    results["student_int8"] = evaluate_bundle(loaded, shipped_queries, queries, absent_embeddings)
     _, curves["student_int8"], top1["student_int8"] = score(
         shipped_queries, queries.labels, loaded.embeddings, np.array(loaded.labels))
     results["parity"] = {

@@ -111,7 +111,7 @@ def empty_class_folders(source: pathlib.Path) -> list[str]:
                   and not any(child.is_file() for child in folder.rglob("*")))
 
 
-# Compression methods zipfile reads (stored, deflate, bzip2, LZMA); others raise NotImplementedError.
+# Compression methods zipfile reads (stored, deflate, bzip2, LZMA); a member stored with any other is skipped.
 _ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
                 zipfile.ZIP_LZMA: "lzma"}
 

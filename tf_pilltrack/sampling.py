@@ -49,6 +49,25 @@ def mix_classes(classes_per_batch: int, ratio: float, main_count: int, mix_count
     return int(min(max(round(ratio * classes_per_batch), low), high))
 
 
+def class_quotas(names: list[str], classes: int, mix_ratio: float,
+                 reference_share: float) -> list[tuple[list[int], int]]:
+    """How a batch of `classes` pills is drawn from the class `names` (ids: their indices): [(class
+    ids, pills drawn from them)], in draw order. The mix set (names MIX_PREFIX...) takes `mix_ratio`
+    of the pills; of the rest, `reference_share` are composited reference pills (names
+    dataset.REFERENCE_PREFIX...) when there are both kinds. Groups drawing none are left out."""
+    mix_ids = [index for index, name in enumerate(names) if name.startswith(MIX_PREFIX)]
+    reference_ids = [index for index, name in enumerate(names) if name.startswith(dataset.REFERENCE_PREFIX)]
+    other_ids = sorted(set(range(len(names))) - set(mix_ids) - set(reference_ids))
+    taken = mix_classes(classes, mix_ratio, len(names) - len(mix_ids), len(mix_ids))
+    if reference_ids and other_ids:
+        rest = classes - taken
+        references = mix_classes(rest, reference_share, len(other_ids), len(reference_ids))
+        quotas = [(mix_ids, taken), (reference_ids, references), (other_ids, rest - references)]
+    else:
+        quotas = [(mix_ids, taken), (reference_ids + other_ids, classes - taken)]
+    return [(ids, count) for ids, count in quotas if count > 0]
+
+
 def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, mix: dataset.Split,
                  mix_ratio: float, reference_share: float):
     """The sampler of a training section of params.yaml (`teacher` or `distill`: classes_per_batch,
@@ -60,22 +79,13 @@ def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, m
     pixels = np.concatenate([train.pixels, mix.pixels]) if len(mix) else train.pixels
     targets, names = dataset.label_indices(labels)
     classes = dataset.batch_classes(settings["classes_per_batch"], labels)
-    mix_ids = [index for index, name in enumerate(names) if name.startswith(MIX_PREFIX)]
-    reference_ids = [index for index, name in enumerate(names) if name.startswith(dataset.REFERENCE_PREFIX)]
-    other_ids = sorted(set(range(len(names))) - set(mix_ids) - set(reference_ids))
-    taken = mix_classes(classes, mix_ratio, len(names) - len(mix_ids), len(mix_ids))
+    quotas = class_quotas(names, classes, mix_ratio, reference_share)
 
     def augmenter(x, y, examples_per_class, is_warmup):
         return normalise(augment(x, augment_settings)), y
 
     common = dict(classes_per_batch=classes, examples_per_class_per_batch=settings["examples_per_class"],
                   steps_per_epoch=settings["steps_per_epoch"], augmenter=augmenter)
-    if reference_ids and other_ids:
-        rest = classes - taken
-        references = mix_classes(rest, reference_share, len(other_ids), len(reference_ids))
-        quotas = [(mix_ids, taken), (reference_ids, references), (other_ids, rest - references)]
-    elif taken:
-        quotas = [(mix_ids, taken), (reference_ids + other_ids, classes - taken)]
-    else:
+    if len(quotas) == 1 and len(quotas[0][0]) == len(names):  # every class alike: TF-Similarity's own draw
         return tfsim.samplers.MultiShotMemorySampler(pixels, targets, **common)
     return MixedSampler(pixels, targets, quotas, **common)

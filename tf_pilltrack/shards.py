@@ -3,7 +3,7 @@ photos written once as one TFRecord file per pill, and class-balanced batches re
 tf.data, so that memory stays flat however many pills the training set holds.
 
 Layout of a shard folder (`training.shards`/<digest of the training splits>/): `index.json` (the
-image side and, per pill, its class name, file, photo count and kind: mix, reference or other)
+image side and, per pill, its class name, file and photo count)
 and `pill-00000.tfrecord`...: each record one photo, its uint8 pixels and its class id. Only the
 `train` and `mix` splits are written: no calibration, novel or absent pill can reach a batch.
 A folder is written in a staging folder and renamed into place, so a crash leaves none half made.
@@ -35,12 +35,6 @@ from tf_pilltrack.augmentation import augment
 
 INDEX = "index.json"
 STREAM = 0x5354_524D  # "STRM": the batch draws use default_rng([seed, STREAM])
-
-
-def _kind(name: str) -> str:
-    if name.startswith(sampling.MIX_PREFIX):
-        return "mix"
-    return "reference" if name.startswith(dataset.REFERENCE_PREFIX) else "other"
 
 
 def digest_splits(train: dataset.Split, mix: dataset.Split) -> str:
@@ -81,7 +75,7 @@ def write_shards(train: dataset.Split, mix: dataset.Split, root: pathlib.Path) -
                 for row in rows:
                     photo = pixels[0][row] if row < offsets else pixels[1][row - offsets]
                     writer.write(_example(np.ascontiguousarray(photo, np.uint8), class_id))
-            pills.append({"name": str(name), "file": file, "photos": int(len(rows)), "kind": _kind(str(name))})
+            pills.append({"name": str(name), "file": file, "photos": int(len(rows))})
         index = {"image_size": int(train.pixels.shape[1]), "pills": pills}
         (staging / INDEX).write_text(json.dumps(index, indent=1))
         os.chmod(staging, 0o755)
@@ -99,21 +93,19 @@ def read_index(folder: pathlib.Path) -> dict:
     return json.loads((folder / INDEX).read_text())
 
 
+def batch_quotas(index: dict, settings: dict, mix_ratio: float, reference_share: float) -> list[tuple[list[int], int]]:
+    """`sampling.class_quotas` of the shard folder's pills."""
+    names = [pill["name"] for pill in index["pills"]]
+    classes = dataset.batch_classes(settings["classes_per_batch"], np.array(names))
+    return sampling.class_quotas(names, classes, mix_ratio, reference_share)
+
+
 def draw_batches(index: dict, settings: dict, mix_ratio: float, reference_share: float,
                  seed: int) -> Iterator[list[tuple[int, np.ndarray]]]:
     """Endless global batches: [(class id, photo indices within its file)] per batch, with the
     memory sampler's class count and shares; photos without repeats where the pill has enough."""
     pills = index["pills"]
-    kinds = {kind: [i for i, pill in enumerate(pills) if pill["kind"] == kind] for kind in ("mix", "reference", "other")}
-    classes = dataset.batch_classes(settings["classes_per_batch"], np.array([pill["name"] for pill in pills]))
-    taken = sampling.mix_classes(classes, mix_ratio, len(pills) - len(kinds["mix"]), len(kinds["mix"]))
-    if kinds["reference"] and kinds["other"]:
-        rest = classes - taken
-        references = sampling.mix_classes(rest, reference_share, len(kinds["other"]), len(kinds["reference"]))
-        quotas = [(kinds["mix"], taken), (kinds["reference"], references), (kinds["other"], rest - references)]
-    else:
-        quotas = [(kinds["mix"], taken), (kinds["reference"] + kinds["other"], classes - taken)]
-    quotas = [(ids, count) for ids, count in quotas if count > 0]
+    quotas = batch_quotas(index, settings, mix_ratio, reference_share)
     shots = settings["examples_per_class"]
     rng = np.random.default_rng([seed, STREAM])
     while True:
@@ -133,7 +125,7 @@ def make_dataset(folder: pathlib.Path, settings: dict, augment_settings: dict, m
     size, files = index["image_size"], tf.constant([str(folder / pill["file"]) for pill in index["pills"]])
     counts = tf.constant([pill["photos"] for pill in index["pills"]], tf.int64)
     shots = settings["examples_per_class"]
-    classes = len(next(draw_batches(index, settings, mix_ratio, reference_share, seed)))
+    classes = sum(count for _, count in batch_quotas(index, settings, mix_ratio, reference_share))
     if not 1 <= pipelines <= classes or not 0 <= pipeline < pipelines:
         raise ValueError(f"{pipelines} input pipelines for batches of {classes} pills: each needs one pill at least")
     local = len(range(pipeline, classes, pipelines))

@@ -7,6 +7,7 @@ open-set ability the product needs, not the training classes' separability.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Callable
@@ -49,11 +50,10 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
         schedule = tf_keras.optimizers.schedules.CosineDecay(
             settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
         model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=make_loss(settings))
-    options = distribution.fit_options(params, "teacher", "teacher")
+    backup, options = distribution.fit_options(params, "teacher", "teacher")
     history = model.fit(
         data, epochs=settings["epochs"], verbose=verbose,
-        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []) + options.pop("callbacks"),
-        **options,
+        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []) + backup, **options,
     )
     return model, history.history
 
@@ -73,7 +73,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          + (f" (fewer training classes than teacher.classes_per_batch {settings['classes_per_batch']})"
             if classes < settings["classes_per_batch"] else ""))
     chief = distribution.is_chief()
-    with distribution.chief_only(tracking.stage_run("teacher", params, SECTIONS)) as mlflow:
+    with tracking.stage_run("teacher", params, SECTIONS) if chief else contextlib.nullcontext() as mlflow:
         model, history = train(params, train_split, references, queries,
                                callbacks=[tracking.epoch_logger("teacher_")] if chief else [], mix=mix)
         distribution.save_weights(model, paths.TEACHER_WEIGHTS)
