@@ -264,7 +264,7 @@ def test_a_killed_worker_resumes_from_the_backup(tmp_path):
     processes[1].send_signal(signal.SIGKILL)
     processes[1].wait()
     try:
-        processes[0].wait(timeout=60)  # its peer gone, the chief's collective fails (or it is stopped)
+        processes[0].wait(timeout=90)  # its peer gone, the chief's collective fails (or it is stopped)
     except subprocess.TimeoutExpired:
         processes[0].kill()
         processes[0].wait()

@@ -43,7 +43,32 @@ def make_strategy(settings: dict) -> tf.distribute.Strategy:
         json.loads(config)
     except ValueError as error:
         raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
+    _configure_coordination()
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+# How long a worker may go without a heartbeat before the cluster counts it as failed. TensorFlow's
+# 10 s default failed a two-worker test run on a loaded 2-core machine (one run in about seven);
+# a killed worker is then noticed up to this late.
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def _configure_coordination() -> None:
+    """TensorFlow's coordination service as MultiWorkerMirroredStrategy configures it (which it
+    skips when one is configured already), with HEARTBEAT_TIMEOUT_S. No public API sets it."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    cluster = TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000)
 
 
 def is_chief() -> bool:
