@@ -7,12 +7,12 @@ Rows, each a fresh process, the teacher of params.yaml trained `--epochs` x `--s
 - memory, one process: today's path (TF-Similarity's sampler over the split in RAM);
 - stream, one process: the same batches' shape read from the shard files by tf.data;
 - stream, two workers on this machine (MultiWorkerMirroredStrategy over 127.0.0.1, the global batch
-  split between them): `pilltrack teacher` with a TF_CONFIG per process.
+  split between them): the `teacher` stage itself (`pilltrack teacher`) with a TF_CONFIG per process.
 Throughput is training images per second over the run's wall time (start-up and the first epoch's
 tracing included); the stage's own images/s is in its metrics. Peak memory is the process's
 maximum resident set (VmHWM), at 1x and 4x the training set (the training split repeated under
-other class names). The stream rows' shard files are written before the timed process starts, and
-the timed process reads only them: the `teacher` stage itself loads the split once to write them.
+other class names). The stream rows' shard files are written before the timed process starts, as
+`prepare` writes them, and the timed process reads only them and the training labels.
 Writes reports/distributed_training.json and prints the table.
 """
 
@@ -56,18 +56,18 @@ def _params(steps: int, epochs: int, distribution: str, data_input: str, backup:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["teacher"].update(epochs=epochs, steps_per_epoch=steps)
     params["data"]["mix_ratio"] = 0.0
-    params["training"] = {"distribution": distribution, "input": data_input, "shards": "data/shards",
-                          "backup": str(backup)}
+    params["training"] = {"distribution": distribution, "input": data_input, "backup": str(backup)}
     return params
 
 
 def _child(folder: pathlib.Path, data_input: str) -> None:
     """In `folder`: the teacher of params.yaml fit on the split in RAM or on the shard folder alone
-    (never loading the split): the stage's model, loss and input, without its open-set monitor,
-    learning-rate schedule and MLflow run. Prints its wall time and peak RSS as JSON."""
+    (never loading the split): the stage's model, loss and input (distribution.training_input),
+    without its open-set monitor, learning-rate schedule and MLflow run. Prints its wall time and
+    peak RSS as JSON."""
     os.chdir(folder)
     started = time.time()
-    from tf_pilltrack import dataset, distribution, models, params as params_module, shards
+    from tf_pilltrack import distribution, models, params as params_module
     from tf_pilltrack import teacher as teacher_module
 
     params = params_module.load(folder / "params.yaml")
@@ -78,14 +78,9 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
 
     settings = params["teacher"]
     tf_keras.utils.set_random_seed(params["base"]["seed"])
-    if data_input == "memory":
-        data = distribution.training_input(params, "teacher", dataset.load_split("train"), dataset.load_split("mix"))
-        options = {}
-    else:
-        shard_folder = next(path for path in pathlib.Path("data/shards").iterdir() if path.is_dir())
-        data = shards.make_dataset(shard_folder, settings, params["augment"], 0.0, params["data"]["reference_share"],
-                                   params["base"]["seed"])
-        options = {"steps_per_epoch": settings["steps_per_epoch"]}
+    train, mix, _, _ = distribution.training_labels(params)  # the splits for memory, nothing for stream
+    data = distribution.training_input(params, "teacher", train, mix)
+    options = {"steps_per_epoch": settings["steps_per_epoch"]} if data_input == "stream" else {}
     model = models.make_teacher(params)
     model.compile(optimizer=tf_keras.optimizers.Adam(settings["learning_rate"]), loss=teacher_module.make_loss(settings))
     model.fit(data, epochs=settings["epochs"], verbose=0, **options)
@@ -153,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return _child(pathlib.Path(args.folder), args.child)
-    from tf_pilltrack import dataset, params as params_module, shards
+    from tf_pilltrack import dataset, params as params_module, paths, shards
 
     base = params_module.load(ROOT / "params.yaml")
     settings = base["teacher"]
@@ -162,8 +157,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
         for scale in args.scales:
-            runs = [("memory", "one process", "none"), ("stream", "one process", "none")] + (
-                [("stream", "two workers", "multi_worker")] if scale == args.scales[0] else [])
+            runs = [("memory", "one process", "none"), ("stream", "one process", "none"),
+                    ("stream", "two workers", "multi_worker")]
             for data_input, processes, distribution in runs:
                 count = 2 if distribution == "multi_worker" else 1
                 folders = []
@@ -172,10 +167,9 @@ def main() -> None:
                     _scaled_splits(scale, folder)
                     params = _params(args.steps, args.epochs, distribution, data_input, scratch / f"backup-{scale}")
                     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-                    if data_input == "stream":  # written before the timed process, which reads only them
+                    if data_input == "stream":  # written before the timed process, as `prepare` writes them
                         with contextlib.chdir(folder):
-                            shards.write_shards(dataset.load_split("train"), dataset.load_split("mix"),
-                                                pathlib.Path("data/shards"))
+                            shards.write_shards(dataset.load_split("train"), dataset.load_split("mix"), paths.SHARDS)
                     folders.append(folder)
                 result = _run_workers(folders) if count > 1 else _run_child(folders[0], data_input)
                 row = {"scale": scale, "input": data_input, "processes": processes,

@@ -51,7 +51,7 @@ def _split(names: list[str], photos: int, seed: int) -> dataset.Split:
 def shard_folder(tmp_path_factory):
     train = _split([f"pill{i}" for i in range(6)] + [f"{dataset.REFERENCE_PREFIX}r{i}" for i in range(4)], 5, 1)
     mix = _split(["own0", "own1", "own2"], 3, 2)
-    return train, mix, shards.write_shards(train, mix, tmp_path_factory.mktemp("shards"))
+    return train, mix, shards.write_shards(train, mix, tmp_path_factory.mktemp("prepared") / "shards")
 
 
 def test_stream_batches_hold_pills_times_photos_of_the_training_pills(shard_folder):
@@ -93,12 +93,53 @@ def test_two_pipelines_share_each_global_batch(shard_folder):
         shards.make_dataset(folder, settings, NO_AUGMENT, 0.0, 0.5, 3, 5, 0)
 
 
-def test_shards_are_written_once_per_training_set(shard_folder, tmp_path):
-    train, mix, folder = shard_folder
-    assert shards.write_shards(train, mix, folder.parent) == folder  # the same splits: the folder there
-    changed = dataset.Split(train.pixels[:-1], train.labels[:-1], train.sources[:-1], train.groups[:-1])
-    assert shards.write_shards(changed, mix, folder.parent) != folder
-    assert not [path for path in folder.parent.iterdir() if path.name.startswith(".")]  # no staging left
+def test_shards_replace_the_previous_folder_and_a_failed_write_keeps_it(shard_folder, tmp_path, monkeypatch):
+    train, mix, _ = shard_folder
+    folder = tmp_path / "shards"
+    shards.write_shards(train, mix, folder)
+    first = shards.read_index(folder)
+    fewer = dataset.Split(train.pixels[:-1], train.labels[:-1], train.sources[:-1], train.groups[:-1])
+    shards.write_shards(fewer, mix, folder)
+    assert sum(pill["photos"] for pill in shards.read_index(folder)["pills"]) == len(fewer) + len(mix)
+    shards.write_shards(train, mix, folder)
+    written = {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert shards.read_index(folder) == first
+
+    calls = {"count": 0}
+    real_example = shards._example
+
+    def failing(pixels, label):
+        calls["count"] += 1
+        if calls["count"] > 7:
+            raise OSError("disk full")
+        return real_example(pixels, label)
+
+    monkeypatch.setattr(shards, "_example", failing)
+    with pytest.raises(OSError, match="disk full"):
+        shards.write_shards(fewer, mix, folder)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == written  # the previous folder intact
+    assert [path.name for path in tmp_path.iterdir()] == ["shards"]  # no staging folder left
+
+
+def test_a_missing_shard_folder_says_how_it_is_made(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training.input is stream"):
+        shards.read_index(tmp_path / "shards")
+
+
+def test_the_stream_input_loads_no_training_photos(tmp_path, monkeypatch):
+    """A training stage with the stream input reads only the training labels, never the photos."""
+    from tf_pilltrack import distribution, paths
+
+    monkeypatch.chdir(tmp_path)
+    paths.PREPARED.mkdir(parents=True)
+    train, mix = _split(["a", "b"], 3, 1), _split(["c"], 2, 2)
+    dataset.save_split(paths.split_file("train"), train)
+    dataset.save_split(paths.split_file("mix"), mix)
+    monkeypatch.setattr(dataset, "load_split", lambda name: pytest.fail(f"the {name} split was loaded"))
+    loaded_train, loaded_mix, train_labels, mix_labels = distribution.training_labels(
+        {"training": {"input": "stream"}})
+    assert loaded_train is None and loaded_mix is None
+    assert train_labels.tolist() == train.labels.tolist() and mix_labels.tolist() == mix.labels.tolist()
 
 
 # --- two workers on loopback ---------------------------------------------------------------------
@@ -119,8 +160,7 @@ def _params(backup: pathlib.Path, distribution: str, seed: int = 42, epochs: int
     params["teacher"].update(epochs=epochs, steps_per_epoch=3, classes_per_batch=4, examples_per_class=4)
     params["distill"].update(float_epochs=epochs, qat_epochs=1, steps_per_epoch=3, classes_per_batch=4,
                              examples_per_class=4, relation_weight=0.0, triplet_weight=0.0)
-    params["training"] = {"distribution": distribution, "input": "stream", "shards": "data/shards",
-                          "backup": str(backup)}
+    params["training"] = {"distribution": distribution, "input": "stream", "backup": str(backup)}
     return params
 
 
@@ -134,8 +174,9 @@ def _workdir(path: pathlib.Path, params: dict, teacher_weights: pathlib.Path | N
               "calibration_queries": _split(["cal0", "cal1", "cal2"], 2, 4)}
     for name, split in splits.items():
         if not len(split):
-            split = dataset.empty_split(SIZE)
+            split = splits[name] = dataset.empty_split(SIZE)
         dataset.save_split(prepared / f"{name}.npz", split)
+    shards.write_shards(splits["train"], splits["mix"], prepared / "shards")  # as prepare writes them
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if teacher_weights is not None:
         (path / "models").mkdir()
@@ -298,6 +339,18 @@ def test_multi_worker_without_tf_config_names_it(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
         distribution.make_strategy({"distribution": "multi_worker"})
+
+
+@pytest.mark.parametrize("name", ["none", "mirrored"])
+def test_a_cluster_in_tf_config_needs_multi_worker(monkeypatch, name):
+    """A cluster runner's TF_CONFIG with params left at one process: every process would train alone."""
+    from tf_pilltrack import distribution
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(_cluster([1, 2], 1)))
+    with pytest.raises(ValueError, match=f"cluster of 2 tasks and training.distribution is {name}"):
+        distribution.make_strategy({"distribution": name})
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    assert distribution.make_strategy({"distribution": "none"}) is not None  # a cluster of one: one process
 
 
 @pytest.mark.parametrize("config,chief", [

@@ -534,6 +534,22 @@ def test_run_writes_every_split_and_the_report(prepared, tmp_path):
     assert "1 absent" in lines[-1]
 
 
+def test_run_writes_the_shard_files_only_for_the_stream_input(tmp_path, monkeypatch, folder, repo_params):
+    from tf_pilltrack import shards
+
+    monkeypatch.chdir(tmp_path)
+    params = _params(repo_params, source=str(folder))
+    params["training"]["input"] = "stream"
+    preparation.run(params, echo=lambda line: None)
+    train = dataset.load_split("train")
+    pills = shards.read_index(paths.SHARDS)["pills"]
+    assert [pill["name"] for pill in pills] == sorted(set(train.labels.tolist()))  # training pills only
+    assert sum(pill["photos"] for pill in pills) == len(train)
+    params["training"]["input"] = "memory"
+    preparation.run(params, echo=lambda line: None)
+    assert not paths.SHARDS.exists()  # a memory run leaves no stale stream files
+
+
 def tight_crop(rgb: np.ndarray) -> np.ndarray:
     """`rgb` cut to its pill's box, as a data set of pill crops has it: the pill meets every edge."""
     rows, columns = np.nonzero(np.abs(rgb.astype(np.int16) - BACKGROUND).sum(axis=2) > 40)

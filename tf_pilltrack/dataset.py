@@ -56,6 +56,16 @@ def load_split(name: str) -> Split:
         raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first") from None
 
 
+def load_labels(name: str) -> np.ndarray:
+    """A prepared split's labels alone: its photos are not read (an .npz member is read when asked for)."""
+    path = paths.split_file(name)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["labels"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first") from None
+
+
 def label_indices(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Integer class ids in sorted-name order, and the names."""
     names = sorted(set(labels.tolist()))

@@ -134,11 +134,12 @@ def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate:
     return history.history
 
 
-def train(params: dict, train_split: dataset.Split, references: dataset.Split,
+def train(params: dict, train_split: dataset.Split | None, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
           mix: dataset.Split | None = None, teacher=None):
     """Float then quantization-aware distillation on the training split (and the mix split), as
-    params' `training` section says (tf_pilltrack.distribution); returns (float student, QAT
+    params' `training` section says (tf_pilltrack.distribution; the stream input reads prepare's
+    shard files and takes no split); returns (float student, QAT
     student, history). The teacher is the trained one (models.load_teacher, built under the
     strategy) unless `teacher` is given (one process only)."""
     settings = params["distill"]
@@ -148,8 +149,7 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
         teacher = teacher if teacher is not None else models.load_teacher(params)
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
-    data = distribution.training_input(params, "distill", train_split,
-                                       mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]))
+    data = distribution.training_input(params, "distill", train_split, mix)
     monitor = training.OpenSetMonitor(references, queries)
     with strategy.scope():
         student = models.make_student(params)
@@ -172,13 +172,13 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    train_split, mix = dataset.load_split("train"), dataset.load_split("mix")
+    train_split, mix, train_labels, mix_labels = distribution.training_labels(params)
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["distill"]
     echo(f"distill: {settings['float_epochs']} float + {settings['qat_epochs']} quantization-aware epochs "
-         f"x {settings['steps_per_epoch']} steps on {len(train_split)} crops"
-         + (f" + {len(mix)} mix crops" if len(mix) else ""))
+         f"x {settings['steps_per_epoch']} steps on {len(train_labels)} crops"
+         + (f" + {len(mix_labels)} mix crops" if len(mix_labels) else ""))
     chief = distribution.is_chief()
     with tracking.stage_run("distill", params, SECTIONS) if chief else contextlib.nullcontext() as mlflow:
         student, qat_student, history = train(params, train_split, references, queries,
@@ -189,7 +189,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             echo("distill: trained as a worker; the chief writes the models")
             return {}
         epochs = settings["float_epochs"] + settings["qat_epochs"]
-        classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
+        classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_labels, mix_labels]))
         images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
         summary = training.record_training("distill", history, student, images, started, mlflow,
                                            paths.STUDENT_QAT_WEIGHTS)

@@ -21,28 +21,33 @@ import os
 import pathlib
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, sampling, shards
+from tf_pilltrack import dataset, paths, sampling, shards
 
 
 def make_strategy(settings: dict) -> tf.distribute.Strategy:
     """The strategy of `training.distribution`; multi_worker reads TF_CONFIG (an error names it)."""
     name = settings["distribution"]
+    config = os.environ.get("TF_CONFIG")
+    try:
+        cluster = json.loads(config).get("cluster", {}) if config else {}
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
+    tasks = sum(len(addresses) for addresses in cluster.values())
+    if name != "multi_worker" and tasks > 1:  # each process would train alone, the chief's model the only one kept
+        raise ValueError(f"TF_CONFIG names a cluster of {tasks} tasks and training.distribution is {name}: "
+                         "set it to multi_worker (params.yaml) to train across them")
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    config = os.environ.get("TF_CONFIG")
     if not config:
         raise ValueError("training.distribution is multi_worker and TF_CONFIG is not set: give each process "
                          "the cluster and its task (see docs/device.md, Training on several machines)")
-    try:
-        json.loads(config)
-    except ValueError as error:
-        raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
     _configure_coordination()
     return tf.distribute.MultiWorkerMirroredStrategy()
 
@@ -83,24 +88,37 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
 
 
-def training_input(params: dict, section: str, train: dataset.Split, mix: dataset.Split):
-    """What `fit` trains on for the `teacher` or `distill` section: the memory sampler, or for
-    `training.input: stream` the shard files of these splits read by tf.data (a DatasetCreator
-    under a distribution strategy, so that each worker builds its own share of each batch)."""
+def training_input(params: dict, section: str, train: dataset.Split | None = None,
+                   mix: dataset.Split | None = None):
+    """What `fit` trains on for the `teacher` or `distill` section: the memory sampler of the
+    `train` and `mix` splits, or for `training.input: stream` the shard files `prepare` wrote
+    (paths.SHARDS; the splits are not needed) read by tf.data (a DatasetCreator under a
+    distribution strategy, so that each worker builds its own share of each batch)."""
     settings, training = params[section], params["training"]
     mix_ratio, reference_share = params["data"]["mix_ratio"], params["data"]["reference_share"]
     if training["input"] == "memory":
+        mix = mix if mix is not None else dataset.empty_split(train.pixels.shape[1])
         return sampling.make_sampler(settings, params["augment"], train, mix, mix_ratio, reference_share)
-    folder = shards.write_shards(train, mix, pathlib.Path(training["shards"]))
+    shards.read_index(paths.SHARDS)  # there, or an error saying how it is made
 
     def make(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         pipelines, pipeline = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
-        return shards.make_dataset(folder, settings, params["augment"], mix_ratio, reference_share,
+        return shards.make_dataset(paths.SHARDS, settings, params["augment"], mix_ratio, reference_share,
                                    params["base"]["seed"], pipelines, pipeline)
 
     if training["distribution"] == "none":
         return make()
     return tf_keras.utils.experimental.DatasetCreator(make)
+
+
+def training_labels(params: dict) -> tuple[dataset.Split | None, dataset.Split | None, np.ndarray, np.ndarray]:
+    """What a training stage loads of the `train` and `mix` splits: both in RAM for the memory
+    input; for the stream input none (the shard files hold the photos), only their labels.
+    Returns (train, mix, train labels, mix labels)."""
+    if params["training"]["input"] == "memory":
+        train, mix = dataset.load_split("train"), dataset.load_split("mix")
+        return train, mix, train.labels, mix.labels
+    return None, None, dataset.load_labels("train"), dataset.load_labels("mix")
 
 
 def fit_options(params: dict, section: str, stage: str) -> tuple[list, dict]:

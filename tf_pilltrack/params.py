@@ -235,7 +235,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "training": {
         "distribution": _choice("none", "mirrored", "multi_worker"),
         "input": _choice("memory", "stream"),
-        "shards": _text,
         "backup": _text,
     },
     "tracking": {"experiment": _text},

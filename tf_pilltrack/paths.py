@@ -5,6 +5,7 @@ import pathlib
 
 SYNTHETIC = pathlib.Path("data/synthetic")
 PREPARED = pathlib.Path("data/prepared")
+SHARDS = PREPARED / "shards"  # the training splits as TFRecord files (training.input: stream)
 MODELS = pathlib.Path("models")
 TEACHER_WEIGHTS = MODELS / "teacher.weights.h5"
 STUDENT_FLOAT_WEIGHTS = MODELS / "student_float.weights.h5"

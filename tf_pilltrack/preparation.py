@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import time
 from collections import Counter, defaultdict
 from typing import Callable
@@ -185,6 +186,12 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     paths.PREPARED.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         dataset.save_split(paths.split_file(name), split)
+    if params["training"]["input"] == "stream":  # the training stages then read these, not the splits
+        from tf_pilltrack import shards  # TensorFlow, for its TFRecord writer: only when it is needed
+
+        shards.write_shards(splits["train"], splits["mix"], paths.SHARDS)
+    else:
+        shutil.rmtree(paths.SHARDS, ignore_errors=True)  # a stream run's files would be stale
     sizes = np.array(ingested.sizes or [(0, 0)])
     report = {
         "source": str(source),

@@ -2,11 +2,13 @@
 photos written once as one TFRecord file per pill, and class-balanced batches read from them with
 tf.data, so that memory stays flat however many pills the training set holds.
 
-Layout of a shard folder (`training.shards`/<digest of the training splits>/): `index.json` (the
-image side and, per pill, its class name, file and photo count)
-and `pill-00000.tfrecord`...: each record one photo, its uint8 pixels and its class id. Only the
+The `prepare` stage writes the shard folder (paths.SHARDS, inside data/prepared) when
+`training.input` is `stream`, so the training stages read the files and never load the split.
+Layout: `index.json` (the image side and, per pill, its class name, file and photo count) and
+`pill-00000.tfrecord`...: each record one photo, its uint8 pixels and its class id. Only the
 `train` and `mix` splits are written: no calibration, novel or absent pill can reach a batch.
-A folder is written in a staging folder and renamed into place, so a crash leaves none half made.
+A folder is written in a staging folder and renamed into place, so a crash leaves the previous
+folder (or none), never a half-made one.
 
 Batches are drawn as `sampling.make_sampler`'s are: `classes_per_batch` pills, `examples_per_class`
 photos of each (without repeats while the pill has enough photos), the mix set's and the reference
@@ -18,7 +20,6 @@ single-process batch. Reading a batch opens its pills' files only: a file holds 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -37,35 +38,23 @@ INDEX = "index.json"
 STREAM = 0x5354_524D  # "STRM": the batch draws use default_rng([seed, STREAM])
 
 
-def digest_splits(train: dataset.Split, mix: dataset.Split) -> str:
-    """A digest of the training photos and labels: a shard folder's name."""
-    hasher = hashlib.sha256()
-    for split in (train, mix):
-        for field in (split.pixels, split.labels.astype(str)):
-            hasher.update(str(field.shape).encode())
-            hasher.update(np.ascontiguousarray(field).tobytes())
-    return hasher.hexdigest()[:16]
-
-
 def _example(pixels: np.ndarray, label: int) -> bytes:
     feature = {"pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(train: dataset.Split, mix: dataset.Split, root: pathlib.Path) -> pathlib.Path:
-    """The shard folder of these training splits under `root` (written unless it is there): one
+def write_shards(train: dataset.Split, mix: dataset.Split, folder: pathlib.Path) -> pathlib.Path:
+    """Write the shard folder `folder` of these training splits (replacing one there): one
     TFRecord file per pill of `train` and `mix` (mix pills named sampling.MIX_PREFIX + name, as
-    the memory sampler names them), in class-id order (sorted names)."""
-    folder = root / digest_splits(train, mix)
-    if (folder / INDEX).is_file():
-        return folder
+    the memory sampler names them), in class-id order (sorted names). Returns `folder`."""
     labels = np.concatenate([train.labels.astype(str), np.char.add(sampling.MIX_PREFIX, mix.labels.astype(str))])
     pixels = [train.pixels, mix.pixels]
     offsets = len(train)
     targets, names = dataset.label_indices(labels)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    retired = folder.parent / f".{folder.name}.old"
     try:
         pills = []
         for class_id, name in enumerate(names):
@@ -79,18 +68,23 @@ def write_shards(train: dataset.Split, mix: dataset.Split, root: pathlib.Path) -
         index = {"image_size": int(train.pixels.shape[1]), "pills": pills}
         (staging / INDEX).write_text(json.dumps(index, indent=1))
         os.chmod(staging, 0o755)
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process wrote the same folder first: the same content
-            if not (folder / INDEX).is_file():
-                raise
+        shutil.rmtree(retired, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, retired)
+        os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     return folder
 
 
 def read_index(folder: pathlib.Path) -> dict:
+    """The shard folder's index; a missing folder is an error that says how it is made."""
+    if not (folder / INDEX).is_file():
+        raise FileNotFoundError(f"{folder}: no shard folder ({INDEX} missing); `pilltrack prepare` writes it "
+                                "when params.yaml's training.input is stream")
     return json.loads((folder / INDEX).read_text())
+
 
 
 def batch_quotas(index: dict, settings: dict, mix_ratio: float, reference_share: float) -> list[tuple[list[int], int]]:

@@ -32,19 +32,19 @@ def make_loss(settings: dict):
     )
 
 
-def train(params: dict, train_split: dataset.Split, references: dataset.Split,
+def train(params: dict, train_split: dataset.Split | None, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
           mix: dataset.Split | None = None):
     """Train the teacher on the training split (and the mix split, data.mix_ratio of each
     batch's classes), as params' `training` section says (one process or distributed, memory or
-    streaming input: tf_pilltrack.distribution); returns (model, history dict)."""
+    streaming input: tf_pilltrack.distribution; the stream input reads prepare's shard files and
+    takes no split); returns (model, history dict)."""
     settings = params["teacher"]
     seed = params["base"]["seed"]
     strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
     random.seed(seed)  # TF-Similarity's samplers draw classes with the `random` module
     tf_keras.utils.set_random_seed(seed)
-    data = distribution.training_input(params, "teacher", train_split,
-                                       mix if mix is not None else dataset.empty_split(train_split.pixels.shape[1]))
+    data = distribution.training_input(params, "teacher", train_split, mix)
     with strategy.scope():
         model = models.make_teacher(params)
         schedule = tf_keras.optimizers.schedules.CosineDecay(
@@ -60,14 +60,14 @@ def train(params: dict, train_split: dataset.Split, references: dataset.Split,
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    train_split, mix = dataset.load_split("train"), dataset.load_split("mix")
+    train_split, mix, train_labels, mix_labels = distribution.training_labels(params)
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["teacher"]
-    classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_split.labels, mix.labels]))
-    echo(f"teacher: {len(train_split)} training crops of {len(set(train_split.labels))} classes"
-         + (f" + {len(mix)} crops of {len(set(mix.labels))} mix classes ({params['data']['mix_source']})"
-            if len(mix) else "") + "; "
+    classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_labels, mix_labels]))
+    echo(f"teacher: {len(train_labels)} training crops of {len(set(train_labels))} classes"
+         + (f" + {len(mix_labels)} crops of {len(set(mix_labels))} mix classes ({params['data']['mix_source']})"
+            if len(mix_labels) else "") + "; "
          f"{settings['loss']} loss, {settings['epochs']} epochs x {settings['steps_per_epoch']} steps of "
          f"{classes} classes x {settings['examples_per_class']} crops"
          + (f" (fewer training classes than teacher.classes_per_batch {settings['classes_per_batch']})"
