@@ -5,7 +5,7 @@
 #   bash scripts/bootstrap.sh [ENVIRONMENT ...]          (no argument: train)
 #
 #   ENVIRONMENT   folder              installs                                  for
-#   train         .venv               -e '.[train,serve,test,browser]'          the pipeline (dvc repro), all tests
+#   train         .venv               -e '.[train,serve,test,browser,cluster]'  the pipeline (dvc repro), all tests
 #   edge          .venv-edge          -e '.[edge,serve,test]'                   the device client on LiteRT, NumPy 2
 #   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,serve,test]'            the device client on tflite-runtime, NumPy 1
 #
@@ -52,7 +52,7 @@ folder_of() {
 }
 extras_of() {
     case $1 in
-        train) echo train,serve,test,browser ;;
+        train) echo train,serve,test,browser,cluster ;;
         edge) echo edge,serve,test ;;
         edge-tflite) echo edge-tflite,serve,test ;;
     esac

@@ -25,7 +25,7 @@ EDGE_ENVIRONMENTS = {
     "edge": (".venv-edge", ("edge", "serve", "test"), "ai_edge_litert", 2),
     "edge-tflite": (".venv-edge-tflite", ("edge-tflite", "serve", "test"), "tflite_runtime", 1),
 }
-TRAIN_EXTRAS = ("train", "serve", "test", "browser")
+TRAIN_EXTRAS = ("train", "serve", "test", "browser", "cluster")
 TENSORFLOW_FAMILY = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly", "tf-keras", "keras"}
 
 
