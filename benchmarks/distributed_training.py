@@ -78,7 +78,7 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
 
     settings = params["teacher"]
     tf_keras.utils.set_random_seed(params["base"]["seed"])
-    train, mix, _, _ = distribution.training_labels(params)  # the splits for memory, nothing for stream
+    train, mix, _, _ = distribution.load_training_set(params)  # the splits for memory, nothing for stream
     data = distribution.training_input(params, "teacher", train, mix)
     options = {"steps_per_epoch": settings["steps_per_epoch"]} if data_input == "stream" else {}
     model = models.make_teacher(params)

@@ -136,7 +136,7 @@ def test_the_stream_input_loads_no_training_photos(tmp_path, monkeypatch):
     dataset.save_split(paths.split_file("train"), train)
     dataset.save_split(paths.split_file("mix"), mix)
     monkeypatch.setattr(dataset, "load_split", lambda name: pytest.fail(f"the {name} split was loaded"))
-    loaded_train, loaded_mix, train_labels, mix_labels = distribution.training_labels(
+    loaded_train, loaded_mix, train_labels, mix_labels = distribution.load_training_set(
         {"training": {"input": "stream"}})
     assert loaded_train is None and loaded_mix is None
     assert train_labels.tolist() == train.labels.tolist() and mix_labels.tolist() == mix.labels.tolist()

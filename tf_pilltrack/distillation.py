@@ -172,7 +172,7 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    train_split, mix, train_labels, mix_labels = distribution.training_labels(params)
+    train_split, mix, train_labels, mix_labels = distribution.load_training_set(params)
     references = dataset.load_split("calibration_references")
     queries = dataset.load_split("calibration_queries")
     settings = params["distill"]

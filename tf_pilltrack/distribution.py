@@ -111,8 +111,8 @@ def training_input(params: dict, section: str, train: dataset.Split | None = Non
     return tf_keras.utils.experimental.DatasetCreator(make)
 
 
-def training_labels(params: dict) -> tuple[dataset.Split | None, dataset.Split | None, np.ndarray, np.ndarray]:
-    """What a training stage loads of the `train` and `mix` splits: both in RAM for the memory
+def load_training_set(params: dict) -> tuple[dataset.Split | None, dataset.Split | None, np.ndarray, np.ndarray]:
+    """Load what a training stage needs of the `train` and `mix` splits: both in RAM for the memory
     input; for the stream input none (the shard files hold the photos), only their labels.
     Returns (train, mix, train labels, mix labels)."""
     if params["training"]["input"] == "memory":
