@@ -48,20 +48,20 @@ def save_split(path: str | os.PathLike, split: Split) -> None:
 
 def load_split(name: str) -> Split:
     """Load a prepared split by name (see paths.SPLITS)."""
-    path = paths.split_file(name)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return Split(data["pixels"], data["labels"], data["sources"], data["groups"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first") from None
+    with _open_split(name) as data:
+        return Split(data["pixels"], data["labels"], data["sources"], data["groups"])
 
 
 def load_labels(name: str) -> np.ndarray:
     """A prepared split's labels alone: its photos are not read (an .npz member is read when asked for)."""
+    with _open_split(name) as data:
+        return data["labels"]
+
+
+def _open_split(name: str):
     path = paths.split_file(name)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return data["labels"]
+        return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing; run `dvc repro prepare` first") from None
 

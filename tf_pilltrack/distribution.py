@@ -32,12 +32,8 @@ from tf_pilltrack import dataset, paths, sampling, shards
 def make_strategy(settings: dict) -> tf.distribute.Strategy:
     """The strategy of `training.distribution`; multi_worker reads TF_CONFIG (an error names it)."""
     name = settings["distribution"]
-    config = os.environ.get("TF_CONFIG")
-    try:
-        cluster = json.loads(config).get("cluster", {}) if config else {}
-    except ValueError as error:
-        raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
-    tasks = sum(len(addresses) for addresses in cluster.values())
+    config = _tf_config()
+    tasks = sum(len(addresses) for addresses in config.get("cluster", {}).values())
     if name != "multi_worker" and tasks > 1:  # each process would train alone, the chief's model the only one kept
         raise ValueError(f"TF_CONFIG names a cluster of {tasks} tasks and training.distribution is {name}: "
                          "set it to multi_worker (params.yaml) to train across them")
@@ -76,10 +72,18 @@ def _configure_coordination() -> None:
         coordinated_jobs=jobs, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000)
 
 
+def _tf_config() -> dict:
+    """TF_CONFIG as a dict ({} when unset); not JSON is an error that says so."""
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
+
+
 def is_chief() -> bool:
     """Whether this process writes the run's outputs: always in one process; under TF_CONFIG,
     the `chief` task, or worker 0 when the cluster has no chief."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = _tf_config()
     task = config.get("task") or {}
     if not task:
         return True

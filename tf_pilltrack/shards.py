@@ -71,7 +71,12 @@ def write_shards(train: dataset.Split, mix: dataset.Split, folder: pathlib.Path)
         shutil.rmtree(retired, ignore_errors=True)
         if folder.exists():
             os.replace(folder, retired)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if retired.exists():
+                os.replace(retired, folder)  # the previous folder back in place
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
@@ -84,7 +89,6 @@ def read_index(folder: pathlib.Path) -> dict:
         raise FileNotFoundError(f"{folder}: no shard folder ({INDEX} missing); `pilltrack prepare` writes it "
                                 "when params.yaml's training.input is stream")
     return json.loads((folder / INDEX).read_text())
-
 
 
 def batch_quotas(index: dict, settings: dict, mix_ratio: float, reference_share: float) -> list[tuple[list[int], int]]:
