@@ -103,7 +103,7 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
         dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
     if weights:  # evaluate a teacher trained before
-        model, history = models.make_teacher(params), {"calibration_recall_at_1": []}
+        model, history = models.make_teacher(params, start=False), {"calibration_recall_at_1": []}
         model.load_weights(weights)
     else:
         model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
@@ -119,7 +119,7 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
 
 def sweep_distill(params: dict, teacher_weights: str) -> dict:
     views = params["preprocess"]["symmetry_views"]
-    teacher = models.make_teacher(params)
+    teacher = models.make_teacher(params, start=False)
     teacher.load_weights(teacher_weights)
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]

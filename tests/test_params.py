@@ -197,6 +197,9 @@ def test_min_pill_fraction_zero_is_refused(params, value):
     ({"preprocess": {"min_pill_fraction": 0.5, "max_pill_fraction": 0.5}}, "preprocess.min_pill_fraction"),
     ({"prepare": {"novel_classes": 0.6, "calibration_classes": 0.4}}, "prepare.novel_classes"),
     ({"distill": {"float_epochs": 0, "qat_epochs": 0}}, "distill.float_epochs"),
+    ({"teacher": {"backbone": "resnet", "pretrained": "imagenet", "frozen_epochs": 0}}, "teacher.pretrained"),
+    ({"teacher": {"backbone": "resnet", "pretrained": "none", "frozen_epochs": 2}}, "teacher.frozen_epochs"),
+    ({"teacher": {"backbone": "efficientnet_lite0", "epochs": 3, "frozen_epochs": 3}}, "teacher.frozen_epochs"),
 ])
 def test_inconsistent_values_are_named(params, change, key):
     for section, values in change.items():
@@ -207,6 +210,7 @@ def test_inconsistent_values_are_named(params, change, key):
 def test_edges_of_cross_checks_are_accepted(params):
     params["distill"].update(float_epochs=0, qat_epochs=1)
     params["prepare"].update(novel_classes=0.5, calibration_classes=0.49)
+    params["teacher"].update(backbone="efficientnet_lite0", pretrained="none", epochs=3, frozen_epochs=2)
     params_module.validate(params)
 
 

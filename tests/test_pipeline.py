@@ -77,7 +77,7 @@ def test_evaluation_reports_episodes_on_synthetic_reference_and_real_data(pipeli
         for shots in params["shots"]:
             entry = episodes[data][f"shots_{shots}"]
             assert entry["known_classes"] >= 2 and entry["absent_classes"] >= 1
-            for model in ("baseline_colour_shape", "teacher", "student_ptq_int8", "student_int8"):
+            for model in ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_ptq_int8", "student_int8"):
                 for views in ("single", "multi"):
                     summary = entry[model][views]
                     assert summary["episodes"] == params["count"]

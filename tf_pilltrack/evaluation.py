@@ -13,8 +13,9 @@ params.yaml), in the same run: on the synthetic novel classes (their reference, 
 absent photos pooled and re-drawn in every episode) and on the embedded real photo set
 (`episodes.real_source`: 17 real pill types, all novel to a model trained on synthetic pills),
 for K = each of `episodes.shots`, with single-view and multi-view queries, for the shipped int8
-model (embedded by the device code, `interpreter.embed`), the teacher and the colour/shape
-baseline on the same episodes. Real images go through the same ingest and preprocessing as
+model (embedded by the device code, `interpreter.embed`), the teacher, the colour/shape
+baseline and the anchor `imagenet_frozen` (EfficientNet-Lite0's ImageNet features, pooled, never
+trained on a pill: what training buys is the distance above it) on the same episodes. Real images go through the same ingest and preprocessing as
 `prepare` (with the bundle's preprocessing constants). Search is exact. False accepts of
 gallery-absent pills are reported at two thresholds: "bundle", the int8 bundle's unknown
 threshold calibrated on the synthetic calibration classes (int8 only), and "episode", the one
@@ -38,7 +39,7 @@ from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import baseline, dataset, episodes, metrics, models, paths, tracking
+from tf_pilltrack import baseline, dataset, efficientnet, episodes, metrics, models, paths, tracking
 
 RECALL_CURVE_DEPTH = 10
 
@@ -157,7 +158,7 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
     return result
 
 
-EPISODE_MODELS = ("baseline_colour_shape", "teacher", "student_ptq_int8", "student_int8")
+EPISODE_MODELS = ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_ptq_int8", "student_int8")
 EPISODE_DATA = ("synthetic", "reference", "real")  # synthetic pills, composited reference pills, real photos
 
 
@@ -263,6 +264,8 @@ def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
         "student_float": lambda pixels, model=models.load_float_student(params): embed_keras(model, pixels, views),
         "student_qat_keras": lambda pixels, model=models.load_qat_student(params): embed_keras(model, pixels, views),
         "baseline_colour_shape": baseline.embed,
+        "imagenet_frozen": lambda pixels, model=efficientnet.load_pretrained(inputs.references.pixels.shape[1]):
+            embed_keras(model, pixels, views),
         "student_ptq_int8": lambda pixels, model=interpreter.make_interpreter(paths.STUDENT_PTQ_TFLITE, threads=1):
             interpreter.embed(model, pixels, views),
         "student_int8": lambda pixels, model=interpreter.make_interpreter(inputs.loaded.model_path, threads=1):
@@ -285,11 +288,12 @@ def score_all(params: dict, inputs: Inputs, fixed: dict, pools: dict) -> tuple[d
     the Recall@k curves and the int8 model's answers per pill (episode_answers.json)."""
     settings, loaded, queries, references = params["episodes"], inputs.loaded, inputs.queries, inputs.references
     results, curves, top1 = {}, {}, {}
-    for name in ("teacher", "student_float", "student_qat_keras", "baseline_colour_shape", "student_ptq_int8"):
+    for name in ("teacher", "student_float", "student_qat_keras", "baseline_colour_shape", "imagenet_frozen",
+                 "student_ptq_int8"):
         query_embeddings, reference_embeddings = fixed[name]
         results[name], curves[name], top1[name] = score(query_embeddings, queries.labels,
                                                         reference_embeddings, references.labels)
-    top1.pop("baseline_colour_shape")
+    top1.pop("baseline_colour_shape"), top1.pop("imagenet_frozen")
     shipped_queries = fixed["student_int8"][0]
     absent_embeddings = pools["novel"]["student_int8"][len(references) + len(queries):]  # the pool's last part
     results["student_int8"] = evaluate_bundle(loaded, shipped_queries, queries, absent_embeddings)
@@ -371,8 +375,8 @@ def print_tables(params: dict, inputs: Inputs, results: dict, answers: dict, sec
     shots = max(settings["shots"])
     echo(f"\nNovel-class retrieval ({len(inputs.queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
     echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
-    for name in ("baseline_colour_shape", "teacher", "student_float", "student_qat_keras", "student_ptq_int8",
-                 "student_int8"):
+    for name in ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_float", "student_qat_keras",
+                 "student_ptq_int8", "student_int8"):
         row = results[name]
         echo(f"{name:<20} {row['recall_at_1']:>9.3f} {row['recall_at_5']:>9.3f} {row['map_at_r']:>7.3f}")
     shipped_row, parity = results["student_int8"], results["parity"]

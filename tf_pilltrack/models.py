@@ -1,4 +1,4 @@
-"""The two networks: a ResNet teacher (TF-Similarity SimilarityModel) and a MobileNetV2 student,
+"""The two networks: a teacher (TF-Similarity SimilarityModel; a ResNet, or EfficientNet-Lite0 from ImageNet weights) and a MobileNetV2 student,
 built from their dimensions (`build_*`) or from params (`make_*`), loaded with their trained
 weights (`load_*`), and embedding crops (`embed`): what the stages share.
 
@@ -19,7 +19,7 @@ from tf_keras import layers
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
-from tf_pilltrack import paths
+from tf_pilltrack import efficientnet, paths
 from tf_pilltrack import params as params_module
 
 
@@ -48,18 +48,15 @@ def _residual_block(inputs, filters: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_out")(x)
 
 
-def build_teacher(image_size: int, embedding_size: int, widths: list[int], blocks: list[int]):
-    """A ResNet-18-style backbone sized for small pill crops, with TF-Similarity's
-    MetricEmbedding head (a dense layer followed by L2 normalisation).
+def _resnet(x, widths: list[int], blocks: list[int]):
+    """A ResNet-18-style backbone sized for small pill crops, to its pooled features.
 
     The stem quarters the resolution (a 3x3 stride-2 convolution and a max pool, as in ResNet),
     unlike TF-Similarity's ResNet18Sim, which keeps full resolution for CIFAR-size images and
-    trains ~10x slower on a CPU.
-    """
+    trains ~10x slower on a CPU."""
     if len(widths) != len(blocks):
         raise ValueError(f"widths {widths} and blocks {blocks} must have the same length")
-    inputs = layers.Input((image_size, image_size, 3), name="pixels")
-    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _batch_norm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
@@ -67,9 +64,40 @@ def build_teacher(image_size: int, embedding_size: int, widths: list[int], block
         for block in range(count):
             stride = 2 if block == 0 and stage > 0 else 1
             x = _residual_block(x, filters, stride, name=f"stage{stage + 1}_block{block + 1}")
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+def build_teacher(input_size: int, embedding_size: int, widths: list[int], blocks: list[int],
+                  backbone: str = "resnet", image_size: int | None = None, imagenet: bool = False):
+    """The teacher: a backbone with TF-Similarity's MetricEmbedding head (a dense layer followed
+    by L2 normalisation), on crops of `input_size` (the profile's, what the student sees).
+
+    backbone `resnet`: `_resnet` of `widths` and `blocks`, from random weights. `efficientnet_lite0`:
+    tf_pilltrack.efficientnet's network (its layers nested as the model's `backbone` layer, so
+    training can freeze it whole), with the registry package's ImageNet weights when `imagenet`.
+    `image_size`: the side the backbone sees; crops are resized to it (bilinear) inside the model
+    when it differs from `input_size`. The teacher runs only while training, so it may be larger."""
+    image_size = image_size or input_size
+    inputs = layers.Input((input_size, input_size, 3), name="pixels")
+    x = inputs
+    if image_size != input_size:
+        x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
+    if backbone == "resnet":
+        if imagenet:
+            raise ValueError("teacher.pretrained imagenet needs teacher.backbone efficientnet_lite0: "
+                             "no ImageNet weights ship for the ResNet")
+        x = _resnet(x, widths, blocks)
+    elif backbone == "efficientnet_lite0":
+        make = efficientnet.load_pretrained if imagenet else efficientnet.build
+        x = make(image_size, name=BACKBONE)(x)
+    else:
+        raise ValueError(f"teacher.backbone must be resnet or efficientnet_lite0, got {backbone!r}")
     outputs = tfsim.layers.MetricEmbedding(embedding_size, name="embedding")(x)
     return tfsim.models.SimilarityModel(inputs, outputs, name="teacher")
+
+
+# Name of the nested backbone model of an efficientnet_lite0 teacher (`build_teacher`).
+BACKBONE = "backbone"
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -148,18 +176,20 @@ def l2_normalise(embeddings):
     return tf.math.l2_normalize(embeddings, axis=-1)
 
 
-def make_teacher(params: dict):
-    """The teacher of params' profile and teacher section, untrained."""
+def make_teacher(params: dict, start: bool = True):
+    """The teacher of params' profile and teacher section, untrained: with the ImageNet weights
+    when teacher.pretrained says so and `start` (False: the layout only, for loading trained weights)."""
     settings = params["teacher"]
     return build_teacher(
         params_module.profile(params)["image_size"], settings["embedding_size"],
-        settings["widths"], settings["blocks"],
+        settings["widths"], settings["blocks"], settings["backbone"], settings["image_size"],
+        start and settings["pretrained"] == "imagenet",
     )
 
 
 def load_teacher(params: dict):
     """The trained teacher, rebuilt from params and its saved weights."""
-    model = make_teacher(params)
+    model = make_teacher(params, start=False)
     model.load_weights(paths.TEACHER_WEIGHTS)
     return model
 

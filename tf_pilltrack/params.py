@@ -187,6 +187,9 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "validation_images": _number(0.0, 1.0),
     },
     "teacher": {
+        "backbone": _choice("resnet", "efficientnet_lite0"),
+        "pretrained": _choice("imagenet", "none"),
+        "image_size": _optional(_integer(8, 512)),
         "embedding_size": _integer(2, 1024),
         "widths": _integers(4, 1),
         "blocks": _integers(4, 1),
@@ -199,6 +202,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "classes_per_batch": _integer(2),
         "examples_per_class": _integer(2),
         "learning_rate": _number(0.0, 1.0),
+        "frozen_epochs": _integer(0),
     },
     "distill": {
         "float_epochs": _integer(0),
@@ -311,6 +315,15 @@ def validate(params: Any) -> dict:
         raise ParamsError("prepare.novel_classes: with calibration_classes it leaves no training class")
     if params["distill"]["float_epochs"] + params["distill"]["qat_epochs"] < 1:
         raise ParamsError("distill.float_epochs: float_epochs + qat_epochs must be at least 1")
+    teacher = params["teacher"]
+    if teacher["pretrained"] == "imagenet" and teacher["backbone"] != "efficientnet_lite0":
+        raise ParamsError(f"teacher.pretrained: imagenet weights ship for efficientnet_lite0 only, "
+                          f"not teacher.backbone {teacher['backbone']}")
+    if teacher["frozen_epochs"] and teacher["backbone"] != "efficientnet_lite0":
+        raise ParamsError("teacher.frozen_epochs: only an efficientnet_lite0 backbone can be frozen (0 for resnet)")
+    if teacher["frozen_epochs"] >= teacher["epochs"]:
+        raise ParamsError(f"teacher.frozen_epochs: {teacher['frozen_epochs']} leaves none of teacher.epochs "
+                          f"{teacher['epochs']} to train the backbone")
     if params["training"]["distribution"] != "none" and params["training"]["input"] != "stream":
         raise ParamsError(f"training.input: {params['training']['distribution']} training needs input: stream "
                           "(the memory samplers cannot be split between replicas)")

@@ -1,5 +1,7 @@
-"""Stage `teacher`: a ResNet trained with TensorFlow Similarity's triplet loss (or
-multi-similarity loss) on the training classes, sampled several shots per class per batch.
+"""Stage `teacher`: a ResNet, or an EfficientNet-Lite0 started from ImageNet weights, trained with
+TensorFlow Similarity's triplet loss (or multi-similarity loss) on the training classes, sampled
+several shots per class per batch. A pretrained backbone may first stay frozen for
+`teacher.frozen_epochs` while the embedding head learns, then everything trains on a cosine schedule.
 
 Every epoch it reports Recall@1 on the calibration classes, which it never trains on: the
 open-set ability the product needs, not the training classes' separability.
@@ -47,15 +49,31 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
     data = distribution.training_input(params, "teacher", train_split, mix)
     with strategy.scope():
         model = models.make_teacher(params)
-        schedule = tf_keras.optimizers.schedules.CosineDecay(
-            settings["learning_rate"], settings["epochs"] * settings["steps_per_epoch"])
-        model.compile(optimizer=tf_keras.optimizers.Adam(schedule), loss=make_loss(settings))
+    monitor = [training.OpenSetMonitor(references, queries)] + list(callbacks or [])
+    frozen, epochs, steps = settings["frozen_epochs"], settings["epochs"], settings["steps_per_epoch"]
+    history: dict[str, list] = {}
+    if frozen:  # the embedding head learns on the backbone's ImageNet features before the backbone moves
+        model.get_layer(models.BACKBONE).trainable = False
+        _compile(model, strategy, settings, settings["learning_rate"])
+        backup, options = distribution.fit_options(params, "teacher", "teacher_frozen")
+        _extend(history, model.fit(data, epochs=frozen, verbose=verbose, callbacks=monitor + backup, **options))
+        model.get_layer(models.BACKBONE).trainable = True
+    _compile(model, strategy, settings,
+             tf_keras.optimizers.schedules.CosineDecay(settings["learning_rate"], (epochs - frozen) * steps))
     backup, options = distribution.fit_options(params, "teacher", "teacher")
-    history = model.fit(
-        data, epochs=settings["epochs"], verbose=verbose,
-        callbacks=[training.OpenSetMonitor(references, queries)] + list(callbacks or []) + backup, **options,
-    )
-    return model, history.history
+    _extend(history, model.fit(data, epochs=epochs, initial_epoch=frozen, verbose=verbose,
+                               callbacks=monitor + backup, **options))
+    return model, history
+
+
+def _compile(model, strategy, settings: dict, learning_rate) -> None:
+    with strategy.scope():
+        model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=make_loss(settings))
+
+
+def _extend(history: dict[str, list], fitted) -> None:
+    for key, values in fitted.history.items():
+        history.setdefault(key, []).extend(values)
 
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
