@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import time
 
@@ -60,6 +61,17 @@ class _Main(click.Group):
         if pending:
             spread.append("--image")
         return super().parse_args(ctx, spread)
+
+
+class _FiniteRange(click.FloatRange):
+    """click's FloatRange, refusing NaN and infinity: NaN compares false with both bounds, so
+    FloatRange(0, 60) took `nan` (and then every use of it failed later, or silently)."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 @contextlib.contextmanager
@@ -109,7 +121,7 @@ def _cpu_count() -> int:
               show_default="number of CPU cores", help=f"Interpreter threads, at most {limits.MAX_THREADS}.")
 @click.option("--top-k", type=click.IntRange(1, limits.MAX_TOP_K), default=3, show_default=True, metavar="N",
               help=f"Closest enrolled pills reported per result (distinct pills), at most {limits.MAX_TOP_K}.")
-@click.option("--threshold", type=click.FloatRange(0.0, 2.0), metavar="DISTANCE",
+@click.option("--threshold", type=_FiniteRange(0.0, 2.0), metavar="DISTANCE",
               help="Unknown-pill threshold, a cosine distance (1 - cos, 0 to 2): a best match "
                    "farther than this is reported as 'unknown'.  [default: the bundle's]")
 @click.option("--edgetpu", is_flag=True,
@@ -311,7 +323,7 @@ def _used_whole(identifier: Identifier, crop, width: int, height: int) -> bool:
               help="Take the photos with this camera (0 the first) instead of from files.")
 @click.option("--shots", type=click.IntRange(1, limits.MAX_ENROLL_PHOTOS), default=5, show_default=True,
               metavar="N", help="Photos to take with --camera, counting only frames where a pill is found.")
-@click.option("--interval", type=click.FloatRange(0.0, limits.MAX_SHOT_INTERVAL_S), default=1.0, show_default=True,
+@click.option("--interval", type=_FiniteRange(0.0, limits.MAX_SHOT_INTERVAL_S), default=1.0, show_default=True,
               metavar="SECONDS",
               help="Seconds between camera shots; turn the pill between them.")
 @click.option("--new-gallery", is_flag=True,
@@ -412,7 +424,7 @@ def list_command(ctx):
               help="Video file to serve instead of a camera, played in a loop (demos, tests).")
 @click.option("--folder", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Folder of photos to serve instead of a camera, shown in turn in a loop (demos, tests).")
-@click.option("--fps", type=click.FloatRange(0.0, limits.MAX_FPS, min_open=True), default=10.0, show_default=True,
+@click.option("--fps", type=_FiniteRange(0.0, limits.MAX_FPS, min_open=True), default=10.0, show_default=True,
               metavar="FPS",
               help=f"Frames per second read from --video or --folder, at most {limits.MAX_FPS:g}; a camera "
                    "gives its own.")
@@ -427,14 +439,14 @@ def list_command(ctx):
                    "[default: none on loopback; generated and printed once for any other --host]")
 @click.option("--top-k", type=click.IntRange(1, limits.MAX_TOP_K), default=3, show_default=True, metavar="N",
               help=f"Closest enrolled pills shown per answer (distinct pills), at most {limits.MAX_TOP_K}.")
-@click.option("--threshold", type=click.FloatRange(0.0, 2.0), metavar="DISTANCE",
+@click.option("--threshold", type=_FiniteRange(0.0, 2.0), metavar="DISTANCE",
               help="Unknown-pill threshold, a cosine distance (1 - cos, 0 to 2).  [default: the bundle's]")
 @click.option("--smooth", type=click.IntRange(1, limits.MAX_SMOOTH_FRAMES), default=5, show_default=True,
               metavar="FRAMES",
               help=f"Frames voted over before a different pill is announced, at most {limits.MAX_SMOOTH_FRAMES}.")
 @click.option("--shots", type=click.IntRange(1, limits.MAX_ENROLL_PHOTOS), default=5, show_default=True, metavar="N",
               help="Shots the page's \"take N shots\" takes to enroll a pill (the page can change it).")
-@click.option("--countdown", type=click.FloatRange(0.0, limits.MAX_COUNTDOWN_S), default=3.0, show_default=True,
+@click.option("--countdown", type=_FiniteRange(0.0, limits.MAX_COUNTDOWN_S), default=3.0, show_default=True,
               metavar="SECONDS", help="Seconds counted down on the page before each shot; turn the pill meanwhile.")
 @click.pass_context
 def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, smooth, shots, countdown):

@@ -303,3 +303,24 @@ def test_the_live_view_names_a_close_call():
     assert text_end(annotate(frame, close, UNKNOWN, 30.0)) > text_end(annotate(frame, plain, UNKNOWN, 30.0)) + 50
     # the smoother still announcing another pill: the close call is not about what is shown
     assert text_end(annotate(frame, close, "red", 30.0)) < text_end(annotate(frame, close, UNKNOWN, 30.0))
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
+def test_every_float_option_refuses_nan_and_infinity(edge_bundle, tmp_path, value):
+    """Issue 37: `serve --countdown nan` and `--interval nan` were taken (NaN compares false with
+    both bounds of click's FloatRange), and then every /api/bundle answered 400. Each float option
+    now refuses NaN and infinity as a usage error (exit 2) naming it, before anything runs."""
+    photo = write_photo(tmp_path / "green.png", pill_photos("green", 1, seed=4)[0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["--threshold", value, "--image", photo],
+                 ["enroll", "--label", "green", "--interval", value, photo],
+                 ["serve", "--folder", str(empty), "--fps", value],
+                 ["serve", "--folder", str(empty), "--countdown", value],
+                 ["serve", "--folder", str(empty), "--threshold", value]):
+        result = run(["--bundle", edge_bundle, *args])
+        option = next(arg for arg in args if arg.startswith("--") and arg not in ("--image", "--label", "--folder"))
+        assert result.exit_code == 2, (args, result.output)
+        assert f"Invalid value for '{option}'" in result.output and "is not a finite number" in result.output, (
+            args, result.output)
+    assert run(["--bundle", edge_bundle, "--threshold", "0.5", "--headless", "--image", photo]).exit_code == 0
