@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import os
+import secrets
+import stat
 import sys
 import threading
 import time
@@ -40,7 +43,8 @@ from edge_runtime.identification import Identifier, Result, Smoother, combine_vi
 from edge_runtime.interpreter import runtime_name
 from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, decode_image
 
-THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill enrolled through the page
+THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill enrolled through the page;
+# written, read and deleted only inside it, never through a symbolic link (Counter._thumbnail_folder)
 STEP_WINDOW = 200  # frames over which the device step's median and 95th percentile are shown
 JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
 
@@ -48,6 +52,16 @@ JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
 class Refused(ValueError):
     """A request the counter refuses without changing anything: bad input (a label, a photo, a
     limit); the message says what and, for photos, which."""
+
+
+class ThumbnailRefused(ValueError):
+    """The thumbnails folder, or a file in it, is not what the page may write or delete: a symbolic
+    link (which could lead outside the bundle) or not a folder / regular file. Names the path."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}; the page writes and deletes thumbnails only inside the bundle "
+                         "directory, so it refuses this: make it a plain folder of the bundle's own (or "
+                         "remove it)")
 
 
 class NotReady(RuntimeError):
@@ -350,6 +364,7 @@ class Counter:
         return done
 
     def _enroll(self, label: str, embeddings: np.ndarray, pixels: np.ndarray, new_gallery: bool) -> dict:
+        self.check_thumbnails()  # before the gallery changes: a thumbnail the page could not keep inside
         count = enrollment.enroll(self.bundle_dir, label, embeddings, new_gallery)
         if not new_gallery:  # a pill enrolled before under another case keeps its first spelling
             label = gallery.find_label(dict.fromkeys(self.identifier.bundle.labels), label) or label
@@ -361,6 +376,7 @@ class Counter:
 
     def remove(self, label: str) -> dict:
         """Remove a pill (matched as the CLI matches it), then answer without it."""
+        self.check_thumbnails()
         removed = enrollment.remove(self.bundle_dir, label)
         self.reload()
         self._drop_thumbnails(keep=set(self.identifier.bundle.labels))
@@ -369,39 +385,121 @@ class Counter:
     def gallery(self) -> list[dict]:
         """The enrolled pills, sorted, with their photo counts and thumbnail (file name or None)."""
         counts = collections.Counter(self.identifier.bundle.labels)
+        present = set()
+        with contextlib.suppress(OSError, ThumbnailRefused), self._thumbnail_folder(create=False) as folder:
+            if folder is not None:
+                present = {name for name in os.listdir(folder) if _is_regular(folder, name, missing=False)}
         listed = []
         for label in sorted(counts, key=gallery.label_key):
             name = thumbnail_name(label)
-            exists = os.path.isfile(os.path.join(self.bundle_dir, THUMBNAILS, name))
-            listed.append({"label": label, "photos": counts[label], "thumbnail": name if exists else None})
+            listed.append({"label": label, "photos": counts[label], "thumbnail": name if name in present else None})
         return listed
 
     def thumbnail(self, name: str) -> bytes | None:
-        """A thumbnail's JPEG bytes by its name (as `gallery` gives it), or None."""
+        """A thumbnail's JPEG bytes by its name (as `gallery` gives it), or None (as for a symbolic
+        link in its place: only a regular file inside the bundle is read)."""
         if name not in {thumbnail_name(label) for label in set(self.identifier.bundle.labels)}:
             return None
         try:
-            return storage.read_regular(os.path.join(self.bundle_dir, THUMBNAILS, name), limits.MAX_IMAGE_BYTES)
-        except (OSError, ValueError):
+            with self._thumbnail_folder(create=False) as folder:
+                if folder is None:
+                    return None
+                descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+                with os.fdopen(descriptor, "rb") as handle:
+                    if storage.not_regular(os.fstat(descriptor).st_mode):
+                        return None
+                    data = handle.read(limits.MAX_IMAGE_BYTES + 1)
+        except (OSError, ThumbnailRefused):
             return None
+        return data if len(data) <= limits.MAX_IMAGE_BYTES else None
+
+    # --- the thumbnails folder: every path written, read or deleted stays inside the bundle ---------
+
+    @contextlib.contextmanager
+    def _thumbnail_folder(self, create: bool) -> Iterator[int | None]:
+        """A descriptor of the bundle's thumbnails folder, opened without following a symbolic link
+        (O_NOFOLLOW), for the block to work in by name (dir_fd): a folder swapped for a link
+        afterwards is not followed either. None when there is none and `create` is false.
+        ThumbnailRefused, naming the path, when it is a symbolic link or not a folder."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        bundle = os.open(self.bundle_dir, flags)
+        try:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(THUMBNAILS, 0o755, dir_fd=bundle)
+            try:
+                folder = os.open(THUMBNAILS, flags | os.O_NOFOLLOW, dir_fd=bundle)
+            except FileNotFoundError:
+                if create:
+                    raise
+                folder = None
+            except OSError as error:
+                if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise ThumbnailRefused(os.path.join(self.bundle_dir, THUMBNAILS),
+                                       _what_is(bundle, THUMBNAILS, "a folder")) from None
+        finally:
+            os.close(bundle)
+        try:
+            yield folder
+        finally:
+            if folder is not None:
+                os.close(folder)
+
+    def check_thumbnails(self) -> None:
+        """Refused (naming the path) when the bundle's thumbnails folder is a symbolic link or not a
+        folder, or holds a thumbnail (*.jpg) that is a symbolic link or not a regular file: the page
+        would write or delete it, and it writes and deletes only inside the bundle. Checked before
+        a change of the gallery, so such a bundle changes nothing."""
+        try:
+            with self._thumbnail_folder(create=False) as folder:
+                if folder is None:
+                    return
+                for name in sorted(os.listdir(folder)):
+                    if name.endswith(".jpg") and not _is_regular(folder, name, missing=True):
+                        raise ThumbnailRefused(os.path.join(self.bundle_dir, THUMBNAILS, name),
+                                               _what_is(folder, name, "a regular file"))
+        except ThumbnailRefused as error:
+            raise Refused(f"{error}; nothing changed") from None
+        except OSError as error:
+            raise Refused(f"{os.path.join(self.bundle_dir, THUMBNAILS)}: cannot be read "
+                          f"({error.strerror or error}); nothing changed") from None
 
     def _write_thumbnail(self, label: str, pixels: np.ndarray) -> None:
-        folder = os.path.join(self.bundle_dir, THUMBNAILS)
+        """The pill's thumbnail, written atomically inside the thumbnails folder (a temporary file
+        created there with O_EXCL | O_NOFOLLOW, renamed over the name): never through a link."""
+        name = thumbnail_name(label)
+        path = os.path.join(self.bundle_dir, THUMBNAILS, name)
         try:
-            os.makedirs(folder, exist_ok=True)
-            storage.write_atomically(os.path.join(folder, thumbnail_name(label)),
-                                     encode_jpeg(np.ascontiguousarray(pixels[:, :, ::-1])))
-        except OSError as error:  # the pill is enrolled: a missing thumbnail is only shown as such
-            print(f"warning: {folder}: cannot write {label!r}'s thumbnail ({error.strerror or error})",
-                  file=sys.stderr)
+            data = encode_jpeg(np.ascontiguousarray(pixels[:, :, ::-1]))
+            with self._thumbnail_folder(create=True) as folder:
+                if not _is_regular(folder, name, missing=True):
+                    raise ThumbnailRefused(path, _what_is(folder, name, "a regular file"))
+                _write_in(folder, name, data)
+        except ThumbnailRefused as error:  # swapped for a link since check_thumbnails: left as it is
+            print(f"warning: {label!r}'s thumbnail not written: {error}", file=sys.stderr)
+        except OSError as error:  # the pill is enrolled: a missing thumbnail only shows so
+            print(f"warning: {path}: {label!r}'s thumbnail not written ({error.strerror or error})", file=sys.stderr)
 
     def _drop_thumbnails(self, keep: set) -> None:
-        folder = os.path.join(self.bundle_dir, THUMBNAILS)
+        """Delete the thumbnails (*.jpg) but those of `keep`, inside the folder (dir_fd); an entry
+        that is not a regular file (a symbolic link put there meanwhile) is left, and reported."""
         wanted = {thumbnail_name(label) for label in keep}
-        with contextlib.suppress(OSError):
-            for name in os.listdir(folder):
-                if name.endswith(".jpg") and name not in wanted:
-                    os.unlink(os.path.join(folder, name))
+        try:
+            with self._thumbnail_folder(create=False) as folder:
+                if folder is None:
+                    return
+                for name in os.listdir(folder):
+                    if not name.endswith(".jpg") or name in wanted:
+                        continue
+                    if not _is_regular(folder, name, missing=True):
+                        print(f"warning: {os.path.join(self.bundle_dir, THUMBNAILS, name)}: not deleted "
+                              f"({_what_is(folder, name, 'a regular file')})", file=sys.stderr)
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=folder)
+        except (OSError, ThumbnailRefused) as error:
+            print(f"warning: thumbnails not deleted: {error}", file=sys.stderr)
 
     def bundle_info(self) -> dict:
         """What the page's bundle panel shows: model, runtime, profile, input size, naming rule,
@@ -431,6 +529,53 @@ class Counter:
 def thumbnail_name(label: str) -> str:
     """A pill's thumbnail file: named by a digest of its label's key, so any label makes a safe name."""
     return hashlib.sha256(gallery.label_key(label).encode("utf-8")).hexdigest()[:16] + ".jpg"
+
+
+def _is_regular(folder: int, name: str, missing: bool | None = None) -> bool:
+    """Whether `name` in the folder (a descriptor) is a regular file, not following a link; when
+    there is none, FileNotFoundError, or `missing` if given."""
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        return missing
+
+
+def _what_is(folder: int, name: str, expected: str) -> str:
+    """What `name` in the folder is, when it is not `expected`: "a symbolic link (to TARGET)", ..."""
+    try:
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISLNK(mode):
+        try:
+            return f"a symbolic link (to {os.readlink(name, dir_fd=folder)}), not {expected}"
+        except OSError:
+            return f"a symbolic link, not {expected}"
+    if stat.S_ISDIR(mode):
+        return f"a folder, not {expected}"
+    return storage.not_regular(mode) if expected == "a regular file" else f"not {expected}"
+
+
+def _write_in(folder: int, name: str, data: bytes) -> None:
+    """Replace `name` in the folder (a descriptor) by `data`, atomically and durably, as
+    storage.write_atomically does, but by name within the folder: the temporary file is created
+    with O_EXCL | O_NOFOLLOW and renamed over `name` (which replaces a link itself, never its target)."""
+    temporary = f"{storage.TEMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=folder)
+        raise
+    os.fsync(folder)
 
 
 def encode_jpeg(bgr: np.ndarray) -> bytes:

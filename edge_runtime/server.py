@@ -24,10 +24,18 @@ server-sent events, one per frame.
     POST /api/faces/clear     start the faces again
 
 Access: bound to a loopback address, reads need nothing; with an access token in force (given,
-or required for any other address), every POST must carry it, and so must every request when
-not bound to loopback: header `X-PillTrack-Token` or query `?token=`. A POST from another site's
-page (its Origin not this server) is refused, and on loopback only a loopback Host is answered
-(no DNS rebinding). Errors are JSON `{"error": "..."}`: 400 bad input (nothing changed), 403
+or required for any other address), every request that changes something must carry it, and so
+must every request when not bound to loopback: header `X-PillTrack-Token` or query `?token=`.
+Every request but GET and HEAD (every POST, and any PUT, DELETE, OPTIONS...) needs proof that it
+comes from the page itself: the access token when one is in force, else the page key, a secret
+made when the server starts that the page carries in a <meta> tag and its JavaScript sends in
+header `X-PillTrack-Page`. Another site's page cannot read the page (no CORS is granted, and the
+preflight a custom header needs is refused), so it can send neither; a request whose Origin is
+another site is refused even with them, and a missing or `null` Origin (a sandboxed frame's)
+proves nothing. On loopback only a loopback Host is answered (no DNS rebinding). Every response
+forbids framing (`X-Frame-Options: DENY`, `Content-Security-Policy: frame-ancestors 'none'`),
+and a connection that does not finish its request's headers within HEADER_TIMEOUT_S is closed.
+Errors are JSON `{"error": "..."}`: 400 bad input (nothing changed) or a Host not loopback, 403
 refused, 404, 413 an upload over its limits, 503 the live view or the bundle's lock not ready.
 """
 
@@ -43,10 +51,10 @@ import socket
 import urllib.parse
 
 try:
+    import h11
     import uvicorn
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -54,14 +62,20 @@ except ImportError as error:  # the minimal client has no web server
     raise ImportError(f"the counter page needs the `serve` extra ({error.name} is missing): "
                       "pip install -e '.[edge,serve]'") from None
 from starlette.concurrency import run_in_threadpool
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_runtime import limits, storage
 from edge_runtime.counter import Counter, NotReady, Refused
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "counter.html")
 TOKEN_HEADER = "X-PillTrack-Token"
+PAGE_HEADER = "X-PillTrack-Page"  # the page key, which the page's own requests carry
+PAGE_KEY_MARK = "{{PAGE_KEY}}"  # in page/counter.html, replaced by the page key when served
 KEEPALIVE_S = 15.0  # a comment line on an idle event stream, so proxies and tablets keep it open
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this, else the connection is closed
+READ_METHODS = frozenset({"GET", "HEAD"})  # every other method is taken as changing something
+NO_FRAMING = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+              (b"x-content-type-options", b"nosniff")]
 
 
 class UploadTooLarge(Exception):
@@ -80,6 +94,61 @@ def is_loopback(host: str) -> bool:
 
 def make_token() -> str:
     return secrets.token_urlsafe(18)
+
+
+def host_name(header: str | None) -> str | None:
+    """The host name of a Host header ("127.0.0.2:8000" -> "127.0.0.2", "[::1]:80" -> "::1"),
+    lower case; None when it is missing or malformed."""
+    if not header:
+        return None
+    try:
+        parts = urllib.parse.urlsplit("//" + header)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not one
+    except ValueError:
+        return None
+    if parts.username is not None or parts.password is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname or None
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether an Origin header names this server, as the request's Host names it."""
+    try:
+        netloc = urllib.parse.urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and host is not None and netloc.lower() == host.lower()
+
+
+def _matches(given: str | None, secret: str) -> bool:
+    return secrets.compare_digest((given or "").encode("utf-8"), secret.encode("utf-8"))
+
+
+class _Guard:
+    """ASGI middleware before the routes: `check(request)` refuses a request (its response) or
+    lets it through, and every response gets the NO_FRAMING headers."""
+
+    def __init__(self, app, check):
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_unframed(message):
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in NO_FRAMING}
+                headers = [(name, value) for name, value in message.get("headers", []) if name.lower() not in names]
+                message = {**message, "headers": headers + NO_FRAMING}
+            await send(message)
+
+        problem = self.check(Request(scope))
+        if problem is not None:
+            await problem(scope, receive, send_unframed)
+            return
+        await self.app(scope, receive, send_unframed)
 
 
 def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, countdown_s: float) -> Starlette:
@@ -121,25 +190,36 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
     def refuse(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    def access_problem(request: Request, changes_something: bool) -> JSONResponse | None:
-        if changes_something:
-            origin = request.headers.get("origin")
-            if origin and origin != "null" and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
-                return refuse(403, f"refused: a request from another site ({origin})")
-        if token is None or (loopback and not changes_something):
-            return None
-        given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
-        if secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-            return None
-        what = "changing the gallery" if changes_something else "this page, beyond loopback,"
-        return refuse(403, f"refused: {what} needs the access token (printed when `pilltrack-edge serve` "
-                           "started, or given with --token); open the page's address with ?token=...")
+    page_key = make_token()  # proof that a change comes from the page this server served
+    page = page.replace(PAGE_KEY_MARK, page_key)
 
-    def guarded(handler, changes_something: bool = False):
+    def access_problem(request: Request) -> JSONResponse | None:
+        """Why a request is refused (the module docstring's rules), or None."""
+        host = request.headers.get("host")
+        if loopback and not is_loopback(host_name(host) or ""):
+            return refuse(400, f"refused: Host {limits.shown(host)} is not a loopback address of this device "
+                               "(a page of another site, through a name of its own); open the address that "
+                               "`pilltrack-edge serve` printed")
+        changes_something = request.method not in READ_METHODS
+        origin = request.headers.get("origin")
+        if changes_something and origin not in (None, "null") and not same_origin(origin, host):
+            return refuse(403, f"refused: a request from another site's page ({limits.shown(origin)})")
+        if token is not None and (changes_something or not loopback):
+            if _matches(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"), token):
+                return None
+            what = "a change" if changes_something else "this page, beyond loopback,"
+            return refuse(403, f"refused: {what} needs the access token (printed when `pilltrack-edge serve` "
+                               "started, or given with --token); open the page's address with ?token=...")
+        if changes_something and not _matches(request.headers.get(PAGE_HEADER), page_key):
+            return refuse(403, f"refused: {request.method} {request.url.path} without the counter page's key "
+                               f"(header {PAGE_HEADER}, which only the page this server serves has): a request "
+                               "from another site's page, or from a page loaded before the server restarted "
+                               "(reload it); a script can run `serve --token` and send the token, or use "
+                               "`pilltrack-edge enroll` / `remove`")
+        return None
+
+    def guarded(handler):
         async def endpoint(request: Request):
-            problem = access_problem(request, changes_something)
-            if problem is not None:
-                return problem
             try:
                 return await handler(request)
             except Refused as error:
@@ -287,15 +367,14 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         Route("/thumbnails/{name}", guarded(thumbnail)),
         Route("/api/shots", guarded(shots_list)),
         Route("/api/shots/{number:int}.jpg", guarded(shot_thumbnail)),
-        Route("/api/shots", guarded(take_shot, True), methods=["POST"]),
-        Route("/api/shots/clear", guarded(clear_shots, True), methods=["POST"]),
-        Route("/api/enroll", guarded(enroll, True), methods=["POST"]),
-        Route("/api/remove", guarded(remove, True), methods=["POST"]),
-        Route("/api/faces", guarded(take_face, True), methods=["POST"]),
-        Route("/api/faces/clear", guarded(clear_faces, True), methods=["POST"]),
+        Route("/api/shots", guarded(take_shot), methods=["POST"]),
+        Route("/api/shots/clear", guarded(clear_shots), methods=["POST"]),
+        Route("/api/enroll", guarded(enroll), methods=["POST"]),
+        Route("/api/remove", guarded(remove), methods=["POST"]),
+        Route("/api/faces", guarded(take_face), methods=["POST"]),
+        Route("/api/faces/clear", guarded(clear_faces), methods=["POST"]),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))] if loopback else []
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(routes=routes, middleware=[Middleware(_Guard, check=access_problem)], lifespan=lifespan)
 
 
 async def small_form(request: Request):
@@ -381,9 +460,56 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()  # uvicorn 0.54's list of signals to raise again
 
 
-def make_server(app: Starlette) -> uvicorn.Server:
-    """A uvicorn server for the app: its own log off (the CLI says what it serves), and open
-    streams given 2 s to end when it stops."""
+class _HeaderTimedH11(H11Protocol):
+    """uvicorn's h11 protocol, but a connection that has not sent a whole request's headers within
+    `header_timeout_s` of opening (or of the previous response) is closed. uvicorn 0.54 has no such
+    timeout: its keep-alive timer stops at the first byte, so a client sending the headers a byte at
+    a time, or never their end, held the connection (and its memory) for ever. The headers' size is
+    bounded by h11 (16 KiB, uvicorn's `h11_max_incomplete_event_size`)."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _header_timer = None
+
+    def _awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        if self._awaiting_headers():
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._awaiting_headers():  # the headers are in (or the connection is ending)
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_timer()  # the next request on this connection, if any, gets its own time
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+
+def make_server(app: Starlette, header_timeout_s: float = HEADER_TIMEOUT_S) -> uvicorn.Server:
+    """A uvicorn server for the app: its own log off (the CLI says what it serves), open streams
+    given 2 s to end when it stops, and a request's headers given `header_timeout_s`."""
+    protocol = type("HeaderTimedH11", (_HeaderTimedH11,), {"header_timeout_s": header_timeout_s})
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
-                            lifespan="on")
+                            lifespan="on", http=protocol)
     return _Server(config)

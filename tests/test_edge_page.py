@@ -9,12 +9,17 @@ which the README shows, is made so), else into the test's temporary folder."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import http.server
+import json
 import os
 import queue
 import shutil
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import cv2
 import numpy as np
@@ -136,3 +141,119 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
     text_becomes("message", "Removed Cyan 20 mg (3 photos)")
     text_becomes("answer", "unknown pill")
     assert gallery() == ["blue", "green", "red"]
+
+
+# --- issue 37: another site's page, on this machine, tries to change the gallery ----------------------
+
+ATTACK = """
+async function attack(target, photos, where) {
+  // Every way a page of another origin has to post to the counter: fetch without CORS (the
+  // request goes, the answer is opaque), with CORS (it goes, the answer is withheld), with a
+  // guessed custom header (a preflight first, which must be refused), and a form posted into a
+  // frame (a navigation). Each tries to replace the gallery, enroll, and remove a pill.
+  const results = [];
+  function form(fields, withPhotos) {
+    const data = new FormData();
+    for (const [name, value] of Object.entries(fields)) data.append(name, value);
+    if (withPhotos) photos.forEach((encoded, i) => {
+      const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+      data.append("photos", new Blob([bytes], {type: "image/png"}), "evil-" + i + ".png");
+    });
+    return data;
+  }
+  const attempts = [["api/enroll", {label: "evil", new_gallery: "1"}, true],
+                    ["api/enroll", {label: "evil"}, true], ["api/remove", {label: "red"}, false]];
+  for (const [path, fields, withPhotos] of attempts) {
+    for (const mode of ["no-cors", "cors"]) {
+      try {
+        const response = await fetch(target + path, {method: "POST", mode, body: form(fields, withPhotos)});
+        results.push(where + " " + mode + " " + path + ": answered " + response.status);
+      } catch (error) { results.push(where + " " + mode + " " + path + ": withheld"); }
+    }
+    try {
+      await fetch(target + path, {method: "POST", headers: {"X-PillTrack-Page": "guessed"},
+                                  body: form(fields, withPhotos)});
+      results.push(where + " preflighted " + path + ": answered");
+    } catch (error) { results.push(where + " preflighted " + path + ": refused"); }
+  }
+  for (const label of ["green", "blue"]) {  // a form posted into a frame: a navigation, not a fetch
+    const sink = document.getElementById("sink");
+    const loaded = new Promise((resolve) => { sink.onload = resolve; });
+    const post = document.createElement("form");
+    post.method = "POST"; post.enctype = "multipart/form-data"; post.target = "sink";
+    post.action = target + "api/" + (label === "green" ? "remove" : "enroll");
+    for (const [name, value] of Object.entries({label, new_gallery: "1", from_shots: "1"})) {
+      const field = document.createElement("input");
+      field.name = name; field.value = value; post.append(field);
+    }
+    document.body.append(post);
+    post.submit();
+    await loaded;
+    results.push(where + " form " + post.action + ": posted");
+  }
+  return results;
+}
+"""
+
+
+@pytest.fixture
+def other_site(tmp_path):
+    """A web server on another loopback port (another origin than the counter's), serving a folder."""
+    folder = tmp_path / "other-site"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{site.server_address[1]}/"
+    site.shutdown()
+    site.server_close()
+
+
+def bundle_files(directory) -> dict:
+    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))
+            if os.path.isfile(os.path.join(directory, name))}
+
+
+def test_another_sites_page_cannot_change_the_gallery(browser, served, other_site, edge_bundle):
+    """Issue 37: a sandboxed iframe (its requests' Origin is `null`) on any page replaced the whole
+    gallery of the default `serve`. A page of another origin on this machine (another port), plain
+    and in a sandboxed iframe, tries every way to enroll, replace the gallery and remove pills; the
+    gallery is unchanged, and the browser did send the requests (the no-CORS fetches were answered)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder, site = other_site
+    photos = []
+    for photo in pill_photos("cyan", 2, seed=5):
+        ok, data = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        photos.append(base64.b64encode(data.tobytes()).decode())
+    setup = f"const target = {json.dumps(served)}; const photos = {json.dumps(photos)};"
+    (folder / "sandboxed.html").write_text(
+        f"<!doctype html><iframe name=sink id=sink></iframe><script>{ATTACK}{setup}"
+        "attack(target, photos, 'sandboxed').then((results) => parent.postMessage(results, '*'),"
+        " (error) => parent.postMessage(['sandboxed failed: ' + error], '*'));</script>")
+    (folder / "attack.html").write_text(
+        f"<!doctype html><iframe name=sink id=sink></iframe><script>{ATTACK}{setup}"
+        "window.results = []; window.finished = 0;"
+        "window.addEventListener('message', (event) => { window.results.push(...event.data); window.finished++; });"
+        "attack(target, photos, 'plain').then((results) => { window.results.push(...results); window.finished++;"
+        "  const frame = document.createElement('iframe');"  # its requests' Origin: null
+        "  frame.sandbox = 'allow-scripts allow-forms'; frame.src = 'sandboxed.html'; document.body.append(frame); },"
+        " (error) => { window.results.push('plain failed: ' + error); window.finished = 2; });</script>")
+    before = bundle_files(edge_bundle)
+
+    browser.get(site + "attack.html")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: driver.execute_script("return window.finished") == 2,
+                                         "the other site's page did not finish its attempts")
+    results = browser.execute_script("return window.results")
+    for where in ("plain", "sandboxed"):
+        assert f"{where} no-cors api/remove: answered 0" in results, results  # sent, the answer opaque
+        assert f"{where} preflighted api/remove: refused" in results, results
+        assert sum(line.startswith(f"{where} form ") for line in results) == 2, results
+    with urllib.request.urlopen(served + "api/gallery", timeout=WAIT_S) as response:
+        assert [pill["label"] for pill in json.load(response)["pills"]] == ["blue", "green", "red"]
+    assert bundle_files(edge_bundle) == before
+    assert not os.path.exists(os.path.join(edge_bundle, "thumbnails"))

@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -55,14 +56,16 @@ def looping(frames):
 
 
 class Page:
-    """A counter and its server, running on 127.0.0.1 on a free port."""
+    """A counter and its server, running on `host` (127.0.0.1) on a free port. Its requests that
+    change something carry the page key, read from the page as the page's JavaScript reads it."""
 
-    def __init__(self, identifier, open_frames, token=None, loopback=True, source="clip", fps=50.0):
+    def __init__(self, identifier, open_frames, token=None, loopback=True, source="clip", fps=50.0,
+                 host="127.0.0.1", header_timeout_s=server.HEADER_TIMEOUT_S):
         self.counter = Counter(identifier, open_frames, source, fps, smooth=3)
         self.app = server.make_app(self.counter, token, loopback, shots=2, countdown_s=0.0)
-        self.sock = server.listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = server.make_server(self.app)
+        self.sock = server.listen(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = server.make_server(self.app, header_timeout_s=header_timeout_s)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.counter.start()
         self.thread.start()
@@ -70,6 +73,10 @@ class Page:
         while not self.server.started:
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.02)
+        self.page_key = None
+        status, html = self.request("GET", "/" + (f"?token={token}" if token else ""))
+        assert status == 200, html
+        self.page_key = page_key_of(html)
 
     def close(self):
         self.server.should_exit = True
@@ -77,10 +84,13 @@ class Page:
         self.counter.stop()
         self.sock.close()
 
-    def request(self, method, path, fields=None, files=None, headers=None, body=None):
+    def request(self, method, path, fields=None, files=None, headers=None, body=None, proof=True):
         """(status, JSON or bytes) of one request; `fields` and `files` [(name, filename, bytes)] go as
-        multipart/form-data, as the page's FormData does."""
+        multipart/form-data, as the page's FormData does. A request other than GET and HEAD carries
+        the page key, as the page's own do, unless `proof` is false."""
         headers = dict(headers or {})
+        if proof and method not in ("GET", "HEAD") and self.page_key is not None:
+            headers.setdefault(server.PAGE_HEADER, self.page_key)
         if fields is not None or files is not None:
             boundary = uuid.uuid4().hex
             parts = io.BytesIO()
@@ -109,6 +119,13 @@ class Page:
                 return answer
             time.sleep(0.05)
         raise AssertionError(f"the answer never became {what}; last: {answer}")
+
+
+def page_key_of(html: bytes) -> str:
+    """The page key in the served page, as the page's JavaScript reads it."""
+    found = re.search(rb'<meta name="pilltrack-page-key" content="([^"]+)">', html)
+    assert found and b"{{" not in found.group(1), "the page key is not in the served page"
+    return found.group(1).decode()
 
 
 @pytest.fixture
@@ -296,6 +313,7 @@ def test_an_upload_without_a_declared_length_is_held_to_the_limit_as_it_arrives(
     parts.append(f"--{boundary}--\r\n".encode())
     assert sum(map(len, parts)) > 1000
     head = ("POST /api/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
+            f"{server.PAGE_HEADER}: {page.page_key}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
     status, body = exchange(page.url, head + chunked)
@@ -452,3 +470,195 @@ def test_serve_refuses_bad_arguments_before_serving(edge_bundle, tmp_path):
 def test_loopback_addresses():
     assert all(map(server.is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
     assert not any(map(server.is_loopback, ["0.0.0.0", "192.168.1.20", "::", "counter.local"]))
+
+
+# --- issue 37: hostile requests -------------------------------------------------------------------
+
+CHANGES = [  # every route that changes something, with a form that would do so
+    ("/api/enroll", {"label": "cyan", "new_gallery": "1"}, "upload"),  # the whole gallery replaced
+    ("/api/enroll", {"label": "cyan"}, "upload"),
+    ("/api/remove", {"label": "red"}, None),
+    ("/api/shots", {}, None), ("/api/shots/clear", {}, None),
+    ("/api/faces", {}, None), ("/api/faces/clear", {}, None),
+]
+
+
+def test_a_change_needs_proof_that_it_comes_from_the_page(page, edge_bundle):
+    """Issue 37: on the default `serve` (loopback, no token) `Origin: null`, a sandboxed frame's on
+    any site, removed a pill and replaced the gallery. Now no Origin, `null`, another site's (another
+    port of this host too) or a wrong page key are all refused, for every change, and nothing changes."""
+    before = snapshot(edge_bundle)
+    host = page.url.removeprefix("http://")
+    other_port = f"http://127.0.0.1:{int(host.split(':')[1]) % 65535 + 1}"
+    refusals = [
+        ({}, "without the counter page's key"),  # curl, a script: no Origin, no key
+        ({"Origin": "null"}, "without the counter page's key"),  # a sandboxed iframe, a file:// page
+        ({"Origin": "null", server.PAGE_HEADER: "a-guessed-page-key-value"}, "without the counter page's key"),
+        ({server.PAGE_HEADER: ""}, "without the counter page's key"),
+        ({"Origin": other_port}, "another site"),  # a page of another server on this machine
+        ({"Origin": "http://evil.example"}, "another site"),
+        ({"Origin": other_port, server.PAGE_HEADER: page.page_key}, "another site"),  # even with the key
+    ]
+    for headers, message in refusals:
+        for path, fields, files in CHANGES:
+            status, refused = page.request("POST", path, fields, uploads(count=1) if files else None,
+                                           headers=headers, proof=False)
+            assert status == 403 and message in refused["error"], (headers, path, refused)
+    for method in ("PUT", "DELETE", "PATCH"):  # any method but GET and HEAD needs it, whatever the route
+        status, refused = page.request(method, "/api/remove", {"label": "red"}, proof=False)
+        assert status == 403 and "without the counter page's key" in refused["error"], (method, refused)
+    preflight = urllib.request.Request(page.url + "/api/remove", method="OPTIONS", headers={
+        "Origin": other_port, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": server.PAGE_HEADER.lower()})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the preflight a custom header needs: refused
+        urllib.request.urlopen(preflight, timeout=30)
+    assert refused.value.code == 403
+    assert not any(name.lower().startswith("access-control-") for name in refused.value.headers)
+    assert snapshot(edge_bundle) == before
+    assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["blue", "green", "red"]
+    assert page.request("GET", "/api/shots")[1] == {"shots": 0}
+
+    # the page's own requests: its key, and its own Origin or none (a null Origin with the key too)
+    for headers in ({"Origin": f"http://{host}"}, {}, {"Origin": "null"}):
+        assert page.request("POST", "/api/faces/clear", headers=headers)[0] == 200, headers
+    status, done = page.request("POST", "/api/remove", {"label": "red"}, headers={"Origin": f"http://{host}"})
+    assert (status, done) == (200, {"label": "red", "photos": 3})
+
+
+def test_the_page_key_is_the_servers_own_and_not_in_the_page_file(identifier, page):
+    """Each server makes its own key: a page served by another (or before a restart) proves nothing."""
+    other = Page(identifier, looping(pill_photos("cyan", 2, seed=3)))
+    try:
+        assert other.page_key != page.page_key
+        status, refused = page.request("POST", "/api/remove", {"label": "red"},
+                                       headers={server.PAGE_HEADER: other.page_key}, proof=False)
+        assert status == 403 and "reload it" in refused["error"]
+    finally:
+        other.close()
+    with open(server.PAGE, encoding="utf-8") as handle:
+        assert server.PAGE_KEY_MARK in handle.read()  # the file has the mark, only served pages a key
+
+
+def headers_of(url: str, method: str = "GET", headers=None):
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers
+
+
+def test_every_response_forbids_framing(page):
+    for path, method, headers, status in [("/", "GET", {}, 200), ("/api/gallery", "GET", {}, 200),
+                                          ("/api/answer", "HEAD", {}, 200), ("/nothing", "GET", {}, 404),
+                                          ("/api/remove", "POST", {}, 403),
+                                          ("/", "GET", {"Host": "evil.example"}, 400)]:
+        got, answered = headers_of(page.url + path, method, headers)
+        assert got == status, (path, got)
+        assert answered["X-Frame-Options"] == "DENY", path
+        assert answered["Content-Security-Policy"] == "frame-ancestors 'none'", path
+        assert answered["X-Content-Type-Options"] == "nosniff", path
+
+
+def test_a_client_that_never_finishes_its_headers_is_dropped(identifier):
+    """uvicorn's keep-alive timer stops at the first byte: a client sending its headers a line at a
+    time, never their end, held the connection for ever. Now it is closed (after header_timeout_s,
+    1 s here; the test only waits, up to WAIT_S, for the close) and the server answers others."""
+    page = Page(identifier, looping(pill_photos("cyan", 2, seed=3)), header_timeout_s=1.0)
+    try:
+        host, port = page.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=WAIT_S) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.settimeout(0.2)
+            deadline, closed, lines = time.monotonic() + WAIT_S, False, 0
+            while not closed and time.monotonic() < deadline:
+                try:
+                    slow.sendall(b"X-Slow-%d: x\r\n" % lines)  # one more header line, never the blank one
+                    lines += 1
+                    closed = slow.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+            assert closed, f"the connection is still open after {lines} header lines"
+        assert page.request("GET", "/api/gallery")[0] == 200
+        with socket.create_connection((host, int(port)), timeout=WAIT_S) as idle:  # a whole request in time:
+            idle.sendall(b"GET /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert idle.recv(64).startswith(b"HTTP/1.1 200 ")  # answered as before
+    finally:
+        page.close()
+
+
+def test_serve_on_another_loopback_address_answers_its_own_host(identifier):
+    """`serve --host 127.0.0.2` is loopback, but answered every request 400 `Invalid host header`
+    (only localhost, 127.0.0.1 and ::1 were allowed). Any loopback address is answered now, and any
+    other name still refused (no DNS rebinding)."""
+    try:
+        page = Page(identifier, looping(pill_photos("cyan", 2, seed=3)), host="127.0.0.2",
+                    loopback=server.is_loopback("127.0.0.2"))
+    except OSError as error:
+        pytest.skip(f"127.0.0.2 cannot be bound here ({error})")
+    try:
+        assert page.request("GET", "/api/gallery")[0] == 200  # Host: 127.0.0.2:PORT
+        port = page.url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.2:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2"):
+            assert page.request("GET", "/api/answer", headers={"Host": host})[0] == 200, host
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.2.evil.example", "10.0.0.1", "[::1", ""):
+            status, refused = page.request("GET", "/api/answer", headers={"Host": host})
+            assert status == 400 and "not a loopback address" in refused["error"], host
+        status, done = page.request("POST", "/api/remove", {"label": "red"}, headers={"Origin": page.url})
+        assert (status, done) == (200, {"label": "red", "photos": 3})
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["thumbnails-folder-a-link", "a-thumbnail-a-link"])
+def test_the_page_writes_and_deletes_thumbnails_only_inside_the_bundle(page, edge_bundle, tmp_path, inside):
+    """Issue 37: with `thumbnails` a symbolic link to another folder, enrolling wrote a thumbnail
+    there and removing deleted every *.jpg there. A linked folder, or a linked thumbnail in it, is
+    now refused, naming it, before the gallery changes; nothing outside the bundle is touched."""
+    outside = tmp_path / "Pictures"
+    outside.mkdir()
+    (outside / "holiday.jpg").write_bytes(b"\xff\xd8 a photo of the user's own")
+    (outside / "notes.txt").write_text("kept")
+    folder = os.path.join(edge_bundle, "thumbnails")
+    if inside:  # a real folder, one thumbnail in it a link to the user's photo
+        os.mkdir(folder)
+        link = os.path.join(folder, thumbnail_name("cyan"))
+        os.symlink(outside / "holiday.jpg", link)
+        named = link
+    else:
+        os.symlink(outside, folder)
+        named = folder
+    listing = {path.name: path.read_bytes() for path in outside.iterdir()}
+    before = snapshot(edge_bundle)
+
+    for fields, files in (({"label": "cyan"}, uploads()), ({"label": "cyan", "new_gallery": "1"}, uploads()),
+                          ({"label": "red"}, None)):
+        path = "/api/remove" if files is None else "/api/enroll"
+        status, refused = page.request("POST", path, fields, files)
+        assert status == 400, refused
+        assert refused["error"].startswith(f"{named}: a symbolic link (to {outside}")
+        assert "only inside the bundle directory" in refused["error"] and "nothing changed" in refused["error"]
+    assert {path.name: path.read_bytes() for path in outside.iterdir()} == listing  # nothing written or deleted
+    assert snapshot(edge_bundle) == before  # nor the gallery changed
+    assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["blue", "green", "red"]
+    assert os.path.islink(named)
+
+
+def test_a_thumbnail_link_is_never_read_or_followed(page, edge_bundle, tmp_path):
+    """A thumbnail swapped for a link after the check (or put there by hand) is not served, and the
+    page's writes and deletions replace or leave the link, never its target."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 not the bundle's")
+    status, done = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads())
+    assert status == 200, done
+    thumbnail = os.path.join(edge_bundle, "thumbnails", thumbnail_name("cyan"))
+    os.replace(thumbnail, thumbnail + ".kept")
+    os.symlink(secret, thumbnail)
+    assert page.request("GET", f"/thumbnails/{thumbnail_name('cyan')}")[0] == 404  # not read through the link
+    cyan = next(p for p in page.request("GET", "/api/gallery")[1]["pills"] if p["label"] == "cyan")
+    assert cyan["thumbnail"] is None
+    page.counter._write_thumbnail("cyan", np.zeros((8, 8, 3), np.uint8))  # as if swapped after the check
+    page.counter._drop_thumbnails(keep=set())
+    assert secret.read_bytes() == b"\xff\xd8 not the bundle's" and os.path.islink(thumbnail)
