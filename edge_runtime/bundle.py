@@ -18,7 +18,9 @@ commits always loads, and a refused change leaves the previous bundle as it was.
 `load_bundle` verifies everything before Annoy or the interpreter touch a file: the sidecar's
 fields and types, that each file name is the one its checksum implies (so no name can point
 outside the directory), sizes and SHA-256 checksums, the embeddings' shape against the labels
-and embedding size, and the model's input and output against the sidecar. Anything wrong
+and embedding size, the Annoy index's structure against the embeddings (`check_index_file`:
+checksums prove only that the files agree, and Annoy's native code trusts the index's counts and
+references), and the model's input and output against the sidecar. Anything wrong
 raises BundleError naming the file and the problem.
 
 Why one module of about 600 lines: the writer and the reader of one on-disk format, which must
@@ -555,6 +557,71 @@ def _verify_file(directory: str, kind: str, entry: FileEntry) -> str:
     return path
 
 
+_NODE_BLOCK = 1 << 15  # nodes checked at a time by check_index_file, bounding its memory
+
+
+def check_index_file(path: str, embeddings: np.ndarray) -> None:
+    """Raise BundleError unless `path` is a well-formed angular Annoy index (annoy 1.17) of the
+    rows of `embeddings`, item i being row i: checksums prove only that the files agree, and
+    Annoy's native code trusts every count and reference in the file, so a crafted index would
+    crash the device (out-of-range reads) or hang it (a cycle) at load or query time.
+
+    The format: fixed-size nodes of (int32 n_descendants, int32 children[2], float32 v[E]),
+    the N item nodes first (n_descendants 1, v the item's vector), then the trees' nodes, then a
+    copy of each root; Annoy finds the roots as the run of nodes at the end with the last node's
+    n_descendants, which is also its item count. A node of up to K = E + 2 descendants is a
+    leaf listing its items in children[] and on into v; a larger one splits at the hyperplane v
+    between two child nodes, which Annoy always writes before their parent."""
+    rows, dimensions = embeddings.shape
+    node_bytes = 4 * (3 + dimensions)
+    most_listed = dimensions + 2  # K: the most items a leaf node lists
+    try:
+        size = os.path.getsize(path)
+        nodes = np.memmap(path, dtype=np.int32, mode="r") if size else np.zeros(0, np.int32)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{path}: cannot be read ({error})") from None
+    if size == 0 or size % node_bytes:
+        raise BundleError(f"{path}: {size} bytes is not a whole number of {node_bytes}-byte nodes "
+                          f"of an Annoy index of {dimensions}-dimensional angular vectors")
+    count = size // node_bytes
+    if count > np.iinfo(np.int32).max:
+        raise BundleError(f"{path}: {count} nodes, more than Annoy can number")
+    nodes = nodes.reshape(count, 3 + dimensions)
+    descendants = nodes[:, 0]
+    # The roots, found as Annoy finds them; their descendant count is the index's item count.
+    last = int(descendants[-1])
+    if last != rows:
+        raise BundleError(f"{path}: its roots hold {last} items, {len(embeddings)} gallery rows "
+                          f"expected (a damaged or foreign index)")
+    if count <= rows:
+        raise BundleError(f"{path}: {count} nodes, too few for {rows} items and their trees")
+    items = nodes[:rows]
+    if (items[:, 0] != 1).any():
+        bad = int(np.flatnonzero(items[:, 0] != 1)[0])
+        raise BundleError(f"{path}: item node {bad} has descendant count {int(items[bad, 0])}, "
+                          "expected 1 (a damaged index)")
+    if not np.array_equal(np.ascontiguousarray(items[:, 3:]).view(np.float32), embeddings):
+        raise BundleError(f"{path}: its item vectors differ from the bundle's embeddings")
+    slot = np.arange(most_listed)
+    for start in range(rows, count, _NODE_BLOCK):
+        block = np.asarray(nodes[start:start + _NODE_BLOCK])
+        number = block[:, 0]
+        children = block[:, 1:]
+        position = start + np.arange(len(block))
+        leaf = number <= most_listed
+        listed = slot[None, :] < number[:, None]
+        bad = (number < 1) | (number > rows)
+        # A leaf lists n_descendants item numbers; a split names two earlier nodes (so no cycles).
+        bad |= leaf & (listed & ((children < 0) | (children >= rows))).any(axis=1)
+        split_children = children[:, :2]
+        bad |= ~leaf & ((split_children < 0) | (split_children >= position[:, None])).any(axis=1)
+        if bad.any():
+            where = int(np.flatnonzero(bad)[0])
+            raise BundleError(f"{path}: node {start + where} (descendants {int(number[where])}, "
+                              f"children {shown(children[where, :2].tolist())}) is out of range "
+                              f"for {count} nodes and {rows} items (a damaged index)")
+
+
 def _load(directory: str, verify_model: bool) -> Bundle:
     """`load_bundle` for a caller that holds the lock."""
     sidecar = _read_sidecar(directory)
@@ -578,6 +645,7 @@ def _load(directory: str, verify_model: bool) -> Bundle:
         raise BundleError(f"{paths['embeddings']}: holds NaN or infinite values")
     embeddings.setflags(write=False)
 
+    check_index_file(paths["index"], embeddings)  # before Annoy's native code reads it
     index = AnnoyIndex(dimensions, METRIC)
     try:
         index.load(paths["index"], prefault=False)
