@@ -441,12 +441,30 @@ def _read_sidecar(directory: str) -> dict:
     except OSError as error:
         raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
-        sidecar = json.loads(raw.decode("utf-8"))
+        sidecar = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_without_repeats)
+    except _RepeatedKey as error:  # which of the two values counts differs between readers
+        raise BundleError(f"{path}: the key {shown(error.key)} appears twice in one JSON object") from None
     except (ValueError, RecursionError) as error:
         # Besides malformed JSON and UTF-8 (ValueErrors): an integer beyond Python's digit limit
         # (a ValueError) and nesting deeper than the recursion limit.
         raise BundleError(f"{path}: not valid JSON ({shown(str(error))})") from None
     return _check_sidecar(path, sidecar)
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list) -> dict:
+    """json's object_pairs_hook: the object as a dict, refusing a key given twice."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _RepeatedKey(key)
+        result[key] = value
+    return result
 
 
 def _check_sidecar(path: str, sidecar) -> dict:

@@ -53,7 +53,7 @@ def label_key(label: str) -> str:
 def check_label(label: str) -> str:
     """The normalised `label` (`normalise_label`) if it can name an enrolled pill: non-empty,
     at most limits.MAX_LABEL_CHARS characters, printable (no control characters or lone
-    surrogates), and not the reserved answer UNKNOWN in any case."""
+    surrogates), and not the reserved answer UNKNOWN in any case or Unicode compatibility form."""
     if isinstance(label, str) and len(label) > 4 * limits.MAX_LABEL_CHARS:  # not worth normalising
         raise ValueError(f"label {shown(label)} is longer than {limits.MAX_LABEL_CHARS} characters")
     label = normalise_label(label)
@@ -63,7 +63,8 @@ def check_label(label: str) -> str:
         raise ValueError(f"label {shown(label)} is longer than {limits.MAX_LABEL_CHARS} characters")
     if not label.isprintable():
         raise ValueError(f"label {shown(label)} has control or unprintable characters")
-    if label_key(label) == UNKNOWN:
+    # NFKC, so that no compatibility spelling (fullwidth "ｕｎｋｎｏｗｎ", ligatures) passes for it.
+    if unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", label).casefold()) == UNKNOWN:
         raise ValueError(f"{label!r} is reserved for pills that match no enrolled one")
     return label
 

@@ -8,7 +8,8 @@ root whose `crop` and `source_photo` columns group crops cut from one photo, so 
 is split across references and queries. Unreadable files and photos without a findable pill
 are reported (file and reason) and skipped; the run continues. The data report names them.
 Only regular files of at most limits.MAX_IMAGE_BYTES are read (a FIFO or a device in the folder is
-reported, never opened); a zip member's size is checked from its header before it is read, and
+reported, never opened); a zip member's size is checked from its header before it is read (and
+it is read in chunks, never past that size), and
 encrypted members or compression methods zipfile cannot read are reported and skipped. Any failure
 to read or decode one image is that image's problem, never the run's.
 """
@@ -98,7 +99,7 @@ def _list_folder(root: pathlib.Path):
     manifest = root / "manifest.csv"
     groups = {}
     if manifest.exists():
-        groups = _read_manifest(storage.read_regular(manifest, limits.MAX_IMAGE_BYTES).decode("utf-8-sig"))
+        groups = _read_manifest(storage.read_regular(manifest, limits.MAX_IMAGE_BYTES), str(manifest))
     return images, groups, skipped
 
 
@@ -118,8 +119,9 @@ _ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", z
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a zip member is not read, from its header alone: encrypted, a compression method
-    zipfile cannot read, or more than limits.MAX_IMAGE_BYTES uncompressed; else None. (zipfile
-    stops decompressing at the header's size, so a member cannot grow past it once read.)"""
+    zipfile cannot read, or more than limits.MAX_IMAGE_BYTES uncompressed; else None.
+    (`_read_member` reads in chunks and stops at the header's size, so a member cannot grow
+    past it once read.)"""
     if info.flag_bits & 0x1:
         return "encrypted (password-protected), not read"
     if info.compress_type not in _ZIP_METHODS:
@@ -149,7 +151,7 @@ def _list_zip(archive: pathlib.Path):
             if _member_problem(members[name]):
                 raise ValueError(f"{archive}: manifest.csv: {_member_problem(members[name])}")
             with zipfile.ZipFile(archive) as handle:
-                groups = _read_manifest(handle.read(name).decode("utf-8-sig"))
+                groups = _read_manifest(_read_member(handle, name), f"{archive}: {name}")
             continue
         if _hidden(relative):
             continue
@@ -174,7 +176,32 @@ class _ZipReader:
     def read(self, member: str) -> bytes:
         if self.handle is None:
             self.handle = zipfile.ZipFile(self.archive)
-        return self.handle.read(member)
+        return _read_member(self.handle, member)
+
+
+_CHUNK_BYTES = 1 << 16  # zip members are read this much at a time
+
+
+def _read_member(handle: zipfile.ZipFile, member: str) -> bytes:
+    """A member's bytes, read in chunks and never more than its header's size (nor
+    limits.MAX_IMAGE_BYTES): `ZipFile.read` inflates up to 2 GiB in one call before it checks
+    anything, so a member whose headers understate its size cost that much memory. A member
+    that is not what its header says ends in zipfile.BadZipFile (its CRC, or its size)."""
+    info = handle.getinfo(member)
+    most = min(info.file_size, limits.MAX_IMAGE_BYTES)
+    if info.file_size > most:
+        raise zipfile.BadZipFile(f"{info.file_size} bytes, over the limit of {limits.MAX_IMAGE_BYTES} bytes")
+    chunks, total = [], 0
+    with handle.open(info) as stream:
+        while True:
+            chunk = stream.read(min(_CHUNK_BYTES, most + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > most:
+                raise zipfile.BadZipFile(f"holds more than the {info.file_size} bytes its header says")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _hidden(name: str) -> bool:
@@ -182,16 +209,32 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "__MACOSX/")) or name.split("/")[-1].startswith(".")
 
 
-def _read_manifest(text: str) -> dict[str, str]:
+def _manifest_rows(data: bytes, where: str) -> tuple[set, list[dict]]:
+    """The columns and rows of a manifest.csv's bytes; ValueError naming `where` (the file) and
+    the line when it is not UTF-8 text or not CSV (a field over csv's 131,072 characters)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{where}: line {line}: not UTF-8 text (byte {error.start})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        columns = set(reader.fieldnames or ())
+        rows = list(reader)
+    except csv.Error as error:
+        raise ValueError(f"{where}: line {reader.reader.line_num}: not readable CSV ({shown_error(error)})") from None
+    return columns, rows
+
+
+def _read_manifest(data: bytes, where: str = "manifest.csv") -> dict[str, str]:
     """Crop name to source photo, from a manifest with 'crop' and 'source_photo' columns; a
     reference-photo manifest ('file' and 'side', see `read_sides`) groups nothing."""
-    rows = csv.DictReader(io.StringIO(text))
-    columns = set(rows.fieldnames or ())
+    columns, rows = _manifest_rows(data, where)
     if {"crop", "source_photo"} <= columns:
         return {row["crop"]: row["source_photo"] for row in rows}
     if {"file", "side"} <= columns:
         return {}
-    raise ValueError("manifest.csv: needs the columns 'crop' and 'source_photo' (or 'file' and 'side')")
+    raise ValueError(f"{where}: needs the columns 'crop' and 'source_photo' (or 'file' and 'side')")
 
 
 def read_sides(source: pathlib.Path) -> dict[str, str]:
@@ -199,23 +242,27 @@ def read_sides(source: pathlib.Path) -> dict[str, str]:
     'side' columns of the source's manifest.csv; empty without one or without those columns."""
     if source.is_dir():
         manifest = source / "manifest.csv"
-        text = None
+        data, where = None, str(manifest)
         if manifest.exists():
-            text = storage.read_regular(manifest, limits.MAX_IMAGE_BYTES).decode("utf-8-sig")
+            data = storage.read_regular(manifest, limits.MAX_IMAGE_BYTES)
     else:
         with zipfile.ZipFile(source) as handle:
             names = [name for name in handle.namelist() if name.split("/")[-1] == "manifest.csv"
                      and name.count("/") <= 1 and not _hidden(name)]
-            text = None
+            data = None
             if names:
+                where = f"{source}: {min(names, key=len)}"
                 problem = _member_problem(handle.getinfo(min(names, key=len)))
                 if problem:
-                    raise ValueError(f"{source}: {min(names, key=len)}: {problem}")
-                text = handle.read(min(names, key=len)).decode("utf-8-sig")
-    if text is None:
+                    raise ValueError(f"{where}: {problem}")
+                try:
+                    data = _read_member(handle, min(names, key=len))
+                except (zipfile.BadZipFile, zlib.error) as error:
+                    raise ValueError(f"{where}: cannot be read ({shown_error(error)})") from None
+    if data is None:
         return {}
-    rows = csv.DictReader(io.StringIO(text))
-    if not {"file", "side"} <= set(rows.fieldnames or ()):
+    columns, rows = _manifest_rows(data, where)
+    if not {"file", "side"} <= columns:
         return {}
     return {row["file"]: row["side"].strip().lower() for row in rows}
 
