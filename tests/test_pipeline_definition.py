@@ -158,6 +158,31 @@ def test_stage_depends_on_every_project_file_it_imports(stage_name, command):
     assert not missing, f"dvc.yaml stage {stage_name} (tf_pilltrack/{module}.py) imports but does not depend on: {missing}"
 
 
+@pytest.mark.parametrize("stage_name,command", pilltrack_stages())
+def test_stage_depends_on_no_project_module_it_does_not_import(stage_name, command):
+    """The other way round: a listed module the stage never imports makes an edit to it rerun the
+    stage (and every stage after it) for nothing. The code deps are exactly the import walk."""
+    module = cli_stage_modules()[command]
+    closure = {relative(path) for path in import_closure(module_file(f"tf_pilltrack.{module}"))}
+    code = {dep for dep in stage_deps(pipeline_stages()[stage_name])
+            if dep.startswith(tuple(f"{package}/" for package in PACKAGES)) and dep.endswith(".py")}
+    extra = sorted(code - closure)
+    assert not extra, f"dvc.yaml stage {stage_name} (tf_pilltrack/{module}.py) depends on modules it never imports: {extra}"
+
+
+def test_device_only_code_is_no_training_stage_dependency():
+    """edge_runtime/__init__.py imports nothing, so a training stage that needs one device module
+    (preprocessing, storage) does not run, nor depend on, the device's identification, gallery
+    edits or interpreter: editing them leaves generate, prepare, teacher and distill up to date."""
+    assert not [node for node in ast.walk(ast.parse((ROOT / "edge_runtime" / "__init__.py").read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom))], "edge_runtime/__init__.py imports modules"
+    device_only = {f"edge_runtime/{name}.py" for name in ("identification", "enrollment", "gallery", "bundle",
+                                                          "interpreter", "counter", "server", "cli", "capture")}
+    stages = pipeline_stages()
+    for name in ("generate", "prepare", "teacher", "distill"):
+        assert not device_only & stage_deps(stages[name]), f"stage {name} depends on device-only code"
+
+
 def test_no_stage_module_imports_another():
     """Each stage's code is its own module plus shared ones: a stage module that imports another
     runs (and depends on) that stage's code too. Shared pieces live in modules no stage runs."""
