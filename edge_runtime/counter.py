@@ -36,11 +36,11 @@ import cv2
 import numpy as np
 
 from edge_runtime import capture, enrollment, gallery, limits, storage
-from edge_runtime.bundle import SIDECAR
+from edge_runtime.bundle import SIDECAR, update_gallery
 from edge_runtime.capture import CaptureError, Frame
 from edge_runtime.display import draw_box
 from edge_runtime.identification import Identifier, Result, Smoother, combine_views, is_close_call
-from edge_runtime.interpreter import runtime_name
+from edge_runtime.interpreter import l2_normalise, runtime_name
 from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, decode_image
 
 THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill enrolled through the page;
@@ -52,6 +52,17 @@ JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
 class Refused(ValueError):
     """A request the counter refuses without changing anything: bad input (a label, a photo, a
     limit); the message says what and, for photos, which."""
+
+
+class Conflict(ValueError):
+    """A gallery change that needs the user's word first, or that the gallery no longer allows:
+    a label that names an enrolled pill in another spelling (`existing`), a rename onto another
+    pill, an undo after the gallery changed otherwise. Nothing changed."""
+
+    def __init__(self, message: str, existing: str | None = None, removes: dict | None = None):
+        super().__init__(message)
+        self.existing = existing  # the enrolled pill a label differs from only in case or spacing
+        self.removes = removes  # a new gallery: {"pills": N, "photos": M} it would remove
 
 
 class ThumbnailRefused(ValueError):
@@ -132,6 +143,7 @@ class Counter:
         self.live: Live | None = None
         self.shots: list[dict] = []  # camera shots waiting to be enrolled: embedding, thumbnail
         self.faces: list[np.ndarray] = []  # embeddings of the faces of one pill, for a close call
+        self.last_enroll: dict | None = None  # what undo_enroll takes back: label, rows added, thumbnail before
         self._model = threading.Lock()  # the interpreter, and self.identifier, one thread at a time
         self._changed = threading.Condition()  # a new frame answered, or an error
         self._stopping = threading.Event()
@@ -328,18 +340,22 @@ class Counter:
     def clear_faces(self) -> None:
         self.faces = []
 
-    def enroll_photos(self, label: str, photos: list[tuple[str, bytes]], new_gallery: bool = False) -> dict:
+    def enroll_photos(self, label: str, photos: list[tuple[str, bytes]], new_gallery: bool = False,
+                      merge_into: str | None = None, replaces: int | None = None) -> dict:
         """Enroll `label` from uploaded photos, (file name, bytes) each, decoded with the CLI's
         checks and limits. Any photo that cannot be used (not an image, too large, no pill found)
-        refuses the whole upload, naming each such photo: nothing is enrolled."""
-        label = _checked_label(label)
+        refuses the whole upload, naming each such photo: nothing is enrolled. A label naming an
+        enrolled pill in another spelling needs `merge_into` (`merge_target`); a new gallery needs
+        `replaces`, the number of pills it removes (`check_new_gallery`)."""
+        label = self.merge_target(_checked_label(label), new_gallery, merge_into)
+        self.check_new_gallery(new_gallery, replaces)
         if not photos:
             raise Refused("no photos uploaded: choose the pill's photos first")
         if len(photos) > limits.MAX_UPLOAD_FILES:
             raise Refused(f"{len(photos)} photos uploaded, over the limit of {limits.MAX_UPLOAD_FILES}; "
                           "upload them in parts")
         max_pixels = self.identifier.bundle.preprocess.max_image_pixels
-        embeddings, problems, first = [], [], None
+        embeddings, problems, pictures = [], [], []
         for name, data in photos:
             try:
                 embedding, crop = self._embed(decode_image(data, name, max_pixels), name)
@@ -347,37 +363,186 @@ class Counter:
                 problems.append(str(error))
                 continue
             embeddings.append(embedding)
-            first = crop.pixels if first is None else first
+            pictures.append(encode_jpeg(np.ascontiguousarray(crop.pixels[:, :, ::-1])))
         if problems:
             raise Refused("nothing enrolled: " + "; ".join(problems))
-        return self._enroll(label, np.stack(embeddings), first, new_gallery)
+        return self._enroll(label, np.stack(embeddings), pictures, new_gallery)
 
-    def enroll_shots(self, label: str, new_gallery: bool = False) -> dict:
-        """Enroll `label` from the shots taken (`take_shot`), then forget them."""
-        label = _checked_label(label)
+    def enroll_shots(self, label: str, new_gallery: bool = False, merge_into: str | None = None,
+                     replaces: int | None = None) -> dict:
+        """Enroll `label` from the shots taken (`take_shot`), then forget them (`merge_into` and
+        `replaces` as for `enroll_photos`)."""
+        label = self.merge_target(_checked_label(label), new_gallery, merge_into)
         if not self.shots:
             raise Refused("no shots taken: take the pill's shots first")
+        self.check_new_gallery(new_gallery, replaces)
         shots = list(self.shots)
-        thumbnail = cv2.imdecode(np.frombuffer(shots[0]["thumbnail"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-        done = self._enroll(label, np.stack([shot["embedding"] for shot in shots]), thumbnail, new_gallery)
+        done = self._enroll(label, np.stack([shot["embedding"] for shot in shots]),
+                            [shot["thumbnail"] for shot in shots], new_gallery)
         self.shots = []
         return done
 
-    def _enroll(self, label: str, embeddings: np.ndarray, pixels: np.ndarray, new_gallery: bool) -> dict:
+    def check_new_gallery(self, new_gallery: bool, replaces: int | None) -> None:
+        """A new gallery removes every pill enrolled now: Conflict, saying how many pills and
+        photos, unless `replaces` is that number of pills (the user saw it and agreed)."""
+        if not new_gallery:
+            return
+        labels = self.identifier.bundle.labels
+        pills = len(set(labels))
+        if replaces != pills:
+            raise Conflict(f"starting a new gallery removes every pill enrolled now: {_count(pills, 'pill')} "
+                           f"({_count(len(labels), 'photo')}); confirm to go on; nothing enrolled",
+                           removes={"pills": pills, "photos": len(labels)})
+
+    def merge_target(self, label: str, new_gallery: bool, merge_into: str | None) -> str:
+        """The label to enroll under: `label` itself, unless an enrolled pill's label differs from it
+        only in case or spacing ("advil 200 MG", "Advil 200mg" for "Advil 200 mg"). Then Conflict,
+        naming that pill, unless `merge_into` names it (the user agreed to add the photos to it),
+        and its spelling is returned. A new gallery merges into nothing."""
+        if new_gallery:
+            return label
+        labels = dict.fromkeys(self.identifier.bundle.labels)
+        if label in labels:
+            return label
+        existing = next((name for name in labels if _loose_key(name) == _loose_key(label)), None)
+        if existing is None:
+            return label
+        if merge_into is not None and gallery.label_key(gallery.normalise_label(merge_into)) == gallery.label_key(existing):
+            return existing
+        raise Conflict(f"{existing!r} is enrolled already, spelt otherwise than {label!r}: add these photos to "
+                       f"{existing!r}, or change the name; nothing enrolled", existing)
+
+    def _enroll(self, label: str, embeddings: np.ndarray, pictures: list[bytes], new_gallery: bool) -> dict:
+        """Enroll the rows; `pictures` are their crops as JPEG bytes, one a row: the first is the
+        pill's thumbnail (when it has none yet), each the row's photo in the per-photo view."""
         self.check_thumbnails()  # before the gallery changes: a thumbnail the page could not keep inside
+        labels_before = set(self.identifier.bundle.labels)
+        previous = None if new_gallery else self.thumbnail(thumbnail_name(label))
         count = enrollment.enroll(self.bundle_dir, label, embeddings, new_gallery)
         if not new_gallery:  # a pill enrolled before under another case keeps its first spelling
             label = gallery.find_label(dict.fromkeys(self.identifier.bundle.labels), label) or label
         self.reload()
         if new_gallery:
             self._drop_thumbnails(keep=set())
-        self._write_thumbnail(label, pixels)
-        return {"label": label, "photos": len(embeddings), "in_gallery": count, "new_gallery": new_gallery}
+        stored = l2_normalise(gallery.check_embeddings(embeddings))  # the rows as enrollment.enroll stored them
+        if previous is None:
+            self._write_picture(thumbnail_name(label), pictures[0], f"{label!r}'s thumbnail")
+        for row, picture in zip(stored, pictures):
+            self._write_picture(photo_name(row), picture, f"a photo of {label!r}")
+        # what `undo` takes back: these rows (a new gallery: nothing)
+        self.last_enroll = None if new_gallery else {
+            "label": label, "embeddings": stored, "new_pill": label not in labels_before, "thumbnail": previous}
+        return {"label": label, "photos": len(embeddings), "in_gallery": count, "new_gallery": new_gallery,
+                "new_pill": new_gallery or label not in labels_before}
+
+    def undo_enroll(self) -> dict:
+        """Take back the last enroll of this page: remove exactly the rows it added, in one atomic
+        change under the bundle's lock, as long as they are still the gallery's last rows, under
+        that label (Conflict otherwise: the gallery changed since). The pill's thumbnail goes back
+        to the one before, or goes with the pill."""
+        last = self.last_enroll
+        if last is None:
+            raise Conflict("there is no enroll to undo (a new gallery cannot be undone); nothing changed")
+        self.check_thumbnails()
+        added, label = last["embeddings"], last["label"]
+
+        def take_back(current, labels):
+            count = len(added)
+            tail, tail_labels = current[len(labels) - count:], labels[len(labels) - count:]
+            if (len(labels) <= count or len(tail_labels) != count or any(name != label for name in tail_labels)
+                    or tail.shape != added.shape or not np.allclose(tail, added, atol=1e-6)):
+                raise Conflict(f"the gallery changed since {label!r} was enrolled, so that enroll cannot be "
+                               "undone; remove the pill instead; nothing changed")
+            return current[:len(labels) - count], list(labels[:len(labels) - count])
+
+        update_gallery(self.bundle_dir, take_back)
+        self.last_enroll = None
+        self.reload()
+        remaining = set(self.identifier.bundle.labels)
+        # the photos' thumbnails go with their rows; the pill's with the pill, or when this enroll made it
+        self._drop_thumbnails(keep=remaining if last["thumbnail"] is not None else remaining - {label})
+        return {"label": label, "photos": len(added), "in_gallery": self.identifier.bundle.labels.count(label)}
+
+    def rename(self, label: str, new_label: str) -> dict:
+        """Give an enrolled pill (matched as `remove` matches it) another label, keeping its rows,
+        in one atomic change of the gallery under the bundle's lock (bundle.update_gallery, which
+        enrollment's enroll and remove use too), and its thumbnail. Conflict when the new label
+        names another enrolled pill (in any case or spacing)."""
+        self.check_thumbnails()
+        old = gallery.normalise_label(label)
+        new = _checked_label(new_label)
+        spelling = None
+
+        def relabel(current, labels):
+            nonlocal spelling
+            spelling = gallery.find_label(dict.fromkeys(labels), old)
+            if spelling is None:
+                raise ValueError(f"{limits.shown(old)} is not enrolled")
+            other = next((name for name in dict.fromkeys(labels)
+                          if name != spelling and _loose_key(name) == _loose_key(new)), None)
+            if other is not None:
+                raise Conflict(f"{other!r} is enrolled already: remove it first, or enroll {spelling!r}'s photos "
+                               f"into it; nothing renamed", other)
+            return current, [new if name == spelling else name for name in labels]
+
+        update_gallery(self.bundle_dir, relabel)
+        self.last_enroll = None
+        self.reload()
+        if thumbnail_name(spelling) != thumbnail_name(new):
+            self._move_thumbnail(thumbnail_name(spelling), thumbnail_name(new))
+        return {"label": spelling, "new_label": new, "photos": self.identifier.bundle.labels.count(new)}
+
+    def photos(self, label: str) -> dict:
+        """One pill's photos (gallery rows) in the order enrolled: each its `photo` id (a digest
+        of the row, `photo_name`) and its thumbnail's file name, or None (a photo enrolled by the
+        command line, which keeps no picture)."""
+        bundle = self.identifier.bundle
+        spelling = gallery.find_label(dict.fromkeys(bundle.labels), gallery.normalise_label(label))
+        if spelling is None:
+            raise ValueError(f"{limits.shown(gallery.normalise_label(label))} is not enrolled")
+        present = self._present_thumbnails()
+        listed = []
+        for row, name in zip(bundle.embeddings, bundle.labels):
+            if name == spelling:
+                picture = photo_name(row)
+                listed.append({"photo": picture[:-4], "thumbnail": picture if picture in present else None})
+        return {"label": spelling, "photos": listed}
+
+    def remove_photo(self, label: str, photo: str) -> dict:
+        """Remove one photo (gallery row, by its `photo` id from `photos`) of a pill, in one atomic
+        change under the bundle's lock. A pill's last photo is refused (remove the pill instead);
+        a photo no longer in the gallery is refused too. Nothing changes on a refusal."""
+        self.check_thumbnails()
+        label = gallery.normalise_label(label)
+        spelling = None
+
+        def drop(current, labels):
+            nonlocal spelling
+            spelling = gallery.find_label(dict.fromkeys(labels), label)
+            if spelling is None:
+                raise ValueError(f"{limits.shown(label)} is not enrolled")
+            rows = [i for i, name in enumerate(labels) if name == spelling]
+            found = next((i for i in rows if photo_name(current[i])[:-4] == photo), None)
+            if found is None:
+                raise ValueError(f"{spelling!r} has no photo {limits.shown(photo)} (the gallery changed since "
+                                 "it was listed?); nothing removed")
+            if len(rows) == 1:
+                raise ValueError(f"that is {spelling!r}'s only photo: remove the pill instead; nothing removed")
+            keep = np.ones(len(labels), bool)
+            keep[found] = False
+            return current[keep], [name for i, name in enumerate(labels) if keep[i]]
+
+        update_gallery(self.bundle_dir, drop)
+        self.last_enroll = None
+        self.reload()
+        self._drop_thumbnails(keep=set(self.identifier.bundle.labels))
+        return {"label": spelling, "photo": photo, "in_gallery": self.identifier.bundle.labels.count(spelling)}
 
     def remove(self, label: str) -> dict:
         """Remove a pill (matched as the CLI matches it), then answer without it."""
         self.check_thumbnails()
         removed = enrollment.remove(self.bundle_dir, label)
+        self.last_enroll = None
         self.reload()
         self._drop_thumbnails(keep=set(self.identifier.bundle.labels))
         return {"label": gallery.normalise_label(label), "photos": removed}
@@ -385,10 +550,7 @@ class Counter:
     def gallery(self) -> list[dict]:
         """The enrolled pills, sorted, with their photo counts and thumbnail (file name or None)."""
         counts = collections.Counter(self.identifier.bundle.labels)
-        present = set()
-        with contextlib.suppress(OSError, ThumbnailRefused), self._thumbnail_folder(create=False) as folder:
-            if folder is not None:
-                present = {name for name in os.listdir(folder) if _is_regular(folder, name, missing=False)}
+        present = self._present_thumbnails()
         listed = []
         for label in sorted(counts, key=gallery.label_key):
             name = thumbnail_name(label)
@@ -398,7 +560,7 @@ class Counter:
     def thumbnail(self, name: str) -> bytes | None:
         """A thumbnail's JPEG bytes by its name (as `gallery` gives it), or None (as for a symbolic
         link in its place: only a regular file inside the bundle is read)."""
-        if name not in {thumbnail_name(label) for label in set(self.identifier.bundle.labels)}:
+        if name not in {thumbnail_name(label) for label in set(self.identifier.bundle.labels)} | self._photo_names():
             return None
         try:
             with self._thumbnail_folder(create=False) as folder:
@@ -412,6 +574,18 @@ class Counter:
         except (OSError, ThumbnailRefused):
             return None
         return data if len(data) <= limits.MAX_IMAGE_BYTES else None
+
+    def _present_thumbnails(self) -> set:
+        """The names of the regular files in the thumbnails folder (none when it cannot be read)."""
+        present = set()
+        with contextlib.suppress(OSError, ThumbnailRefused), self._thumbnail_folder(create=False) as folder:
+            if folder is not None:
+                present = {name for name in os.listdir(folder) if _is_regular(folder, name, missing=False)}
+        return present
+
+    def _photo_names(self) -> set:
+        """The thumbnail names of the gallery's rows (`photo_name`)."""
+        return {photo_name(row) for row in self.identifier.bundle.embeddings}
 
     # --- the thumbnails folder: every path written, read or deleted stays inside the bundle ---------
 
@@ -465,26 +639,39 @@ class Counter:
             raise Refused(f"{os.path.join(self.bundle_dir, THUMBNAILS)}: cannot be read "
                           f"({error.strerror or error}); nothing changed") from None
 
-    def _write_thumbnail(self, label: str, pixels: np.ndarray) -> None:
-        """The pill's thumbnail, written atomically inside the thumbnails folder (a temporary file
-        created there with O_EXCL | O_NOFOLLOW, renamed over the name): never through a link."""
-        name = thumbnail_name(label)
+    def _write_picture(self, name: str, data: bytes, what: str) -> None:
+        """A thumbnail (a pill's, or one photo's), JPEG bytes, written atomically inside the
+        thumbnails folder (a temporary file created there with O_EXCL | O_NOFOLLOW, renamed over
+        the name): never through a link. A failure only warns: the gallery has changed already."""
         path = os.path.join(self.bundle_dir, THUMBNAILS, name)
         try:
-            data = encode_jpeg(np.ascontiguousarray(pixels[:, :, ::-1]))
             with self._thumbnail_folder(create=True) as folder:
                 if not _is_regular(folder, name, missing=True):
                     raise ThumbnailRefused(path, _what_is(folder, name, "a regular file"))
                 _write_in(folder, name, data)
         except ThumbnailRefused as error:  # swapped for a link since check_thumbnails: left as it is
-            print(f"warning: {label!r}'s thumbnail not written: {error}", file=sys.stderr)
+            print(f"warning: {what} not written: {error}", file=sys.stderr)
         except OSError as error:  # the pill is enrolled: a missing thumbnail only shows so
-            print(f"warning: {path}: {label!r}'s thumbnail not written ({error.strerror or error})", file=sys.stderr)
+            print(f"warning: {path}: {what} not written ({error.strerror or error})", file=sys.stderr)
+
+    def _move_thumbnail(self, old: str, new: str) -> None:
+        """Rename a thumbnail inside the folder (dir_fd, a regular file only); none: nothing to do."""
+        try:
+            with self._thumbnail_folder(create=False) as folder:
+                if folder is None or not _is_regular(folder, old, missing=False):
+                    return
+                if not _is_regular(folder, new, missing=True):
+                    raise ThumbnailRefused(os.path.join(self.bundle_dir, THUMBNAILS, new),
+                                           _what_is(folder, new, "a regular file"))
+                os.replace(old, new, src_dir_fd=folder, dst_dir_fd=folder)
+                os.fsync(folder)
+        except (OSError, ThumbnailRefused) as error:
+            print(f"warning: thumbnail not renamed: {error}", file=sys.stderr)
 
     def _drop_thumbnails(self, keep: set) -> None:
         """Delete the thumbnails (*.jpg) but those of `keep`, inside the folder (dir_fd); an entry
         that is not a regular file (a symbolic link put there meanwhile) is left, and reported."""
-        wanted = {thumbnail_name(label) for label in keep}
+        wanted = {thumbnail_name(label) for label in keep} | self._photo_names()
         try:
             with self._thumbnail_folder(create=False) as folder:
                 if folder is None:
@@ -529,6 +716,17 @@ class Counter:
 def thumbnail_name(label: str) -> str:
     """A pill's thumbnail file: named by a digest of its label's key, so any label makes a safe name."""
     return hashlib.sha256(gallery.label_key(label).encode("utf-8")).hexdigest()[:16] + ".jpg"
+
+
+def photo_name(row: np.ndarray) -> str:
+    """One gallery row's photo thumbnail: "photo-" and a digest of the row's float32 bytes, as the
+    bundle stores them (the same photo enrolled twice shares one)."""
+    return "photo-" + hashlib.sha256(np.ascontiguousarray(row, "<f4").tobytes()).hexdigest()[:16] + ".jpg"
+
+
+def _count(number: int, noun: str) -> str:
+    """ "1 pill", "571 pills" """
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _is_regular(folder: int, name: str, missing: bool | None = None) -> bool:
@@ -583,6 +781,11 @@ def encode_jpeg(bgr: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("a frame could not be encoded as JPEG")
     return data.tobytes()
+
+
+def _loose_key(label: str) -> str:
+    """What two labels that differ only in case or spacing share: "Advil 200 mg", "advil 200MG"."""
+    return "".join(gallery.label_key(label).split())
 
 
 def _checked_label(label) -> str:

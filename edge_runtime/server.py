@@ -19,7 +19,16 @@ server-sent events, one per frame.
     POST /api/shots           take a shot of the live view (form field `replace`: retake shot N)
     POST /api/shots/clear     forget the shots
     POST /api/enroll          enroll: `label`, and `photos` (files) or `from_shots=1`; `new_gallery=1`
+                              with `replaces`, the number of pills it removes (without it, or another
+                              number: 409, saying how many in `removes`); `merge_into`: the enrolled
+                              pill a label differing only in case or spacing goes into (without it:
+                              409, naming that pill in `existing`)
     POST /api/remove          remove: `label`
+    GET  /api/photos?label=X  one pill's photos: ids and thumbnail names
+    POST /api/photos/remove   remove one photo of a pill: `label`, `photo` (its id)
+    POST /api/rename          rename a pill: `label` to `new_label` (409: another pill has that name)
+    POST /api/undo            take back the page's last enroll: the very photos it added (409: the
+                              gallery changed since, or nothing to undo)
     POST /api/faces           one more face of the pill in view; the answer from all its faces together
     POST /api/faces/clear     start the faces again
 
@@ -36,7 +45,9 @@ proves nothing. On loopback only a loopback Host is answered (no DNS rebinding).
 forbids framing (`X-Frame-Options: DENY`, `Content-Security-Policy: frame-ancestors 'none'`),
 and a connection that does not finish its request's headers within HEADER_TIMEOUT_S is closed.
 Errors are JSON `{"error": "..."}`: 400 bad input (nothing changed) or a Host not loopback, 403
-refused, 404, 413 an upload over its limits, 503 the live view or the bundle's lock not ready.
+refused, 404, 409 a change that needs the user's word or no longer fits the gallery (nothing
+changed; `existing` names the pill in question), 413 an upload over its limits, 503 the live view
+or the bundle's lock not ready.
 """
 
 from __future__ import annotations
@@ -65,7 +76,7 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_runtime import limits, storage
-from edge_runtime.counter import Counter, NotReady, Refused
+from edge_runtime.counter import Conflict, Counter, NotReady, Refused
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "counter.html")
 TOKEN_HEADER = "X-PillTrack-Token"
@@ -224,6 +235,9 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
                 return await handler(request)
             except Refused as error:
                 return refuse(400, str(error))
+            except Conflict as error:
+                return JSONResponse({"error": str(error), "existing": error.existing, "removes": error.removes},
+                                    status_code=409)
             except NotReady as error:
                 return refuse(503, str(error))
             except storage.LockTimeout as error:
@@ -285,7 +299,9 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         return JSONResponse(info)
 
     async def gallery_list(request):
-        return JSONResponse({"pills": counter.gallery()})
+        last = counter.last_enroll
+        undo = None if last is None else {"label": last["label"], "photos": len(last["embeddings"])}
+        return JSONResponse({"pills": counter.gallery(), "undo": undo})
 
     async def thumbnail(request):
         data = await run_in_threadpool(counter.thumbnail, request.path_params["name"])
@@ -325,15 +341,24 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         if not isinstance(label, str):
             raise Refused("give the pill's name (label)")
         new_gallery = form.get("new_gallery") in ("1", "on", "true")
+        merge_into = form.get("merge_into")
+        merge_into = merge_into if isinstance(merge_into, str) and merge_into.strip() else None
+        replaces = form.get("replaces")
+        if replaces not in (None, ""):
+            if not isinstance(replaces, str) or not replaces.isdigit():
+                raise Refused(f"replaces must be the number of pills a new gallery removes, got {limits.shown(replaces)}")
+            replaces = int(replaces)
+        else:
+            replaces = None
         if form.get("from_shots") in ("1", "on", "true"):
-            done = await run_in_threadpool(counter.enroll_shots, label, new_gallery)
+            done = await run_in_threadpool(counter.enroll_shots, label, new_gallery, merge_into, replaces)
         else:
             photos = []
             for upload in form.getlist("photos"):
                 if isinstance(upload, str):
                     continue  # an empty file field
                 photos.append((upload.filename or "upload", await read_upload(upload)))
-            done = await run_in_threadpool(counter.enroll_photos, label, photos, new_gallery)
+            done = await run_in_threadpool(counter.enroll_photos, label, photos, new_gallery, merge_into, replaces)
         return JSONResponse(done)
 
     async def remove(request):
@@ -342,6 +367,33 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         if not isinstance(label, str) or not label.strip():
             raise Refused("give the name (label) of the pill to remove")
         return JSONResponse(await run_in_threadpool(counter.remove, label))
+
+    async def rename(request):
+        form = await small_form(request)
+        label, new_label = form.get("label"), form.get("new_label")
+        if not isinstance(label, str) or not label.strip():
+            raise Refused("give the name (label) of the pill to rename")
+        if not isinstance(new_label, str):
+            raise Refused("give the pill's new name (new_label)")
+        return JSONResponse(await run_in_threadpool(counter.rename, label, new_label))
+
+    async def photos_list(request):
+        label = request.query_params.get("label")
+        if not label or not label.strip():
+            raise Refused("give the name (label) of the pill whose photos to list: ?label=...")
+        return JSONResponse(await run_in_threadpool(counter.photos, label))
+
+    async def remove_photo(request):
+        form = await small_form(request)
+        label, photo = form.get("label"), form.get("photo")
+        if not isinstance(label, str) or not label.strip():
+            raise Refused("give the name (label) of the pill whose photo to remove")
+        if not isinstance(photo, str) or not photo.strip():
+            raise Refused("give the photo to remove (its id, from /api/photos)")
+        return JSONResponse(await run_in_threadpool(counter.remove_photo, label, photo))
+
+    async def undo(request):
+        return JSONResponse(await run_in_threadpool(counter.undo_enroll))
 
     async def take_face(request):
         return JSONResponse(await run_in_threadpool(counter.take_face))
@@ -371,6 +423,10 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         Route("/api/shots/clear", guarded(clear_shots), methods=["POST"]),
         Route("/api/enroll", guarded(enroll), methods=["POST"]),
         Route("/api/remove", guarded(remove), methods=["POST"]),
+        Route("/api/rename", guarded(rename), methods=["POST"]),
+        Route("/api/photos", guarded(photos_list)),
+        Route("/api/photos/remove", guarded(remove_photo), methods=["POST"]),
+        Route("/api/undo", guarded(undo), methods=["POST"]),
         Route("/api/faces", guarded(take_face), methods=["POST"]),
         Route("/api/faces/clear", guarded(clear_faces), methods=["POST"]),
     ]

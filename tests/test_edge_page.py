@@ -124,7 +124,8 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
     browser.find_element(By.ID, "label").send_keys("Cyan 20 mg")
     browser.find_element(By.ID, "photos").send_keys("\n".join(photos))
     browser.find_element(By.ID, "enroll-photos").click()
-    text_becomes("message", "Enrolled Cyan 20 mg from 3 photos (3 in the gallery)")
+    text_becomes("message", "Enrolled Cyan 20 mg from 3 photos (a new pill)")
+    assert browser.find_element(By.ID, "label").get_attribute("value") == ""  # ready for the next pill
     text_becomes("answer", "Cyan 20 mg")
     assert gallery() == ["blue", "Cyan 20 mg", "green", "red"]
     WebDriverWait(browser, WAIT_S).until(  # the new pill's thumbnail has loaded
@@ -257,3 +258,71 @@ def test_another_sites_page_cannot_change_the_gallery(browser, served, other_sit
         assert [pill["label"] for pill in json.load(response)["pills"]] == ["blue", "green", "red"]
     assert bundle_files(edge_bundle) == before
     assert not os.path.exists(os.path.join(edge_bundle, "thumbnails"))
+
+
+def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, served, tmp_path):
+    """Issue 36: "start a new gallery" and a label differing from an enrolled one only in case or
+    spacing ask first, saying what they do; rename, a photo's delete and undo work from the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text_becomes(element_id, wanted):
+        WebDriverWait(browser, WAIT_S).until(  # the text, not its rendering (a heading's is in capitals)
+            lambda driver: driver.find_element(By.ID, element_id).get_attribute("textContent") == wanted,
+            f"#{element_id} never read {wanted!r}")
+
+    def gallery():
+        return [item.get_attribute("data-label") for item in browser.find_elements(By.CSS_SELECTOR, "#gallery li")]
+
+    def enroll(label, photos, new_gallery=False):
+        browser.find_element(By.ID, "label").send_keys(label)
+        browser.find_element(By.ID, "photos").send_keys("\n".join(photos))
+        if new_gallery:
+            browser.find_element(By.ID, "new-gallery").click()
+        browser.find_element(By.ID, "enroll-photos").click()
+
+    photos = [write_photo(tmp_path / f"cyan-{i}.png", photo) for i, photo in enumerate(pill_photos("cyan", 4, seed=5))]
+    browser.get(served)
+    WebDriverWait(browser, WAIT_S).until(lambda driver: gallery() == ["blue", "green", "red"])
+    text_becomes("gallery-count", "(3 pills)")
+
+    enroll("Cyan 20 mg", photos[:2], new_gallery=True)
+    text_becomes("confirm-text", "Start a new gallery with Cyan 20 mg? This removes every pill enrolled now: "
+                                 "3 pills (9 photos).")
+    browser.find_element(By.ID, "cancel-remove").click()
+    assert gallery() == ["blue", "green", "red"]
+    browser.find_element(By.ID, "enroll-photos").click()  # the form is as it was: ask again, and agree
+    text_becomes("confirm-remove", "Start a new gallery")
+    browser.find_element(By.ID, "confirm-remove").click()
+    text_becomes("message", "Enrolled Cyan 20 mg from 2 photos (a new gallery)")
+    text_becomes("gallery-count", "(1 pill)")
+    assert gallery() == ["Cyan 20 mg"]
+
+    enroll("cyan 20MG", photos[2:])
+    text_becomes("confirm-text", "“Cyan 20 mg” is enrolled already, spelt differently from “cyan 20MG”. "
+                                 "Add these photos to “Cyan 20 mg”?")
+    browser.find_element(By.ID, "confirm-remove").click()
+    text_becomes("message", "Enrolled Cyan 20 mg from 2 photos (Cyan 20 mg now has 4 photos)")
+    assert gallery() == ["Cyan 20 mg"]
+    text_becomes("undo-text", "the last enroll: 2 photos of Cyan 20 mg")
+
+    browser.find_element(By.ID, "undo").click()
+    text_becomes("message", "Undone: 2 photos of Cyan 20 mg taken back (Cyan 20 mg has 2 photos)")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: driver.find_element(By.ID, "undo-row").get_attribute("hidden"))
+
+    browser.find_element(By.CSS_SELECTOR, '#gallery li[data-label="Cyan 20 mg"] button.show-photos').click()
+    WebDriverWait(browser, WAIT_S).until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, ".photo img")) == 2)
+    browser.find_elements(By.CSS_SELECTOR, ".photo button.delete-photo")[0].click()
+    text_becomes("confirm-text", "Delete photo 1 of Cyan 20 mg? The pill keeps its other 1 photo.")
+    browser.find_element(By.ID, "confirm-remove").click()
+    text_becomes("message", "Deleted a photo of Cyan 20 mg (1 photo left)")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, ".photo img")) == 1)
+
+    browser.find_element(By.CSS_SELECTOR, '#gallery li[data-label="Cyan 20 mg"] button.rename').click()
+    name = browser.find_element(By.CSS_SELECTOR, ".rename-row input")
+    name.clear()
+    name.send_keys("Cyan 25 mg")
+    browser.find_element(By.CSS_SELECTOR, ".rename-row button.save-name").click()
+    text_becomes("message", "Renamed Cyan 20 mg to Cyan 25 mg")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: gallery() == ["Cyan 25 mg"])
+    text_becomes("answer", "Cyan 25 mg")

@@ -191,7 +191,7 @@ def test_enroll_from_uploads_names_the_pill_and_remove_forgets_it(page, edge_bun
 
     status, done = page.request("POST", "/api/enroll", {"label": " Cyan "}, uploads())
     assert status == 200, done
-    assert done == {"label": "Cyan", "photos": 3, "in_gallery": 3, "new_gallery": False}
+    assert done == {"label": "Cyan", "photos": 3, "in_gallery": 3, "new_gallery": False, "new_pill": True}
     answer = page.answer_becomes(lambda a: a["state"] == "pill", "the new pill, without a restart")
     assert answer["announced"] == "Cyan" and answer["distance"] <= 0.1
     status, listed = page.request("GET", "/api/gallery")
@@ -220,13 +220,28 @@ def test_enroll_from_shots_with_a_retake(page):
     status, picture = page.request("GET", "/api/shots/1.jpg")
     assert status == 200 and picture[:2] == b"\xff\xd8"
     status, done = page.request("POST", "/api/enroll", {"label": "cyan", "from_shots": "1"})
-    assert (status, done) == (200, {"label": "cyan", "photos": 2, "in_gallery": 2, "new_gallery": False})
+    assert (status, done) == (200, {"label": "cyan", "photos": 2, "in_gallery": 2, "new_gallery": False,
+                                    "new_pill": True})
     assert page.request("GET", "/api/shots")[1] == {"shots": 0}
     page.answer_becomes(lambda a: a.get("announced") == "cyan", "cyan")
 
 
-def test_a_new_gallery_keeps_only_the_new_pill(page):
-    status, done = page.request("POST", "/api/enroll", {"label": "cyan", "new_gallery": "1"}, uploads(count=2))
+def test_a_new_gallery_keeps_only_the_new_pill(page, edge_bundle):
+    """Issue 36: a new gallery is refused (409, nothing changed) until the request says how many
+    pills it removes, the number the page shows and asks about."""
+    before = snapshot(edge_bundle)
+    for fields in ({}, {"replaces": "2"}):
+        status, refused = page.request("POST", "/api/enroll", {"label": "cyan", "new_gallery": "1", **fields},
+                                       uploads(count=2))
+        assert status == 409, refused
+        assert refused["removes"] == {"pills": 3, "photos": 9}
+        assert "removes every pill enrolled now: 3 pills (9 photos)" in refused["error"]
+    assert snapshot(edge_bundle) == before
+    status, refused = page.request("POST", "/api/enroll", {"label": "cyan", "new_gallery": "1", "replaces": "x"},
+                                   uploads(count=2))
+    assert status == 400 and "replaces must be the number of pills" in refused["error"]
+    status, done = page.request("POST", "/api/enroll", {"label": "cyan", "new_gallery": "1", "replaces": "3"},
+                                uploads(count=2))
     assert status == 200 and done["new_gallery"] is True
     assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["cyan"]
     assert page.request("GET", "/api/bundle")[1]["pills"] == 1
@@ -337,7 +352,7 @@ def test_a_crash_mid_enroll_leaves_the_previous_gallery_answering(page, edge_bun
 
     monkeypatch.setattr(bundle, "_store", store_then_fail)
     status, refused = page.request("POST", "/api/enroll", {"label": "cyan"}, uploads())
-    assert status == 500 and "No space left on device" in refused["error"]
+    assert status == 500 and "No space left on device" in refused["error"], refused
     monkeypatch.undo()
     assert snapshot(edge_bundle)["bundle.json"] == before["bundle.json"]  # not committed
     assert [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]] == ["blue", "green", "red"]
@@ -633,7 +648,7 @@ def test_the_page_writes_and_deletes_thumbnails_only_inside_the_bundle(page, edg
     listing = {path.name: path.read_bytes() for path in outside.iterdir()}
     before = snapshot(edge_bundle)
 
-    for fields, files in (({"label": "cyan"}, uploads()), ({"label": "cyan", "new_gallery": "1"}, uploads()),
+    for fields, files in (({"label": "cyan"}, uploads()), ({"label": "cyan", "new_gallery": "1", "replaces": "3"}, uploads()),
                           ({"label": "red"}, None)):
         path = "/api/remove" if files is None else "/api/enroll"
         status, refused = page.request("POST", path, fields, files)
@@ -659,6 +674,107 @@ def test_a_thumbnail_link_is_never_read_or_followed(page, edge_bundle, tmp_path)
     assert page.request("GET", f"/thumbnails/{thumbnail_name('cyan')}")[0] == 404  # not read through the link
     cyan = next(p for p in page.request("GET", "/api/gallery")[1]["pills"] if p["label"] == "cyan")
     assert cyan["thumbnail"] is None
-    page.counter._write_thumbnail("cyan", np.zeros((8, 8, 3), np.uint8))  # as if swapped after the check
+    page.counter._write_picture(thumbnail_name("cyan"), b"\xff\xd8 new", "cyan's thumbnail")  # as if swapped after the check
     page.counter._drop_thumbnails(keep=set())
     assert secret.read_bytes() == b"\xff\xd8 not the bundle's" and os.path.islink(thumbnail)
+
+
+# --- issue 36: safe gallery edits ------------------------------------------------------------------
+
+
+def test_a_label_differing_only_in_case_or_spacing_asks_before_merging(page, edge_bundle):
+    assert page.request("POST", "/api/enroll", {"label": "Advil 200 mg"}, uploads(count=2))[0] == 200
+    before = snapshot(edge_bundle)
+    for variant in ("advil 200 MG", "Advil  200mg"):
+        status, refused = page.request("POST", "/api/enroll", {"label": variant}, uploads(count=3, seed=8))
+        assert status == 409 and refused["existing"] == "Advil 200 mg", refused
+        assert "'Advil 200 mg' is enrolled already" in refused["error"] and "nothing enrolled" in refused["error"]
+        assert snapshot(edge_bundle) == before
+    status, done = page.request("POST", "/api/enroll", {"label": "Advil  200mg", "merge_into": "Advil 200 mg"},
+                                uploads(count=3, seed=8))
+    assert status == 200 and (done["label"], done["in_gallery"], done["new_pill"]) == ("Advil 200 mg", 5, False)
+    pills = [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]]
+    assert pills.count("Advil 200 mg") == 1 and "Advil  200mg" not in pills
+    # the exact spelling needs no question
+    assert page.request("POST", "/api/enroll", {"label": "Advil 200 mg"}, uploads(count=1, seed=9))[0] == 200
+
+
+def test_undo_takes_back_exactly_the_last_enroll(page, edge_bundle):
+    status, refused = page.request("POST", "/api/undo", {})
+    assert status == 409 and "no enroll to undo" in refused["error"]
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=2))[0] == 200
+    assert page.request("GET", "/api/gallery")[1]["undo"] == {"label": "cyan", "photos": 2}
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=3, seed=8))[0] == 200
+    status, undone = page.request("POST", "/api/undo", {})
+    assert (status, undone) == (200, {"label": "cyan", "photos": 3, "in_gallery": 2})
+    listed = page.request("GET", "/api/photos?label=cyan")[1]["photos"]
+    assert len(listed) == 2 and all(photo["thumbnail"] for photo in listed)
+    assert page.request("POST", "/api/undo", {})[0] == 409  # one step only
+    # an enroll by another command since: the page's enroll can no longer be undone
+    assert page.request("POST", "/api/enroll", {"label": "dark"}, uploads("black", count=2))[0] == 200
+    from edge_runtime.enrollment import enroll
+
+    enroll(edge_bundle, "other", page.counter.identifier.bundle.embeddings[:1])
+    changed = snapshot(edge_bundle)
+    status, refused = page.request("POST", "/api/undo", {})
+    assert status == 409 and "the gallery changed since 'dark' was enrolled" in refused["error"]
+    assert snapshot(edge_bundle) == changed
+
+
+def test_undo_of_a_new_pill_removes_it_and_its_thumbnails(page, edge_bundle):
+    before = snapshot(edge_bundle)
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=2))[0] == 200
+    page.answer_becomes(lambda a: a.get("announced") == "cyan", "cyan")
+    assert page.request("POST", "/api/undo", {})[0] == 200
+    page.answer_becomes(lambda a: a["state"] == "unknown", "unknown again")
+    assert "cyan" not in [p["label"] for p in page.request("GET", "/api/gallery")[1]["pills"]]
+    after = snapshot(edge_bundle)
+    assert {k: v for k, v in after.items() if k != "bundle.json"} == {k: v for k, v in before.items() if k != "bundle.json"}
+    assert os.listdir(os.path.join(edge_bundle, "thumbnails")) == []
+
+
+def test_rename_keeps_the_photos_and_refuses_another_pills_name(page, edge_bundle):
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=2))[0] == 200
+    status, done = page.request("POST", "/api/rename", {"label": "CYAN", "new_label": " Cyan 20 mg "})
+    assert (status, done) == (200, {"label": "cyan", "new_label": "Cyan 20 mg", "photos": 2})
+    listed = {p["label"]: p for p in page.request("GET", "/api/gallery")[1]["pills"]}
+    assert "cyan" not in listed and listed["Cyan 20 mg"]["thumbnail"] == thumbnail_name("Cyan 20 mg")
+    assert page.request("GET", f"/thumbnails/{thumbnail_name('Cyan 20 mg')}")[0] == 200
+    page.answer_becomes(lambda a: a.get("announced") == "Cyan 20 mg", "the new name")
+    before = snapshot(edge_bundle)
+    for onto in ("Red", "r e d"):
+        status, refused = page.request("POST", "/api/rename", {"label": "Cyan 20 mg", "new_label": onto})
+        assert status == 409 and refused["existing"] == "red" and "nothing renamed" in refused["error"]
+    for fields, problem in (({"label": "nope", "new_label": "x"}, "'nope' is not enrolled"),
+                            ({"label": "red", "new_label": "  "}, "must not be empty"),
+                            ({"label": "red", "new_label": "Unknown"}, "reserved")):
+        status, refused = page.request("POST", "/api/rename", fields)
+        assert status == 400 and problem in refused["error"], refused
+    assert snapshot(edge_bundle) == before
+
+
+def test_each_photo_can_be_seen_and_removed(page, edge_bundle):
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads(count=3))[0] == 200
+    status, listed = page.request("GET", "/api/photos?label=Cyan")
+    assert status == 200 and listed["label"] == "cyan" and len(listed["photos"]) == 3
+    first = listed["photos"][0]
+    status, picture = page.request("GET", f"/thumbnails/{first['thumbnail']}")
+    assert status == 200 and picture[:2] == b"\xff\xd8"
+    # pills enrolled by the command line have photos without pictures
+    assert [p["thumbnail"] for p in page.request("GET", "/api/photos?label=red")[1]["photos"]] == [None] * 3
+
+    status, done = page.request("POST", "/api/photos/remove", {"label": "cyan", "photo": first["photo"]})
+    assert (status, done) == (200, {"label": "cyan", "photo": first["photo"], "in_gallery": 2})
+    assert page.request("GET", f"/thumbnails/{first['thumbnail']}")[0] == 404  # its thumbnail went with it
+    assert [p["photo"] for p in page.request("GET", "/api/photos?label=cyan")[1]["photos"]] == [
+        p["photo"] for p in listed["photos"][1:]]
+    second, third = listed["photos"][1:]
+    assert page.request("POST", "/api/photos/remove", {"label": "cyan", "photo": second["photo"]})[0] == 200
+    before = snapshot(edge_bundle)
+    status, refused = page.request("POST", "/api/photos/remove", {"label": "cyan", "photo": first["photo"]})
+    assert status == 400 and "has no photo" in refused["error"]
+    status, refused = page.request("POST", "/api/photos/remove", {"label": "cyan", "photo": third["photo"]})
+    assert status == 400 and "only photo: remove the pill instead" in refused["error"]
+    assert page.request("GET", "/api/photos?label=nope")[0] == 400
+    assert page.request("GET", "/api/photos")[0] == 400
+    assert snapshot(edge_bundle) == before
