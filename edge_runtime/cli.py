@@ -39,9 +39,29 @@ from edge_runtime.identification import STAGES, Identifier, Smoother, combine_vi
 from edge_runtime.preprocessing import AUTO, Box, touches_edge
 from edge_runtime.quiet import silence_opencv
 
+FOLDER_FPS = 10.0  # `serve --folder`'s photos a second unless --fps says otherwise
+
+
+class _Command(click.Command):
+    """A command (serve, enroll, ...) that, given an option of the main command (`serve --bundle
+    DIR`), says it goes before the command instead of only "No such option"."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            root = ctx.find_root().command
+            if any(error.option_name in option.opts for option in root.params if isinstance(option, click.Option)):
+                raise click.UsageError(
+                    f"{error.option_name} is an option of pilltrack-edge itself: it goes before the command, "
+                    f"as in `pilltrack-edge {error.option_name} ... {self.name} ...`", ctx) from None
+            raise
+
 
 class _Main(click.Group):
     """Reads `--image a.jpg b.jpg` as `--image a.jpg --image b.jpg`, so shell globs work."""
+
+    command_class = _Command
 
     def parse_args(self, ctx, args):
         spread, expanding, pending = [], False, False  # pending: an --image still without path
@@ -186,7 +206,7 @@ def main(ctx, bundle_dir, images, video, camera, threads, top_k, threshold, edge
             max_pixels = identifier.bundle.preprocess.max_image_pixels
             frames = capture.image_frames(images, max_pixels, on_error=skip)
         elif video is not None:
-            frames = capture.video_frames(video)
+            frames = capture.video_frames(video, identifier.bundle.preprocess.max_image_pixels)
         else:
             frames = _camera(ctx, camera)
         live = not images
@@ -424,10 +444,10 @@ def list_command(ctx):
               help="Video file to serve instead of a camera, played in a loop (demos, tests).")
 @click.option("--folder", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Folder of photos to serve instead of a camera, shown in turn in a loop (demos, tests).")
-@click.option("--fps", type=_FiniteRange(0.0, limits.MAX_FPS, min_open=True), default=10.0, show_default=True,
-              metavar="FPS",
+@click.option("--fps", type=_FiniteRange(0.0, limits.MAX_FPS, min_open=True), metavar="FPS",
               help=f"Frames per second read from --video or --folder, at most {limits.MAX_FPS:g}; a camera "
-                   "gives its own.")
+                   f"gives its own.  [default: a video's own rate (at most {limits.MAX_FPS:g}); a folder "
+                   f"{FOLDER_FPS:g}]")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on. Any but a loopback one (127.0.0.1, ::1, localhost) lets other devices "
                    "in and needs an access token (--token, or one generated and printed).")
@@ -469,10 +489,14 @@ def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, 
         identifier = _open_identifier(ctx, top_k, threshold)
         identifier.warm_up()
         if video is not None:
-            with contextlib.closing(capture.video_frames(video)) as probe:  # a file no frame decodes of: exit 2
+            # A file no frame decodes of, or whose frames are over the bundle's pixel limit: exit 2.
+            with contextlib.closing(capture.video_frames(video, identifier.bundle.preprocess.max_image_pixels)) as probe:
                 next(probe)
             frames, source = counters.video_source(video), video
+            if fps is None:  # the video's own rate, as a player plays it
+                fps = counters.video_rate(video)
         elif folder is not None:
+            fps = FOLDER_FPS if fps is None else fps
             counters.folder_photos(folder)  # a folder without photos: exit 2
             frames = counters.folder_source(folder, identifier.bundle.preprocess.max_image_pixels)
             source = folder

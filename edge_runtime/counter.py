@@ -42,11 +42,13 @@ from edge_runtime.display import draw_box
 from edge_runtime.identification import Identifier, Result, Smoother, combine_views, is_close_call
 from edge_runtime.interpreter import l2_normalise, runtime_name
 from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, decode_image
+from edge_runtime.quiet import native_stderr_silenced
 
 THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill enrolled through the page;
 # written, read and deleted only inside it, never through a symbolic link (Counter._thumbnail_folder)
 STEP_WINDOW = 200  # frames over which the device step's median and 95th percentile are shown
 JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
+DEFAULT_VIDEO_FPS = 10.0  # a video file that declares no frame rate plays at this
 
 
 class Refused(ValueError):
@@ -91,6 +93,22 @@ class Live(NamedTuple):
 def video_source(path: str) -> Callable[[], Iterator[Frame]]:
     """Frames of a video file, played from the start each time the source is opened."""
     return lambda: capture.video_frames(path)
+
+
+def video_rate(path: str) -> float:
+    """The frame rate a video file declares (OpenCV's CAP_PROP_FPS), at most limits.MAX_FPS; a
+    file that declares none usable (0, NaN, absurd) plays at DEFAULT_VIDEO_FPS, saying so."""
+    with native_stderr_silenced():
+        video = cv2.VideoCapture(path)
+        try:
+            rate = float(video.get(cv2.CAP_PROP_FPS)) if video.isOpened() else 0.0
+        finally:
+            video.release()
+    if not np.isfinite(rate) or not 0.0 < rate <= 1000.0:
+        print(f"warning: {path} declares no usable frame rate ({rate:g}); playing it at {DEFAULT_VIDEO_FPS:g} fps "
+              "(give --fps)", file=sys.stderr)
+        return DEFAULT_VIDEO_FPS
+    return min(rate, limits.MAX_FPS)
 
 
 def folder_photos(directory: str) -> list[str]:

@@ -480,6 +480,30 @@ def test_serve_refuses_bad_arguments_before_serving(edge_bundle, tmp_path):
         assert result.exit_code == 1 and f"127.0.0.1:{sock.getsockname()[1]}: cannot listen there" in result.stderr
     finally:
         sock.close()
+    # issue 36: an option of pilltrack-edge itself after the command says where it goes
+    for option in ("--bundle", "--threads"):
+        result = CliRunner().invoke(main, ["serve", option, edge_bundle, "--folder", str(tmp_path)])
+        assert result.exit_code == 2 and (f"{option} is an option of pilltrack-edge itself: it goes before the "
+                                          f"command, as in `pilltrack-edge {option} ... serve ...`") in result.output
+    result = CliRunner().invoke(main, ["serve", "--nonsense"])
+    assert result.exit_code == 2 and "No such option: --nonsense" in result.output
+
+
+def test_a_video_plays_at_its_own_rate_unless_fps_is_given(tmp_path, capsys):
+    """Issue 36: --fps paced every decoded frame at 10 fps, so a 30 fps file played at a third of its speed."""
+    from edge_runtime.counter import DEFAULT_VIDEO_FPS, video_rate
+
+    for rate, expected in ((30, 30.0), (12.5, 12.5), (120, limits.MAX_FPS)):
+        clip = str(tmp_path / f"clip-{rate}.avi")
+        writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), rate, (64, 48))
+        for _ in range(3):
+            writer.write(np.full((48, 64, 3), 128, np.uint8))
+        writer.release()
+        assert video_rate(clip) == pytest.approx(expected)
+    notes = tmp_path / "notes.avi"
+    notes.write_bytes(b"not a video")
+    assert video_rate(str(notes)) == DEFAULT_VIDEO_FPS
+    assert "declares no usable frame rate" in capsys.readouterr().err
 
 
 def test_loopback_addresses():
