@@ -48,7 +48,8 @@ from annoy import AnnoyIndex
 from edge_runtime import gallery, limits, storage
 from edge_runtime.interpreter import ModelError, embedding_size, input_size, make_interpreter
 from edge_runtime.limits import shown
-from edge_runtime.preprocessing import PreprocessConfig, is_localise_mode
+from edge_runtime.preprocessing import PreprocessConfig, is_localise_mode, shown_error
+from edge_runtime.quiet import native_stderr_silenced
 
 FORMAT = "pilltrack-bundle"
 # 2 added lookalike_margin; 3 stores each label once ("labels") and each row's label number
@@ -67,6 +68,18 @@ _DATA_FILE = re.compile(r"^(model|index|embeddings)-[0-9a-f]{16}\.(tflite|ann|np
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+class BundleWriteError(OSError):
+    """A bundle file that could not be written (a full disk, a file-size limit); the message names
+    the file and says that the bundle was left as it was. An OSError: the device failed, not the
+    input (the CLI's exit status 1, the page's 500); `strerror` is the reason alone."""
+
+    def __init__(self, path: str, reason: str, number: int | None = None):
+        super().__init__(number, reason, path)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot be written ({self.strerror}); the bundle was not changed"
 
 
 @contextlib.contextmanager
@@ -243,7 +256,7 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
     # there is deleted by the next write (in the system's temporary directory it would stay).
     with tempfile.TemporaryDirectory(prefix=storage.TEMP_PREFIX, dir=directory) as scratch:
         model_path = os.path.join(scratch, "model.tflite")
-        with open(model_path, "wb") as handle:
+        with _writing(model_path), open(model_path, "wb") as handle:
             handle.write(model_bytes)
         try:
             interpreter = make_interpreter(model_path, threads=1)
@@ -254,7 +267,9 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
             raise ValueError(f"{source}: {problem}")
         index_path = os.path.join(scratch, "index.ann")
         index = gallery.build_index(embeddings, annoy_trees, seed)
-        index.save(index_path)
+        # Annoy prints its own line on stderr when it cannot write; the error says it, naming the file.
+        with _writing(index_path), native_stderr_silenced():
+            index.save(index_path)
         index.unload()
         with open(index_path, "rb") as handle:
             index_bytes = handle.read()
@@ -288,11 +303,28 @@ def _write(directory, model, embeddings, labels, threshold, lookalike_margin, pr
         _check_sidecar(path, json.loads(text))
     except BundleError as error:
         raise BundleError(f"{error}; nothing was changed") from None
+    # The data files go under names of their own, the sidecar that names them last (atomically):
+    # a write that fails on the way (a full disk, a file-size limit) leaves the previous bundle whole.
     for kind, data in contents.items():
-        _store(directory, files[kind], data)
-    storage.write_atomically(path, text)
+        with _writing(os.path.join(directory, files[kind].name)):
+            _store(directory, files[kind], data)
+    with _writing(path):
+        storage.write_atomically(path, text)
     _collect_garbage(directory, keep={entry.name for entry in files.values()})
     return sidecar
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """An OSError while the block writes `path` (a full disk: ENOSPC; a file-size limit, `ulimit -f`:
+    EFBIG) as a BundleWriteError naming the file: every caller writes before the sidecar is
+    replaced (`_write`), so the bundle is as it was."""
+    try:
+        yield
+    except BundleWriteError:
+        raise
+    except OSError as error:
+        raise BundleWriteError(path, error.strerror or shown_error(error), error.errno) from None
 
 
 def _number_labels(labels: list) -> tuple[list[str], list[int]]:

@@ -145,10 +145,15 @@ def camera_frames(index: int, opener: Callable = open_camera, max_failures: int 
         camera.release()
 
 
-def video_frames(path: str | os.PathLike) -> Iterator[Frame]:
+def video_frames(path: str | os.PathLike, max_pixels: int = limits.MAX_IMAGE_PIXELS) -> Iterator[Frame]:
     """Frames of a video file, to its end. A path that is not a regular file (a FIFO, a device)
     is refused before OpenCV opens it, and a file it cannot open or decode a frame of raises
-    VideoError."""
+    VideoError.
+
+    Frames are held to `max_pixels` (width x height), as still images are (the bundle's
+    max_image_pixels): a video whose container declares larger frames is refused before a frame
+    is decoded, and any decoded frame over the limit (a container that understates its size, a
+    stream whose frames grow) raises VideoError before it is used."""
     source = os.fspath(path)
     try:
         problem = storage.not_regular(os.stat(source).st_mode)
@@ -161,14 +166,21 @@ def video_frames(path: str | os.PathLike) -> Iterator[Frame]:
     try:
         with native_stderr_silenced():
             opened = capture.isOpened()
+            declared = (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) if opened else None
         if not opened:
             raise VideoError(f"{source}: not a video this client can decode (cannot be opened)")
+        problem = _over_pixel_limit(*declared, max_pixels)
+        if problem:
+            raise VideoError(f"{source}: {problem} (its frames' size, as the video declares it)")
         count = 0
         while True:
             with native_stderr_silenced():
                 ok, frame = capture.read()
             if not ok or frame is None or not frame.size:
                 break
+            problem = _over_pixel_limit(frame.shape[1], frame.shape[0], max_pixels)
+            if problem:
+                raise VideoError(f"{source}: frame {count}: {problem}")
             yield Frame(to_rgb(frame), source, count)
             count += 1
         if count == 0:
@@ -176,6 +188,16 @@ def video_frames(path: str | os.PathLike) -> Iterator[Frame]:
     finally:
         with native_stderr_silenced():
             capture.release()
+
+
+def _over_pixel_limit(width: float, height: float, max_pixels: int) -> str | None:
+    """"WxH pixels exceeds the limit of N pixels" (preprocessing.decode_image's words), or None. A
+    size that is not a positive finite number (a container that declares none: 0) is not judged."""
+    if not (np.isfinite(width) and np.isfinite(height) and width > 0 and height > 0):
+        return None
+    if width * height <= max_pixels:
+        return None
+    return f"{int(width)}x{int(height)} pixels exceeds the limit of {max_pixels} pixels"
 
 
 def image_frames(paths: Iterable[str | os.PathLike], max_pixels: int,

@@ -161,11 +161,17 @@ def file_lock(path: str | os.PathLike, shared: bool = False, holder: str = "anot
     While a conflicting holder keeps it, one line on stderr says what is awaited (`holder`, who
     holds it) and for how long; after `wait_s` seconds (limits.LOCK_WAIT_S by default) of
     waiting, LockTimeout. The lock belongs to the open file, so a process must not take the
-    same lock twice. The lock file must be a regular file (FileRefused otherwise)."""
+    same lock twice. The lock file must be a regular file (FileRefused otherwise, naming it: so
+    is a symbolic link to nothing, which a writer would otherwise create wherever it points)."""
     source = os.fspath(path)
     wait_s = limits.LOCK_WAIT_S if wait_s is None else wait_s
+    if os.path.islink(source) and not os.path.exists(source):
+        raise FileRefused(source, f"a symbolic link to {limits.shown(os.readlink(source))}, which does not exist")
     flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
-    descriptor = open_regular(source, flags, 0o644)
+    try:
+        descriptor = open_regular(source, flags, 0o644)
+    except FileNotFoundError:  # a reader's lock file deleted meanwhile, or the writer's folder missing
+        raise FileRefused(source, "does not exist" if shared else "cannot be created: its folder does not exist") from None
     try:
         operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         waited = 0.0  # counted in polls, not read from a clock: the same on a loaded machine

@@ -14,6 +14,7 @@ import sys
 import click
 
 import tf_pilltrack  # (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from edge_runtime.quiet import native_stderr_silenced
 from tf_pilltrack import params as params_module
 
 PARAMS_OPTION = click.option(
@@ -25,7 +26,10 @@ PARAMS_OPTION = click.option(
 def _load(params_path: str) -> dict:
     try:
         return params_module.load(params_path)
-    except params_module.ParamsError as error:
+    except params_module.ParamsFileError as error:  # its message names the file already
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except params_module.ParamsError as error:  # its message names the key
         click.echo(f"error: {params_path}: {error}", err=True)
         sys.exit(2)
 
@@ -33,15 +37,26 @@ def _load(params_path: str) -> dict:
 def _run_stage(module: str, params_path: str, function: str = "run", **options) -> None:
     params = _load(params_path)
     tf_pilltrack.pin_threads(params["base"]["threads"])
-    stage = importlib.import_module(f"tf_pilltrack.{module}")
+    with native_stderr_silenced():  # TensorFlow's start-up lines (absl, oneDNN, the CUDA probe)
+        stage = importlib.import_module(f"tf_pilltrack.{module}")
+        _start_tensorflow()
     try:
         getattr(stage, function)(params, echo=lambda line: click.echo(line), **options)
     except (FileNotFoundError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except RuntimeError as error:  # budget.BudgetExceeded among others
+    except (RuntimeError, OSError) as error:  # budget.BudgetExceeded; a full disk (bundle.BundleWriteError)
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+
+
+def _start_tensorflow() -> None:
+    """Have TensorFlow, if the stage imported it, look for its devices now: the first op would do
+    it later and print "failed call to cuInit" on a machine without a GPU. Threads can still be
+    pinned afterwards (it starts no runtime context)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        tf.config.list_physical_devices()
 
 
 @click.group()

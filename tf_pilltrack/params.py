@@ -27,6 +27,10 @@ class ParamsError(ValueError):
     """params.yaml is invalid; the message names the key."""
 
 
+class ParamsFileError(ParamsError):
+    """params.yaml cannot be read or parsed; the message starts with the file's path."""
+
+
 def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, Any], None]:
     def check(key: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -354,18 +358,33 @@ def load(path: str | pathlib.Path = "params.yaml") -> dict:
     try:
         text = storage.read_regular(path, MAX_PARAMS_BYTES).decode("utf-8")
     except storage.FileRefused as error:  # a FIFO, a device, or over MAX_PARAMS_BYTES
-        raise ParamsError(str(error)) from None
+        raise ParamsFileError(str(error)) from None
     except OSError as error:
-        raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+        raise ParamsFileError(f"{path}: cannot be read ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
-        raise ParamsError(f"{path}: not UTF-8 text ({error})") from None
+        raise ParamsFileError(f"{path}: not UTF-8 text ({error})") from None
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({shown(str(error))})") from None
+        raise ParamsFileError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
     except (ValueError, RecursionError) as error:  # an integer beyond Python's digit limit, nesting too deep
-        raise ParamsError(f"{path}: not usable YAML ({shown(str(error) or type(error).__name__)})") from None
+        raise ParamsFileError(f"{path}: not usable YAML ({_one_line(str(error) or type(error).__name__)})") from None
     return validate(params)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parser's error in one line: "line 3, column 1: expected ..." (its own text spans
+    several lines, with the offending line quoted)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return _one_line(where + problem)
+
+
+def _one_line(text: str) -> str:
+    """`text` with its lines joined by spaces, cut to MAX_SHOWN_CHARS: a message is one line."""
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
 
 
 def profile(params: dict) -> dict:
