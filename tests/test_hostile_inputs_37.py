@@ -327,6 +327,9 @@ def test_a_video_over_the_bundles_pixel_limit_is_refused_naming_the_file(edge_bu
     assert result.stderr == (f"error: {video}: 4000x2600 pixels exceeds the limit of 10000000 pixels "
                              "(its frames' size, as the video declares it)\n")
     assert result.stdout == ""
+    result = CliRunner().invoke(main, ["--bundle", edge_bundle, "serve", "--video", video])  # refused before serving
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {video}: 4000x2600 pixels exceeds the limit of 10000000 pixels")
     photo = write_photo(tmp_path / "huge.png", np.zeros((2600, 4000, 3), np.uint8))
     result = CliRunner().invoke(main, ["--bundle", edge_bundle, "--headless", "--image", photo])
     assert "4000x2600 pixels exceeds the limit of 10000000 pixels" in result.stderr
