@@ -404,3 +404,23 @@ def test_a_bad_state_dict_names_its_file_once_in_one_line(tmp_path, payload):
     (tmp_path / "magic.pth").write_bytes(pickle.dumps(12345))
     with pytest.raises(ValueError, match=rf"^{tmp_path}/magic.pth: not a PyTorch legacy-format file \(magic number 12345\)$"):
         efficientnet.read_state_dict(tmp_path / "magic.pth")
+
+
+def test_pilltrack_edge_enroll_under_ulimit_f_is_one_line_naming_the_file(edge_bundle, tmp_path):
+    """`ulimit -f 1` then `pilltrack-edge enroll`: one error line naming the file, exit 1 (the
+    device failed, not the input), the bundle as it was."""
+    import resource
+
+    from edge_fixtures import pill_photos, write_photo
+
+    photo = write_photo(tmp_path / "white.png", pill_photos("green", 1, seed=9)[0])
+    sidecar = pathlib.Path(edge_bundle, SIDECAR).read_bytes()
+    finished = subprocess.run(
+        [sys.executable, "-c", "from edge_runtime.cli import main; main()", "--bundle", edge_bundle,
+         "enroll", "--label", "white", photo],
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY)))
+    assert finished.returncode == 1, finished.stderr
+    assert re.fullmatch(rf"error: {re.escape(edge_bundle)}/\S+/model\.tflite: cannot be written \(File too large\); "
+                        r"the bundle was not changed\n", finished.stderr), finished.stderr
+    assert pathlib.Path(edge_bundle, SIDECAR).read_bytes() == sidecar
