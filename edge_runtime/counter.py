@@ -24,6 +24,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import secrets
 import stat
@@ -35,7 +36,7 @@ from typing import Callable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from edge_runtime import capture, enrollment, gallery, limits, storage
+from edge_runtime import capture, enrollment, evidence, gallery, limits, storage
 from edge_runtime.bundle import SIDECAR, update_gallery
 from edge_runtime.capture import CaptureError, Frame
 from edge_runtime.display import draw_box
@@ -49,6 +50,7 @@ THUMBNAILS = "thumbnails"  # folder in the bundle directory: one JPEG per pill e
 STEP_WINDOW = 200  # frames over which the device step's median and 95th percentile are shown
 JPEG_QUALITY = 80  # of the streamed frames and the thumbnails
 DEFAULT_VIDEO_FPS = 10.0  # a video file that declares no frame rate plays at this
+CONFIRMATIONS = "confirmations.jsonl"  # in the bundle directory: the answers staff confirmed, a JSON line each
 
 
 class Refused(ValueError):
@@ -88,6 +90,8 @@ class Live(NamedTuple):
     result: Result
     answer: dict  # what the page shows (Counter.describe)
     jpeg: bytes | None  # the frame with the pill's box, for the stream; None while nobody watches
+    embedding: np.ndarray | None = None  # this frame's pill's own embedding (not the track's)
+    crop: np.ndarray | None = None  # this frame's pill as the model saw it, RGB
 
 
 def video_source(path: str) -> Callable[[], Iterator[Frame]]:
@@ -145,7 +149,8 @@ class Counter:
     between tries and the pacing, stopped early by `stop()` (tests pass a faster one)."""
 
     def __init__(self, identifier: Identifier, open_frames: Callable[[], Iterator[Frame]], source: str,
-                 fps: float | None = None, smooth: int = 5, on_frame: Callable[[], None] | None = None):
+                 fps: float | None = None, smooth: int = 5, on_frame: Callable[[], None] | None = None,
+                 track_frames: int = evidence.TRACK_FRAMES):
         if fps is not None and not 0.0 < fps <= limits.MAX_FPS:
             raise ValueError(f"fps must be within (0, {limits.MAX_FPS:g}], got {fps}")
         self.identifier = identifier
@@ -162,11 +167,15 @@ class Counter:
         self.shots: list[dict] = []  # camera shots waiting to be enrolled: embedding, thumbnail
         self.faces: list[np.ndarray] = []  # embeddings of the faces of one pill, for a close call
         self.last_enroll: dict | None = None  # what undo_enroll takes back: label, rows added, thumbnail before
+        self.track = evidence.Track(track_frames)  # the pill in view, followed while still (1: frame by frame)
+        self.tiers, self.tiers_note = evidence.load_tiers(self.bundle_dir, identifier.bundle.model_sha256)
+        self._thumbnails: set = set()  # names present in the thumbnails folder (refreshed after each change)
         self._model = threading.Lock()  # the interpreter, and self.identifier, one thread at a time
         self._changed = threading.Condition()  # a new frame answered, or an error
         self._stopping = threading.Event()
         self._stamp = self._bundle_stamp()
         self._thread: threading.Thread | None = None
+        self._refresh_thumbnails()
 
     # --- the live loop ---------------------------------------------------------------------
 
@@ -219,12 +228,22 @@ class Counter:
         with self._model:
             identifier = self.identifier
             start = time.perf_counter()
-            result = identifier.identify_image(frame.rgb)
+            found = identifier.embed_image(frame.rgb)
+            if found is None:
+                embedding = crop = None
+                self.track.update(None, None)
+                result, views, why = Result(None, None, [], None, {}, None), 0, None
+            else:
+                embedding, crop = found
+                combined, views, why = self.track.update(crop.box, embedding)
+                result = identifier.identify_embedding(combined, crop.box)  # all the still pill's frames
             step = time.perf_counter() - start
         announced = self.smoother.update(result.label)
         self.steps.append(step)
-        answer = self.describe(result, announced, identifier)
-        answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3))
+        answer = self.describe(result, announced, identifier, self.tiers, self._thumbnails)
+        height, width = frame.rgb.shape[:2]
+        answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3), views=views, track=self.track.started,
+                      guidance=evidence.guidance(result.box, width, height, moving=why == "moved"))
         jpeg = None
         if self.viewers:
             bgr = draw_box(np.ascontiguousarray(frame.rgb[:, :, ::-1]), result, announced)
@@ -232,20 +251,33 @@ class Counter:
         with self._changed:
             sequence = (self.live.sequence if self.live else 0) + 1
             answer["sequence"] = sequence
-            self.live = Live(sequence, frame.rgb, result, answer, jpeg)
+            self.live = Live(sequence, frame.rgb, result, answer, jpeg, embedding,
+                             None if crop is None else crop.pixels)
             self.error = None
             self._changed.notify_all()
         self.on_frame()
         return self.live
 
     @staticmethod
-    def describe(result: Result, announced: str | None, identifier: Identifier) -> dict:
+    def describe(result: Result, announced: str | None, identifier: Identifier,
+                 tiers: evidence.Tiers | None = None, thumbnails: set = frozenset()) -> dict:
         """An answer as the page shows it: `state` "pill" (announced names one), "unknown" or
         "none" (no pill), the frame's own label, distance, closest pills, look-alike and box,
-        and whether it is a close call worth turning the pill over for."""
+        and whether it is a close call worth turning the pill over for; `tier` (evidence.tier)
+        in words, and `candidates`: the closest pills (at most 3), each with its thumbnail's
+        name when it has one, for staff to compare with the pill by eye."""
         state = "none" if announced is None else "unknown" if announced == gallery.UNKNOWN else "pill"
         bundle = identifier.bundle
+        level = evidence.tier(result, tiers)
+        candidates = []
+        for rank, match in enumerate(result.top_k[:3]):
+            name = thumbnail_name(match.label)
+            candidates.append({"label": match.label, "rank": rank + 1,
+                               "thumbnail": name if name in thumbnails else None})
         return {
+            "tier": level,
+            "tier_words": evidence.WORDS[level],
+            "candidates": candidates,
             "state": state,
             "announced": announced,
             "label": result.label,
@@ -299,6 +331,8 @@ class Counter:
         with self._model:
             self.identifier = identifier
         self._stamp = stamp
+        self.tiers, self.tiers_note = evidence.load_tiers(self.bundle_dir, identifier.bundle.model_sha256)
+        self._refresh_thumbnails()
 
     def _pill_frame(self) -> np.ndarray:
         """The next live frame in which a pill is found (waiting up to limits.SHOT_WAIT_S)."""
@@ -351,7 +385,7 @@ class Counter:
         with self._model:
             identifier = self.identifier
             result = identifier.identify_embedding(combine_views(np.stack(self.faces)))
-        answer = self.describe(result, result.label, identifier)
+        answer = self.describe(result, result.label, identifier, self.tiers, self._thumbnails)
         answer["views"] = len(self.faces)
         return answer
 
@@ -450,6 +484,7 @@ class Counter:
         # what `undo` takes back: these rows (a new gallery: nothing)
         self.last_enroll = None if new_gallery else {
             "label": label, "embeddings": stored, "new_pill": label not in labels_before, "thumbnail": previous}
+        self._refresh_thumbnails()
         return {"label": label, "photos": len(embeddings), "in_gallery": count, "new_gallery": new_gallery,
                 "new_pill": new_gallery or label not in labels_before}
 
@@ -593,6 +628,9 @@ class Counter:
             return None
         return data if len(data) <= limits.MAX_IMAGE_BYTES else None
 
+    def _refresh_thumbnails(self) -> None:
+        self._thumbnails = self._present_thumbnails()
+
     def _present_thumbnails(self) -> set:
         """The names of the regular files in the thumbnails folder (none when it cannot be read)."""
         present = set()
@@ -685,6 +723,7 @@ class Counter:
                 os.fsync(folder)
         except (OSError, ThumbnailRefused) as error:
             print(f"warning: thumbnail not renamed: {error}", file=sys.stderr)
+        self._refresh_thumbnails()
 
     def _drop_thumbnails(self, keep: set) -> None:
         """Delete the thumbnails (*.jpg) but those of `keep`, inside the folder (dir_fd); an entry
@@ -705,6 +744,68 @@ class Counter:
                         os.unlink(name, dir_fd=folder)
         except (OSError, ThumbnailRefused) as error:
             print(f"warning: thumbnails not deleted: {error}", file=sys.stderr)
+        self._refresh_thumbnails()
+
+    # --- a confirmed answer ----------------------------------------------------------------------
+
+    def live_crop(self) -> bytes | None:
+        """The pill in the live view as the model sees it (JPEG), for comparing with the
+        candidates' thumbnails; None while no pill is in view."""
+        live = self.live
+        if live is None or live.crop is None:
+            return None
+        return encode_jpeg(np.ascontiguousarray(live.crop[:, :, ::-1]))
+
+    def confirm(self, label: str, add: bool = False) -> dict:
+        """Staff confirm that the pill in view is `label`, one of the live answer's candidates: the
+        answer is logged (CONFIRMATIONS in the bundle directory, a JSON line each), and with `add`
+        the live frame's pill joins that pill's gallery, through the enroll path (its limits, the
+        bundle's lock, undo). Refused when no pill is in view or `label` is not a candidate."""
+        live = self.live
+        label = _checked_label(label)
+        if live is None or live.embedding is None:
+            raise NotReady("no pill in the live view to confirm: put the pill under the camera")
+        candidates = {gallery.label_key(c["label"]): c for c in live.answer.get("candidates", [])}
+        chosen = candidates.get(gallery.label_key(label))
+        if chosen is None:
+            shown_list = ", ".join(repr(c["label"]) for c in live.answer.get("candidates", [])) or "none"
+            raise Refused(f"{label!r} is not a candidate for the pill in view (candidates: {shown_list}); "
+                          "nothing logged")
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "label": chosen["label"],
+                 "rank": chosen["rank"], "tier": live.answer.get("tier"), "answer": live.answer.get("label"),
+                 "views": live.answer.get("views"), "source": self.source, "frame": live.answer.get("frame"),
+                 "added": bool(add)}
+        done = {"label": chosen["label"], "rank": chosen["rank"], "logged": CONFIRMATIONS, "added": 0}
+        if add:
+            picture = encode_jpeg(np.ascontiguousarray(live.crop[:, :, ::-1]))
+            enrolled = self._enroll(chosen["label"], live.embedding[None, :], [picture], False)
+            done.update(added=1, in_gallery=enrolled["in_gallery"])
+        self._log_confirmation(entry)
+        return done
+
+    def _log_confirmation(self, entry: dict) -> None:
+        """Append one JSON line to CONFIRMATIONS in the bundle directory, opened there by name
+        without following a link (a link in its place is refused, naming it)."""
+        path = os.path.join(self.bundle_dir, CONFIRMATIONS)
+        bundle = os.open(self.bundle_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                descriptor = os.open(CONFIRMATIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=bundle)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENXIO):
+                    raise Refused(f"{path}: {_what_is(bundle, CONFIRMATIONS, 'a regular file')}; the page logs "
+                                  "only to a plain file of the bundle's own; nothing logged") from None
+                raise
+        finally:
+            os.close(bundle)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+            problem = storage.not_regular(os.fstat(descriptor).st_mode)
+            if problem:
+                raise Refused(f"{path}: {problem}; nothing logged")
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def bundle_info(self) -> dict:
         """What the page's bundle panel shows: model, runtime, profile, input size, naming rule,
@@ -721,6 +822,11 @@ class Counter:
             "symmetry_views": bundle.preprocess.symmetry_views,
             "threshold": identifier.threshold,
             "lookalike_margin": bundle.lookalike_margin,
+            "tiers": None if self.tiers is None else {
+                "likely_distance": self.tiers.likely_distance, "likely_gap": self.tiers.likely_gap,
+                "measured": self.tiers.measured},
+            "tiers_note": self.tiers_note,
+            "track_frames": self.track.frames,
             "pills": len(set(bundle.labels)),
             "photos": len(bundle.labels),
             "source": self.source,

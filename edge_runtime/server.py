@@ -10,7 +10,10 @@ server-sent events, one per frame.
     GET  /                    the page
     GET  /stream.mjpg         the live view, the pill's box drawn in
     GET  /events              server-sent events: the answer to each frame (JSON)
-    GET  /api/answer          the latest answer (JSON)
+    GET  /api/answer          the latest answer (JSON): with its confidence tier and candidates
+    GET  /crop.jpg            the pill in the live view as the model sees it (404: none in view)
+    POST /api/confirm         staff confirm the pill in view is candidate `label` (logged); `add=1`
+                              also adds the frame to that pill's gallery (the enroll path)
     GET  /api/bundle          model, profile, input size, naming rule, pills, photos, device step
     GET  /api/gallery         the enrolled pills, photo counts, thumbnails
     GET  /thumbnails/NAME     a pill's thumbnail (JPEG)
@@ -377,6 +380,20 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
             raise Refused("give the pill's new name (new_label)")
         return JSONResponse(await run_in_threadpool(counter.rename, label, new_label))
 
+    async def crop(request):
+        data = await run_in_threadpool(counter.live_crop)
+        if data is None:
+            return refuse(404, "no pill in the live view")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    async def confirm(request):
+        form = await small_form(request)
+        label = form.get("label")
+        if not isinstance(label, str) or not label.strip():
+            raise Refused("give the name (label) of the candidate to confirm")
+        add = form.get("add") in ("1", "on", "true")
+        return JSONResponse(await run_in_threadpool(counter.confirm, label, add))
+
     async def photos_list(request):
         label = request.query_params.get("label")
         if not label or not label.strip():
@@ -425,6 +442,8 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         Route("/api/remove", guarded(remove), methods=["POST"]),
         Route("/api/rename", guarded(rename), methods=["POST"]),
         Route("/api/photos", guarded(photos_list)),
+        Route("/crop.jpg", guarded(crop)),
+        Route("/api/confirm", guarded(confirm), methods=["POST"]),
         Route("/api/photos/remove", guarded(remove_photo), methods=["POST"]),
         Route("/api/undo", guarded(undo), methods=["POST"]),
         Route("/api/faces", guarded(take_face), methods=["POST"]),

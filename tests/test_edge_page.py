@@ -114,9 +114,12 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
         return [item.get_attribute("data-label") for item in browser.find_elements(By.CSS_SELECTOR, "#gallery li")]
 
     browser.get(served)
-    text_becomes("answer", "unknown pill")
+    text_becomes("answer", "not one of your pills / unsure")
     WebDriverWait(browser, WAIT_S).until(lambda driver: gallery() == ["blue", "green", "red"])
-    assert "closest" in browser.find_element(By.ID, "details").text
+    candidates = browser.execute_script(  # read at once: the list changes as the pill's frames do
+        "return Array.from(document.querySelectorAll('#candidates li'), (item) => item.dataset.label)")
+    assert 1 <= len(candidates) <= 3 and set(candidates) <= {"blue", "green", "red"}  # for comparison only
+    assert "No enrolled pill is near enough to trust" in browser.find_element(By.ID, "tier-explain").text
     WebDriverWait(browser, WAIT_S).until(  # the MJPEG stream plays in the <img>
         lambda driver: driver.execute_script("return document.getElementById('view').naturalWidth") == 320)
 
@@ -133,6 +136,12 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
             "const img = document.querySelector('#gallery li[data-label=\"Cyan 20 mg\"] img');"
             "return img !== null && img.complete && img.naturalWidth > 0"))
     assert "4 pills, 12 photos" in browser.find_element(By.ID, "bundle").text
+    first = browser.find_element(By.CSS_SELECTOR, "#candidates li.first")  # one tap confirms the first candidate
+    assert first.get_attribute("data-label") == "Cyan 20 mg"
+    WebDriverWait(browser, WAIT_S).until(  # beside the pill in view, as the model sees it
+        lambda driver: driver.execute_script("return document.getElementById('live-crop').naturalWidth") == 32)
+    first.find_element(By.CSS_SELECTOR, "button.confirm-candidate").click()
+    text_becomes("message", "Confirmed Cyan 20 mg (logged)")
     screenshot = os.environ.get("PILLTRACK_PAGE_SCREENSHOT") or str(tmp_path / "counter_page.png")
     assert browser.save_screenshot(screenshot)
 
@@ -140,7 +149,7 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
     text_becomes("confirm-text", "Remove Cyan 20 mg and its 3 photos from the gallery?")
     browser.find_element(By.ID, "confirm-remove").click()
     text_becomes("message", "Removed Cyan 20 mg (3 photos)")
-    text_becomes("answer", "unknown pill")
+    text_becomes("answer", "not one of your pills / unsure")
     assert gallery() == ["blue", "green", "red"]
 
 
@@ -290,9 +299,10 @@ def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, serve
     text_becomes("confirm-text", "Start a new gallery with Cyan 20 mg? This removes every pill enrolled now: "
                                  "3 pills (9 photos).")
     browser.find_element(By.ID, "cancel-remove").click()
-    assert gallery() == ["blue", "green", "red"]
+    assert gallery() == ["blue", "green", "red"] and not browser.find_element(By.ID, "confirm").is_displayed()
     browser.find_element(By.ID, "enroll-photos").click()  # the form is as it was: ask again, and agree
-    text_becomes("confirm-remove", "Start a new gallery")
+    WebDriverWait(browser, WAIT_S).until(lambda driver: driver.find_element(By.ID, "confirm").is_displayed())
+    assert browser.find_element(By.ID, "confirm-remove").text == "Start a new gallery"
     browser.find_element(By.ID, "confirm-remove").click()
     text_becomes("message", "Enrolled Cyan 20 mg from 2 photos (a new gallery)")
     text_becomes("gallery-count", "(1 pill)")

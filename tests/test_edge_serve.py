@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from edge_fixtures import pill_photos
 from PIL import Image
 
-from edge_runtime import capture, limits, storage
+from edge_runtime import capture, evidence, limits, storage
 from edge_runtime.capture import Frame
 from edge_runtime.cli import main
 from edge_runtime.counter import Counter, camera_source, thumbnail_name
@@ -802,3 +802,75 @@ def test_each_photo_can_be_seen_and_removed(page, edge_bundle):
     assert page.request("GET", "/api/photos?label=nope")[0] == 400
     assert page.request("GET", "/api/photos")[0] == 400
     assert snapshot(edge_bundle) == before
+
+
+# --- issue 36: candidates to check, tiers, evidence over frames -----------------------------------
+
+
+def test_the_answer_ranks_candidates_and_one_tap_confirms_and_can_add_the_frame(page, edge_bundle):
+    answer = page.answer_becomes(lambda a: a["state"] == "unknown", "unknown")
+    assert answer["tier"] == "unsure" and answer["tier_words"] == "not one of your pills / unsure"
+    assert 1 <= len(answer["candidates"]) <= 3 and [c["rank"] for c in answer["candidates"]] == list(
+        range(1, len(answer["candidates"]) + 1))
+    assert page.request("POST", "/api/enroll", {"label": "cyan"}, uploads())[0] == 200
+    answer = page.answer_becomes(lambda a: a.get("announced") == "cyan", "cyan")
+    assert answer["tier"] == "named" and answer["candidates"][0] == {
+        "label": "cyan", "rank": 1, "thumbnail": thumbnail_name("cyan")}
+    status, crop = page.request("GET", "/crop.jpg")
+    assert status == 200 and cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR).shape == (32, 32, 3)
+
+    before = snapshot(edge_bundle)
+    status, refused = page.request("POST", "/api/confirm", {"label": "purple"})
+    assert status == 400 and "'purple' is not a candidate for the pill in view" in refused["error"]
+    status, done = page.request("POST", "/api/confirm", {"label": "CYAN"})
+    assert (status, done) == (200, {"label": "cyan", "rank": 1, "logged": "confirmations.jsonl", "added": 0})
+    after = snapshot(edge_bundle)
+    assert {k: v for k, v in after.items() if k != "confirmations.jsonl"} == before  # the gallery is unchanged
+    status, done = page.request("POST", "/api/confirm", {"label": "cyan", "add": "1"})
+    assert status == 200 and (done["added"], done["in_gallery"]) == (1, 4)
+    assert len(page.request("GET", "/api/photos?label=cyan")[1]["photos"]) == 4
+    assert page.request("GET", "/api/gallery")[1]["undo"] == {"label": "cyan", "photos": 1}  # undo works for it too
+    with open(os.path.join(edge_bundle, "confirmations.jsonl"), encoding="utf-8") as log:
+        entries = [json.loads(line) for line in log]
+    assert [(e["label"], e["rank"], e["tier"], e["added"]) for e in entries] == [
+        ("cyan", 1, "named", False), ("cyan", 1, "named", True)]
+    assert all(e["source"] == "clip" and e["views"] >= 1 for e in entries)
+
+
+def test_confirm_refuses_a_link_in_place_of_the_log(page, edge_bundle, tmp_path):
+    page.answer_becomes(lambda a: a["state"] == "unknown", "unknown")
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("kept")
+    os.symlink(target, os.path.join(edge_bundle, "confirmations.jsonl"))
+    label = page.request("GET", "/api/answer")[1]["candidates"][0]["label"]
+    status, refused = page.request("POST", "/api/confirm", {"label": label})
+    assert status == 400 and "a symbolic link" in refused["error"] and "nothing logged" in refused["error"]
+    assert target.read_text() == "kept"
+
+
+def test_a_still_pill_is_answered_from_all_its_frames(identifier, edge_bundle):
+    """The same pill, still, frame after frame: the answer gathers up to the track's frames;
+    frame by frame (track_frames 1) it never does. Tiers measured for this model make an unknown
+    answer "likely" within them, and the bundle panel says where the tiers come from."""
+    still = pill_photos("cyan", 1, seed=3)
+    with open(os.path.join(edge_bundle, "tiers.json"), "w") as handle:
+        json.dump({"likely_distance": 2.0, "likely_gap": 0.0, "model_sha256": identifier.bundle.model_sha256,
+                   "measured": {"likely_right": 0.9}}, handle)
+    page = Page(identifier, looping(still * 5))
+    try:
+        answer = page.answer_becomes(lambda a: a.get("views", 0) >= 10, "ten frames of the still pill")
+        assert answer["state"] == "unknown" and answer["tier"] == "likely"
+        assert answer["tier_words"] == "likely — check it" and answer["guidance"] == []
+        info = page.request("GET", "/api/bundle")[1]
+        assert info["tiers_note"] == "measured on held-out real photos" and info["tiers"]["likely_distance"] == 2.0
+    finally:
+        page.close()
+    os.unlink(os.path.join(edge_bundle, "tiers.json"))
+    single = Page(identifier, looping(still * 5))
+    single.counter.track = evidence.Track(1)
+    try:
+        answers = [single.answer_becomes(lambda a: a.get("sequence", 0) > n, f"frame {n}") for n in (3, 8)]
+        assert [a["views"] for a in answers] == [1, 1] and answers[-1]["tier"] == "unsure"
+        assert "no measured tiers" in single.request("GET", "/api/bundle")[1]["tiers_note"]
+    finally:
+        single.close()

@@ -9,7 +9,6 @@ import tensorflow as tf
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
-from edge_runtime.quiet import native_stderr_silenced
 from tf_pilltrack import dataset, micro
 
 
@@ -35,23 +34,16 @@ def converter(model, calibration_pixels: np.ndarray):
     return converter
 
 
-def convert(tflite_converter) -> bytes:
-    """The converter's model. Its native quantiser prints a line of settings on stderr
-    ("fully_quantize: 0, inference_type: 6, ..."), kept off; a failure is still its exception."""
-    with native_stderr_silenced():
-        return tflite_converter.convert()
-
-
 def convert_qat(qat_student, calibration_pixels: np.ndarray) -> bytes:
     """int8 TFLite from a quantization-aware student. Its fake-quantised layers carry the
     ranges learned in training; the converter still wants sample inputs for full-integer
     conversion of the remaining tensors."""
-    return convert(converter(qat_student, calibration_pixels))
+    return converter(qat_student, calibration_pixels).convert()
 
 
 def convert_ptq(float_student, calibration_pixels: np.ndarray) -> bytes:
     """int8 TFLite from a float student, ranges calibrated on `calibration_pixels`."""
-    return convert(converter(float_student, calibration_pixels))
+    return converter(float_student, calibration_pixels).convert()
 
 
 def calibration_sample(split: dataset.Split, count: int, seed: int) -> np.ndarray:
@@ -80,4 +72,4 @@ def build_reference(calibration_images: int, seed: int) -> bytes:
                                               weights=None, pooling="avg")
     rng = np.random.default_rng(seed)
     calibration = rng.integers(0, 256, size=(calibration_images, 224, 224, 3), dtype=np.uint8)
-    return convert(converter(model, calibration))
+    return converter(model, calibration).convert()

@@ -200,14 +200,14 @@ def peak_conv_model(side: int, in_channels: int, out_channels: int, seed: int) -
     multiply-accumulates per second an int8 runtime reaches on this machine."""
     import tf_keras
 
-    from tf_pilltrack.conversion import convert, converter
+    from tf_pilltrack.conversion import converter
 
     tf_keras.utils.set_random_seed(seed)
     inputs = tf_keras.layers.Input((side, side, in_channels))
     outputs = tf_keras.layers.Conv2D(out_channels, 3, padding="same", use_bias=False)(inputs)
     model = tf_keras.Model(inputs, outputs)
     calibration = np.random.default_rng(seed).integers(0, 256, size=(4, side, side, in_channels), dtype=np.uint8)
-    return convert(converter(model, calibration))
+    return converter(model, calibration).convert()
 
 
 # ---------------------------------------------------------------------------------------------

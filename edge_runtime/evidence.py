@@ -1,0 +1,165 @@
+"""What the counter page answers from (issue 36): a pill's frames gathered while it stays still,
+and a confidence level in words whose thresholds were measured on real photos.
+
+`Track` follows one pill from frame to frame: as long as its box stays where it was (it has not
+moved) and its embedding stays near the track's (it has not been swapped or turned over), each
+frame's embedding joins the track, and the answer comes from all of them together, by the rule
+of the evaluation's multi-photo queries (`identification.combine_views`), instead of frame by
+frame. A pill that moves, leaves or changes starts a new track.
+
+`Tiers` are the page's confidence levels beyond the bundle's naming rule:
+- "named": the bundle's rule names the pill (unchanged: sure, or unknown);
+- "likely — check it": not named, but the nearest pill is near enough, and far enough ahead of the
+  runner-up, that answers like it were right at a measured rate on real held-out photos;
+- "not one of your pills / unsure": anything else.
+Their thresholds come from `benchmarks/confidence_tiers.py`, which writes them, with what it
+measured, to TIERS_FILE in the bundle directory, for one model (its sha256): a bundle whose model
+has no measured tiers has no "likely" tier (named or unsure only), and the page says so.
+
+Only the device client imports this module (the counter page); the pipeline does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from edge_runtime import gallery, storage
+from edge_runtime.identification import Result, combine_views
+from edge_runtime.preprocessing import Box, touches_edge
+
+TIERS_FILE = "tiers.json"  # in the bundle directory, written by benchmarks/confidence_tiers.py
+MAX_TIERS_BYTES = 1 << 20
+WORDS = {"named": "named", "likely": "likely — check it", "unsure": "not one of your pills / unsure",
+         "none": "no pill"}
+
+TRACK_FRAMES = 30  # at most this many recent frames of a still pill are combined
+MOVE_FRACTION = 0.25  # the box's centre moving more than this share of its size: the pill moved
+RESIZE_FRACTION = 0.3  # the box's side changing by more than this share: another pill, or moved nearer
+SMALL_FRACTION = 0.004  # a box under this share of the frame: the pill is too small to see well
+LARGE_FRACTION = 0.6  # a box over this share of the frame: too close
+
+
+class Tiers(NamedTuple):
+    likely_distance: float  # "likely": the nearest pill at cosine distance at most this...
+    likely_gap: float  # ...and the runner-up at least this much farther
+    model_sha256: str  # the model they were measured with
+    measured: dict  # what the benchmark measured on held-out photos (shown on the page)
+
+
+def load_tiers(bundle_dir: str, model_sha256: str) -> tuple[Tiers | None, str]:
+    """The bundle's measured tiers and a line saying where they come from; (None, why) when the
+    bundle has none for its model. A file that is there but malformed is reported the same way
+    (the page keeps answering, named or unsure only), naming the problem."""
+    path = os.path.join(bundle_dir, TIERS_FILE)
+    try:
+        data = storage.read_regular(path, MAX_TIERS_BYTES)
+    except FileNotFoundError:
+        return None, f"no measured tiers for this bundle ({TIERS_FILE} missing): named or unsure only"
+    except (OSError, ValueError) as error:
+        return None, f"{path}: cannot be read ({error}); named or unsure only"
+    try:
+        values = json.loads(data)
+        tiers = Tiers(float(values["likely_distance"]), float(values["likely_gap"]), str(values["model_sha256"]),
+                      dict(values.get("measured", {})))
+    except (ValueError, KeyError, TypeError) as error:
+        return None, f"{path}: not tiers this client can use ({type(error).__name__}: {error}); named or unsure only"
+    if not all(math.isfinite(v) for v in (tiers.likely_distance, tiers.likely_gap)):
+        return None, f"{path}: thresholds must be finite numbers; named or unsure only"
+    if tiers.model_sha256 != model_sha256:
+        return None, (f"{path}: measured for another model ({tiers.model_sha256[:16]}, this bundle's is "
+                      f"{model_sha256[:16]}); named or unsure only: run benchmarks/confidence_tiers.py")
+    if tiers.likely_distance < 0:
+        return tiers, "measured: no threshold reached the targets on held-out photos, so no answer is \"likely\""
+    return tiers, "measured on held-out real photos"
+
+
+def tier(result: Result, tiers: Tiers | None) -> str:
+    """"named", "likely", "unsure", or "none" (no pill found) for one answer."""
+    if result.label is None or result.distance is None:
+        return "none"
+    if result.label != gallery.UNKNOWN:
+        return "named"
+    if tiers is not None and result.top_k and is_likely(result.top_k, tiers):
+        return "likely"
+    return "unsure"
+
+
+def is_likely(top_k, tiers: Tiers) -> bool:
+    """The "likely" rule on a ranked list of matches (label, distance), best first."""
+    first = top_k[0].distance
+    second = top_k[1].distance if len(top_k) > 1 else 2.0
+    return first <= tiers.likely_distance and second - first >= tiers.likely_gap
+
+
+class Track:
+    """One pill followed from frame to frame while it stays still (the module docstring)."""
+
+    def __init__(self, frames: int = TRACK_FRAMES, change_distance: float = 0.5):
+        """`change_distance`: a frame's embedding this far (cosine) from the track's combined one is
+        another pill, or another face of it: a new track."""
+        if frames < 1:
+            raise ValueError(f"a track combines at least 1 frame, got {frames}")
+        self.frames = frames
+        self.change_distance = change_distance
+        self.box: Box | None = None
+        self.embeddings: list[np.ndarray] = []
+        self.started = 0  # tracks begun so far (the page tells one pill's answer from the next)
+
+    def reset(self) -> None:
+        self.box, self.embeddings = None, []
+
+    def update(self, box: Box | None, embedding: np.ndarray | None) -> tuple[np.ndarray | None, int, str | None]:
+        """Add one frame (its box and embedding; None, None: no pill). Returns the combined
+        embedding of the track's frames, how many, and why a new track began (None: it went on)."""
+        if box is None or embedding is None:
+            self.reset()
+            return None, 0, None
+        why = None
+        if self.box is not None:
+            why = moved(self.box, box)
+            if why is None and self.embeddings:
+                current = combine_views(np.stack(self.embeddings))
+                unit = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+                if 1.0 - float(unit @ current) > self.change_distance:
+                    why = "changed"
+        if self.box is None or why is not None:
+            self.embeddings = []
+            self.started += 1
+        self.box = box
+        self.embeddings = (self.embeddings + [np.asarray(embedding, np.float32)])[-self.frames:]
+        return combine_views(np.stack(self.embeddings)), len(self.embeddings), why
+
+
+def moved(before: Box, after: Box) -> str | None:
+    """"moved" when the box's centre moved by more than MOVE_FRACTION of its size, or its size
+    changed by more than RESIZE_FRACTION; else None."""
+    size = max(before.right - before.left, before.bottom - before.top, 1)
+    shift = math.hypot((after.left + after.right - before.left - before.right) / 2,
+                       (after.top + after.bottom - before.top - before.bottom) / 2)
+    side = max(after.right - after.left, after.bottom - after.top, 1)
+    if shift > MOVE_FRACTION * size or abs(side - size) > RESIZE_FRACTION * size:
+        return "moved"
+    return None
+
+
+def guidance(box: Box | None, width: int, height: int, moving: bool) -> list[str]:
+    """What the frame says about how the pill is shown, in words staff can act on."""
+    if box is None:
+        return []
+    tips = []
+    share = (box.right - box.left) * (box.bottom - box.top) / float(max(width * height, 1))
+    if touches_edge(box, width, height):
+        tips.append("the pill is partly out of view (or merges with the background): move it to the middle "
+                    "of a plain tray of another colour")
+    elif share < SMALL_FRACTION:
+        tips.append("the pill is small in the view: bring the camera nearer")
+    elif share > LARGE_FRACTION:
+        tips.append("the pill is too close: move the camera back")
+    if moving:
+        tips.append("hold the pill still: the answer gathers evidence while it does not move")
+    return tips
