@@ -492,7 +492,7 @@ def serve(ctx, camera, video, folder, fps, host, port, token, top_k, threshold, 
             # A file no frame decodes of, or whose frames are over the bundle's pixel limit: exit 2.
             with contextlib.closing(capture.video_frames(video, identifier.bundle.preprocess.max_image_pixels)) as probe:
                 next(probe)
-            frames, source = counters.video_source(video), video
+            frames, source = counters.video_source(video, identifier.bundle.preprocess.max_image_pixels), video
             if fps is None:  # the video's own rate, as a player plays it
                 fps = counters.video_rate(video)
         elif folder is not None:

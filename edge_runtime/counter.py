@@ -94,9 +94,10 @@ class Live(NamedTuple):
     crop: np.ndarray | None = None  # this frame's pill as the model saw it, RGB
 
 
-def video_source(path: str) -> Callable[[], Iterator[Frame]]:
-    """Frames of a video file, played from the start each time the source is opened."""
-    return lambda: capture.video_frames(path)
+def video_source(path: str, max_pixels: int = limits.MAX_IMAGE_PIXELS) -> Callable[[], Iterator[Frame]]:
+    """Frames of a video file, played from the start each time the source is opened; each frame
+    held to `max_pixels` (the bundle's max_image_pixels, as photos are: capture.video_frames)."""
+    return lambda: capture.video_frames(path, max_pixels)
 
 
 def video_rate(path: str) -> float:

@@ -361,6 +361,21 @@ def test_video_frames_refuses_a_declared_size_before_decoding_and_checks_every_f
             next(frames)
 
 
+def test_serves_video_source_holds_every_frame_to_the_bundles_limit(tmp_path, monkeypatch):
+    """`serve --video` checks the first frame at start, then plays the file through
+    counter.video_source, which now passes the bundle's limit on (it used the global one)."""
+    from edge_runtime import capture, counter
+
+    path = tmp_path / "clip.avi"
+    path.write_bytes(b"a video")
+    lying = LyingCapture((10.0, 10.0), [np.zeros((10, 10, 3), np.uint8), np.zeros((100, 200, 3), np.uint8)])
+    monkeypatch.setattr(capture.cv2, "VideoCapture", lambda source: lying)
+    frames = counter.video_source(str(path), 1000)()
+    next(frames)
+    with pytest.raises(capture.VideoError, match=rf"^{path}: frame 1: 200x100 pixels exceeds the limit of 1000 pixels$"):
+        next(frames)
+
+
 @pytest.mark.parametrize("payload", [b"cos\nsystem\n(S'echo pwned'\ntR.", b""])
 def test_a_bad_state_dict_names_its_file_once_in_one_line(tmp_path, payload):
     """"x.pth: cannot read it as a PyTorch state dict (x.pth: not a plain state dict ...)"."""
