@@ -1,7 +1,11 @@
 """Hostile inputs of issue 37's probe, beyond the Annoy index (tests/test_edge_index_fuzz.py):
 manifest.csv fields over csv's limit and manifests that are not UTF-8 are one error naming the
 file and line; a zip member whose headers understate its size is read in bounded memory and
-reported; bundle.json with a key twice is refused; a fullwidth "ｕｎｋｎｏｗｎ" is reserved."""
+reported; bundle.json with a key twice is refused; a fullwidth "ｕｎｋｎｏｗｎ" is reserved; a
+dangling .lock link and an enroll that cannot write (a full disk, `ulimit -f`) are one error naming
+the file, the bundle left as it was; params and state-dict errors name their file once, in one line;
+`pilltrack export` and `evaluate` print no TensorFlow start-up lines; video frames are held to the
+bundle's pixel limit (item 6)."""
 
 from __future__ import annotations
 
