@@ -32,7 +32,7 @@ import time
 import click
 import numpy as np
 
-from edge_runtime import capture, enrollment, gallery, limits
+from edge_runtime import capture, enrollment, evidence, gallery, limits
 from edge_runtime.capture import CaptureError, Frame
 from edge_runtime.display import DisplayUnavailable, Window, annotate
 from edge_runtime.identification import STAGES, Identifier, Smoother, combine_views
@@ -233,6 +233,7 @@ def _identify_frames(identifier, frames, live, headless, window, smoother, sourc
     these are kept only when `timed` (--benchmark), as a live run may last for days."""
     timings = {stage: [] for stage in (*STAGES, "total")}
     fps, last = 0.0, None
+    tiers = evidence.load_tiers(identifier.bundle.directory, identifier.bundle.model_sha256)[0] if headless else None
     for count, frame in enumerate(frames):
         start = time.perf_counter()
         result = identifier.identify_image(frame.rgb)
@@ -241,8 +242,8 @@ def _identify_frames(identifier, frames, live, headless, window, smoother, sourc
             for stage, seconds in result.timings.items():
                 timings[stage].append(seconds)
         announced = smoother.update(result.label) if live else result.label
-        if headless:
-            click.echo(json.dumps(_record(frame, result, announced)))
+        if headless:  # with the counter page's confidence tier (evidence.tier)
+            click.echo(json.dumps({**_record(frame, result, announced), "tier": evidence.tier(result, tiers)}))
         elif window is not None:
             now = time.perf_counter()
             if last is not None:  # frame rate, smoothed over about ten frames
@@ -282,6 +283,8 @@ def _identify_one_pill(identifier: Identifier, images, headless: bool) -> None:
     if headless:
         record = {key: value for key, value in _record(Frame(None, "", 0), result, result.label).items()
                   if key not in ("source", "frame", "box")}
+        record["tier"] = evidence.tier(result, evidence.load_tiers(identifier.bundle.directory,
+                                                                   identifier.bundle.model_sha256)[0])
         click.echo(json.dumps({"sources": used, **record}))
     else:
         source = " + ".join(used)

@@ -14,7 +14,7 @@ from edge_fixtures import PILL_COLOURS, pill_photo, pill_photos, write_photo
 
 from edge_runtime.cli import main
 
-RECORD_KEYS = {"source", "frame", "label", "announced", "distance", "top_k", "box", "timings_ms", "lookalike"}
+RECORD_KEYS = {"source", "frame", "label", "announced", "distance", "top_k", "box", "timings_ms", "lookalike", "tier"}
 
 
 def run(args, obj=None):
@@ -69,6 +69,22 @@ def test_headless_prints_one_json_record_per_image(edge_bundle, photos):
     assert black["label"] == "unknown"
     assert empty["label"] is None and empty["box"] is None and empty["top_k"] == []
     assert green["lookalike"] is None and black["lookalike"] is None  # distinct colours: no close call
+    assert [record["tier"] for record in records] == ["named", "unsure", "none"]  # no measured tiers: no "likely"
+
+
+def test_headless_gives_the_counter_pages_tier_from_the_bundles_measured_tiers(edge_bundle, photos):
+    """Issue 36: the tiers through --headless JSON, as the page shows them: "likely" once tiers.json
+    (benchmarks/confidence_tiers.py) is measured for this bundle's model, and not for another's."""
+    from edge_runtime.bundle import load_bundle
+
+    sha = load_bundle(edge_bundle).model_sha256
+    for model, expected in ((sha, "likely"), ("0" * 64, "unsure")):
+        with open(os.path.join(edge_bundle, "tiers.json"), "w") as handle:
+            json.dump({"likely_distance": 2.0, "likely_gap": 0.0, "model_sha256": model}, handle)
+        record = json.loads(run(["--bundle", edge_bundle, "--headless", "--image", photos[1]]).stdout)
+        assert (record["label"], record["tier"]) == ("unknown", expected)
+    one = json.loads(run(["--bundle", edge_bundle, "--headless", "--one-pill", "--image", photos[0], photos[0]]).stdout)
+    assert one["tier"] == "named"
 
 
 def test_a_close_call_is_not_named_and_shows_both_candidates(edge_bundle, photos):
