@@ -145,6 +145,18 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
     screenshot = os.environ.get("PILLTRACK_PAGE_SCREENSHOT") or str(tmp_path / "counter_page.png")
     assert browser.save_screenshot(screenshot)
 
+    def top(element_id):
+        return browser.execute_script(f"return document.getElementById('{element_id}').getBoundingClientRect().top")
+
+    assert top("answer-section") == top("view-section")  # desktop: the answer beside the live view
+    browser.set_window_size(390, 844)  # phone first (issue 36): the answer and its candidates on top
+    WebDriverWait(browser, WAIT_S).until(lambda driver: top("answer-section") < top("view-section"))
+    assert top("view-section") < top("enroll-section") < top("gallery-section") < top("bundle-section")
+    browser.execute_script("document.getElementById('bundle-panel').open = false; window.scrollTo(0, 0)")
+    phone = os.environ.get("PILLTRACK_PAGE_SCREENSHOT_PHONE") or str(tmp_path / "counter_page_phone.png")
+    assert browser.save_screenshot(phone)
+    browser.set_window_size(1280, 1000)
+
     browser.find_element(By.CSS_SELECTOR, '#gallery li[data-label="Cyan 20 mg"] button.remove').click()
     text_becomes("confirm-text", "Remove Cyan 20 mg and its 3 photos from the gallery?")
     browser.find_element(By.ID, "confirm-remove").click()
