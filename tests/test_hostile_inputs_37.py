@@ -419,3 +419,29 @@ def test_pilltrack_edge_enroll_under_ulimit_f_is_one_line_naming_the_file(edge_b
     assert re.fullmatch(rf"error: {re.escape(edge_bundle)}/\S+/model\.tflite: cannot be written \(File too large\); "
                         r"the bundle was not changed\n", finished.stderr), finished.stderr
     assert pathlib.Path(edge_bundle, SIDECAR).read_bytes() == sidecar
+
+
+CONVERT_QUIETLY = """
+import sys
+from edge_runtime.quiet import native_stderr_silenced
+with native_stderr_silenced():
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+    from tf_pilltrack import conversion
+    tf.config.list_physical_devices()  # TensorFlow's CUDA probe prints here
+print("converting", file=sys.stderr, flush=True)
+inputs = tf_keras.Input((16, 16, 3))
+outputs = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.Conv2D(4, 3)(inputs))
+model = conversion.convert_ptq(tf_keras.Model(inputs, outputs), np.zeros((2, 16, 16, 3), np.uint8))
+print(len(model) > 0)
+"""
+
+
+def test_the_int8_conversion_prints_nothing():
+    """TFLite's quantiser printed "fully_quantize: 0, inference_type: 6, ..." once per model."""
+    finished = subprocess.run([sys.executable, "-c", CONVERT_QUIETLY], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert (finished.stdout, finished.stderr) == ("True\n", "converting\n")
+
+

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
+from edge_runtime.quiet import native_stderr_silenced
 from tf_pilltrack import dataset, micro
 
 
@@ -34,16 +35,24 @@ def converter(model, calibration_pixels: np.ndarray):
     return converter
 
 
+def quietly_converted(model_converter) -> bytes:
+    """The TFLite flatbuffer of `model_converter.convert()`, with TFLite's quantiser kept off file
+    descriptor 2 (it prints "fully_quantize: 0, inference_type: 6, ..." once per model); a failed
+    conversion still raises."""
+    with native_stderr_silenced():
+        return model_converter.convert()
+
+
 def convert_qat(qat_student, calibration_pixels: np.ndarray) -> bytes:
     """int8 TFLite from a quantization-aware student. Its fake-quantised layers carry the
     ranges learned in training; the converter still wants sample inputs for full-integer
     conversion of the remaining tensors."""
-    return converter(qat_student, calibration_pixels).convert()
+    return quietly_converted(converter(qat_student, calibration_pixels))
 
 
 def convert_ptq(float_student, calibration_pixels: np.ndarray) -> bytes:
     """int8 TFLite from a float student, ranges calibrated on `calibration_pixels`."""
-    return converter(float_student, calibration_pixels).convert()
+    return quietly_converted(converter(float_student, calibration_pixels))
 
 
 def calibration_sample(split: dataset.Split, count: int, seed: int) -> np.ndarray:
@@ -72,4 +81,4 @@ def build_reference(calibration_images: int, seed: int) -> bytes:
                                               weights=None, pooling="avg")
     rng = np.random.default_rng(seed)
     calibration = rng.integers(0, 256, size=(calibration_images, 224, 224, 3), dtype=np.uint8)
-    return converter(model, calibration).convert()
+    return quietly_converted(converter(model, calibration))
