@@ -8,6 +8,16 @@
 #   train         .venv               -e '.[train,serve,test,browser,cluster]'  the pipeline (dvc repro), all tests
 #   edge          .venv-edge          -e '.[edge,serve,test]'                   the device client on LiteRT, NumPy 2
 #   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,serve,test]'            the device client on tflite-runtime, NumPy 1
+#   firmware      (system packages)   apt-get: Cortex-M gcc, newlib, QEMU,      the `firmware` stage and its emulated test
+#                                     make, git
+#
+# `firmware` is not a Python environment: it installs the Debian/Ubuntu packages the `firmware`
+# stage needs (FIRMWARE_PACKAGES below; tf_pilltrack/firmware.py's TOOLS names the same ones)
+# with apt-get, `apt-get update` first, as root or through passwordless sudo, unless all of them
+# are there already. Where apt-get is missing (not Debian-like) or cannot run as root, it says so,
+# installs nothing and the command goes on: the emulated firmware test then skips saying what is
+# missing, except in CI (CI=true), where that skip is a failure. TFLite Micro's sources (the kit,
+# firmware.tflm_kit in params.yaml) are no package: the test names the kit when it is missing.
 #
 # The edge environments hold only the client's dependencies, its counter page's (`serve`: the page's
 # tests run there too) and the test tools: no TensorFlow, which this script checks. Direct pins live in pyproject.toml; constraints/<environment>.txt
@@ -23,6 +33,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 STAMP=.pilltrack-bootstrap
+# Debian/Ubuntu packages of the `firmware` target, and the command that shows each is installed
+# ("": newlib, found through arm-none-eabi-gcc's rdimon.specs)
+FIRMWARE_PACKAGES=(gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make git)
+FIRMWARE_COMMANDS=(arm-none-eabi-gcc arm-none-eabi-size "" qemu-system-arm make git)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
@@ -78,7 +92,7 @@ complete() {  # FOLDER FINGERPRINT: the environment runs and its stamp matches
 
 setup() {  # ENVIRONMENT
     local name=$1 folder extras want start
-    folder=$(folder_of "$name") || die "unknown environment '$name' (train, edge or edge-tflite)"
+    folder=$(folder_of "$name") || die "unknown environment '$name' (train, edge, edge-tflite or firmware)"
     extras=$(extras_of "$name")
     want=$(fingerprint "$name")
     if complete "$folder" "$want"; then
@@ -110,15 +124,75 @@ setup() {  # ENVIRONMENT
     say "$name: $folder ready in $((SECONDS - start)) s"
 }
 
+# The firmware packages that are not installed, one a line (nothing: all there).
+firmware_missing() {
+    local index command specs
+    for index in "${!FIRMWARE_PACKAGES[@]}"; do
+        command=${FIRMWARE_COMMANDS[$index]}
+        if [[ -n $command ]]; then
+            command -v "$command" >/dev/null 2>&1 || echo "${FIRMWARE_PACKAGES[$index]}"
+        else  # arm-none-eabi-gcc echoes the bare name back when it has no such file
+            specs=$(arm-none-eabi-gcc -print-file-name=rdimon.specs 2>/dev/null || true)
+            [[ $specs == /* ]] || echo "${FIRMWARE_PACKAGES[$index]}"
+        fi
+    done
+}
+
+# `firmware`: returns 0 when the packages are there or were installed, 1 when this machine cannot
+# install them (says why; the caller goes on); dies when apt-get fails.
+setup_firmware() {
+    local start
+    local -a missing as_root=()
+    mapfile -t missing < <(firmware_missing)
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        say "firmware: the Cortex-M toolchain, newlib and QEMU are installed"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "firmware: SKIPPED, no apt-get on this machine (not Debian-like): install ${missing[*]} yourself;" \
+            "without them the emulated firmware test skips (in CI it fails)"
+        return 1
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+            as_root=(sudo -n)
+        else
+            say "firmware: SKIPPED, apt-get needs root and this user has no passwordless sudo: as root," \
+                "apt-get update && apt-get install -y ${missing[*]}; without them the emulated firmware test" \
+                "skips (in CI it fails)"
+            return 1
+        fi
+    fi
+    start=$SECONDS
+    say "firmware: apt-get update, then apt-get install ${missing[*]}"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        || die "firmware: apt-get update failed (see above)"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        || die "firmware: apt-get install ${missing[*]} failed (see above)"
+    mapfile -t missing < <(firmware_missing)
+    [[ ${#missing[@]} -eq 0 ]] || die "firmware: apt-get install ran, yet ${missing[*]} still missing"
+    say "firmware: installed in $((SECONDS - start)) s"
+}
+
 if [[ $# -eq 0 ]]; then
     set -- train
 fi
 for name in "$@"; do
-    folder_of "$name" >/dev/null || die "unknown environment '$name' (train, edge or edge-tflite)"
+    [[ $name == firmware ]] || folder_of "$name" >/dev/null \
+        || die "unknown environment '$name' (train, edge, edge-tflite or firmware)"
 done
 ready=""
+skipped=""
 for name in "$@"; do
+    if [[ $name == firmware ]]; then
+        if setup_firmware; then
+            ready+="${ready:+, }firmware (system packages)"
+        else
+            skipped="; skipped: firmware (above)"
+        fi
+        continue
+    fi
     setup "$name"
     ready+="${ready:+, }$name ($(folder_of "$name"))"
 done
-say "ready: $ready"
+say "ready: ${ready:-nothing}$skipped"

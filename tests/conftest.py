@@ -16,6 +16,35 @@ from loopback import BIN, ROOT, free_port, run, start_server, stop_server
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # ---------------------------------------------------------------------------------------------
+# Tests CI must run: a test marked `required_in_ci` that skips (for whatever reason: a missing
+# tool, a fixture that skips) fails instead when the CI environment variable is true, as GitHub
+# Actions sets it, with the skip's reason. Elsewhere it skips as usual.
+# ---------------------------------------------------------------------------------------------
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "required_in_ci(hint): must run in CI (CI=true), where a skip is a failure "
+                            "naming its reason and the hint")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    mark = item.get_closest_marker("required_in_ci")
+    if report.skipped and mark is not None and running_in_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        hint = f" ({mark.args[0]})" if mark.args else ""
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} skipped in CI (CI={os.environ['CI']}), where it must run: {reason}{hint}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Edge runtime fixtures (tests/test_edge_*.py): a tiny int8 TFLite model, preprocessing
 # constants for it, and a bundle of three pills (red, green, blue) made with it.
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
+import sys
 import tomllib  # Python >= 3.11: the suite runs in the training environment
 import xml.etree.ElementTree as ElementTree
 
@@ -232,3 +234,59 @@ def test_bootstrap_refuses_an_unknown_environment():
     assert result.returncode != 0
     assert "unknown environment 'gpu'" in result.stderr
     assert "installing" not in result.stdout  # refused before touching anything
+
+
+# --- scripts/bootstrap.sh firmware: the Debian packages of the firmware stage ----------------------
+
+
+def firmware_bootstrap(tmp_path, apt_get: bool, missing_tools: bool = True) -> tuple[subprocess.CompletedProcess, list]:
+    """`bootstrap.sh firmware` with a PATH of the few commands the script itself runs and, with
+    `missing_tools`, none of the firmware's; `apt_get`: an apt-get there that only logs its calls.
+    Returns the run and the apt-get calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("dirname", "id", "env", "bash"):
+        (bin_dir / command).symlink_to(shutil.which(command))
+    log = tmp_path / "apt-get.log"
+    if apt_get:
+        (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+        (bin_dir / "apt-get").chmod(0o755)
+    path = str(bin_dir) if missing_tools else f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    environment = clean_environment(PATH=path, PYTHON=sys.executable)
+    environment.pop("SUDO_USER", None)
+    result = subprocess.run([shutil.which("bash"), "scripts/bootstrap.sh", "firmware"], cwd=ROOT,
+                            capture_output=True, text=True, env=environment, timeout=120)
+    return result, (log.read_text().splitlines() if log.exists() else [])
+
+
+def test_bootstrap_firmware_without_apt_says_so_and_goes_on(tmp_path):
+    result, _ = firmware_bootstrap(tmp_path, apt_get=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "firmware: SKIPPED, no apt-get on this machine" in result.stdout
+    assert "gcc-arm-none-eabi" in result.stdout and "qemu-system-arm" in result.stdout
+    assert "skipped: firmware" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fake apt-get is called as root only (otherwise through sudo)")
+def test_bootstrap_firmware_updates_then_installs_every_package(tmp_path):
+    from tf_pilltrack import firmware
+
+    result, calls = firmware_bootstrap(tmp_path, apt_get=True)
+    assert calls[0] == "update -qq", calls
+    assert calls[1].startswith("install -y"), calls
+    packages = set(calls[1].split()) - {"install", "-y", "-qq", "--no-install-recommends"}
+    assert set(firmware.TOOLS.values()) | {"libnewlib-arm-none-eabi"} == packages
+    # the fake installs nothing, so the script must notice the tools are still missing and fail
+    assert result.returncode != 0 and "still missing" in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fake apt-get is called as root only (otherwise through sudo)")
+def test_bootstrap_firmware_leaves_installed_packages_alone(tmp_path):
+    from tf_pilltrack import firmware
+
+    missing = [line for line in firmware.find_missing(tmp_path) if "TFLite Micro kit" not in line]  # no kit in tmp_path
+    if missing:
+        pytest.skip("the firmware packages are not all installed here: " + "; ".join(missing))
+    result, calls = firmware_bootstrap(tmp_path, apt_get=True, missing_tools=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert calls == [] and "firmware: the Cortex-M toolchain, newlib and QEMU are installed" in result.stdout

@@ -1,17 +1,21 @@
 """Stage `firmware` (tf_pilltrack/firmware.py): the generated firmware sources for a tiny model,
-the emulator output's parsing, the stage without its tools, the firmware budgets; and, where the
-Cortex-M toolchain, QEMU and an already built TFLM library are there, the tiny model cross-built,
-run under emulation and compared with the host's TFLite Micro and the gallery search.
+the emulator output's parsing, the stage without its tools, the firmware budgets; and the tiny
+model cross-built, run under emulation and compared with the host's TFLite Micro and the gallery
+search.
 
-The TFLM library takes about 10 minutes to build, so these tests never build it: `pilltrack
-firmware` builds it once into `firmware.build_cache` (tests/params_small.yaml's, the same folder
-as params.yaml's), and the emulated test skips, saying so, until it is there.
+That emulated test needs the Cortex-M toolchain and QEMU (`bash scripts/bootstrap.sh firmware`,
+part of the README's test command, installs them with apt-get) and the TFLite Micro kit. It builds
+TFLM's library into `firmware.build_cache` when the cache has none for this kit and core (about
+10 minutes on 2 cores, once; `pilltrack firmware` fills the same cache). Without the tools or the
+kit it skips saying what is missing, and in CI (CI=true) that skip is a failure
+(`required_in_ci`, tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import re
 
@@ -64,6 +68,10 @@ def test_sources_embed_the_crops_the_ops_and_the_views(tmp_path, tiny_model, tin
     calls = re.findall(r"resolver\.(Add\w+)\(\)", main)
     assert calls == micro.resolver_calls(tiny_model["ops"]) and calls
     assert f"kViewCount = {views};" in main
+    assert f"kOpCount = {len(tiny_model['ops'])}u;" in main  # without op_count: one node per op name
+    firmware.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops, views, "cortex-m4",
+                           op_count=59)
+    assert "kOpCount = 59u;" in (tmp_path / "main.cc").read_text()
     table = re.search(r"kViews\[kViewCount\] = \{(.*)\};", main).group(1)
     assert re.findall(r"\{(\d), (true|false)\}", table) == [
         (str(turns), "true" if mirrored else "false") for turns, mirrored in firmware.view_transforms(views)]
@@ -79,6 +87,16 @@ def test_views_made_on_the_device_are_the_device_clients(tiny_crops, count):
     for view, (turns, mirrored) in enumerate(transforms):
         for crop in range(len(tiny_crops)):
             np.testing.assert_array_equal(firmware.apply_view(tiny_crops[crop], turns, mirrored), expected[view][crop])
+
+
+def test_operator_work_counts_the_macs_from_the_shapes(tiny_model):
+    work = firmware.operator_work(tiny_model["bytes"])
+    assert [row["op"] for row in work] == tiny_model["ops"] == ["QUANTIZE", "CONV_2D", "MEAN", "FULLY_CONNECTED"]
+    conv, dense = work[1], work[3]
+    assert conv["shape"] == "3x3/2 32x32x3->15x15x16"
+    assert conv["macs"] == 15 * 15 * 16 * (3 * 3 * 3) and conv["output_elements"] == 15 * 15 * 16
+    assert dense["shape"] == "16->8" and dense["macs"] == 16 * 8
+    assert work[0]["macs"] == work[2]["macs"] == 0
 
 
 def test_sources_refuse_crops_of_another_size(tmp_path, tiny_model, tiny_crops):
@@ -132,6 +150,9 @@ def _run_text(calibration_ticks: int = 50_000, views: int = 2, drop: str | None 
         for view in range(views):
             values = ",".join(str(value) for value in range(-2 + crop, 2 + crop))
             lines.append(f"invoke crop={crop} view={view} ticks={1000 + view} output={values}")
+            if crop == 0 and view == 0:
+                lines.append("ops names=QUANTIZE,CONV_2D,FULLY_CONNECTED")
+            lines.append(f"ops crop={crop} view={view} ticks=10,{900 + crop},50")
     lines += ["arena used=900 reserved=1024", "stack used=1500", "heap used=4000", "done"]
     return "\n".join(line for line in lines if drop is None or not line.startswith(drop))
 
@@ -143,6 +164,24 @@ def test_run_output_is_parsed_into_figures():
     assert run["instructions_per_tick"] == 40.0
     np.testing.assert_array_equal(run["instructions"], [[40_000, 40_040], [40_000, 40_040]])
     assert (run["arena_used_bytes"], run["arena_reserved_bytes"], run["stack_bytes"], run["heap_bytes"]) == (900, 1024, 1500, 4000)
+    assert run["op_names"] == ["QUANTIZE", "CONV_2D", "FULLY_CONNECTED"]
+    assert run["op_instructions"].shape == (2, 2, 3)
+    np.testing.assert_array_equal(run["op_instructions"][1, 0], [400, 36_040, 2_000])
+
+
+def test_run_operators_are_tabled_beside_their_work():
+    run = firmware.parse_run(_run_text(), crops=2, views=2, embedding_size=4)
+    work = [{"op": "QUANTIZE", "shape": "3", "macs": 0, "output_elements": 3},
+            {"op": "CONV_2D", "shape": "1x1/1 2x2x9->2x2x2", "macs": 72, "output_elements": 8},
+            {"op": "FULLY_CONNECTED", "shape": "8->2", "macs": 16, "output_elements": 2}]
+    table = firmware.per_op_table(run, work)
+    assert [row["instructions"] for row in table] == [400, 36_020, 2_000]  # medians of 36,000 and 36,040
+    assert table[1]["instructions_per_mac"] == 36_020 / 72 and table[0]["instructions_per_mac"] is None
+    summary = firmware.per_op_summary(table, per_inference=40_020)
+    assert summary["macs"] == 88 and summary["outside_ops_instructions"] == 40_020 - 38_420
+    assert summary["by_op"]["CONV_2D 1x1"]["share"] == 36_020 / 40_020
+    with pytest.raises(firmware.FirmwareError, match="not the same graph"):
+        firmware.per_op_table(run, work[1:] + work[:1])
 
 
 def test_run_without_icount_is_refused():
@@ -150,7 +189,7 @@ def test_run_without_icount_is_refused():
         firmware.parse_run(_run_text(calibration_ticks=25_000), crops=2, views=2, embedding_size=4)
 
 
-@pytest.mark.parametrize("drop", ["stack used", "invoke crop=1 view=1"])
+@pytest.mark.parametrize("drop", ["stack used", "invoke crop=1 view=1", "ops names", "ops crop=1 view=0"])
 def test_run_missing_a_figure_is_refused(drop):
     with pytest.raises(firmware.FirmwareError, match="emulated run: no"):
         firmware.parse_run(_run_text(drop=drop), crops=2, views=2, embedding_size=4)
@@ -225,19 +264,19 @@ def test_firmware_not_built_or_without_limit_is_not_judged(small_params):
 
 
 def _built_library(params: dict) -> pathlib.Path:
-    """The cached TFLM source root, or skip saying what is missing."""
+    """The TFLM source root with its library built (into the cache, when it has none), or skip
+    saying what is missing."""
     kit = firmware.kit_path(params)
     kit = kit if kit.is_absolute() else ROOT / kit
     missing = firmware.find_missing(kit)
     if missing:
         pytest.skip("the firmware build needs " + "; ".join(missing))
-    root = firmware.cached_library(firmware.cache_path(params), kit, params["firmware"]["core"])
-    if root is None:
-        pytest.skip(f"no TFLM library built in {firmware.cache_path(params)} for this kit and core: `pilltrack "
-                    "firmware` builds it once (about 10 minutes), which the test suite does not")
-    return root
+    return firmware.prepare_library(kit, firmware.cache_path(params), params["firmware"]["core"],
+                                    os.cpu_count() or 1, echo=print)
 
 
+@pytest.mark.required_in_ci("`bash scripts/bootstrap.sh firmware` installs the Cortex-M toolchain and QEMU; "
+                             "firmware.tflm_kit must name the TFLite Micro kit")
 def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_path, tiny_model, tiny_crops,
                                                              edge_config, edge_bundle):
     root = _built_library(small_params)
@@ -268,6 +307,12 @@ def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_p
     assert figures["flash"]["test_crops_bytes"] == tiny_crops.size
     assert figures["ram"]["arena_used_bytes"] <= figures["ram"]["arena_bytes"]
     assert figures["ram"]["stack_bytes"] > 0 and figures["instructions_per_inference"]["median"] > 0
+    # every operator timed, in the model's order, and the ops hold nearly all of an inference
+    assert [row["op"] for row in figures["per_op"]] == tiny_model["ops"]
+    assert all(row["instructions"] > 0 for row in figures["per_op"])
+    summary = figures["per_op_summary"]
+    assert 0 < summary["outside_ops_instructions"] < 0.1 * figures["instructions_per_inference"]["median"]
+    assert figures["instructions_per_identification"]["median"] == views * figures["instructions_per_inference"]["median"]
 
 
 # --- the benchmark report's row -------------------------------------------------------------------

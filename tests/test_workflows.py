@@ -188,3 +188,46 @@ def test_ruff_finds_nothing():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format=concise", "."],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- tests CI must run (tests/conftest.py's `required_in_ci`) ------------------------------------
+
+
+def _run_marked_skip(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
+    """pytest, with tests/conftest.py as a plugin, on a file whose one `required_in_ci` test skips."""
+    test = tmp_path / "test_marked.py"
+    test.write_text("import pytest\n\n\n@pytest.mark.required_in_ci('install the emulator')\ndef test_needs_a_tool():\n"
+                    "    pytest.skip('the emulator is missing')\n")
+    env = {name: value for name, value in os.environ.items() if name not in ("CI", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.path.join(ROOT, "tests")
+    if ci is not None:
+        env["CI"] = ci
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rs",
+                           "--rootdir", str(tmp_path), str(test)], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+
+
+def test_a_required_test_that_skips_fails_in_ci_with_the_reason(tmp_path):
+    result = _run_marked_skip(tmp_path, "true")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("skipped in CI (CI=true), where it must run: the emulator is missing (install the emulator)"
+            in result.stdout), result.stdout
+    assert "1 failed" in result.stdout
+
+
+def test_a_required_test_skips_outside_ci(tmp_path):
+    result = _run_marked_skip(tmp_path, None)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 skipped" in result.stdout and "the emulator is missing" in result.stdout
+
+
+def test_the_emulated_firmware_test_is_required_in_ci():
+    """The one check that the model runs on a microcontroller: CI runs it or fails."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    try:
+        import test_firmware
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tests"))
+    marks = [mark.name for mark in getattr(test_firmware.test_tiny_model_runs_on_the_emulated_core_as_on_the_host,
+                                           "pytestmark", [])]
+    assert "required_in_ci" in marks

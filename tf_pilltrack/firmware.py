@@ -13,22 +13,24 @@ this stage
    file and linker script, Debian's arm-none-eabi-gcc and newlib's semihosting library;
 3. runs it on QEMU's MPS2 board for the core (`run_emulator`, `-icount shift=0`: the virtual
    clock advances 1 ns per instruction, so the board's 25 MHz timer read around each
-   `Invoke()` counts instructions; a loop of known length calibrates the count on every run);
+   `Invoke()`, and around each operator through TFLM's profiler hook, counts instructions; a
+   loop of known length calibrates the count on every run);
 4. compares the int8 outputs with the host's TFLite Micro (reference kernels) and LiteRT for the
    same views, in int8 steps, and the top-1 / named answers of the device's gallery search on
    the shipped bundle (`compare_outputs`, `compare_answers`);
-5. measures flash, RAM and instructions per inference (`measure_image`, `parse_run`) and writes
-   metrics/firmware.json and models/firmware/ (firmware.elf, its sources, the build and
+5. measures flash, RAM, instructions per inference and per identification (all views), and per
+   operator beside its MACs (`measure_image`, `parse_run`, `operator_work`, `per_op_table`), and
+   writes metrics/firmware.json and models/firmware/ (firmware.elf, its sources, the build and
    emulator logs).
 
 With the kit, the toolchain or the emulator missing, `firmware.required` decides: true fails
 naming what is missing; false writes metrics/firmware.json saying the firmware was not built
 and why, and models/firmware/NOT_BUILT.txt, so a pipeline without them (CI) still runs.
 
-Why one module of about 800 lines: it is one stage whose parts no other code uses, in the order
+Why one module of about 1,000 lines: it is one stage whose parts no other code uses, in the order
 the stage runs them, each under its banner (the kit, the TFLM library, the crops, the sources,
-build/run/measure, the host reference, the stage); the text of the generated main.cc and linker
-script is a third of it.
+build/run/measure, the per-operator work, the host reference, the stage); the text of the
+generated main.cc and linker script is a third of it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ RAM_BASE = 0x20000000  # start of RAM in CMSIS's linker script; sections below i
 TFLM_TARGET = "cortex_m_qemu"
 TFLM_KERNELS = "cmsis_nn"
 TFLM_BUILD_TYPE = "release_with_logs"
+# CMSIS-NN's requantisation (arm_nn_requantize: a doubling high multiply, then a rounding right
+# shift) in its inline-assembly form: SMULL and ADC instead of the C form's 64-bit add and compare,
+# the same double rounding and the same results (it is CMSIS-NN's own opt-in define; the firmware's
+# outputs are still compared with the host's TFLite Micro bit for bit). Every convolution,
+# depthwise, fully connected and add output goes through it: 8.9% fewer instructions per inference
+# on the mcu student (docs/results.md). TFLM's Makefile has no variable for extra defines, so they
+# ride on its optimisation-level variables of the kernels (TFLM's) and third-party kernels
+# (CMSIS-NN's), at the -O2 its Makefile sets; -O3, -Os or -funroll-loops there measured worse.
+TFLM_KERNEL_FLAGS = "-O2 -DCMSIS_NN_USE_REQUANTIZE_INLINE_ASSEMBLY"
 
 # The compiler flags TFLM's Makefile gives its library for this target and build type
 # (tensorflow/lite/micro/tools/make/Makefile, targets/cortex_m_qemu_makefile.inc), so that the
@@ -153,13 +164,16 @@ def tool_versions() -> dict:
 
 
 def library_folder(cache: pathlib.Path, kit: pathlib.Path, core: str) -> pathlib.Path:
-    """Where the kit's sources are laid out and its library for `core` is built."""
-    return cache / f"{kit_digest(kit)}-{core}"
+    """Where the kit's sources are laid out and its library for `core` is built: one folder per
+    kit, core and Makefile arguments (a change of flags builds a new library beside the old)."""
+    build = hashlib.sha256("\0".join(_make_arguments(core)).encode()).hexdigest()[:8]
+    return cache / f"{kit_digest(kit)}-{core}-{build}"
 
 
 def _make_arguments(core: str) -> list[str]:
     return ["-f", "tensorflow/lite/micro/tools/make/Makefile", f"TARGET={TFLM_TARGET}", f"TARGET_ARCH={core}",
-            f"OPTIMIZED_KERNEL_DIR={TFLM_KERNELS}", f"BUILD_TYPE={TFLM_BUILD_TYPE}"]
+            f"OPTIMIZED_KERNEL_DIR={TFLM_KERNELS}", f"BUILD_TYPE={TFLM_BUILD_TYPE}",
+            f"KERNEL_OPTIMIZATION_LEVEL={TFLM_KERNEL_FLAGS}", f"THIRD_PARTY_KERNEL_OPTIMIZATION_LEVEL={TFLM_KERNEL_FLAGS}"]
 
 
 def library_file(root: pathlib.Path, core: str) -> pathlib.Path:
@@ -265,11 +279,13 @@ def _c_bytes(data: bytes, indent: str = "    ") -> str:
 
 
 def write_sources(directory: pathlib.Path, details: dict, op_names: list[str], crops: np.ndarray,
-                  views: int, core: str, cmsis: pathlib.Path | None = None) -> None:
+                  views: int, core: str, cmsis: pathlib.Path | None = None, op_count: int | None = None) -> None:
     """main.cc, crops.cc / crops.h and (with CMSIS's folder) the linker script of the firmware.
 
     main.cc needs the export's model_data.h. Input must be uint8 pixels as they are
-    (interpreter.takes_pixels): the firmware passes the crops' bytes unchanged, as a camera's."""
+    (interpreter.takes_pixels): the firmware passes the crops' bytes unchanged, as a camera's.
+    `op_count`: the model's operators (nodes), whose timer ticks main.cc records in each Invoke();
+    None: len(op_names)."""
     from edge_runtime.interpreter import takes_pixels
 
     input_detail = details["input"]
@@ -284,6 +300,9 @@ def write_sources(directory: pathlib.Path, details: dict, op_names: list[str], c
         raise ValueError(f"crops must be uint8 (N, {shape[1]}, {shape[2]}, {shape[3]}), got {crops.dtype} {crops.shape}")
     if details["output"]["dtype"] != "int8":
         raise ValueError(f"model output is {details['output']['dtype']}: the firmware prints int8 outputs")
+    op_count = len(op_names) if op_count is None else op_count
+    if op_count < 1:
+        raise ValueError(f"op_count must be at least 1, got {op_count}")
     directory.mkdir(parents=True, exist_ok=True)
     transforms = view_transforms(views)
     header = f"""// Generated by `pilltrack firmware`: real pill crops (uint8 RGB, the device's preprocessing). Do not edit.
@@ -311,9 +330,9 @@ alignas(16) const uint8_t g_pilltrack_crops[kPilltrackCropCount][kPilltrackCropB
     view_table = ", ".join(f"{{{turn}, {'true' if mirrored else 'false'}}}" for turn, mirrored in transforms)
     main = f"""// Generated by `pilltrack firmware` from the exported int8 model. Do not edit.
 // Embeds each crop's symmetric views under TFLite Micro and prints the raw int8 outputs and the
-// timer ticks of each Invoke() over semihosting; under `qemu-system-arm -icount shift=0` a tick of
-// the board's {TIMER_HZ // 1_000_000} MHz timer is a fixed number of instructions, which a loop of
-// known length measures on every run.
+// timer ticks of each Invoke() and of each operator in it over semihosting; under
+// `qemu-system-arm -icount shift=0` a tick of the board's {TIMER_HZ // 1_000_000} MHz timer is a fixed
+// number of instructions, which a loop of known length measures on every run.
 #include <malloc.h>
 
 #include <cstdint>
@@ -324,6 +343,7 @@ alignas(16) const uint8_t g_pilltrack_crops[kPilltrackCropCount][kPilltrackCropB
 #include "model_data.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
 namespace {{
@@ -339,6 +359,7 @@ constexpr int kViewCount = {views};
 // (counter-clockwise quarter turns, mirrored after turning): edge_runtime's symmetric_views.
 constexpr struct {{ int turns; bool mirrored; }} kViews[kViewCount] = {{{view_table}}};
 constexpr int kSide = kPilltrackInputHeight;
+constexpr uint32_t kOpCount = {op_count}u;  // the model's operators, each timed in every Invoke()
 
 alignas(16) uint8_t tensor_arena[kPilltrackArenaSize];
 
@@ -363,6 +384,42 @@ uint32_t Semihost(uint32_t operation, void* argument) {{
 }}
 
 uint32_t Ticks() {{ return *kTimerValue; }}
+
+// The interpreter calls BeginEvent / EndEvent around each operator's Invoke (TFLM's profiler
+// hook, kept by release_with_logs): the timer ticks of each, in graph order, and its op name.
+class OpTicks : public tflite::MicroProfilerInterface {{
+ public:
+  uint32_t BeginEvent(const char* tag) override {{
+    if (count_ == kOpCount) {{
+      overflow_ = true;
+      return kOpCount;
+    }}
+    tags_[count_] = tag;
+    ticks_[count_] = Ticks();
+    return count_++;
+  }}
+  void EndEvent(uint32_t handle) override {{
+    if (handle < kOpCount) ticks_[handle] -= Ticks();  // a down counter: start - end
+  }}
+  void Print(int crop, int view) {{
+    if (overflow_ || count_ != kOpCount) Fail("operators timed: not the model's count");
+    if (crop == 0 && view == 0) {{
+      std::printf("ops names=");
+      for (uint32_t i = 0; i < count_; ++i) std::printf(i ? ",%s" : "%s", tags_[i]);
+      std::printf("\\n");
+    }}
+    std::printf("ops crop=%d view=%d ticks=", crop, view);
+    for (uint32_t i = 0; i < count_; ++i) std::printf(i ? ",%lu" : "%lu", static_cast<unsigned long>(ticks_[i]));
+    std::printf("\\n");
+    count_ = 0;
+  }}
+
+ private:
+  const char* tags_[kOpCount] = {{}};
+  uint32_t ticks_[kOpCount] = {{}};
+  uint32_t count_ = 0;
+  bool overflow_ = false;
+}};
 
 void Spin(uint32_t iterations) {{
   __asm volatile("1: subs %0, %0, #1\\n bne 1b\\n" : "+r"(iterations) : : "cc");
@@ -412,7 +469,8 @@ int main() {{
   if (model->version() != TFLITE_SCHEMA_VERSION) Fail("model schema version");
   tflite::MicroMutableOpResolver<kPilltrackOpCount> resolver;
 {resolver}
-  tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kPilltrackArenaSize);
+  static OpTicks op_ticks;
+  tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kPilltrackArenaSize, nullptr, &op_ticks);
   if (interpreter.AllocateTensors() != kTfLiteOk) Fail("AllocateTensors");
   TfLiteTensor* input = interpreter.input(0);
   const TfLiteTensor* output = interpreter.output(0);
@@ -429,6 +487,7 @@ int main() {{
         std::printf(i ? ",%d" : "%d", static_cast<int>(output->data.int8[i]));
       }}
       std::printf("\\n");
+      op_ticks.Print(crop, view);
     }}
   }}
   std::printf("arena used=%lu reserved=%lu\\n", static_cast<unsigned long>(interpreter.arena_used_bytes()),
@@ -520,16 +579,32 @@ def run_emulator(elf: pathlib.Path, core: str, timeout_s: float, log: pathlib.Pa
 
 
 _INVOKE = re.compile(r"^invoke crop=(\d+) view=(\d+) ticks=(\d+) output=(-?\d+(?:,-?\d+)*)$")
+_OPS = re.compile(r"^ops crop=(\d+) view=(\d+) ticks=(\d+(?:,\d+)*)$")
+_OP_NAMES = re.compile(r"^ops names=([A-Z0-9_]+(?:,[A-Z0-9_]+)*)$")
 
 
 def parse_run(text: str, crops: int, views: int, embedding_size: int) -> dict:
     """The emulated run's figures: int8 outputs (crops, views, E), instructions of each invoke
-    (from timer ticks and the calibration loop), arena, stack and heap bytes."""
+    and of each operator in it (from timer ticks and the calibration loop), the operators' names,
+    arena, stack and heap bytes."""
     values: dict = {}
     outputs = np.full((crops, views, embedding_size), np.iinfo(np.int16).min, np.int16)
     ticks = np.zeros((crops, views), np.int64)
+    op_ticks: dict = {}
+    op_names: list[str] = []
     for line in text.splitlines():
         line = line.strip()
+        match = _OPS.match(line)
+        if match:
+            crop, view = int(match.group(1)), int(match.group(2))
+            if crop >= crops or view >= views:
+                raise FirmwareError(f"emulated run: unexpected line {line[:120]!r}")
+            op_ticks[crop, view] = [int(v) for v in match.group(3).split(",")]
+            continue
+        match = _OP_NAMES.match(line)
+        if match:
+            op_names = match.group(1).split(",")
+            continue
         match = _INVOKE.match(line)
         if match:
             crop, view = int(match.group(1)), int(match.group(2))
@@ -548,6 +623,10 @@ def parse_run(text: str, crops: int, views: int, embedding_size: int) -> dict:
     missing = [name for name in ("calibration", "arena", "stack", "heap") if name not in values]
     if missing or (ticks == 0).any():
         raise FirmwareError(f"emulated run: no {', '.join(missing) or 'output of every crop and view'} in its output")
+    if not op_names or len(op_ticks) != crops * views:
+        raise FirmwareError("emulated run: no operator names or no operator ticks of every crop and view in its output")
+    if any(len(row) != len(op_names) for row in op_ticks.values()):
+        raise FirmwareError(f"emulated run: operator ticks that are not one per operator ({len(op_names)})")
     calibration_instructions, calibration_ticks = values["calibration"]
     per_tick = calibration_instructions / calibration_ticks
     nominal = 1e9 / TIMER_HZ  # -icount shift=0: 1 ns of virtual time per instruction
@@ -555,9 +634,12 @@ def parse_run(text: str, crops: int, views: int, embedding_size: int) -> dict:
         raise FirmwareError(f"emulated run: the calibration loop gave {per_tick:.3f} instructions per timer tick, "
                             f"not {nominal:g}: is QEMU running with -icount shift=0?")
     instructions = ticks * per_tick
+    per_op = np.array([[op_ticks[crop, view] for view in range(views)] for crop in range(crops)], np.int64)
     return {
         "outputs": outputs.astype(np.int8),
         "instructions": instructions,
+        "op_names": op_names,
+        "op_instructions": per_op * per_tick,  # (crops, views, operators)
         "instructions_per_tick": per_tick,
         "arena_used_bytes": values["arena"][0],
         "arena_reserved_bytes": values["arena"][1],
@@ -596,6 +678,75 @@ def measure_image(elf: pathlib.Path) -> dict:
         "test_crops_bytes": sized["g_pilltrack_crops"],
         "arena_bytes": sized["tensor_arena"],
     }
+
+
+# --- per-operator work ----------------------------------------------------------------------------
+
+
+def operator_work(model: bytes) -> list[dict]:
+    """Each operator of the model in graph order (TFLM invokes them in this order): its op, a
+    short description of its shapes, and its multiply-accumulates (convolutions and fully
+    connected; 0 for the rest) and output elements, from the tensors' shapes (LiteRT's interpreter)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=model, num_threads=1,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    shapes = {tensor["index"]: [int(v) for v in tensor["shape"]] for tensor in interpreter.get_tensor_details()}
+    rows = []
+    for op in interpreter._get_ops_details():
+        name, inputs = op["op_name"], [index for index in op["inputs"] if index >= 0]
+        source, out = shapes[inputs[0]], shapes[op["outputs"][0]]
+        elements = int(np.prod(out))
+        macs, shape = 0, "x".join(str(v) for v in out[1:])
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            weights = shapes[inputs[1]]  # conv (Cout, kh, kw, Cin); depthwise (1, kh, kw, Cout)
+            per_output = weights[1] * weights[2] * (weights[3] if name == "CONV_2D" else 1)
+            macs = elements * per_output
+            stride = round(source[1] / out[1])
+            shape = (f"{weights[1]}x{weights[2]}/{stride} {source[1]}x{source[2]}x{source[3]}"
+                     f"->{out[1]}x{out[2]}x{out[3]}")
+        elif name == "FULLY_CONNECTED":
+            weights = shapes[inputs[1]]  # (out, in)
+            macs = elements * weights[1]
+            shape = f"{weights[1]}->{weights[0]}"
+        elif name in ("MEAN", "QUANTIZE", "ADD"):
+            shape = f"{'x'.join(str(v) for v in source[1:])}->{shape}"
+        rows.append({"op": name, "shape": shape, "macs": int(macs), "output_elements": elements})
+    return rows
+
+
+def per_op_table(run: dict, work: list[dict]) -> list[dict]:
+    """The emulated run's instructions of each operator (median over the invokes) beside its
+    work (`operator_work`), in graph order."""
+    names = run["op_names"]
+    if names != [row["op"] for row in work]:
+        raise FirmwareError(f"the firmware timed operators {names[:6]}..., the model has "
+                            f"{[row['op'] for row in work][:6]}...: not the same graph")
+    per_op = run["op_instructions"].reshape(-1, len(names))
+    medians = np.median(per_op, axis=0)
+    return [{"index": index, **row, "instructions": float(medians[index]),
+             "instructions_per_mac": float(medians[index] / row["macs"]) if row["macs"] else None}
+            for index, row in enumerate(work)]
+
+
+def per_op_summary(table: list[dict], per_inference: float) -> dict:
+    """Instructions and MACs per op type (and of the 1x1, 3x3 convolutions and the depthwise ones
+    apart), with each one's share of the inference; what the ops leave is the interpreter's own."""
+    groups: dict = {}
+    for row in table:
+        key = row["op"]
+        if key == "CONV_2D":
+            key = "CONV_2D 1x1" if row["shape"].startswith("1x1/") else "CONV_2D " + row["shape"].split("/")[0]
+        group = groups.setdefault(key, {"ops": 0, "macs": 0, "instructions": 0.0})
+        group["ops"] += 1
+        group["macs"] += row["macs"]
+        group["instructions"] += row["instructions"]
+    for group in groups.values():
+        group["share"] = group["instructions"] / per_inference
+        group["instructions_per_mac"] = group["instructions"] / group["macs"] if group["macs"] else None
+    in_ops = sum(row["instructions"] for row in table)
+    return {"by_op": groups, "macs": sum(row["macs"] for row in table), "ops_instructions": in_ops,
+            "outside_ops_instructions": per_inference - in_ops}
 
 
 # --- host reference -------------------------------------------------------------------------------
@@ -719,12 +870,15 @@ def build_and_run(root: pathlib.Path, core: str, micro_dir: pathlib.Path, model_
     (its C array in `micro_dir`) and `crops`, in `work`; with the host's outputs for the same views."""
     model = pathlib.Path(model_path).read_bytes()
     details = micro.io_details(model)
-    write_sources(work, details, micro.operators(model), crops, views, core, cmsis_device(root, core))
+    work_per_op = operator_work(model)
+    write_sources(work, details, micro.operators(model), crops, views, core, cmsis_device(root, core),
+                  op_count=len(work_per_op))
     elf = build_firmware(root, core, work, micro_dir, work)
     text = run_emulator(elf, core, timeout_s, work / "emulator.log")
     run = parse_run(text, len(crops), views, details["output"]["shape"][-1])
     image = measure_image(elf)
-    return {"details": details, "run": run, "image": image, "host": host_outputs(model_path, crops, views), "elf": elf}
+    return {"details": details, "run": run, "image": image, "host": host_outputs(model_path, crops, views), "elf": elf,
+            "per_op": per_op_table(run, work_per_op)}
 
 
 def summarise(result: dict, settings: dict) -> dict:
@@ -732,6 +886,8 @@ def summarise(result: dict, settings: dict) -> dict:
     run, image = result["run"], result["image"]
     instructions = sorted(float(v) for v in run["instructions"].reshape(-1))
     median = statistics.median(instructions)
+    views = run["instructions"].shape[1]
+    summary = per_op_summary(result["per_op"], median)
     flash = image["flash_image_bytes"] - image["test_crops_bytes"]
     ram = image["data_bytes"] + image["bss_bytes"] + run["heap_bytes"] + run["stack_bytes"]
     return {
@@ -746,7 +902,13 @@ def summarise(result: dict, settings: dict) -> dict:
         "instructions_per_inference": {"median": median, "min": instructions[0], "max": instructions[-1],
                                        "invokes": len(instructions),
                                        "resolution": run["instructions_per_tick"]},
+        "instructions_per_identification": {"views": views, "median": median * views},
         "estimated_latency_ms": estimate_latency_ms(median, settings),
+        "estimated_identification_ms": estimate_latency_ms(median * views, settings),
+        "macs_per_inference": summary["macs"],
+        "instructions_per_mac": median / summary["macs"] if summary["macs"] else None,
+        "per_op_summary": summary,
+        "per_op": result["per_op"],
     }
 
 
@@ -801,7 +963,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
                       "per_crop": [{"label": label, "source": source, **row}
                                    for label, source, row in zip(labels, sources, answers)]},
         "tools": {**tool_versions(), "tflm_kit_digest": kit_digest(kit),
-                  "tflm_build": f"{TFLM_TARGET} {core} {TFLM_KERNELS} {TFLM_BUILD_TYPE}"},
+                  "tflm_build": f"{TFLM_TARGET} {core} {TFLM_KERNELS} {TFLM_BUILD_TYPE}",
+                  "tflm_kernel_flags": TFLM_KERNEL_FLAGS},
         "passed": passed,
     }
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -814,9 +977,17 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     echo(f"  RAM {report['ram_bytes']:,} B (arena {ram['arena_bytes']:,}, of it used {ram['arena_used_bytes']:,}; "
          f"data {ram['data_bytes']:,}, other bss {ram['bss_other_bytes']:,}, heap {ram['heap_bytes']:,}, "
          f"stack {ram['stack_bytes']:,})")
-    echo(f"  {instructions['median']:,.0f} instructions per inference (median of {instructions['invokes']}); "
-         f"estimated {report['estimated_latency_ms']:.0f} ms at {settings['clock_mhz']:g} MHz and "
-         f"{settings['cycles_per_instruction']:g} cycles per instruction ({settings['board']})")
+    echo(f"  {instructions['median']:,.0f} instructions per inference (median of {instructions['invokes']}), "
+         f"{report['instructions_per_mac']:.2f} per MAC; estimated {report['estimated_latency_ms']:.0f} ms at "
+         f"{settings['clock_mhz']:g} MHz and {settings['cycles_per_instruction']:g} cycles per instruction "
+         f"({settings['board']}); an identification ({views} views) "
+         f"{report['instructions_per_identification']['median']:,.0f}, {report['estimated_identification_ms']:.0f} ms")
+    for name, group in sorted(report["per_op_summary"]["by_op"].items(), key=lambda item: -item[1]["instructions"]):
+        per_mac = f", {group['instructions_per_mac']:.2f} per MAC" if group["instructions_per_mac"] else ""
+        echo(f"    {name:<20} {group['ops']:>3} ops {group['instructions']:>12,.0f} instructions "
+             f"({group['share']:.1%}){per_mac}")
+    echo(f"    {'outside the ops':<20}         {report['per_op_summary']['outside_ops_instructions']:>12,.0f} "
+         "instructions (the interpreter's loop, the timer reads)")
     for name, entry in versus.items():
         echo(f"  vs host {name}: max {entry['max_step_difference']} int8 steps, {entry['identical_share']:.1%} identical; "
              f"gallery top-1 agree {answer_agreement[name + '_top1_agree']}, named {answer_agreement[name + '_named_agree']}")
