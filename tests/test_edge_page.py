@@ -407,6 +407,17 @@ def test_the_real_pill_clip_meets_the_counter_targets_in_the_browser(browser, tm
                 "const seen = window.recorded.map((a) => a.frame); const start = seen.indexOf(0);"
                 f"return start >= 0 && seen.slice(start).includes({frames - 1});"))
         recorded = browser.execute_script("return window.recorded")
+        shots = os.environ.get("PILLTRACK_CLIP_SCREENSHOTS")  # a folder: the page on the real clip, two widths
+        if shots:
+            WebDriverWait(browser, WAIT_S).until(  # an enrolled pill in view, ranked first
+                lambda driver: driver.execute_script(
+                    f"const truth = {json.dumps(info['truth'])}; const a = window.recorded[window.recorded.length - 1];"
+                    "return a.candidates.length > 0 && a.candidates[0].label === truth[a.frame];"))
+            browser.execute_script("window.scrollTo(0, 0)")
+            browser.save_screenshot(os.path.join(shots, "counter_page_real_desktop.png"))
+            browser.set_window_size(390, 844)
+            browser.execute_script("window.scrollTo(0, 0)")
+            browser.save_screenshot(os.path.join(shots, "counter_page_real_phone.png"))
     finally:
         process.terminate()
         process.wait(timeout=20)
