@@ -22,10 +22,8 @@ import csv
 import io
 import json
 import math
-import pathlib
 import zipfile
 
-import cv2
 import numpy as np
 
 from benchmarks.confidence_tiers import SOURCE, demo_clip
