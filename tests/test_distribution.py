@@ -382,3 +382,36 @@ def test_only_the_chief_writes(monkeypatch, config, chief):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert distribution.is_chief() is chief
+
+
+def test_weights_saved_without_optimizer_state_load_to_the_same_model(tmp_path):
+    """The teacher's file (kept in git) holds the layers alone: no `optimizer` group, a third of
+    the size with Adam's two moments gone, the same bytes on a second save, and a model loaded
+    from it answers as the saved one."""
+    import h5py
+    import tf_keras
+
+    from tf_pilltrack import distribution
+
+    def build():
+        inputs = tf_keras.Input((8,))
+        return tf_keras.Model(inputs, tf_keras.layers.Dense(4)(tf_keras.layers.Dense(16, activation="relu")(inputs)))
+
+    model = build()
+    model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+    data = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    model.fit(data, np.zeros((32, 4), "float32"), epochs=1, verbose=0)  # the optimizer has moments now
+    full, lean, again = tmp_path / "full.weights.h5", tmp_path / "lean.weights.h5", tmp_path / "again.weights.h5"
+    distribution.save_weights(model, full)
+    distribution.save_weights(model, lean, optimizer_state=False)
+    distribution.save_weights(model, again, optimizer_state=False)
+    with h5py.File(full, "r") as handle:
+        assert "optimizer" in handle
+    with h5py.File(lean, "r") as handle:
+        assert "optimizer" not in handle and "layers" in handle
+    assert lean.stat().st_size < full.stat().st_size
+    assert lean.read_bytes() == again.read_bytes()
+    loaded = build()
+    loaded.load_weights(lean)
+    np.testing.assert_array_equal(loaded.predict(data, verbose=0), model.predict(data, verbose=0))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["again.weights.h5", "full.weights.h5", "lean.weights.h5"]

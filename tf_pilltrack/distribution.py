@@ -21,6 +21,7 @@ import os
 import pathlib
 import tempfile
 
+import h5py
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -134,16 +135,35 @@ def fit_options(params: dict, section: str, stage: str) -> tuple[list, dict]:
     return callbacks, ({"steps_per_epoch": params[section]["steps_per_epoch"]} if training["input"] == "stream" else {})
 
 
-def save_weights(model, path: pathlib.Path) -> None:
+def save_weights(model, path: pathlib.Path, optimizer_state: bool = True) -> None:
     """The chief writes `model`'s weights to `path` (h5, atomically, its folder made); every other
     worker saves them to a scratch file it deletes, since reading a replicated variable (BatchNorm's
-    statistics) is a collective that every worker must join."""
+    statistics) is a collective that every worker must join. Without `optimizer_state` the file
+    holds the layers' weights alone, not the optimizer's moments (twice the weights again, for
+    Adam), which only resuming training would need."""
     if is_chief():
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:
-            model.save_weights(temporary, save_format="h5")
+            if optimizer_state:
+                model.save_weights(temporary, save_format="h5")
+            else:
+                with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                    full = os.path.join(scratch, path.name)
+                    model.save_weights(full, save_format="h5")
+                    copy_without_optimizer(full, temporary)
         return
     with tempfile.TemporaryDirectory() as scratch:
         model.save_weights(os.path.join(scratch, path.name), save_format="h5")
+
+
+def copy_without_optimizer(source: str, target: str) -> None:
+    """Copy the weights file `source` (tf_keras' .weights.h5 layout) to `target`, less its
+    `optimizer` group. The copy is the same bytes for the same weights (no timestamps)."""
+    with h5py.File(source, "r") as read, h5py.File(target, "w") as written:
+        for key, value in read.attrs.items():
+            written.attrs[key] = value
+        for name in read:
+            if name != "optimizer":
+                read.copy(read[name], written, name)
 
 

@@ -94,7 +94,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     with tracking.stage_run("teacher", params, SECTIONS) if chief else contextlib.nullcontext() as mlflow:
         model, history = train(params, train_split, references, queries,
                                callbacks=[tracking.epoch_logger("teacher_")] if chief else [], mix=mix)
-        distribution.save_weights(model, paths.TEACHER_WEIGHTS)
+        distribution.save_weights(model, paths.TEACHER_WEIGHTS, optimizer_state=False)  # kept in git: layers only
         if not chief:  # the chief writes the model and the figures
             echo("teacher: trained as a worker; the chief writes the model")
             return {}
