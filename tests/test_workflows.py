@@ -231,3 +231,15 @@ def test_the_emulated_firmware_test_is_required_in_ci():
     marks = [mark.name for mark in getattr(test_firmware.test_tiny_model_runs_on_the_emulated_core_as_on_the_host,
                                            "pytestmark", [])]
     assert "required_in_ci" in marks
+
+
+def test_the_browser_tests_are_required_in_ci():
+    """The page's promises (answer, enroll, no other site changing the gallery) are checked in a
+    real browser: CI runs those tests or fails."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    try:
+        import test_edge_page
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tests"))
+    marks = test_edge_page.pytestmark if isinstance(test_edge_page.pytestmark, list) else [test_edge_page.pytestmark]
+    assert "required_in_ci" in [mark.name for mark in marks]
