@@ -365,17 +365,12 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         return JSONResponse(done)
 
     async def remove(request):
-        form = await small_form(request)
-        label = form.get("label")
-        if not isinstance(label, str) or not label.strip():
-            raise Refused("give the name (label) of the pill to remove")
+        label = given(await small_form(request), "label", "give the name (label) of the pill to remove")
         return JSONResponse(await run_in_threadpool(counter.remove, label))
 
     async def rename(request):
         form = await small_form(request)
-        label, new_label = form.get("label"), form.get("new_label")
-        if not isinstance(label, str) or not label.strip():
-            raise Refused("give the name (label) of the pill to rename")
+        label, new_label = given(form, "label", "give the name (label) of the pill to rename"), form.get("new_label")
         if not isinstance(new_label, str):
             raise Refused("give the pill's new name (new_label)")
         return JSONResponse(await run_in_threadpool(counter.rename, label, new_label))
@@ -388,9 +383,7 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
 
     async def confirm(request):
         form = await small_form(request)
-        label = form.get("label")
-        if not isinstance(label, str) or not label.strip():
-            raise Refused("give the name (label) of the candidate to confirm")
+        label = given(form, "label", "give the name (label) of the candidate to confirm")
         add = form.get("add") in ("1", "on", "true")
         return JSONResponse(await run_in_threadpool(counter.confirm, label, add))
 
@@ -402,11 +395,8 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
 
     async def remove_photo(request):
         form = await small_form(request)
-        label, photo = form.get("label"), form.get("photo")
-        if not isinstance(label, str) or not label.strip():
-            raise Refused("give the name (label) of the pill whose photo to remove")
-        if not isinstance(photo, str) or not photo.strip():
-            raise Refused("give the photo to remove (its id, from /api/photos)")
+        label = given(form, "label", "give the name (label) of the pill whose photo to remove")
+        photo = given(form, "photo", "give the photo to remove (its id, from /api/photos)")
         return JSONResponse(await run_in_threadpool(counter.remove_photo, label, photo))
 
     async def undo(request):
@@ -450,6 +440,14 @@ def make_app(counter: Counter, token: str | None, loopback: bool, shots: int, co
         Route("/api/faces/clear", guarded(clear_faces), methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_Guard, check=access_problem)], lifespan=lifespan)
+
+
+def given(form, field: str, missing: str) -> str:
+    """The form's text `field`, or Refused saying `missing` when it is absent, not text, or blank."""
+    value = form.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise Refused(missing)
+    return value
 
 
 async def small_form(request: Request):
