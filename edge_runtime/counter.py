@@ -529,9 +529,7 @@ class Counter:
 
         def relabel(current, labels):
             nonlocal spelling
-            spelling = gallery.find_label(dict.fromkeys(labels), old)
-            if spelling is None:
-                raise ValueError(f"{limits.shown(old)} is not enrolled")
+            spelling = enrollment.enrolled_spelling(labels, old)
             other = next((name for name in dict.fromkeys(labels)
                           if name != spelling and _loose_key(name) == _loose_key(new)), None)
             if other is not None:
@@ -551,9 +549,7 @@ class Counter:
         of the row, `photo_name`) and its thumbnail's file name, or None (a photo enrolled by the
         command line, which keeps no picture)."""
         bundle = self.identifier.bundle
-        spelling = gallery.find_label(dict.fromkeys(bundle.labels), gallery.normalise_label(label))
-        if spelling is None:
-            raise ValueError(f"{limits.shown(gallery.normalise_label(label))} is not enrolled")
+        spelling = enrollment.enrolled_spelling(bundle.labels, gallery.normalise_label(label))
         present = self._present_thumbnails()
         listed = []
         for row, name in zip(bundle.embeddings, bundle.labels):
@@ -572,9 +568,7 @@ class Counter:
 
         def drop(current, labels):
             nonlocal spelling
-            spelling = gallery.find_label(dict.fromkeys(labels), label)
-            if spelling is None:
-                raise ValueError(f"{limits.shown(label)} is not enrolled")
+            spelling = enrollment.enrolled_spelling(labels, label)
             rows = [i for i, name in enumerate(labels) if name == spelling]
             found = next((i for i in rows if photo_name(current[i])[:-4] == photo), None)
             if found is None:

@@ -50,6 +50,15 @@ def enroll(bundle_dir: str | os.PathLike, label: str, embeddings: np.ndarray, ne
     return sidecar["rows"].count(sidecar["labels"].index(spelling))
 
 
+def enrolled_spelling(labels, label: str) -> str:
+    """The spelling under which the normalised `label` is enrolled among `labels` (any case, as
+    gallery.find_label matches), or ValueError saying it is not enrolled."""
+    spelling = gallery.find_label(dict.fromkeys(labels), label)
+    if spelling is None:
+        raise ValueError(f"{shown(label)} is not enrolled")
+    return spelling
+
+
 def remove(bundle_dir: str | os.PathLike, label: str) -> int:
     """Remove every row of `label` (matched as gallery.label_key says: `IBUPROFEN` removes
     `Ibuprofen`) from the gallery; returns how many were removed.
@@ -59,11 +68,9 @@ def remove(bundle_dir: str | os.PathLike, label: str) -> int:
 
     def drop(current, labels):
         nonlocal removed
-        spelling = gallery.find_label(dict.fromkeys(labels), label)
+        spelling = enrolled_spelling(labels, label)
         keep = np.array([existing != spelling for existing in labels])
         removed = int((~keep).sum())
-        if spelling is None:
-            raise ValueError(f"{shown(label)} is not enrolled")
         if not keep.any():
             raise ValueError(f"{spelling!r} is the only enrolled pill; a gallery cannot be empty")
         return current[keep], [existing for existing in labels if existing != spelling]
