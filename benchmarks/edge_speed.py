@@ -46,7 +46,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defa
 
 # The novel pills' reference shots first, so every gallery size holds the pills the queries show (as a
 # device's gallery holds the pills it is asked about); the other splits' pills are distractors.
-GALLERY_SPLITS = ("references", "calibration_references", "train", "validation", "calibration_queries")
+GALLERY_SPLITS = ("references", "calibration_references", "train", "calibration_queries")
 SHOTS_PER_PILL = 5  # gallery rows per label in the device-step bundle, as enrollment makes them
 
 

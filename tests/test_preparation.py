@@ -430,7 +430,7 @@ def _params(repo_params: dict, source: str = "unused", seed: int = 42) -> dict:
     params["data"]["source"] = source
     # 8 classes: 2 novel (1 of them absent from the gallery), 1 calibration, 5 training
     params["prepare"].update(novel_classes=0.25, calibration_classes=0.1, absent_classes=0.5,
-                             reference_shots=3, validation_images=0.25)
+                             reference_shots=3)
     return params_module.validate(params)
 
 
@@ -458,7 +458,6 @@ def test_make_splits_keeps_photo_groups_on_one_side(repo_params):
     assert partition["too_few_images"] == ["pill_8"]  # 3 crops, not more than 3 shots
     assert not _pairs(splits["references"]) & _pairs(splits["queries"])
     assert not _pairs(splits["calibration_references"]) & _pairs(splits["calibration_queries"])
-    assert not _pairs(splits["train"]) & _pairs(splits["validation"])
     # reference_shots 3 from photos of 2 crops: a whole photo, then 1 crop of the next; the
     # other crop of that photo goes nowhere, so the queries keep 10 - 4 = 6 crops per class.
     for kind, references, queries in (("novel", "references", "queries"),
@@ -468,13 +467,20 @@ def test_make_splits_keeps_photo_groups_on_one_side(repo_params):
             assert splits[queries].labels.tolist().count(label) == 6
 
 
+def test_make_splits_trains_on_every_photo_of_a_training_class(repo_params):
+    crops = _synthetic_crops()
+    splits, partition = preparation.make_splits(crops, _params(repo_params))
+    for label in partition["train"]:
+        assert splits["train"].labels.tolist().count(label) == len(crops[label]) == 10
+
+
 def test_make_splits_class_sets_are_disjoint(repo_params):
     splits, partition = preparation.make_splits(_synthetic_crops(), _params(repo_params))
     classes = {name: set(split.labels.tolist()) for name, split in splits.items()}
     kinds = [set(partition[kind]) for kind in ("train", "calibration", "novel", "absent")]
     assert [len(kind) for kind in kinds] == [5, 1, 1, 1]
     assert sum(len(kind) for kind in kinds) == len(set().union(*kinds)) == 8
-    assert classes["train"] == classes["validation"] == set(partition["train"])
+    assert classes["train"] == set(partition["train"])
     assert classes["calibration_references"] == classes["calibration_queries"] == set(partition["calibration"])
     assert classes["references"] == classes["queries"] == set(partition["novel"])
     assert classes["absent_queries"] == set(partition["absent"])

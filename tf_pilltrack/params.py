@@ -188,7 +188,6 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "calibration_classes": _number(0.0, 1.0),
         "absent_classes": _number(0.0, 1.0),
         "reference_shots": _integer(1),
-        "validation_images": _number(0.0, 1.0),
     },
     "teacher": {
         "backbone": _choice("resnet", "efficientnet_lite0"),

@@ -18,7 +18,7 @@ BUNDLE = pathlib.Path("bundle")
 METRICS = pathlib.Path("metrics")
 REPORTS = pathlib.Path("reports")
 
-SPLITS = ("train", "validation", "calibration_references", "calibration_queries",
+SPLITS = ("train", "calibration_references", "calibration_queries",
           "references", "queries", "absent_queries", "mix")
 
 

@@ -5,7 +5,7 @@ Sources are read by `tf_pilltrack.ingestion` (folder or zip, manifest, bad files
 skipped, the shared preprocessing's crops).
 
 Splits (all deterministic from base.seed):
-- training classes: `train`, and `validation` (a fraction of each class's photos);
+- training classes: `train` (every usable photo of each class);
 - calibration classes (never trained on): `calibration_references` / `calibration_queries`,
   used only to set the unknown-pill threshold;
 - novel classes (never trained on): `references` (enrolled in the gallery) and `queries`;
@@ -101,11 +101,7 @@ def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset
         parts[split][1].extend([label] * len(items))
 
     for label in partition["train"]:
-        items = crops[label]
-        held = int(round(settings["validation_images"] * len(items)))
-        validation, train = _split_by_group(items, held, rng)
-        add("train", label, train)
-        add("validation", label, validation)
+        add("train", label, crops[label])
     for kind, references, queries in (("calibration", "calibration_references", "calibration_queries"),
                                       ("novel", "references", "queries")):
         for label in partition[kind]:
