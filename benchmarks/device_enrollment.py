@@ -1,6 +1,6 @@
 """Enrollment at the counter, end to end through the device code, on a photo set of real pills.
 
-In each seeded episode (`tf_pilltrack.episodes.draw_episodes`: whole source photos as
+In each seeded episode (`tf_pilltrack.scoring.episodes.draw_episodes`: whole source photos as
 references, some pills kept out of the gallery), a fresh copy of the device bundle enrolls
 K photos of every known pill exactly as `pilltrack-edge enroll` does (`Identifier.embed_image`,
 `enrollment.enroll`: Annoy index rebuilt, written atomically), then `Identifier.identify_image`
@@ -41,7 +41,8 @@ from edge_runtime import enrollment, gallery
 from edge_runtime.identification import Identifier
 from edge_runtime.bundle import load_bundle
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import episodes, ingestion
+from tf_pilltrack.scoring import episodes
+from tf_pilltrack.data import ingestion
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 

@@ -39,7 +39,7 @@ def _scaled_splits(scale: int, folder: pathlib.Path) -> None:
     the calibration splits as they are, an empty mix split."""
     import numpy as np
 
-    from tf_pilltrack import dataset
+    from tf_pilltrack.data import dataset
 
     prepared = folder / "data" / "prepared"
     prepared.mkdir(parents=True)
@@ -67,8 +67,9 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
     peak RSS as JSON."""
     os.chdir(folder)
     started = time.time()
-    from tf_pilltrack import distribution, models, params as params_module
-    from tf_pilltrack import teacher as teacher_module
+    from tf_pilltrack.training import distribution, models
+    from tf_pilltrack import params as params_module
+    from tf_pilltrack.training import teacher as teacher_module
 
     params = params_module.load(folder / "params.yaml")
     import tf_pilltrack
@@ -148,7 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return _child(pathlib.Path(args.folder), args.child)
-    from tf_pilltrack import dataset, params as params_module, paths, shards
+    from tf_pilltrack.data import dataset, shards
+    from tf_pilltrack import params as params_module, paths
 
     base = params_module.load(ROOT / "params.yaml")
     settings = base["teacher"]

@@ -29,7 +29,9 @@ import numpy as np
 import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edge_runtime import interpreter
 from edge_runtime.bundle import load_bundle
-from tf_pilltrack import calibration, dataset, episodes, evaluation, metrics, paths
+from tf_pilltrack.scoring import calibration, episodes, evaluation, metrics
+from tf_pilltrack.data import dataset
+from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
 
 

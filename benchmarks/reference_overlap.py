@@ -25,7 +25,10 @@ import numpy as np
 
 import tf_pilltrack  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edge_runtime.preprocessing import decode_image
-from tf_pilltrack import dataset, episodes, evaluation, ingestion, models, paths
+from tf_pilltrack.data import dataset, ingestion
+from tf_pilltrack.scoring import episodes, evaluation
+from tf_pilltrack.training import models
+from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
 
 THUMB = 64

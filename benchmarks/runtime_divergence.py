@@ -1,6 +1,6 @@
 """Find the op(s) where int8 runtimes start to disagree on a full-integer TFLite model.
 
-A table over `tf_pilltrack.parity.measure_op_divergence`: the model under LiteRT's builtin kernels
+A table over `tf_pilltrack.tflite.parity.measure_op_divergence`: the model under LiteRT's builtin kernels
 (`micro._lite_interpreter`), LiteRT with its default XNNPACK delegate (as
 `edge_runtime.interpreter.make_interpreter` runs it on the device), LiteRT's reference kernels
 (OpResolverType.BUILTIN_REF) and TFLite Micro (reference kernels, `micro.micro_interpreter`), all on
@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from tf_pilltrack import parity  # tf_pilltrack sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from tf_pilltrack.tflite import parity  # tf_pilltrack sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
 

@@ -32,9 +32,13 @@ import numpy as np
 
 import tf_pilltrack  # first: it sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from edge_runtime import interpreter
-from tf_pilltrack import conversion, dataset, distillation, evaluation, metrics, models, paths
+from tf_pilltrack.tflite import conversion
+from tf_pilltrack.data import dataset
+from tf_pilltrack.training import distiller, models
+from tf_pilltrack.scoring import evaluation, metrics
+from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
-from tf_pilltrack import teacher as teacher_stage
+from tf_pilltrack.training import teacher as teacher_stage
 
 
 def override(params: dict, changes: dict) -> dict:
@@ -124,7 +128,7 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
-    student, qat_student, history = distillation.train(params, train_split, *splits, verbose=0,
+    student, qat_student, history = distiller.train(params, train_split, *splits, verbose=0,
                                                        mix=dataset.load_split("mix"), teacher=teacher)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],

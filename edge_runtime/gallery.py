@@ -163,7 +163,7 @@ def lookalike(matches: Sequence[Match], margin: float) -> str | None:
 
 
 # Annoy's search_k for a gallery of R rows (`search_k_for_size`): SEARCH_K_PER_SQRT_ROW * sqrt(R)
-# candidates, at least MIN_SEARCH_K. benchmarks/edge_speed.py measures it: with the default mcu
+# candidates, at least MIN_SEARCH_K. tf_pilltrack/benchmark/edge_speed.py measures it: with the default mcu
 # model's embeddings (multi-similarity teacher, 40-epoch distillation), 16 trees and real query
 # photos of enrolled pills, the smallest search_k reaching 0.99 top-1 agreement with exact search
 # was 174 at 1k rows, 339 at 10k and 993 at 100k (an earlier, weaker model needed 21, 72 and

@@ -12,7 +12,7 @@
 #                                     make, git
 #
 # `firmware` is not a Python environment: it installs the Debian/Ubuntu packages the `firmware`
-# stage needs (FIRMWARE_PACKAGES below; tf_pilltrack/firmware.py's TOOLS names the same ones)
+# stage needs (FIRMWARE_PACKAGES below; tf_pilltrack/firmware/build.py's TOOLS names the same ones)
 # with apt-get, `apt-get update` first, as root or through passwordless sudo, unless all of them
 # are there already. Where apt-get is missing (not Debian-like) or cannot run as root, it says so,
 # installs nothing and the command goes on: the emulated firmware test then skips saying what is

@@ -18,7 +18,7 @@ from loopback import BIN, ROOT
 from loopback import run as _run
 from tf_pilltrack import params as params_module
 from tf_pilltrack.cli import main
-from tf_pilltrack.parity import RUNTIMES
+from tf_pilltrack.tflite.parity import RUNTIMES
 
 PROFILE_MODELS = ("teacher", "student_float", "student_qat_int8", "student_ptq_int8")
 KERAS_RUNTIMES = {"tensorflow"}
@@ -290,8 +290,8 @@ def test_graph_macs_counts_convolutions_and_dense_layers():
     depthwise 3x3 on 4 channels, dense 4 -> 2 after pooling."""
     import tf_keras
 
-    from tf_pilltrack.benchmark import graph_macs, keras_macs
-    from tf_pilltrack.conversion import converter
+    from tf_pilltrack.benchmark.measurement import graph_macs, keras_macs
+    from tf_pilltrack.tflite.conversion import converter
 
     inputs = tf_keras.layers.Input((8, 8, 3))
     x = tf_keras.layers.Conv2D(4, 3, padding="same")(inputs)
@@ -307,7 +307,7 @@ def test_graph_macs_counts_convolutions_and_dense_layers():
 
 
 def test_repository_root_is_the_code_root():
-    from tf_pilltrack import benchmark
+    from tf_pilltrack.benchmark import search
 
-    assert benchmark.REPOSITORY == pathlib.Path(ROOT)
-    assert (benchmark.REPOSITORY / benchmark.EDGE_SPEED).is_file()
+    assert search.REPOSITORY == pathlib.Path(ROOT)
+    assert (search.REPOSITORY / search.EDGE_SPEED).is_file()

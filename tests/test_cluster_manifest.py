@@ -118,7 +118,7 @@ def test_distill_job_is_the_teacher_job_with_its_own_stage():
 def test_the_tf_config_of_each_pod_makes_only_the_chief_write(manifest, monkeypatch):
     """TF_CONFIG as the training-operator writes it for each replica (lower-case task types, one
     address per pod): the Chief writes, no Worker does, and every process runs multi_worker."""
-    from tf_pilltrack import distribution
+    from tf_pilltrack.training import distribution
 
     replicas = {kind.lower(): spec["replicas"] for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()}
     name = manifest["metadata"]["name"]

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tf_pilltrack import composition, synthesis
+from tf_pilltrack.synthesis import composition
+from tf_pilltrack import synthesis
 
 MAX_PIXELS = 50_000_000
 

@@ -11,7 +11,7 @@ import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 tf = pytest.importorskip("tensorflow")
 import tf_keras  # noqa: E402
 
-from tf_pilltrack import distillation, models  # noqa: E402
+from tf_pilltrack.training import distiller, models  # noqa: E402
 
 SIZE = 32
 EMBEDDING = 8
@@ -35,9 +35,9 @@ def _models():
 
 
 def _distiller(teacher, student, embedding=0.0, relation=0.0, triplet=0.0):
-    distiller = distillation.Distiller(student, teacher, embedding, relation, triplet, triplet_margin=0.1)
-    distiller.compile(optimizer=tf_keras.optimizers.Adam(0.01))
-    return distiller
+    model = distiller.Distiller(student, teacher, embedding, relation, triplet, triplet_margin=0.1)
+    model.compile(optimizer=tf_keras.optimizers.Adam(0.01))
+    return model
 
 
 def test_train_step_changes_only_the_student():
@@ -70,11 +70,11 @@ def test_each_loss_term_decreases_when_trained_alone(term):
 
 def test_loss_terms_are_zero_for_identical_embeddings():
     embeddings = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=3), axis=-1)
-    assert float(distillation.embedding_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
-    assert float(distillation.relation_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distiller.embedding_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distiller.relation_loss(embeddings, embeddings)) == pytest.approx(0.0, abs=1e-6)
     other = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=4), axis=-1)
-    assert float(distillation.embedding_loss(embeddings, other)) > 0.1
-    assert float(distillation.relation_loss(embeddings, other)) > 0.0
+    assert float(distiller.embedding_loss(embeddings, other)) > 0.1
+    assert float(distiller.relation_loss(embeddings, other)) > 0.0
 
 
 def test_relation_loss_ignores_a_global_rotation():
@@ -83,16 +83,16 @@ def test_relation_loss_ignores_a_global_rotation():
     embeddings = tf.math.l2_normalize(tf.random.normal([6, EMBEDDING], seed=5), axis=-1)
     rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(EMBEDDING, EMBEDDING)))
     rotated = tf.matmul(embeddings, tf.constant(rotation, tf.float32))
-    assert float(distillation.relation_loss(embeddings, rotated)) == pytest.approx(0.0, abs=1e-5)
-    assert float(distillation.embedding_loss(embeddings, rotated)) > 0.05
+    assert float(distiller.relation_loss(embeddings, rotated)) == pytest.approx(0.0, abs=1e-5)
+    assert float(distiller.embedding_loss(embeddings, rotated)) > 0.05
 
 
 def test_negative_weights_are_refused():
     teacher, student = _models()
     with pytest.raises(ValueError, match="relation_weight"):
-        distillation.Distiller(student, teacher, 1.0, -1.0, 0.0, 0.1)
+        distiller.Distiller(student, teacher, 1.0, -1.0, 0.0, 0.1)
     with pytest.raises(ValueError, match="positive"):
-        distillation.Distiller(student, teacher, 0.0, 0.0, 0.0, 0.1)
+        distiller.Distiller(student, teacher, 0.0, 0.0, 0.0, 0.1)
 
 
 def test_student_has_no_ops_microcontrollers_lack():
@@ -107,7 +107,8 @@ def test_student_has_no_ops_microcontrollers_lack():
 def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     """A pharmacy's own photo set may hold fewer training classes than classes_per_batch (16):
     the sampler then draws every class, instead of failing."""
-    from tf_pilltrack import dataset, distribution
+    from tf_pilltrack.data import dataset
+    from tf_pilltrack.training import distribution
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.array(["a", "b", "c"]), 6)

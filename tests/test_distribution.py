@@ -1,4 +1,4 @@
-"""Distributed training (tf_pilltrack/distribution.py) and the streaming input (tf_pilltrack/shards.py):
+"""Distributed training (tf_pilltrack/training/distribution.py) and the streaming input (tf_pilltrack/data/shards.py):
 the tf.data batches, and the teacher and the distiller trained by two worker processes on 127.0.0.1
 (MultiWorkerMirroredStrategy, TF_CONFIG per process), compared with one process on the same global
 batches; a worker killed mid-run resumes from the backup. Tiny models, few steps; CPU, loopback only."""
@@ -21,7 +21,7 @@ from loopback import free_port
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tf_pilltrack import dataset, sampling, shards  # noqa: E402
+from tf_pilltrack.data import dataset, sampling, shards  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -142,7 +142,8 @@ def test_a_missing_shard_folder_says_how_it_is_made(tmp_path):
 
 def test_the_stream_input_loads_no_training_photos(tmp_path, monkeypatch):
     """A training stage with the stream input reads only the training labels, never the photos."""
-    from tf_pilltrack import distribution, paths
+    from tf_pilltrack.training import distribution
+    from tf_pilltrack import paths
 
     monkeypatch.chdir(tmp_path)
     paths.PREPARED.mkdir(parents=True)
@@ -244,7 +245,7 @@ def _embed(weights: pathlib.Path, stage: str) -> np.ndarray:
     """The calibration photos embedded by trained weights (built as the stage builds them)."""
     import tf_keras
 
-    from tf_pilltrack import models
+    from tf_pilltrack.training import models
     from tf_pilltrack import params as params_module
 
     params = params_module.validate(_params(pathlib.Path("unused"), "none"))
@@ -345,7 +346,7 @@ def test_distributed_training_needs_the_stream_input():
 
 
 def test_multi_worker_without_tf_config_names_it(monkeypatch):
-    from tf_pilltrack import distribution
+    from tf_pilltrack.training import distribution
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG is not set"):
@@ -358,7 +359,7 @@ def test_multi_worker_without_tf_config_names_it(monkeypatch):
 @pytest.mark.parametrize("name", ["none", "mirrored"])
 def test_a_cluster_in_tf_config_needs_multi_worker(monkeypatch, name):
     """A cluster runner's TF_CONFIG with params left at one process: every process would train alone."""
-    from tf_pilltrack import distribution
+    from tf_pilltrack.training import distribution
 
     monkeypatch.setenv("TF_CONFIG", json.dumps(_cluster([1, 2], 1)))
     with pytest.raises(ValueError, match=f"cluster of 2 tasks and training.distribution is {name}"):
@@ -375,7 +376,7 @@ def test_a_cluster_in_tf_config_needs_multi_worker(monkeypatch, name):
     ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
 ])
 def test_only_the_chief_writes(monkeypatch, config, chief):
-    from tf_pilltrack import distribution
+    from tf_pilltrack.training import distribution
 
     if config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -391,7 +392,7 @@ def test_weights_saved_without_optimizer_state_load_to_the_same_model(tmp_path):
     import h5py
     import tf_keras
 
-    from tf_pilltrack import distribution
+    from tf_pilltrack.training import distribution
 
     def build():
         inputs = tf_keras.Input((8,))

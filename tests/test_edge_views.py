@@ -16,7 +16,7 @@ from edge_runtime.identification import combine_views
 
 
 def test_the_device_combines_views_as_the_evaluation_scores_them():
-    from tf_pilltrack.episodes import combine_views as evaluation_rule
+    from tf_pilltrack.scoring.episodes import combine_views as evaluation_rule
 
     embeddings = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32) * 3.0
     tuples = np.array([[0, 5], [3, 3], [1, 2], [4, 7], [6, 11]])

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tf_pilltrack import efficientnet
+from tf_pilltrack.training import efficientnet
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "efficientnet_lite0_reference.npz")
 

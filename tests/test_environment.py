@@ -269,22 +269,22 @@ def test_bootstrap_firmware_without_apt_says_so_and_goes_on(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fake apt-get is called as root only (otherwise through sudo)")
 def test_bootstrap_firmware_updates_then_installs_every_package(tmp_path):
-    from tf_pilltrack import firmware
+    from tf_pilltrack.firmware import build
 
     result, calls = firmware_bootstrap(tmp_path, apt_get=True)
     assert calls[0] == "update -qq", calls
     assert calls[1].startswith("install -y"), calls
     packages = set(calls[1].split()) - {"install", "-y", "-qq", "--no-install-recommends"}
-    assert set(firmware.TOOLS.values()) | {"libnewlib-arm-none-eabi"} == packages
+    assert set(build.TOOLS.values()) | {"libnewlib-arm-none-eabi"} == packages
     # the fake installs nothing, so the script must notice the tools are still missing and fail
     assert result.returncode != 0 and "still missing" in result.stderr, result.stdout + result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fake apt-get is called as root only (otherwise through sudo)")
 def test_bootstrap_firmware_leaves_installed_packages_alone(tmp_path):
-    from tf_pilltrack import firmware
+    from tf_pilltrack.firmware import build
 
-    missing = [line for line in firmware.find_missing(tmp_path) if "TFLite Micro kit" not in line]  # no kit in tmp_path
+    missing = [line for line in build.find_missing(tmp_path) if "TFLite Micro kit" not in line]  # no kit in tmp_path
     if missing:
         pytest.skip("the firmware packages are not all installed here: " + "; ".join(missing))
     result, calls = firmware_bootstrap(tmp_path, apt_get=True, missing_tools=False)

@@ -1,4 +1,4 @@
-"""The few-shot episode protocol (tf_pilltrack/episodes.py) on tiny pools and hand-made embeddings."""
+"""The few-shot episode protocol (tf_pilltrack/scoring/episodes.py) on tiny pools and hand-made embeddings."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edge_runtime.preprocessing import PreprocessConfig
-from tf_pilltrack import episodes
+from tf_pilltrack.scoring import episodes
 
 
 def _unit(*degrees: float) -> np.ndarray:
@@ -393,7 +393,9 @@ def test_load_real_groups_crops_by_the_manifest_and_counts_localisation_failures
 
 
 def test_load_novel_real_leaves_out_the_pills_a_model_trained_on(tmp_path, monkeypatch):
-    from tf_pilltrack import dataset, evaluation, paths
+    from tf_pilltrack.data import dataset
+    from tf_pilltrack.scoring import evaluation
+    from tf_pilltrack import paths
 
     archive = tmp_path / "real.zip"
     with zipfile.ZipFile(archive, "w") as handle:

@@ -1,5 +1,5 @@
 """Export parity on a tiny student: Keras (QAT) vs LiteRT int8 vs TFLite Micro int8 (embeddings;
-every op alone within the per-op tolerance of tf_pilltrack/parity.py), the micro C array, and the
+every op alone within the per-op tolerance of tf_pilltrack/tflite/parity.py), the micro C array, and the
 Edge TPU op check."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import tf_keras  # noqa: E402
 
 from edge_runtime import interpreter as edge_interpreter  # noqa: E402
 from edge_runtime.preprocessing import normalise  # noqa: E402
-from tf_pilltrack import conversion, micro, models, parity  # noqa: E402
+from tf_pilltrack.tflite import conversion, micro, parity  # noqa: E402
+from tf_pilltrack.training import models
 
 SIZE = 32
 
@@ -67,7 +68,7 @@ def test_keras_litert_and_micro_agree(tiny):
 
 
 def test_every_op_agrees_within_one_step_between_runtimes(tiny):
-    """The stated tolerance (tf_pilltrack/parity.py) on the student's own op types (ReLU6 and
+    """The stated tolerance (tf_pilltrack/tflite/parity.py) on the student's own op types (ReLU6 and
     linear convolutions, depthwise convolutions, MEAN, FULLY_CONNECTED): each op alone, given identical
     inputs, within 1 int8 step between LiteRT with XNNPACK, its builtin and reference kernels and
     TFLite Micro. Whole-model outputs are not bounded in steps: the per-op differences accumulate."""

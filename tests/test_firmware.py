@@ -1,4 +1,4 @@
-"""Stage `firmware` (tf_pilltrack/firmware.py): the generated firmware sources for a tiny model,
+"""Stage `firmware` (tf_pilltrack/stages/firmware.py, tf_pilltrack/firmware/): the generated firmware sources for a tiny model,
 the emulator output's parsing, the stage without its tools, the firmware budgets; and the tiny
 model cross-built, run under emulation and compared with the host's TFLite Micro and the gallery
 search.
@@ -24,8 +24,11 @@ import pytest
 from edge_fixtures import GALLERY_PILLS, pill_photos
 
 from edge_runtime.preprocessing import preprocess, symmetric_views
-from tf_pilltrack import budget, firmware, micro
 from tf_pilltrack import params as params_module
+from tf_pilltrack.benchmark.report import to_markdown
+from tf_pilltrack.firmware import build
+from tf_pilltrack.stages import firmware as firmware_stage
+from tf_pilltrack.tflite import budget, micro
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL_PARAMS = ROOT / "tests" / "params_small.yaml"
@@ -60,7 +63,7 @@ def _c_array_bytes(text: str, name: str) -> bytes:
 
 def test_sources_embed_the_crops_the_ops_and_the_views(tmp_path, tiny_model, tiny_crops, edge_config):
     views = edge_config.symmetry_views
-    firmware.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops, views, "cortex-m4")
+    build.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops, views, "cortex-m4")
     crops_cc, crops_h, main = ((tmp_path / name).read_text() for name in ("crops.cc", "crops.h", "main.cc"))
     assert _c_array_bytes(crops_cc, "g_pilltrack_crops") == tiny_crops.tobytes()
     assert f"kPilltrackCropCount = {len(tiny_crops)};" in crops_h
@@ -69,12 +72,12 @@ def test_sources_embed_the_crops_the_ops_and_the_views(tmp_path, tiny_model, tin
     assert calls == micro.resolver_calls(tiny_model["ops"]) and calls
     assert f"kViewCount = {views};" in main
     assert f"kOpCount = {len(tiny_model['ops'])}u;" in main  # without op_count: one node per op name
-    firmware.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops, views, "cortex-m4",
+    build.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops, views, "cortex-m4",
                            op_count=59)
     assert "kOpCount = 59u;" in (tmp_path / "main.cc").read_text()
     table = re.search(r"kViews\[kViewCount\] = \{(.*)\};", main).group(1)
     assert re.findall(r"\{(\d), (true|false)\}", table) == [
-        (str(turns), "true" if mirrored else "false") for turns, mirrored in firmware.view_transforms(views)]
+        (str(turns), "true" if mirrored else "false") for turns, mirrored in build.view_transforms(views)]
     assert not (tmp_path / "firmware.ld").exists()  # only with CMSIS's folder
 
 
@@ -82,15 +85,15 @@ def test_sources_embed_the_crops_the_ops_and_the_views(tmp_path, tiny_model, tin
 def test_views_made_on_the_device_are_the_device_clients(tiny_crops, count):
     """apply_view is main.cc's MakeView index arithmetic; it must give symmetric_views' views."""
     expected = symmetric_views(tiny_crops, count)
-    transforms = firmware.view_transforms(count)
+    transforms = build.view_transforms(count)
     assert len(transforms) == count
     for view, (turns, mirrored) in enumerate(transforms):
         for crop in range(len(tiny_crops)):
-            np.testing.assert_array_equal(firmware.apply_view(tiny_crops[crop], turns, mirrored), expected[view][crop])
+            np.testing.assert_array_equal(build.apply_view(tiny_crops[crop], turns, mirrored), expected[view][crop])
 
 
 def test_operator_work_counts_the_macs_from_the_shapes(tiny_model):
-    work = firmware.operator_work(tiny_model["bytes"])
+    work = build.operator_work(tiny_model["bytes"])
     assert [row["op"] for row in work] == tiny_model["ops"] == ["QUANTIZE", "CONV_2D", "MEAN", "FULLY_CONNECTED"]
     conv, dense = work[1], work[3]
     assert conv["shape"] == "3x3/2 32x32x3->15x15x16"
@@ -101,14 +104,14 @@ def test_operator_work_counts_the_macs_from_the_shapes(tiny_model):
 
 def test_sources_refuse_crops_of_another_size(tmp_path, tiny_model, tiny_crops):
     with pytest.raises(ValueError, match=r"crops must be uint8 \(N, 32, 32, 3\)"):
-        firmware.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops[:, :16], 2, "cortex-m4")
+        build.write_sources(tmp_path, tiny_model["details"], tiny_model["ops"], tiny_crops[:, :16], 2, "cortex-m4")
 
 
 def test_sources_refuse_a_model_that_does_not_take_pixels(tmp_path, tiny_model, tiny_crops):
     details = copy.deepcopy(tiny_model["details"])
     details["input"]["dtype"] = "int8"
     with pytest.raises(ValueError, match="passes uint8 pixels unchanged"):
-        firmware.write_sources(tmp_path, details, tiny_model["ops"], tiny_crops, 2, "cortex-m4")
+        build.write_sources(tmp_path, details, tiny_model["ops"], tiny_crops, 2, "cortex-m4")
 
 
 def test_linker_script_gets_the_boards_memory_and_no_stack_or_heap(tmp_path):
@@ -117,27 +120,27 @@ def test_linker_script_gets_the_boards_memory_and_no_stack_or_heap(tmp_path):
     (config / "ARMCM4_gcc.ld").write_text("__ROM_BASE = 0x00000000;\n__ROM_SIZE = 0x00040000;\n"
                                           "__RAM_SIZE = 0x00020000;\n__STACK_SIZE = 0x00000400;\n"
                                           "__HEAP_SIZE  = 0x00000C00;\nMEMORY {}\n")
-    text = firmware.linker_script(tmp_path, "cortex-m4")
+    text = build.linker_script(tmp_path, "cortex-m4")
     assert "__ROM_SIZE = 0x00400000;" in text and "__RAM_SIZE = 0x00400000;" in text
     assert "__STACK_SIZE = 0x00000000;" in text and "__HEAP_SIZE = 0x00000000;" in text
     assert "__ROM_BASE = 0x00000000;" in text
     (config / "ARMCM4_gcc.ld").write_text("__ROM_SIZE = 0x00040000;\n")
-    with pytest.raises(firmware.FirmwareError, match="no `__RAM_SIZE = 0x...;` line"):
-        firmware.linker_script(tmp_path, "cortex-m4")
+    with pytest.raises(build.FirmwareError, match="no `__RAM_SIZE = 0x...;` line"):
+        build.linker_script(tmp_path, "cortex-m4")
 
 
 def test_every_core_in_params_can_be_built(small_params):
-    assert set(params_module.FIRMWARE_CORES) == set(firmware.CORES)
-    assert small_params["firmware"]["core"] in firmware.CORES
+    assert set(params_module.FIRMWARE_CORES) == set(build.CORES)
+    assert small_params["firmware"]["core"] in build.CORES
 
 
 def test_crops_are_real_pills_through_the_device_preprocessing(small_params):
-    crops, labels, sources = firmware.select_crops(small_params)
+    crops, labels, sources = build.select_crops(small_params)
     size = small_params["profiles"]["tiny"]["image_size"]
     assert crops.dtype == np.uint8 and crops.shape == (small_params["firmware"]["crops"], size, size, 3)
     assert len(set(labels)) == len(labels)
     assert all(source.startswith(f"{label}/") for label, source in zip(labels, sources))
-    again, _, _ = firmware.select_crops(small_params)
+    again, _, _ = build.select_crops(small_params)
     np.testing.assert_array_equal(crops, again)
 
 
@@ -158,7 +161,7 @@ def _run_text(calibration_ticks: int = 50_000, views: int = 2, drop: str | None 
 
 
 def test_run_output_is_parsed_into_figures():
-    run = firmware.parse_run(_run_text(), crops=2, views=2, embedding_size=4)
+    run = build.parse_run(_run_text(), crops=2, views=2, embedding_size=4)
     assert run["outputs"].dtype == np.int8 and run["outputs"].shape == (2, 2, 4)
     np.testing.assert_array_equal(run["outputs"][1, 0], [-1, 0, 1, 2])
     assert run["instructions_per_tick"] == 40.0
@@ -170,34 +173,34 @@ def test_run_output_is_parsed_into_figures():
 
 
 def test_run_operators_are_tabled_beside_their_work():
-    run = firmware.parse_run(_run_text(), crops=2, views=2, embedding_size=4)
+    run = build.parse_run(_run_text(), crops=2, views=2, embedding_size=4)
     work = [{"op": "QUANTIZE", "shape": "3", "macs": 0, "output_elements": 3},
             {"op": "CONV_2D", "shape": "1x1/1 2x2x9->2x2x2", "macs": 72, "output_elements": 8},
             {"op": "FULLY_CONNECTED", "shape": "8->2", "macs": 16, "output_elements": 2}]
-    table = firmware.per_op_table(run, work)
+    table = build.per_op_table(run, work)
     assert [row["instructions"] for row in table] == [400, 36_020, 2_000]  # medians of 36,000 and 36,040
     assert table[1]["instructions_per_mac"] == 36_020 / 72 and table[0]["instructions_per_mac"] is None
-    summary = firmware.per_op_summary(table, per_inference=40_020)
+    summary = build.per_op_summary(table, per_inference=40_020)
     assert summary["macs"] == 88 and summary["outside_ops_instructions"] == 40_020 - 38_420
     assert summary["by_op"]["CONV_2D 1x1"]["share"] == 36_020 / 40_020
-    with pytest.raises(firmware.FirmwareError, match="not the same graph"):
-        firmware.per_op_table(run, work[1:] + work[:1])
+    with pytest.raises(build.FirmwareError, match="not the same graph"):
+        build.per_op_table(run, work[1:] + work[:1])
 
 
 def test_run_without_icount_is_refused():
-    with pytest.raises(firmware.FirmwareError, match="-icount shift=0"):
-        firmware.parse_run(_run_text(calibration_ticks=25_000), crops=2, views=2, embedding_size=4)
+    with pytest.raises(build.FirmwareError, match="-icount shift=0"):
+        build.parse_run(_run_text(calibration_ticks=25_000), crops=2, views=2, embedding_size=4)
 
 
 @pytest.mark.parametrize("drop", ["stack used", "invoke crop=1 view=1", "ops names", "ops crop=1 view=0"])
 def test_run_missing_a_figure_is_refused(drop):
-    with pytest.raises(firmware.FirmwareError, match="emulated run: no"):
-        firmware.parse_run(_run_text(drop=drop), crops=2, views=2, embedding_size=4)
+    with pytest.raises(build.FirmwareError, match="emulated run: no"):
+        build.parse_run(_run_text(drop=drop), crops=2, views=2, embedding_size=4)
 
 
 def test_outputs_are_compared_in_int8_steps():
     emulated = np.array([[[1, 2, 3, -128]]], np.int8)
-    result = firmware.compare_outputs(emulated, np.array([[[1, 3, 3, 127]]], np.int8))
+    result = build.compare_outputs(emulated, np.array([[[1, 3, 3, 127]]], np.int8))
     assert result == {"max_step_difference": 255, "identical_share": 0.5}
 
 
@@ -212,25 +215,25 @@ def _without_kit(params: dict, tmp_path: pathlib.Path, required: bool) -> dict:
 
 def test_missing_kit_fails_naming_it_when_required(small_params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(firmware.ToolsMissing, match=r"the TFLite Micro kit at .*no-kit \(firmware.tflm_kit"):
-        firmware.run(_without_kit(small_params, tmp_path, required=True), echo=lambda line: None)
+    with pytest.raises(build.ToolsMissing, match=r"the TFLite Micro kit at .*no-kit \(firmware.tflm_kit"):
+        firmware_stage.run(_without_kit(small_params, tmp_path, required=True), echo=lambda line: None)
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "models").exists()
 
 
 def test_missing_kit_is_reported_not_built_when_not_required(small_params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lines = []
-    report = firmware.run(_without_kit(small_params, tmp_path, required=False), echo=lines.append)
+    report = firmware_stage.run(_without_kit(small_params, tmp_path, required=False), echo=lines.append)
     written = json.loads((tmp_path / "metrics" / "firmware.json").read_text())
     assert written == report and report["built"] is False and report["profile"] == "tiny"
     assert any("no-kit" in line for line in report["missing"])
-    assert "no-kit" in (tmp_path / "models" / "firmware" / firmware.NOT_BUILT).read_text()
+    assert "no-kit" in (tmp_path / "models" / "firmware" / build.NOT_BUILT).read_text()
     assert lines[0].startswith("firmware: NOT BUILT")
 
 
 def test_missing_toolchain_is_named_with_its_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    missing = firmware.find_missing(tmp_path)
+    missing = build.find_missing(tmp_path)
     assert "arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi)" in missing
     assert "qemu-system-arm (apt-get install qemu-system-arm)" in missing
 
@@ -266,12 +269,12 @@ def test_firmware_not_built_or_without_limit_is_not_judged(small_params):
 def _built_library(params: dict) -> pathlib.Path:
     """The TFLM source root with its library built (into the cache, when it has none), or skip
     saying what is missing."""
-    kit = firmware.kit_path(params)
+    kit = build.kit_path(params)
     kit = kit if kit.is_absolute() else ROOT / kit
-    missing = firmware.find_missing(kit)
+    missing = build.find_missing(kit)
     if missing:
         pytest.skip("the firmware build needs " + "; ".join(missing))
-    return firmware.prepare_library(kit, firmware.cache_path(params), params["firmware"]["core"],
+    return build.prepare_library(kit, build.cache_path(params), params["firmware"]["core"],
                                     os.cpu_count() or 1, echo=print)
 
 
@@ -287,22 +290,22 @@ def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_p
                         tiny_model["details"], tiny_model["ops"])
     work = tmp_path / "work"
     work.mkdir()
-    result = firmware.build_and_run(root, core, micro_dir, tiny_model["path"], tiny_crops, views, work,
+    result = build.build_and_run(root, core, micro_dir, tiny_model["path"], tiny_crops, views, work,
                                     settings["emulator_timeout_s"])
     emulated = result["run"]["outputs"]
     assert emulated.shape == (len(tiny_crops), views, tiny_model["details"]["output"]["shape"][-1])
-    versus = firmware.compare_outputs(emulated, result["host"]["tflite_micro"])
+    versus = build.compare_outputs(emulated, result["host"]["tflite_micro"])
     assert versus["max_step_difference"] <= settings["tolerance_steps"], versus
     assert len({tuple(row) for row in emulated.reshape(-1, emulated.shape[-1])}) > 1  # not one constant output
 
-    answers = firmware.gallery_answers(pathlib.Path(edge_bundle), tiny_model["bytes"],
+    answers = build.gallery_answers(pathlib.Path(edge_bundle), tiny_model["bytes"],
                                        {"emulated": emulated, "tflite_micro": result["host"]["tflite_micro"]},
                                        tiny_model["details"]["output"], views)
-    assert firmware.agree(answers, "emulated", "tflite_micro", "top1")
-    assert firmware.agree(answers, "emulated", "tflite_micro", "named")
+    assert build.agree(answers, "emulated", "tflite_micro", "top1")
+    assert build.agree(answers, "emulated", "tflite_micro", "named")
     assert [row["emulated"]["top1"] for row in answers] == list(GALLERY_PILLS)  # each crop finds its own pill
 
-    figures = firmware.summarise(result, settings)
+    figures = build.summarise(result, settings)
     assert figures["flash"]["model_bytes"] == len(tiny_model["bytes"])
     assert figures["flash"]["test_crops_bytes"] == tiny_crops.size
     assert figures["ram"]["arena_used_bytes"] <= figures["ram"]["arena_bytes"]
@@ -319,20 +322,18 @@ def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_p
 
 
 def test_benchmark_has_a_cortex_m_row_beside_the_host_runtimes_only_when_built():
-    from tf_pilltrack import benchmark
-
     report = json.loads((ROOT / "reports" / "benchmark.json").read_text())
     report.pop("firmware", None)  # a report of a bench run before the firmware stage existed
-    assert not any("Cortex-M" in line for line in benchmark.to_markdown(report).splitlines())
+    assert not any("Cortex-M" in line for line in to_markdown(report).splitlines())
     report["firmware"] = {"built": False, "profile": "mcu", "missing": ["qemu-system-arm"]}
-    assert not any("Cortex-M" in line for line in benchmark.to_markdown(report).splitlines())
+    assert not any("Cortex-M" in line for line in to_markdown(report).splitlines())
     report["firmware"] = {
         "built": True, "profile": report["pipeline_profile"], "core": "cortex-m4", "machine": "mps2-an386",
         "flash_bytes": 400 * 1024, "ram": {"arena_used_bytes": 90 * 1024, "arena_bytes": 120 * 1024},
         "instructions_per_inference": {"median": 12_800_000.0}, "estimated_latency_ms": 200.0,
         "latency_assumption": {"board": "a test board", "clock_mhz": 64, "cycles_per_instruction": 1.0},
         "agreement": {"crops": 4, "tflite_micro": {"max_step_difference": 0}}}
-    lines = benchmark.to_markdown(report).splitlines()
+    lines = to_markdown(report).splitlines()
     table = [line for line in lines if line.startswith(f"| {report['pipeline_profile']} | student, QAT int8 |")]
     row = next(index for index, line in enumerate(table) if "Cortex-M (emulated, cortex-m4)" in line)
     assert "| 400 KiB flash | 90 KiB |" in table[row] and "| ≈200 |" in table[row]

@@ -108,7 +108,7 @@ CONFIG = PreprocessConfig(image_size=32, localise=True, min_pill_fraction=0.005,
        compression=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))
 @example(files=[TRUNCATED_QOI], compression=zipfile.ZIP_STORED)
 def test_prepare_reads_or_reports_every_member_and_goes_on(files, compression):
-    from tf_pilltrack import ingestion
+    from tf_pilltrack.data import ingestion
 
     with tempfile.TemporaryDirectory() as directory:
         archive = pathlib.Path(directory) / "source.zip"

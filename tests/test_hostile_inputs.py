@@ -239,7 +239,7 @@ def hostile_zip(path: pathlib.Path) -> pathlib.Path:
 
 
 def test_prepare_reports_and_skips_hostile_zip_members(tmp_path, config, decoder_raising, monkeypatch):
-    from tf_pilltrack import ingestion
+    from tf_pilltrack.data import ingestion
 
     decoder_raising(IndexError)
     monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 4000)  # the PNGs are about 600 bytes, huge.png 5000
@@ -257,7 +257,7 @@ def test_prepare_reports_and_skips_hostile_zip_members(tmp_path, config, decoder
 
 
 def test_prepare_skips_special_files_in_a_folder(tmp_path, config):
-    from tf_pilltrack import ingestion
+    from tf_pilltrack.data import ingestion
 
     root = tmp_path / "source"
     (root / "red").mkdir(parents=True)
@@ -275,7 +275,7 @@ def test_prepare_skips_special_files_in_a_folder(tmp_path, config):
 
 @pytest.mark.parametrize("source, kind", [("/dev/zero", "a character device"), ("fifo", "a FIFO")])
 def test_a_special_file_as_the_data_source_is_refused(tmp_path, source, kind):
-    from tf_pilltrack import ingestion
+    from tf_pilltrack.data import ingestion
 
     if source == "fifo":
         source = tmp_path / "source.zip"

@@ -26,7 +26,7 @@ from PIL import Image
 
 from edge_runtime.bundle import SIDECAR, BundleError, load_bundle
 from edge_runtime.preprocessing import PreprocessConfig
-from tf_pilltrack import ingestion
+from tf_pilltrack.data import ingestion
 
 
 def png(rgb: np.ndarray) -> bytes:
@@ -385,7 +385,7 @@ def test_a_bad_state_dict_names_its_file_once_in_one_line(tmp_path, payload):
     """"x.pth: cannot read it as a PyTorch state dict (x.pth: not a plain state dict ...)"."""
     import pickle
 
-    from tf_pilltrack import efficientnet
+    from tf_pilltrack.training import efficientnet
 
     path = tmp_path / "x.pth"
     with open(path, "wb") as handle:
@@ -428,7 +428,7 @@ with native_stderr_silenced():
     import numpy as np
     import tensorflow as tf
     import tf_keras
-    from tf_pilltrack import conversion
+    from tf_pilltrack.tflite import conversion
     tf.config.list_physical_devices()  # TensorFlow's CUDA probe prints here
 print("converting", file=sys.stderr, flush=True)
 inputs = tf_keras.Input((16, 16, 3))

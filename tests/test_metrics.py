@@ -1,4 +1,4 @@
-"""Retrieval and open-set metrics (tf_pilltrack/metrics.py) on examples worked out by hand."""
+"""Retrieval and open-set metrics (tf_pilltrack/scoring/metrics.py) on examples worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tf_pilltrack import metrics
+from tf_pilltrack.scoring import metrics
 
 
 def _unit(*degrees: float) -> np.ndarray:
@@ -287,7 +287,7 @@ def test_lookalike_rates_by_hand():
 
 
 def test_keras_int8_agreement_finds_the_near_ties_where_answers_differ():
-    from tf_pilltrack import evaluation
+    from tf_pilltrack.scoring import evaluation
 
     gallery, labels = _unit(0, 90), np.array(["a", "b"])
     keras_queries = _unit(10, 44, 46, 80)  # margins: large, small, small, large
@@ -303,7 +303,8 @@ def test_keras_int8_agreement_finds_the_near_ties_where_answers_differ():
 
 
 def test_enroll_calibrates_the_naming_rule_by_hand():
-    from tf_pilltrack import calibration, dataset
+    from tf_pilltrack.scoring import calibration
+    from tf_pilltrack.data import dataset
 
     def split(labels):
         labels = np.array(labels)
@@ -382,7 +383,7 @@ def test_risk_coverage_rises_with_the_threshold():
 
 
 def test_calibration_galleries_are_counter_sized_seeded_draws():
-    from tf_pilltrack import calibration
+    from tf_pilltrack.scoring import calibration
 
     labels = [f"pill_{number:03d}" for number in range(100)]
     settings = {"calibration_gallery_pills": 14, "calibration_galleries": 30, "calibration_absent": 0.3}

@@ -1,4 +1,4 @@
-"""Runtime parity (tf_pilltrack/parity.py) on the tiny int8 model of tests/edge_fixtures.py: the
+"""Runtime parity (tf_pilltrack/tflite/parity.py) on the tiny int8 model of tests/edge_fixtures.py: the
 stated per-op tolerance (every op alone within 1 int8 step between any two runtimes), the graph
 rewrites it rests on, and how a whole-model runtime row is judged by it."""
 
@@ -13,7 +13,7 @@ import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 pytest.importorskip("tensorflow")
 
-from tf_pilltrack import parity  # noqa: E402
+from tf_pilltrack.tflite import parity  # noqa: E402
 
 SIZE = 32  # the tiny model's input side (tests/edge_fixtures.py)
 

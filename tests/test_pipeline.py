@@ -206,7 +206,7 @@ def test_mlflow_has_a_run_per_training_stage(pipeline):
     import mlflow
 
     from tf_pilltrack import params as params_module
-    from tf_pilltrack import tracking
+    from tf_pilltrack.training import tracking
 
     uri = pipeline["env"]["MLFLOW_TRACKING_URI"]
     assert uri.startswith("http://127.0.0.1:")

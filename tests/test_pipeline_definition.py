@@ -4,13 +4,15 @@
 imports but does not list lets a change to it leave stale models "up to date". The stages'
 `deps` are written by hand; these tests walk the imports instead and compare.
 
-A stage whose `cmd` is `pilltrack <command>` runs `tf_pilltrack.<module>` (the module that
-`tf_pilltrack/cli.py` passes to `_run_stage` in that command). From it, every `import` and
+A stage whose `cmd` is `pilltrack <command>` runs `tf_pilltrack.stages.<command>` (the module that
+the command's function in `tf_pilltrack/cli.py` imports from `tf_pilltrack.stages`). From it, every `import` and
 `from ... import` statement anywhere in the file (inside functions too) that names a module of
 `tf_pilltrack` or `edge_runtime` is followed, transitively. `from package import name` counts the
 module `package/name.py` when there is one, else the package's `__init__.py`; `import package`
 counts `package/__init__.py`. A module's package `__init__.py` counts too: Python runs it before
-the module (tf_pilltrack's sets TensorFlow's Keras and its threads).
+the module (tf_pilltrack's sets TensorFlow's Keras and its threads). A file that a module's package
+ships beside it (a template such as tf_pilltrack/firmware/main.cc) counts when the module's source
+names it in quotes.
 """
 
 from __future__ import annotations
@@ -77,8 +79,16 @@ def packages_of(path: pathlib.Path) -> set[pathlib.Path]:
     return found - {path}
 
 
+def package_files(path: pathlib.Path) -> set[pathlib.Path]:
+    """The non-Python files beside `path` that its source names in quotes (templates it reads)."""
+    text = path.read_text()
+    return {other for other in path.parent.iterdir()
+            if other.is_file() and other.suffix not in (".py", ".pyc") and f'"{other.name}"' in text}
+
+
 def import_closure(path: pathlib.Path) -> set[pathlib.Path]:
-    """`path` and every project file it imports, directly or through other project files."""
+    """`path`, every project file it imports, directly or through other project files, and the
+    files those modules read beside them (`package_files`)."""
     seen = {path}
     todo = [path]
     while todo:
@@ -87,20 +97,20 @@ def import_closure(path: pathlib.Path) -> set[pathlib.Path]:
             if target not in seen:
                 seen.add(target)
                 todo.append(target)
-    return seen
+    return seen | {other for module in seen for other in package_files(module)}
 
 
 def cli_stage_modules() -> dict[str, str]:
-    """`pilltrack` command name -> the tf_pilltrack module its `_run_stage` call runs."""
+    """`pilltrack` command name -> the module of tf_pilltrack.stages its function in cli.py imports."""
     tree = ast.parse((ROOT / "tf_pilltrack" / "cli.py").read_text())
     modules = {}
     for function in tree.body:
         if not isinstance(function, ast.FunctionDef):
             continue
         for node in ast.walk(function):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_run_stage"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
-                modules[function.name.replace("_", "-")] = node.args[0].value
+            if isinstance(node, ast.ImportFrom) and node.module == "tf_pilltrack.stages":
+                for alias in node.names:
+                    modules[function.name.replace("_", "-")] = f"tf_pilltrack.stages.{alias.name}"
     return modules
 
 
@@ -132,30 +142,46 @@ def test_every_pipeline_stage_runs_a_pilltrack_command_with_a_module():
     modules = cli_stage_modules()
     for name, command in stages:
         assert command in modules, f"stage {name}: `pilltrack {command}` runs no stage module in tf_pilltrack/cli.py"
-        assert module_file(f"tf_pilltrack.{modules[command]}") is not None, modules[command]
+        assert module_file(modules[command]) is not None, modules[command]
+        assert name == command, f"dvc stage {name} runs `pilltrack {command}`: a stage is named as its command"
+
+
+def test_every_command_runs_the_stage_module_of_its_name():
+    """The file name equals the command (and the dvc stage): `pilltrack enroll` runs
+    tf_pilltrack/stages/enroll.py, and every module there is some command's."""
+    modules = cli_stage_modules()
+    assert modules, "tf_pilltrack/cli.py imports no stage"
+    for command, module in modules.items():
+        assert module == f"tf_pilltrack.stages.{command.replace('-', '_')}", f"`pilltrack {command}` runs {module}"
+    files = {path.stem for path in (ROOT / "tf_pilltrack" / "stages").glob("*.py") if path.name != "__init__.py"}
+    assert files == {module.rpartition(".")[2] for module in modules.values()}
 
 
 def test_import_walk_follows_every_form_of_project_import():
     """The walker itself: top-level, `from package import module`, `from module import name` and
     imports inside functions, transitively (so an empty walk cannot pass the test below)."""
-    teacher = {relative(path) for path in import_closure(ROOT / "tf_pilltrack" / "teacher.py")}
-    assert "tf_pilltrack/__init__.py" in teacher          # the package of tf_pilltrack/teacher.py
-    assert "tf_pilltrack/models.py" in teacher            # from tf_pilltrack import models
+    teacher = {relative(path) for path in import_closure(ROOT / "tf_pilltrack" / "stages" / "teacher.py")}
+    assert "tf_pilltrack/__init__.py" in teacher          # the package of tf_pilltrack/stages/teacher.py
+    assert "tf_pilltrack/stages/__init__.py" in teacher   # likewise
+    assert "tf_pilltrack/training/teacher.py" in teacher  # from tf_pilltrack.training.teacher import train
+    assert "tf_pilltrack/training/models.py" in teacher   # training.teacher: from tf_pilltrack.training import models
     assert "edge_runtime/preprocessing.py" in teacher     # from edge_runtime.preprocessing import normalise
-    assert "tf_pilltrack/augmentation.py" in teacher      # sampling: from tf_pilltrack.augmentation import augment
+    assert "tf_pilltrack/data/augmentation.py" in teacher  # sampling: from tf_pilltrack.data.augmentation import augment
     assert "edge_runtime/__init__.py" in teacher          # the package of edge_runtime/preprocessing.py
-    synthesis = {relative(path) for path in direct_imports(ROOT / "tf_pilltrack" / "synthesis" / "generation.py")}
-    assert {"tf_pilltrack/composition.py", "tf_pilltrack/paths.py"} <= synthesis  # inside functions
+    shards = {relative(path) for path in direct_imports(ROOT / "tf_pilltrack" / "stages" / "prepare.py")}
+    assert "tf_pilltrack/data/shards.py" in shards        # inside a function
+    firmware = {relative(path) for path in import_closure(ROOT / "tf_pilltrack" / "stages" / "firmware.py")}
+    assert "tf_pilltrack/firmware/main.cc" in firmware    # a template its library names
     assert all(not path.startswith(("numpy", "cv2")) for path in teacher)
 
 
 @pytest.mark.parametrize("stage_name,command", pilltrack_stages())
 def test_stage_depends_on_every_project_file_it_imports(stage_name, command):
     module = cli_stage_modules()[command]
-    closure = import_closure(module_file(f"tf_pilltrack.{module}"))
+    closure = import_closure(module_file(module))
     listed = stage_deps(pipeline_stages()[stage_name])
     missing = sorted(relative(path) for path in closure if relative(path) not in listed)
-    assert not missing, f"dvc.yaml stage {stage_name} (tf_pilltrack/{module}.py) imports but does not depend on: {missing}"
+    assert not missing, f"dvc.yaml stage {stage_name} ({module}) imports but does not depend on (add): {missing}"
 
 
 @pytest.mark.parametrize("stage_name,command", pilltrack_stages())
@@ -163,11 +189,11 @@ def test_stage_depends_on_no_project_module_it_does_not_import(stage_name, comma
     """The other way round: a listed module the stage never imports makes an edit to it rerun the
     stage (and every stage after it) for nothing. The code deps are exactly the import walk."""
     module = cli_stage_modules()[command]
-    closure = {relative(path) for path in import_closure(module_file(f"tf_pilltrack.{module}"))}
+    closure = {relative(path) for path in import_closure(module_file(module))}
     code = {dep for dep in stage_deps(pipeline_stages()[stage_name])
-            if dep.startswith(tuple(f"{package}/" for package in PACKAGES)) and dep.endswith(".py")}
+            if dep.startswith(tuple(f"{package}/" for package in PACKAGES))}
     extra = sorted(code - closure)
-    assert not extra, f"dvc.yaml stage {stage_name} (tf_pilltrack/{module}.py) depends on modules it never imports: {extra}"
+    assert not extra, f"dvc.yaml stage {stage_name} ({module}) depends on files it never imports (remove): {extra}"
 
 
 def test_device_only_code_is_no_training_stage_dependency():
@@ -181,14 +207,3 @@ def test_device_only_code_is_no_training_stage_dependency():
     stages = pipeline_stages()
     for name in ("generate", "prepare", "teacher", "distill"):
         assert not device_only & stage_deps(stages[name]), f"stage {name} depends on device-only code"
-
-
-def test_no_stage_module_imports_another():
-    """Each stage's code is its own module plus shared ones: a stage module that imports another
-    runs (and depends on) that stage's code too. Shared pieces live in modules no stage runs."""
-    stage_modules = {module_file(f"tf_pilltrack.{module}") for module in cli_stage_modules().values()}
-    assert len(stage_modules) >= 10  # synthesis, preparation, teacher, distillation, export, calibration, evaluation,
-    # firmware, budget, benchmark
-    for module in sorted(stage_modules):
-        others = sorted(relative(path) for path in import_closure(module) & stage_modules if path != module)
-        assert not others, f"{relative(module)} imports stage modules {others}"

@@ -1,4 +1,4 @@
-"""Stage `prepare` (tf_pilltrack/preparation.py) on a small photo folder made here, with the bad
+"""Stage `prepare` (tf_pilltrack/stages/prepare.py, tf_pilltrack/data/preparation.py) on a small photo folder made here, with the bad
 inputs a real photo collection has; and properties of the decoder it relies on
 (edge_runtime.preprocessing.decode_image). No TensorFlow.
 
@@ -30,8 +30,10 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFile
 
 from edge_runtime.preprocessing import ImageError, decode_image
-from tf_pilltrack import dataset, ingestion, paths, preparation
 from tf_pilltrack import params as params_module
+from tf_pilltrack import paths
+from tf_pilltrack.data import dataset, ingestion, preparation
+from tf_pilltrack.stages import prepare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -519,7 +521,7 @@ def test_make_splits_on_the_photo_folder(repo_params, folder_result):
 def prepared(tmp_path, monkeypatch, folder, repo_params):
     monkeypatch.chdir(tmp_path)
     lines: list[str] = []
-    report = preparation.run(_params(repo_params, source=str(folder)), echo=lines.append)
+    report = prepare.run(_params(repo_params, source=str(folder)), echo=lines.append)
     return report, lines
 
 
@@ -541,18 +543,18 @@ def test_run_writes_every_split_and_the_report(prepared, tmp_path):
 
 
 def test_run_writes_the_shard_files_only_for_the_stream_input(tmp_path, monkeypatch, folder, repo_params):
-    from tf_pilltrack import shards
+    from tf_pilltrack.data import shards
 
     monkeypatch.chdir(tmp_path)
     params = _params(repo_params, source=str(folder))
     params["training"]["input"] = "stream"
-    preparation.run(params, echo=lambda line: None)
+    prepare.run(params, echo=lambda line: None)
     train = dataset.load_split("train")
     pills = shards.read_index(paths.SHARDS)["pills"]
     assert [pill["name"] for pill in pills] == sorted(set(train.labels.tolist()))  # training pills only
     assert sum(pill["photos"] for pill in pills) == len(train)
     params["training"]["input"] = "memory"
-    preparation.run(params, echo=lambda line: None)
+    prepare.run(params, echo=lambda line: None)
     assert not paths.SHARDS.exists()  # a memory run leaves no stale stream files
 
 
@@ -587,7 +589,7 @@ def test_run_says_when_the_photos_look_like_tight_crops(tmp_path, monkeypatch, r
     for localise, hint in ((True, True), ("auto", False)):  # auto uses such photos whole: no hint
         params["preprocess"]["localise"] = localise
         lines = []
-        report = preparation.run(params, echo=lines.append)
+        report = prepare.run(params, echo=lines.append)
         assert report["localised_pill_at_image_edge"] == report["images_used"] == len(files)
         assert any("touches the photo's edge" in line and "preprocess.localise: auto or false" in line
                    for line in lines) == hint
@@ -631,7 +633,7 @@ def test_run_report_counts_classes_skips_and_sizes(prepared):
 
 def test_run_is_reproducible(prepared, tmp_path, folder, repo_params):
     first = {name: dataset.load_split(name) for name in paths.SPLITS}
-    preparation.run(_params(repo_params, source=str(folder)), echo=lambda line: None)
+    prepare.run(_params(repo_params, source=str(folder)), echo=lambda line: None)
     for name in paths.SPLITS:
         again = dataset.load_split(name)
         for field in dataset.Split._fields:
@@ -645,12 +647,12 @@ def test_mix_source_becomes_the_mix_split_of_training_classes(tmp_path, monkeypa
     do not change."""
     monkeypatch.chdir(tmp_path)
     params = _params(repo_params, source=str(folder))
-    preparation.run(params, echo=lambda line: None)
+    prepare.run(params, echo=lambda line: None)
     without = {name: dataset.load_split(name) for name in paths.SPLITS}
     params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)),
                           mix_ratio=0.5, mix_train_classes=1.0)
     lines: list[str] = []
-    report = preparation.run(params, echo=lines.append)
+    report = prepare.run(params, echo=lines.append)
     mix = dataset.load_split("mix")
     good = len(GOOD_CLASSES) * PHOTOS_PER_CLASS + len(EXTRA_GOOD)
     assert len(mix) == report["mix"]["crops_used"] == report["split_sizes"]["mix"] == good
@@ -670,14 +672,14 @@ def test_mix_train_classes_leaves_a_seeded_share_of_the_mix_pills_out(tmp_path, 
     params["data"].update(mix_source=str(write_zip(tmp_path / "mix.zip", source_files)),
                           mix_ratio=0.5, mix_train_classes=0.5)
     lines: list[str] = []
-    report = preparation.run(params, echo=lines.append)
+    report = prepare.run(params, echo=lines.append)
     trained = set(dataset.load_split("mix").labels.tolist())
     left_out = set(report["mix"]["classes_left_out"])
     assert trained == set(report["mix"]["classes"]) and not trained & left_out
     assert trained | left_out == set(GOOD_CLASSES)
     assert len(trained) == max(1, round(0.5 * len(GOOD_CLASSES)))
     assert any(f"({len(left_out)} more left out for evaluation)" in line for line in lines)
-    assert trained == set(preparation.run(params, echo=lambda line: None)["mix"]["classes"])  # seeded
+    assert trained == set(prepare.run(params, echo=lambda line: None)["mix"]["classes"])  # seeded
     labels = [f"pill_{index}" for index in range(20)]
     chosen = {seed: preparation.choose_mix_classes(labels, 0.5, seed) for seed in (1, 2)}
     assert all(len(value) == 10 for value in chosen.values()) and chosen[1] != chosen[2]
@@ -691,10 +693,10 @@ def test_mix_source_that_is_the_source_is_refused(tmp_path, monkeypatch, folder,
     params = _params(repo_params, source=str(folder))
     params["data"].update(mix_source=str(folder) + "/", mix_ratio=0.3)
     with pytest.raises(ValueError, match="mix_source is data.source itself"):
-        preparation.run(params, echo=lambda line: None)
+        prepare.run(params, echo=lambda line: None)
     params["data"].update(mix_source=str(tmp_path / "missing"), mix_ratio=0.3)
     with pytest.raises(FileNotFoundError, match="missing: data.mix_source not found"):
-        preparation.run(params, echo=lambda line: None)
+        prepare.run(params, echo=lambda line: None)
 
 
 # --- decode_image properties ------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_register_model_makes_a_version_with_metrics_as_tags(mlflow_server, monk
     import mlflow
 
     from tf_pilltrack import params as params_module
-    from tf_pilltrack import tracking
+    from tf_pilltrack.training import tracking
 
     params = params_module.load(ROOT / "tests" / "params_small.yaml")
     model = tmp_path / "student_int8.tflite"

@@ -1,5 +1,5 @@
-"""Training batches (tf_pilltrack/sampling.py): the mix set's share of each batch's classes, and
-the capture-like augmentation (tf_pilltrack/augmentation.py) they go through."""
+"""Training batches (tf_pilltrack/data/sampling.py): the mix set's share of each batch's classes, and
+the capture-like augmentation (tf_pilltrack/data/augmentation.py) they go through."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 import tensorflow as tf  # noqa: E402
 
-from tf_pilltrack import augmentation, dataset, sampling  # noqa: E402
+from tf_pilltrack.data import augmentation, dataset, sampling  # noqa: E402
 
 SIZE = 16
 SETTINGS = {"classes_per_batch": 6, "examples_per_class": 2, "steps_per_epoch": 4}

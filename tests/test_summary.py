@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tf_pilltrack import summary
+from tf_pilltrack.stages import summary
 
 
 PARAMS = {"base": {"profile": "mcu"}, "episodes": {"shots": [1, 5]}}

@@ -1,4 +1,4 @@
-"""The synthetic pill photo generator (tf_pilltrack/synthesis.py): layout, determinism, pill
+"""The synthetic pill photo generator (tf_pilltrack/synthesis/): layout, determinism, pill
 type design (look-alike families), photo contents and argument checks. Tiny sizes only."""
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ pytest.importorskip("tensorflow")
 import tf_keras  # noqa: E402
 from loopback import ROOT  # noqa: E402
 
-from tf_pilltrack import dataset, efficientnet, models  # noqa: E402
+from tf_pilltrack.data import dataset  # noqa: E402
+from tf_pilltrack.training import efficientnet, models
 from tf_pilltrack import params as params_module  # noqa: E402
-from tf_pilltrack import teacher as teacher_stage  # noqa: E402
+from tf_pilltrack.training import teacher as teacher_stage  # noqa: E402
 
 
 def toy_split(size: int, classes: int, per_class: int, seed: int) -> dataset.Split:

@@ -1,4 +1,5 @@
-"""PillTrack training package: data, teacher, distillation, export, calibration (the bundle), evaluation.
+"""PillTrack training package: `stages/` (one module per `pilltrack` command) over the libraries
+`data/`, `synthesis/`, `training/`, `tflite/`, `scoring/`, `firmware/` and `benchmark/`.
 
 TF-Similarity and tensorflow-model-optimization need Keras 2 (tf-keras). TensorFlow reads
 TF_USE_LEGACY_KERAS when it is first imported, so the package sets it here, before any module

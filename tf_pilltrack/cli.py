@@ -1,15 +1,16 @@
 """`pilltrack`: one command per pipeline stage (dvc.yaml runs them), run from the project root.
 
-Each command reads and validates params.yaml before any work, then runs its stage module's
-`run(params)`. Heavy modules are imported inside the command that needs them, so `--help` and
-params errors are instant.
+Each command reads and validates params.yaml before any work, then imports its stage,
+`tf_pilltrack/stages/<command>.py`, and runs its `run(params)`. The stage is imported inside the
+command, so `--help` and params errors are instant.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import pathlib
 import sys
+from typing import Callable, Iterator
 
 import click
 
@@ -34,14 +35,26 @@ def _load(params_path: str) -> dict:
         sys.exit(2)
 
 
-def _run_stage(module: str, params_path: str, function: str = "run", **options) -> None:
+def _start(params_path: str) -> dict:
+    """The validated params, TensorFlow's threads pinned to base.threads before it starts."""
     params = _load(params_path)
     tf_pilltrack.pin_threads(params["base"]["threads"])
-    with native_stderr_silenced():  # TensorFlow's start-up lines (absl, oneDNN, the CUDA probe)
-        stage = importlib.import_module(f"tf_pilltrack.{module}")
+    return params
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Import the stage inside this block: TensorFlow's start-up lines (absl, oneDNN, the CUDA probe)
+    are silenced, and TensorFlow, if the stage imported it, finds its devices before it ends."""
+    with native_stderr_silenced():
+        yield
         _start_tensorflow()
+
+
+def _run(stage_run: Callable[..., object], params: dict, **options) -> None:
+    """Run a stage's `run`; its errors become a message and an exit status."""
     try:
-        getattr(stage, function)(params, echo=lambda line: click.echo(line), **options)
+        stage_run(params, echo=lambda line: click.echo(line), **options)
     except (FileNotFoundError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -69,77 +82,110 @@ def main() -> None:
 @PARAMS_OPTION
 def generate(params_path: str) -> None:
     """Render the synthetic pill photo set into data/synthetic."""
-    _run_stage("synthesis", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import generate as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def prepare(params_path: str) -> None:
     """Crop the photos of data.source and split them by class into data/prepared."""
-    _run_stage("preparation", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import prepare as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def teacher(params_path: str) -> None:
     """Train the ResNet teacher with TensorFlow Similarity (models/teacher.weights.h5)."""
-    _run_stage("teacher", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import teacher as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def distill(params_path: str) -> None:
     """Distil the teacher's embedding space into the quantization-aware MobileNet student."""
-    _run_stage("distillation", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import distill as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def export(params_path: str) -> None:
     """Convert the student to full-integer int8 TFLite (QAT and PTQ) and a TFLite Micro C array."""
-    _run_stage("export", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import export as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def enroll(params_path: str) -> None:
     """Embed the novel classes' reference shots with the int8 model; write the device bundle."""
-    _run_stage("calibration", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import enroll as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def firmware(params_path: str) -> None:
     """Build the int8 model into a Cortex-M firmware (TFLite Micro, CMSIS-NN), run it under QEMU, measure it."""
-    _run_stage("firmware", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import firmware as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def evaluate(params_path: str) -> None:
     """Open-set retrieval on novel classes for teacher, float student and int8 student."""
-    _run_stage("evaluation", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import evaluate as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def reference(params_path: str) -> None:
     """Convert the reference model (MobileNetV2 1.0, 224 px, int8) the latency budget compares with."""
-    _run_stage("budget", params_path, "run_reference")
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import reference as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def check(params_path: str) -> None:
     """Compare size, arena, latency and accuracy with the profile's budgets; exit 1 if over."""
-    _run_stage("budget", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import check as stage
+    _run(stage.run, params)
 
 
 @main.command()
 @PARAMS_OPTION
 def summary(params_path: str) -> None:
     """Print the headline figures of the last `dvc repro` (not a dvc stage; writes nothing)."""
-    _run_stage("summary", params_path)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import summary as stage
+    _run(stage.run, params)
 
 
 @main.command()
@@ -168,4 +214,7 @@ def bench(params_path: str, artefacts: tuple[str, ...], repro_seconds: float | N
         except ValueError as error:
             raise click.BadParameter(f"not unix seconds ({error})", param_hint="--repro-times") from None
         repro_seconds = end - start
-    _run_stage("benchmark", params_path, artefacts=given, repro_seconds=repro_seconds, out_dir=out_dir)
+    params = _start(params_path)
+    with _quiet_import():
+        from tf_pilltrack.stages import bench as stage
+    _run(stage.run, params, artefacts=given, repro_seconds=repro_seconds, out_dir=out_dir)

@@ -157,7 +157,7 @@ _BUDGET = {
     "max_firmware_ram_bytes": _optional(_integer(1)),
 }
 
-FIRMWARE_CORES = ("cortex-m4",)  # tf_pilltrack/firmware.py's CORES, checked against it by tests/test_firmware.py
+FIRMWARE_CORES = ("cortex-m4",)  # tf_pilltrack/firmware/build.py's CORES, checked against it by tests/test_firmware.py
 
 SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "base": {"seed": _integer(0, 2**31 - 1), "profile": _text, "threads": _integer(1, 1024)},

@@ -39,7 +39,7 @@ def calibration_pixels(params: dict, profile: str, count: int, seed: int) -> np.
     import cv2
 
     from edge_runtime import preprocessing
-    from tf_pilltrack import dataset
+    from tf_pilltrack.data import dataset
     from tf_pilltrack import params as params_module
 
     train = dataset.load_split("train")
@@ -121,7 +121,7 @@ def make_entry(profile: str | None, model: str, **fields) -> dict:
 
 def int8_entry(profile: str | None, model: str, tflite: bytes, source: str, trained: bool | None,
                 accuracy: dict) -> dict:
-    from tf_pilltrack import conversion
+    from tf_pilltrack.tflite import conversion
 
     described = conversion.describe(tflite)
     return make_entry(profile, model, format="int8 TFLite", trained=trained, source=source, bytes=described["bytes"],
@@ -142,7 +142,8 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
 
     `artefacts` is the project directory of a pipeline run with this profile (its models/ and
     metrics/), or None: then the architectures are built untrained and exported to int8 here."""
-    from tf_pilltrack import conversion, models
+    from tf_pilltrack.tflite import conversion
+    from tf_pilltrack.training import models
 
     profile_params = _profile_params(params, profile)
     shots = params["prepare"]["reference_shots"]
@@ -183,7 +184,7 @@ def reference_model(params: dict, seed: int) -> tuple[pathlib.Path, object]:
     architecture in Keras (float32, for the TensorFlow ratio)."""
     import tf_keras
 
-    from tf_pilltrack import conversion
+    from tf_pilltrack.tflite import conversion
 
     path = paths.REFERENCE_TFLITE
     if not path.is_file():
@@ -200,7 +201,7 @@ def peak_conv_model(side: int, in_channels: int, out_channels: int, seed: int) -
     multiply-accumulates per second an int8 runtime reaches on this machine."""
     import tf_keras
 
-    from tf_pilltrack.conversion import converter
+    from tf_pilltrack.tflite.conversion import converter
 
     tf_keras.utils.set_random_seed(seed)
     inputs = tf_keras.layers.Input((side, side, in_channels))

@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from tf_pilltrack import micro
-from tf_pilltrack.parity import run_in_tflite_runtime, runtime_version
-from tf_pilltrack.timing import time_invocations
+from tf_pilltrack.tflite import micro
+from tf_pilltrack.tflite.parity import run_in_tflite_runtime, runtime_version
+from tf_pilltrack.tflite.timing import time_invocations
 
 # Ops whose multiply-accumulates are counted; the rest (ADD, MEAN, QUANTIZE...) are negligible.
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")

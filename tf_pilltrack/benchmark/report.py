@@ -5,7 +5,7 @@ issue's targets judged against the measured figures (`evaluate_targets`)."""
 from __future__ import annotations
 
 from tf_pilltrack.benchmark.entries import MODEL_LABELS, NOT_MEASURED, NOT_TRAINED
-from tf_pilltrack.parity import PARITY_BUILTIN, PARITY_LABEL
+from tf_pilltrack.tflite.parity import PARITY_BUILTIN, PARITY_LABEL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def _parity_lines(parity: dict, labels: dict) -> list[str]:
     per_op = parity["per_op"]
     lines = [f"`{parity['model']}` on the evaluation gallery ({parity['gallery']:,} references) and "
              f"{parity['queries']:,} of {parity['queries_available']:,} queries, every runtime given the same uint8 "
-             f"crops. Stated tolerance (tf_pilltrack/parity.py): each op alone, given identical inputs, within "
+             f"crops. Stated tolerance (tf_pilltrack/tflite/parity.py): each op alone, given identical inputs, within "
              f"{per_op['tolerance_steps']} int8 step between any two runtimes' kernels; tflite-runtime bit-exact with "
              "LiteRT's builtin kernels (the same kernels). The whole-model differences are those per-op roundings "
              "accumulated over the graph: reported, not judged. Δ: raw int8 output differences (one step: output "
@@ -284,7 +284,7 @@ def _size_lines(report: dict) -> list[str]:
 
 def _search_lines(report: dict) -> list[str]:
     """The search benchmark's rows and the shipped model's device step, stage by stage."""
-    lines = ["", "## Search (`benchmarks/edge_speed.py`)", ""]
+    lines = ["", "## Search (`tf_pilltrack/benchmark/edge_speed.py`)", ""]
     if report["search"]:
         rows = [[row.get("library"), f"{row.get('gallery_size'):,}", _number(row.get("top1_agreement")),
                  _number(row.get("median_us"), 1), _number(row.get("p95_us"), 1), _number(row.get("build_s"), 2),

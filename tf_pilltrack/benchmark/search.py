@@ -1,11 +1,10 @@
-"""The search benchmark: `benchmarks/edge_speed.py` (gallery search with Annoy, exact and usearch
-at `bench.gallery_sizes`, and the device step per stage), run as `python -m benchmarks.edge_speed`
-in a subprocess with the same interpreter; its JSON is merged into the report.
+"""The search benchmark: `edge_speed` (gallery search with Annoy, exact and usearch at
+`bench.gallery_sizes`, and the device step per stage), run as
+`python -m tf_pilltrack.benchmark.edge_speed` in a subprocess with the same interpreter, from the
+code's root (`pilltrack bench` runs from the project's root, which may be a clone elsewhere: the
+tests run it so); its JSON is merged into the report.
 
-It stays a subprocess, not a function call in this process, for three reasons:
-- `benchmarks` is not an installed package: it is importable only from the code's root, while
-  `pilltrack bench` runs from the project's root, which may be a clone elsewhere (the tests run it
-  so). Importing it here would need a sys.path edit; `-m` with `cwd` at the code's root does not.
+It stays a subprocess, not a function call in this process, for two reasons:
 - edge_speed times search and the device step as the device client runs them, in a fresh process
   holding only that client's imports. Run here, it would share `pilltrack bench`'s process (its
   imports, TensorFlow's thread settings from `tf_pilltrack.pin_threads`) and leave its LiteRT,
@@ -29,13 +28,13 @@ from typing import Callable
 from tf_pilltrack import paths
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]  # where the code (and its environments) live
-EDGE_SPEED = pathlib.Path("benchmarks") / "edge_speed.py"
+EDGE_SPEED = pathlib.Path("tf_pilltrack") / "benchmark" / "edge_speed.py"
 
 
 def search_benchmark(settings: dict, workdir: pathlib.Path, echo: Callable[[str], None]) -> dict:
-    """Run benchmarks/edge_speed.py with the same interpreter on the project's bundle and data
-    (the current directory), the device step at the targets' gallery size; its JSON report, or
-    {"error": ...}. It runs as `python -m benchmarks.edge_speed` from the code's root (the project
+    """Run tf_pilltrack/benchmark/edge_speed.py with the same interpreter on the project's bundle and
+    data (the current directory), the device step at the targets' gallery size; its JSON report, or
+    {"error": ...}. It runs as `python -m tf_pilltrack.benchmark.edge_speed` from the code's root (the project
     may be a clone elsewhere), so every path it is given is absolute."""
     script = REPOSITORY / EDGE_SPEED
     module = ".".join(EDGE_SPEED.with_suffix("").parts)

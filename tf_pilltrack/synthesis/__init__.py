@@ -25,16 +25,17 @@ order and with any number of worker processes. Only numpy, OpenCV and Pillow are
 
 Modules: `palettes` (the colour, shape and surface tables), `pill_types` (describing
 families of types), `face` (drawing a face), `photo` (a photo of a pill), `generation` (the
-data set and the `generate` stage), `limits` (argument bounds).
+data set, rendered in worker processes), `composition` (real reference pills composited into the
+same scenes), `limits` (argument bounds).
 """
 
 from tf_pilltrack.synthesis.face import Face
-from tf_pilltrack.synthesis.generation import BOXES_FILE, FORMAT_VERSION, TYPES_FILE, generate, run
+from tf_pilltrack.synthesis.generation import BOXES_FILE, FORMAT_VERSION, TYPES_FILE, generate
 from tf_pilltrack.synthesis.limits import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_PHOTO_SIZE, MIN_PHOTO_SIZE
 from tf_pilltrack.synthesis.photo import PhotoFacts, render_photo, write_photos
 from tf_pilltrack.synthesis.pill_types import describe_pill_types
 
 __all__ = [
     "BOXES_FILE", "FORMAT_VERSION", "MAX_CLASSES", "MAX_IMAGES_PER_CLASS", "MAX_PHOTO_SIZE", "MIN_PHOTO_SIZE",
-    "TYPES_FILE", "Face", "PhotoFacts", "describe_pill_types", "generate", "render_photo", "run", "write_photos",
+    "TYPES_FILE", "Face", "PhotoFacts", "describe_pill_types", "generate", "render_photo", "write_photos",
 ]

@@ -1,4 +1,4 @@
-"""Stage `generate`: the synthetic data set written to a folder (pill_types.json, boxes.json,
+"""The synthetic data set written to a folder (pill_types.json, boxes.json,
 one folder of photos per pill type), rendered class by class in worker processes, replaced
 atomically."""
 
@@ -16,6 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from tf_pilltrack.synthesis import composition
 from tf_pilltrack.synthesis.limits import (
     MAX_CLASSES,
     MAX_IMAGES_PER_CLASS,
@@ -54,7 +55,7 @@ def generate(
     with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
     the output does not depend on it.
     `references` (composition.ReferenceType) are real pills composited into the same scenes,
-    `reference_photos` photos each, in class folders of their own (see tf_pilltrack.composition).
+    `reference_photos` photos each, in class folders of their own (see tf_pilltrack.synthesis.composition).
     """
     started = time.perf_counter()
     check_count("classes", classes, 1, MAX_CLASSES)
@@ -168,7 +169,6 @@ def _start_worker() -> None:
 def _run_job(job) -> dict[str, list[int]]:
     kind, arguments = job
     if kind == "reference":
-        from tf_pilltrack import composition  # it builds on this module
         return composition.render_job(arguments)
     return _render_class_job(arguments)
 
@@ -189,54 +189,3 @@ def _replace_folder(staging: pathlib.Path, out_dir: pathlib.Path) -> None:
     os.replace(staging, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    """Stage `generate`: render data.synthetic_* photos into data/synthetic."""
-    from tf_pilltrack import paths
-
-    settings = params["data"]
-    total = settings["synthetic_classes"] * settings["synthetic_images_per_class"]
-
-    printed = [0]
-
-    def progress(done: int, count: int) -> None:  # called once per pill type rendered
-        if done - printed[0] >= 1000 or done == count:
-            printed[0] = done
-            echo(f"  rendered {done}/{count} photos")
-
-    echo(f"generate: {settings['synthetic_classes']} pill types x {settings['synthetic_images_per_class']} "
-         f"photos of {settings['synthetic_photo_size']} px ({total} photos)")
-    references, skipped = _load_references(params, echo)
-    summary = generate(paths.SYNTHETIC, settings["synthetic_classes"], settings["synthetic_images_per_class"],
-                       settings["synthetic_photo_size"], params["base"]["seed"], progress=progress,
-                       references=references, reference_photos=settings["reference_photos_per_type"])
-    summary["reference_photos_skipped"] = skipped
-    echo(f"generate: {summary['images']} photos of {summary['classes']} pill types in "
-         f"{summary['families']} look-alike families and {summary['reference_classes']} real reference "
-         f"pill classes, {summary['seconds']:.1f} s")
-    return summary
-
-
-def _load_references(params: dict, echo: Callable[[str], None]) -> tuple[list, list[dict]]:
-    """data.reference_types of data.reference_source's pill types (a choice seeded with base.seed),
-    or none when either count is 0; and the reference photos skipped, with reasons."""
-    from tf_pilltrack import composition  # it builds on this module
-
-    settings = params["data"]
-    if settings["reference_types"] == 0 or settings["reference_photos_per_type"] == 0:
-        return [], []
-    source = pathlib.Path(settings["reference_source"])
-    references, skipped = composition.load(source, settings["reference_faces"], settings["max_image_pixels"])
-    if not references:
-        raise ValueError(f"{source}: no usable reference photo in data.reference_source")
-    sources = sorted({reference.source for reference in references})
-    order = np.random.default_rng(params["base"]["seed"]).permutation(len(sources))
-    chosen = {sources[index] for index in order[:settings["reference_types"]]}
-    references = [reference for reference in references if reference.source in chosen]
-    for entry in skipped[:10]:
-        echo(f"  reference photo skipped {entry['file']}: {entry['reason']}")
-    echo(f"generate: {len(chosen)} real reference pill types of {source} ({len(references)} classes, "
-         f"faces {settings['reference_faces']}) x {settings['reference_photos_per_type']} composited photos"
-         + (f", {len(skipped)} reference photos skipped" if skipped else ""))
-    return references, skipped

@@ -36,7 +36,8 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
-from tf_pilltrack import dataset, ingestion, metrics
+from tf_pilltrack.data import dataset, ingestion
+from tf_pilltrack.scoring import metrics
 
 RECALL_KS = (1, 5)
 

@@ -14,7 +14,10 @@ import time
 from typing import Callable
 
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import conversion, dataset, micro, models, paths
+from tf_pilltrack import paths
+from tf_pilltrack.data import dataset
+from tf_pilltrack.tflite import conversion, micro
+from tf_pilltrack.training import models
 
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:

@@ -1,4 +1,5 @@
-"""Stage `check`: the shipped int8 model against its profile's budgets.
+"""The shipped int8 model against its profile's budgets: the measures of stages `check` and
+`reference` (tf_pilltrack/stages/check.py, reference.py).
 
 Measured here, in one run: int8 file size; TFLite Micro arena (the real TFLM interpreter);
 invoke latency under LiteRT with one thread and under TFLM, median and spread over repeated
@@ -13,15 +14,12 @@ with why). Exit status 1 when any figure breaks its budget.
 from __future__ import annotations
 
 import json
-from typing import Callable
 
 import numpy as np
 
-from edge_runtime.storage import write_atomically
-from tf_pilltrack import micro, paths
-from tf_pilltrack import params as params_module
-from tf_pilltrack.timing import REPEATS, time_invocations
-
+from tf_pilltrack import paths
+from tf_pilltrack.tflite import micro
+from tf_pilltrack.tflite.timing import REPEATS, time_invocations
 
 
 class BudgetExceeded(RuntimeError):
@@ -108,39 +106,3 @@ def not_judged(measured: dict, budget: dict) -> list[dict]:
             rows.append({"budget": name, "reason": "not measured: the firmware was not built (missing: "
                                                    + "; ".join(measured["firmware_missing"]) + ")"})
     return rows
-
-
-def run_reference(params: dict, echo: Callable[[str], None] = print) -> dict:
-    """Stage `reference`: convert the reference model once."""
-    from tf_pilltrack import conversion  # TensorFlow: only this command of the stage needs it
-
-    model = conversion.build_reference(params["export"]["calibration_images"] // 8 or 1, params["base"]["seed"])
-    paths.MODELS.mkdir(exist_ok=True)
-    write_atomically(paths.REFERENCE_TFLITE, model)
-    echo(f"reference: {paths.REFERENCE_TFLITE} {len(model) / 1024:.0f} KiB")
-    return {"bytes": len(model)}
-
-
-def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    profile = params["base"]["profile"]
-    measured = measure(params)
-    rows = compare(measured, params_module.budget(params))
-    skipped = not_judged(measured, params_module.budget(params))
-    report = {"profile": profile, "measured": measured, "budgets": rows, "not_judged": skipped,
-              "passed": all(row["passed"] for row in rows)}
-    paths.REPORTS.mkdir(exist_ok=True)
-    write_atomically(paths.REPORTS / "budget.json", json.dumps(report, indent=2).encode())
-    echo(f"\nBudgets of profile {profile!r}:")
-    echo(f"{'budget':<40} {'measured':>12} {'limit':>12}  result")
-    for row in rows:
-        echo(f"{row['budget']:<40} {row['measured']:>12.4g} {row['limit']:>12.4g}  {'ok' if row['passed'] else 'OVER BUDGET'}")
-    for row in skipped:
-        echo(f"{row['budget']:<40} {'-':>12} {'-':>12}  {row['reason']}")
-    latency = measured["latency"]
-    echo(f"latency medians: student LiteRT {latency['student_litert_1_thread']['median_ms']:.3f} ms "
-         f"(p95 {latency['student_litert_1_thread']['p95_ms']:.3f}), reference {latency['reference_litert_1_thread']['median_ms']:.2f} ms, "
-         f"student TFLM {latency['student_tflite_micro']['median_ms']:.2f} ms; reference size {measured['reference_bytes'] / 1024:.0f} KiB")
-    if not report["passed"]:
-        raise BudgetExceeded(f"profile {profile!r} is over budget: "
-                             + ", ".join(row["budget"] for row in rows if not row["passed"]))
-    return report

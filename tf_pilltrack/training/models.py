@@ -19,8 +19,9 @@ from tf_keras import layers
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
-from tf_pilltrack import efficientnet, paths
 from tf_pilltrack import params as params_module
+from tf_pilltrack import paths
+from tf_pilltrack.training import efficientnet
 
 
 # BatchNorm's moving statistics follow the batches with this momentum. Keras' default (0.99)

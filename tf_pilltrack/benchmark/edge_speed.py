@@ -3,8 +3,8 @@
 Run after `dvc repro` (it reads the pipeline's bundle, prepared crops and synthetic photos), from the
 project root, in the training environment or an edge environment (`pilltrack bench` runs it so):
 
-    python -m benchmarks.edge_speed [--sizes 1000 10000 100000] [--frames 300] [--bundle DIR]
-                                    [--out reports/edge_benchmark.json]
+    python -m tf_pilltrack.benchmark.edge_speed [--sizes 1000 10000 100000] [--frames 300] [--bundle DIR]
+                                                [--out reports/edge_benchmark.json]
 
 Galleries: the bundle model's embeddings of every prepared crop except the query split (the
 novel pills' reference shots first, then the other pills'), then copies of them with small
@@ -42,7 +42,7 @@ from edge_runtime import gallery, interpreter
 from edge_runtime.identification import STAGES, Identifier
 from edge_runtime.preprocessing import read_image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project root: the defaults' paths
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the project root: the defaults' paths
 
 # The novel pills' reference shots first, so every gallery size holds the pills the queries show (as a
 # device's gallery holds the pills it is asked about); the other splits' pills are distractors.

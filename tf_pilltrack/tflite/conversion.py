@@ -10,7 +10,8 @@ import tf_keras
 
 from edge_runtime.preprocessing import normalise
 from edge_runtime.quiet import native_stderr_silenced
-from tf_pilltrack import dataset, micro
+from tf_pilltrack.data import dataset
+from tf_pilltrack.tflite import micro
 
 
 def converter(model, calibration_pixels: np.ndarray):

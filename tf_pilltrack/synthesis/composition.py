@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 
 from edge_runtime.preprocessing import decode_image
-from tf_pilltrack import dataset, ingestion, synthesis
+from tf_pilltrack.data import dataset, ingestion
+from tf_pilltrack.synthesis.face import Face
+from tf_pilltrack.synthesis.photo import write_photos
 
 PREFIX = dataset.REFERENCE_PREFIX  # class folders of composited reference pills: ref-<type>
 FACE_MODES = ("together", "apart")
@@ -65,7 +67,7 @@ def load(source: pathlib.Path, faces: str, max_pixels: int) -> tuple[list[Refere
     return types, skipped
 
 
-def cut_out(rgb: np.ndarray) -> synthesis.Face | None:
+def cut_out(rgb: np.ndarray) -> Face | None:
     """The pill of a reference photo as a flat face the renderer can pose and light (its own
     studio shading kept), or None when no single pill stands out from a plain background.
 
@@ -107,7 +109,7 @@ def cut_out(rgb: np.ndarray) -> synthesis.Face | None:
     premultiplied = patch * alpha[:, :, None]
     outline = (contour.astype(np.float32) + np.float32([shift_x, shift_y])).reshape(-1, 1, 2)
     flat = np.zeros((side, side), np.float32)
-    return synthesis.Face(
+    return Face(
         premultiplied_albedo=tuple(np.ascontiguousarray(premultiplied[:, :, c]) for c in range(3)),
         alpha=alpha,
         normals=(flat, flat, np.ones((side, side), np.float32)),  # flat: the photo keeps its own light
@@ -139,7 +141,7 @@ def describe(reference: ReferenceType, index: int, seed: int) -> tuple[dict, dic
     return pill_type, faces
 
 
-def _extent(face: synthesis.Face) -> tuple[float, float]:
+def _extent(face: Face) -> tuple[float, float]:
     (_, _), (side_a, side_b), _ = cv2.minAreaRect(face.outline.reshape(-1, 2))
     return float(min(side_a, side_b)), float(max(side_a, side_b, 1.0))
 
@@ -153,5 +155,5 @@ def render_job(job) -> dict[str, list[int]]:
     length = pill_type["size"] * 1.15 * 2 * photo_size  # the renderer's cache key for this type's faces
     cache = {(which, round(length, 3)): faces.get(which, next(iter(faces.values())))
              for which in ("front", "back")}
-    return synthesis.write_photos(pathlib.Path(staging), pill_type, photos, photo_size, cache,
+    return write_photos(pathlib.Path(staging), pill_type, photos, photo_size, cache,
                                   lambda image: np.random.default_rng([seed, _STREAM, index, image]))

@@ -1,4 +1,5 @@
-"""Stage `distill`: the MobileNet student learns the teacher's embedding space.
+"""Distillation (stage `distill`, tf_pilltrack/stages/distill.py): the MobileNet student learns the
+teacher's embedding space.
 
 `Distiller` is a Keras model with its own `train_step`: the teacher runs with
 `training=False` and is never updated; gradients flow only to the student's variables. The
@@ -15,19 +16,14 @@ fake quantisation, so the int8 export keeps what was learned.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import time
-from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from tf_pilltrack import dataset, distribution, models, paths, tracking, training
-
-SECTIONS = ("profiles", "teacher", "distill", "augment", "data", "training")
+from tf_pilltrack.data import dataset
+from tf_pilltrack.training import distribution, models, monitor
 
 
 def embedding_loss(teacher_embeddings: tf.Tensor, student_embeddings: tf.Tensor) -> tf.Tensor:
@@ -120,7 +116,7 @@ class Distiller(tf_keras.Model):
 
 
 def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate: float,
-               monitor, callbacks: list, verbose: int, strategy, phase: str) -> dict:
+               open_set, callbacks: list, verbose: int, strategy, phase: str) -> dict:
     settings = params["distill"]
     with strategy.scope():
         distiller = Distiller(student, teacher, settings["embedding_weight"], settings["relation_weight"],
@@ -128,9 +124,9 @@ def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate:
         schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate,
                                                              max(1, epochs * settings["steps_per_epoch"]))
         distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))
-    monitor.model_to_embed = student
+    open_set.model_to_embed = student
     backup, options = distribution.fit_options(params, "distill", f"distill_{phase}")
-    history = distiller.fit(data, epochs=epochs, verbose=verbose, callbacks=[monitor] + callbacks + backup, **options)
+    history = distiller.fit(data, epochs=epochs, verbose=verbose, callbacks=[open_set] + callbacks + backup, **options)
     return history.history
 
 
@@ -150,50 +146,21 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
     data = distribution.training_input(params, "distill", train_split, mix)
-    monitor = training.OpenSetMonitor(references, queries)
+    open_set = monitor.OpenSetMonitor(references, queries)
     with strategy.scope():
         student = models.make_student(params)
     history: dict[str, list] = {}
     if settings["float_epochs"]:
         history = _fit_phase(student, teacher, params, data, settings["float_epochs"],
-                             settings["learning_rate"], monitor, list(callbacks or []), verbose, strategy, "float")
+                             settings["learning_rate"], open_set, list(callbacks or []), verbose, strategy, "float")
         history["quantization_aware"] = [0.0] * settings["float_epochs"]
     with strategy.scope():
         qat_student = models.quantize(student)
     if settings["qat_epochs"]:
         qat_history = _fit_phase(qat_student, teacher, params, data, settings["qat_epochs"],
-                                 settings["qat_learning_rate"], monitor, list(callbacks or []), verbose, strategy,
+                                 settings["qat_learning_rate"], open_set, list(callbacks or []), verbose, strategy,
                                  "qat")
         qat_history["quantization_aware"] = [1.0] * settings["qat_epochs"]
         for key, values in qat_history.items():
             history[key] = history.get(key, []) + list(values)
     return student, qat_student, history
-
-
-def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    started = time.time()
-    train_split, mix, train_labels, mix_labels = distribution.load_training_set(params)
-    references = dataset.load_split("calibration_references")
-    queries = dataset.load_split("calibration_queries")
-    settings = params["distill"]
-    echo(f"distill: {settings['float_epochs']} float + {settings['qat_epochs']} quantization-aware epochs "
-         f"x {settings['steps_per_epoch']} steps on {len(train_labels)} crops"
-         + (f" + {len(mix_labels)} mix crops" if len(mix_labels) else ""))
-    chief = distribution.is_chief()
-    with tracking.stage_run("distill", params, SECTIONS) if chief else contextlib.nullcontext() as mlflow:
-        student, qat_student, history = train(params, train_split, references, queries,
-                                              callbacks=[tracking.epoch_logger("distill_")] if chief else [], mix=mix)
-        for model, path in ((student, paths.STUDENT_FLOAT_WEIGHTS), (qat_student, paths.STUDENT_QAT_WEIGHTS)):
-            distribution.save_weights(model, path)
-        if not chief:  # the chief writes the models and the figures
-            echo("distill: trained as a worker; the chief writes the models")
-            return {}
-        epochs = settings["float_epochs"] + settings["qat_epochs"]
-        classes = dataset.batch_classes(settings["classes_per_batch"], np.concatenate([train_labels, mix_labels]))
-        images = epochs * settings["steps_per_epoch"] * classes * settings["examples_per_class"]
-        summary = training.record_training("distill", history, student, images, started, mlflow,
-                                           paths.STUDENT_QAT_WEIGHTS)
-    echo(f"distill: calibration-class Recall@1 {summary['calibration_recall_at_1']:.3f} (quantization-aware "
-         f"student), {summary['images_per_second']} images/s, {summary['seconds']} s")
-    return summary
-

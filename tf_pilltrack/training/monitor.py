@@ -9,7 +9,10 @@ import time
 import tf_keras
 
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import dataset, metrics, models, paths
+from tf_pilltrack import paths
+from tf_pilltrack.data import dataset
+from tf_pilltrack.scoring import metrics
+from tf_pilltrack.training import models
 
 
 class OpenSetMonitor(tf_keras.callbacks.Callback):

@@ -27,7 +27,8 @@ import tensorflow as tf
 import tf_keras
 
 from edge_runtime.storage import atomic_path
-from tf_pilltrack import dataset, paths, sampling, shards
+from tf_pilltrack import paths
+from tf_pilltrack.data import dataset, sampling, shards
 
 
 def make_strategy(settings: dict) -> tf.distribute.Strategy:

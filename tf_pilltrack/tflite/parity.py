@@ -42,9 +42,9 @@ from typing import Callable
 import numpy as np
 
 from edge_runtime.preprocessing import symmetric_views
-from tf_pilltrack import micro
+from tf_pilltrack.tflite import micro
 
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]  # where the code (and its environments) live
+REPOSITORY = pathlib.Path(__file__).resolve().parents[2]  # where the code (and its environments) live
 
 # One-op and whole-model runs of `measure_op_divergence`, by the kernels that run the ops:
 # "xnnpack": LiteRT with its default XNNPACK delegate (as the device runs it); "builtin": LiteRT's
@@ -438,7 +438,7 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
     firmware passes them, in each of their `views` symmetric views (the bundle's symmetry_views:
     top-1 answers are the device's); the per-op check uses the crops as they are."""
     from edge_runtime import interpreter as runtime
-    from tf_pilltrack import dataset
+    from tf_pilltrack.data import dataset
 
     gallery, queries = dataset.load_split("references"), dataset.load_split("queries")
     chosen = np.arange(len(queries))
@@ -471,7 +471,7 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
         "input": f"the crops' uint8 pixels in {views} symmetric views, the same tensors for every runtime",
         "symmetry_views": views,
         "tolerance": f"per op, between any two runtimes given identical inputs: <= {PER_OP_TOLERANCE_STEPS} int8 "
-                     "step (tf_pilltrack/parity.py, tests/test_parity.py); a runtime is within tolerance when its "
+                     "step (tf_pilltrack/tflite/parity.py, tests/test_parity.py); a runtime is within tolerance when its "
                      "kernels' largest isolated difference from the device's (XNNPACK) is <= tolerance_steps and "
                      "from LiteRT's builtin kernels' <= tolerance_steps_builtin, and a runtime on the device's or "
                      "the builtin kernels (tflite-runtime) gives their outputs bit for bit; whole-model steps and "

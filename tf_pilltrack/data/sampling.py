@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow_similarity as tfsim
 
 from edge_runtime.preprocessing import normalise
-from tf_pilltrack import dataset
-from tf_pilltrack.augmentation import augment
+from tf_pilltrack.data import dataset
+from tf_pilltrack.data.augmentation import augment
 
 MIX_PREFIX = "mix:"  # mix-set classes are their own classes, even where a folder name repeats
 

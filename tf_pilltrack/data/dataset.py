@@ -12,7 +12,7 @@ from edge_runtime.storage import atomic_writer
 from tf_pilltrack import paths
 
 # Class names of real reference pills composited into the synthetic scenes (stage `generate`,
-# tf_pilltrack/composition.py): REFERENCE_PREFIX + type; the other synthetic classes are drawn pills.
+# tf_pilltrack/synthesis/composition.py): REFERENCE_PREFIX + type; the other synthetic classes are drawn pills.
 REFERENCE_PREFIX = "ref-"
 
 

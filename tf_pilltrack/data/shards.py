@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from edge_runtime.preprocessing import normalise
-from tf_pilltrack import dataset, sampling
-from tf_pilltrack.augmentation import augment
+from tf_pilltrack.data import dataset, sampling
+from tf_pilltrack.data.augmentation import augment
 
 INDEX = "index.json"
 STREAM = 0x5354_524D  # "STRM": the batch draws use default_rng([seed, STREAM])

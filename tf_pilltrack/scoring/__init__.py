@@ -1,0 +1,5 @@
+"""The scoring libraries: retrieval metrics (`metrics`), few-shot episodes (`episodes`), the
+colour/shape baseline (`baseline`), the naming rule's calibration (`calibration`) and the
+evaluation's embedding and scoring of every model (`evaluation`).
+
+This file imports nothing."""
