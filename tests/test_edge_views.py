@@ -1,5 +1,5 @@
 """Several photos of one pill answered together (issue 21): the device's `combine_views` is the
-evaluation's multi-photo rule (tf_pilltrack.episodes, so this file runs in the training
+evaluation's multi-photo rule (tf_pilltrack.scoring.episodes, so this file runs in the training
 environment only), and `pilltrack-edge --one-pill` gives one answer from them."""
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ _OUTPUTS_SCRIPT = (
     "import json, sys\n"
     "import numpy as np\n"
     "from edge_runtime import interpreter as runtime\n"
-    "from tf_pilltrack.parity import interpreter_outputs, runtime_version\n"
+    "from tf_pilltrack.tflite.parity import interpreter_outputs, runtime_version\n"
     "with np.load(sys.argv[2]) as data:\n"
     "    outputs = interpreter_outputs(runtime.make_interpreter(sys.argv[1], threads=1), data['inputs'])\n"
     "np.save(sys.argv[3], outputs)\n"

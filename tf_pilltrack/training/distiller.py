@@ -134,7 +134,7 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
           mix: dataset.Split | None = None, teacher=None):
     """Float then quantization-aware distillation on the training split (and the mix split), as
-    params' `training` section says (tf_pilltrack.distribution; the stream input reads prepare's
+    params' `training` section says (tf_pilltrack.training.distribution; the stream input reads prepare's
     shard files and takes no split); returns (float student, QAT
     student, history). The teacher is the trained one (models.load_teacher, built under the
     strategy) unless `teacher` is given (one process only)."""
