@@ -46,7 +46,6 @@ import statistics
 import string
 import subprocess
 import sys
-import tempfile
 from typing import Callable
 
 import numpy as np
@@ -667,36 +666,12 @@ def estimate_latency_ms(instructions: float, settings: dict) -> float:
 
 def write_not_built(out_dir: pathlib.Path, metrics_file: pathlib.Path, profile: str, missing: list[str]) -> dict:
     report = {"built": False, "profile": profile, "missing": missing}
-    replace_folder(out_dir, {NOT_BUILT: ("firmware.required is false and the build could not run; missing:\n"
-                                          + "".join(f"- {line}\n" for line in missing)).encode()})
+    with storage.atomic_folder(out_dir) as staging:
+        (staging / NOT_BUILT).write_bytes(("firmware.required is false and the build could not run; missing:\n"
+                                           + "".join(f"- {line}\n" for line in missing)).encode())
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(metrics_file, json.dumps(report, indent=2).encode())
     return report
-
-
-def replace_folder(out_dir: pathlib.Path, files: dict[str, bytes] | None = None,
-                    source: pathlib.Path | None = None) -> None:
-    """Replace `out_dir` by a folder holding `files` (or by `source`, renamed), never half-written."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=storage.TEMP_PREFIX, dir=out_dir.parent))
-    try:
-        if source is not None:
-            for path in source.iterdir():
-                shutil.copy2(path, staging / path.name)
-        for name, data in (files or {}).items():
-            write_atomically(staging / name, data)
-        old = out_dir.parent / f"{storage.TEMP_PREFIX}old-{out_dir.name}"
-        if old.exists():
-            shutil.rmtree(old)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        storage.fsync_directory(out_dir.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def build_and_run(root: pathlib.Path, core: str, micro_dir: pathlib.Path, model_path: pathlib.Path,
