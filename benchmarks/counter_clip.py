@@ -1,4 +1,4 @@
-"""The counter page on the shipped real-pill clip, scored frame by frame (issue 36).
+"""The counter page on the shipped real-pill clip, scored frame by frame.
 
 The clip is `data/demo/counter_demo.mp4` (seven real pushin_pill pills on a tray, one after another,
 `scripts/demo_clip.py`); `counter_demo.json` says which pill each frame shows. On a copy of the
@@ -9,14 +9,14 @@ the page's stream of answers, in order (not paced: the answers are the same at a
 
 - for the enrolled pills' frames: the share answered right, i.e. named right or "likely — check it"
   with the right pill first; the same share leaving out each pill's first second in view (the
-  issue's target: >= 90%); and the seconds until the first right answer, per pill;
+  target: >= 90%); and the seconds until the first right answer, per pill;
 - wrong names: frames where a pill is named and it is not the pill in view (the tray included);
 - for the absent pills' frames: the share that reached "likely", and how many were named;
 - the right pill ranked first at all (whatever the tier): what the model knows.
 
 Each run is made twice or more: `--track-frames 1` answers frame by frame, as the page did before
-issue 36; 30 answers from all the frames of a still pill together (`evidence.Track`). "before" is
-frame by frame, without tiers, with the page's smoothed announcement (what issue 36 reported).
+its tiers; 30 answers from all the frames of a still pill together (`evidence.Track`). "before" is
+frame by frame, without tiers, with the page's smoothed announcement (what the page showed before its tiers).
 
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle              # project root
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle --out /tmp/counter_clip.json
@@ -65,7 +65,7 @@ def play(counter, clip: str) -> list[dict]:
 
 def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announced: bool = False) -> dict:
     """The figures of the module docstring. `announced`: judge the page's smoothed announcement
-    (state "pill", `announced`) as the page before issue 36 showed it, instead of the tiers."""
+    (state "pill", `announced`) as the page before its tiers showed it, instead of the tiers."""
     def offered(answer):
         if announced:
             return answer.get("announced") if answer.get("state") == "pill" else None

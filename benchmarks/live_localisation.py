@@ -1,6 +1,6 @@
-"""What the live view's localiser finds on trays of different colours and textures (issue 36).
+"""What the live view's localiser finds on trays of different colours and textures.
 
-The issue's user saw the box cover only the red half of two-colour capsules on a blue tray. This
+A user saw the box cover only the red half of two-colour capsules on a blue tray. This
 measures it without any model: every shipped real pill crop (data/real/pushin_pill.zip, 557) is
 placed on a tray at the demo clip's scale (`scripts/demo_clip.py`'s `place`: 150 px, turned), and
 the device's localiser (`preprocessing.choose_box`, the bundle's constants) is scored against the

@@ -1,4 +1,4 @@
-"""What the counter page answers from (issue 36): a pill's frames gathered while it stays still,
+"""What the counter page answers from: a pill's frames gathered while it stays still,
 and a confidence level in words whose thresholds were measured on real photos.
 
 `Track` follows one pill from frame to frame: as long as its box stays where it was (it has not

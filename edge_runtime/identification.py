@@ -140,8 +140,8 @@ class Identifier:
 def combine_views(embeddings: np.ndarray) -> np.ndarray:
     """One embedding (E,) for several views (N, E) of one pill, such as its two faces: the mean
     of the views' L2-normalised embeddings, L2-normalised. The evaluation scores its two-photo
-    queries by this rule (tf_pilltrack.scoring.episodes.combine_views: real 5-shot int8 Recall@1 0.733
-    with one photo, 0.777 with two, docs/results.md); a test checks that the two agree."""
+    queries by this rule (tf_pilltrack.scoring.episodes.combine_views; one photo against two in
+    docs/results.md); a test checks that the two agree."""
     views = gallery.check_embeddings(embeddings)
     views = views / np.maximum(np.linalg.norm(views, axis=1, keepdims=True), 1e-12)
     mean = views.mean(axis=0)

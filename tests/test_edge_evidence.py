@@ -1,4 +1,4 @@
-"""The counter page's evidence over frames and confidence tiers (issue 36, edge_runtime/evidence.py).
+"""The counter page's evidence over frames and confidence tiers (edge_runtime/evidence.py).
 Nothing here imports TensorFlow."""
 
 from __future__ import annotations

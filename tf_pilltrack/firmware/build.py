@@ -80,7 +80,7 @@ TFLM_BUILD_TYPE = "release_with_logs"
 # shift) in its inline-assembly form: SMULL and ADC instead of the C form's 64-bit add and compare,
 # the same double rounding and the same results (it is CMSIS-NN's own opt-in define; the firmware's
 # outputs are still compared with the host's TFLite Micro bit for bit). Every convolution,
-# depthwise, fully connected and add output goes through it: 8.9% fewer instructions per inference
+# depthwise, fully connected and add output goes through it: fewer instructions per inference
 # on the mcu student (docs/results.md). TFLM's Makefile has no variable for extra defines, so they
 # ride on its optimisation-level variables of the kernels (TFLM's) and third-party kernels
 # (CMSIS-NN's), at the -O2 its Makefile sets; -O3, -Os or -funroll-loops there measured worse.
@@ -212,7 +212,7 @@ def _run_logged(command: list[str], log: pathlib.Path, what: str, **options) -> 
 def prepare_library(kit: pathlib.Path, cache: pathlib.Path, core: str, jobs: int,
                     echo: Callable[[str], None] = print) -> pathlib.Path:
     """The TFLM source root with its library for `core` built: from the cache, else laid out with
-    the kit's setup.sh and built with TFLM's Makefile (about 10 minutes on 2 cores), once."""
+    the kit's setup.sh and built with TFLM's Makefile, once."""
     folder = library_folder(cache, kit, core)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with storage.file_lock(str(folder) + ".lock", holder="another TFLM build", wait_s=BUILD_LOCK_WAIT_S):
