@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 import tf_keras  # noqa: E402
 
 from tf_pilltrack.training import distiller, models  # noqa: E402
+from tf_pilltrack.training.distiller import batch_mean  # noqa: E402
 
 SIZE = 32
 EMBEDDING = 8
@@ -85,7 +86,7 @@ def test_triplet_term_is_computed_only_when_its_weight_is_above_zero(monkeypatch
     student_embeddings = models.l2_normalise(student(images, training=False))
     expected = 1.0 * terms["embedding_loss"] + 2.0 * terms["relation_loss"]
     if triplet > 0:
-        expected += triplet * distillation.batch_mean(triplet_loss(labels, student_embeddings))
+        expected += triplet * batch_mean(triplet_loss(labels, student_embeddings))
     assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-6)
     logs = distiller.train_on_batch(images, labels, return_dict=True)
     assert bool(calls) == (triplet > 0)
