@@ -12,7 +12,8 @@ the page's stream of answers, in order (not paced: the answers are the same at a
   target: >= 90%); and the seconds until the first right answer, per pill;
 - wrong names: frames where a pill is named and it is not the pill in view (the tray included);
 - for the absent pills' frames: the share that reached "likely", and how many were named;
-- the right pill ranked first at all (whatever the tier): what the model knows.
+- the right pill ranked first at all (whatever the tier): what the model knows;
+- how often the page asks for the pill turned over (`close_call`), for enrolled and absent pills.
 
 Each run is made twice or more: `--track-frames 1` answers frame by frame, as the page did before
 its tiers; 30 answers from all the frames of a still pill together (`evidence.Track`). "before" is
@@ -82,6 +83,7 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
 
     frames_right, settled_right, settled, first_right = [], [], 0, {}
     wrong_names, absent_likely, absent_named, absent_frames, ranked_first = 0, 0, 0, 0, []
+    close_calls = {"enrolled": [], "absent": []}
     appeared = {}
     for index, (answer, pill) in enumerate(zip(answers, truth)):
         name = named(answer)
@@ -90,6 +92,8 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
         if pill is None:
             continue
         appeared.setdefault(pill, index)
+        if pill in enrolled or pill in absent:
+            close_calls["enrolled" if pill in enrolled else "absent"].append(bool(answer.get("close_call")))
         if pill in enrolled:
             right = offered(answer) == pill
             frames_right.append(right)
@@ -114,6 +118,7 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
         "absent_likely": round(absent_likely / absent_frames, 4) if absent_frames else None,
         "absent_named": absent_named,
         "ranked_first": round(float(np.mean(ranked_first)), 4) if ranked_first else None,
+        "close_call": {kind: round(float(np.mean(shown)), 4) if shown else None for kind, shown in close_calls.items()},
         "step_ms_median": round(float(np.median([a["step_ms"] for a in answers if "step_ms" in a])), 3),
     }
 

@@ -51,6 +51,14 @@ class Tiers(NamedTuple):
     measured: dict  # what the benchmark measured on held-out photos (shown on the page)
 
 
+def worth_turning_over(result: Result, level: str) -> bool:
+    """Whether the page asks for the pill turned over (its close-call panel): not named, and either
+    two enrolled pills about as near (a look-alike), or a "likely" answer that the other face can
+    confirm. An unsure answer is not: it is most often a pill that is not enrolled, and another
+    face seldom changes that."""
+    return level != "named" and (result.lookalike is not None or level == "likely")
+
+
 def load_tiers(bundle_dir: str, model_sha256: str) -> tuple[Tiers | None, str]:
     """The bundle's measured tiers and a line saying where they come from; (None, why) when the
     bundle has none for its model. A file that is there but malformed is reported the same way

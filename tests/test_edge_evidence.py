@@ -66,6 +66,17 @@ def test_the_tiers_of_an_answer():
     assert evidence.WORDS["unsure"] == "not one of your pills / unsure"
 
 
+def test_the_pill_is_worth_turning_over_for_a_lookalike_or_a_likely_answer_only():
+    def result(label, lookalike=None):
+        return Result(label, 0.2, [Match("a", 0.2), Match("b", 0.3)], Box(0, 0, 1, 1), {}, lookalike)
+
+    assert evidence.worth_turning_over(result(gallery.UNKNOWN, lookalike="b"), "unsure")  # a look-alike
+    assert evidence.worth_turning_over(result(gallery.UNKNOWN), "likely")  # the other face can confirm it
+    assert not evidence.worth_turning_over(result(gallery.UNKNOWN), "unsure")  # most often not enrolled
+    assert not evidence.worth_turning_over(result("a"), "named")
+    assert not evidence.worth_turning_over(result("a", lookalike="b"), "named")
+
+
 def test_tiers_are_read_only_for_the_model_they_were_measured_with(tmp_path):
     directory = str(tmp_path)
     tiers, note = evidence.load_tiers(directory, SHA)
