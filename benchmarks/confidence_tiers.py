@@ -1,7 +1,7 @@
 """The counter page's "likely — check it" tier, decided by measurement on real held-out photos (issue 36).
 
 The photos: the shipped pushin_pill phone-photo crops (17 pills, never trained on), each placed on
-the demo clip's grey tray as a counter camera would see it (`scripts/demo_clip.py`'s `place`) and
+the demo clip's grey tray as a counter camera would see it (`tf_pilltrack/tray.py`'s `on_tray`) and
 embedded by the device code as a live frame is (`Identifier.embed_image`: localise, crop, invoke);
 `--cropped` embeds the crops whole instead, as `pilltrack-edge --cropped` does.
 
@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import importlib.util
-import io
 import json
 import os
 import pathlib
 import sys
-import zipfile
 
 import numpy as np
+
+from tf_pilltrack import tray
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "real" / "pushin_pill.zip"
@@ -51,30 +49,15 @@ SEED = 36
 GAPS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
 
 
-def demo_clip():
-    spec = importlib.util.spec_from_file_location("demo_clip", ROOT / "scripts" / "demo_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def embed_photos(identifier, source: str, cropped: bool, seed: int = SEED) -> dict:
     """Every crop of the set: pill, source photo and embedding (photos where no pill is found are
     counted and left out)."""
-    clip = demo_clip()
-    archive = zipfile.ZipFile(source)
-    with archive.open("pushin_pill/manifest.csv") as handle:
-        rows = list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
+    archive, rows = tray.read_set(source)
     generator = np.random.default_rng(seed)
     pills, sources, embeddings, missed = [], [], [], 0
     for row in sorted(rows, key=lambda r: r["crop"]):
-        crop = clip.crop_rgb(archive, row)
-        if cropped:
-            image = crop
-        else:
-            centre = (clip.WIDTH / 2 + generator.uniform(-80, 80), clip.HEIGHT / 2 + generator.uniform(-60, 60))
-            image = clip.place(clip.tray(generator), crop, centre, generator.uniform(-45, 45))
-        found = identifier.embed_image(image)
+        crop = tray.crop_rgb(archive, row)
+        found = identifier.embed_image(crop if cropped else tray.on_tray(crop, generator))
         if found is None:
             missed += 1
             continue
