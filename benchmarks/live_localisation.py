@@ -2,7 +2,7 @@
 
 The issue's user saw the box cover only the red half of two-colour capsules on a blue tray. This
 measures it without any model: every shipped real pill crop (data/real/pushin_pill.zip, 557) is
-placed on a tray at the demo clip's scale (`tf_pilltrack/tray.py`'s `place`, as the demo clip: 150 px, turned), and
+placed on a tray at the demo clip's scale (`tf_pilltrack/scoring/tray.py`'s `place`, as the demo clip: 150 px, turned), and
 the device's localiser (`preprocessing.choose_box`, the bundle's constants) is scored against the
 pasted crop's own box: intersection over union (IoU), the share of pills it finds with IoU >= 0.5
 (the crop would show the pill), the share where it finds only part of the pill (the box inside the
@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from tf_pilltrack import tray as demo_tray  # the demo clip's tray and placing
+from tf_pilltrack.scoring import tray as demo_tray  # the demo clip's tray and placing
 
 SOURCE = pathlib.Path(__file__).resolve().parents[1] / "data" / "real" / "pushin_pill.zip"
 

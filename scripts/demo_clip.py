@@ -16,7 +16,7 @@ ENROLL_PHOTOS photos from *other* source photos than the clip's, rendered on the
     .venv-edge/bin/python scripts/demo_clip.py --enroll-photos /tmp/demo_enroll --no-clip
 
 Needs numpy and OpenCV only (the edge client's own dependencies); the tray and the placing are
-`tf_pilltrack/tray.py`'s.
+`tf_pilltrack/scoring/tray.py`'s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 # the tray and the placing, shared with the enroll stage's confidence tiers
-from tf_pilltrack.tray import HEIGHT, PILL_SIDE, TRAY, WIDTH, crop_rgb, on_tray, place, read_set, tray  # noqa: F401
+from tf_pilltrack.scoring.tray import HEIGHT, PILL_SIDE, TRAY, WIDTH, crop_rgb, on_tray, place, read_set, tray  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "real" / "pushin_pill.zip"

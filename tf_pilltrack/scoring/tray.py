@@ -1,7 +1,7 @@
 """Real pill crops placed on a counting tray, as a counter camera sees them (issue 36).
 
 The shipped demo clip (`scripts/demo_clip.py`) and the `enroll` stage's confidence tiers
-(`tf_pilltrack/tiers.py`) both show the pushin_pill phone-photo crops this way: a crop scaled to
+(`tf_pilltrack/scoring/tiers.py`) both show the pushin_pill phone-photo crops this way: a crop scaled to
 PILL_SIDE pixels, turned, and pasted on a plain grey WIDTH x HEIGHT tray with a little sensor
 noise. One definition, so the tiers are measured on the frames the demo clip shows.
 
