@@ -22,7 +22,7 @@ frame by frame, without tiers, with the page's smoothed announcement (what the p
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle              # project root
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle --out /tmp/counter_clip.json
 
-The bundle's tiers.json (benchmarks/confidence_tiers.py) decides "likely"; without one for its
+The bundle's tiers.json (the enroll stage's, tf_pilltrack/scoring/tiers.py) decides "likely"; without one for its
 model, the page answers named or unsure only, and so does this.
 """
 

@@ -12,11 +12,12 @@ frame. A pill that moves, leaves or changes starts a new track.
 - "likely — check it": not named, but the nearest pill is near enough, and far enough ahead of the
   runner-up, that answers like it were right at a measured rate on real held-out photos;
 - "not one of your pills / unsure": anything else.
-Their thresholds come from `benchmarks/confidence_tiers.py`, which writes them, with what it
-measured, to TIERS_FILE in the bundle directory, for one model (its sha256): a bundle whose model
-has no measured tiers has no "likely" tier (named or unsure only), and the page says so.
+Their thresholds are chosen by the pipeline's `enroll` stage (`tf_pilltrack/scoring/tiers.py`), which
+writes them, with what it measured, to TIERS_FILE in the bundle directory, for one model (its
+sha256): a bundle whose model has no measured tiers has no "likely" tier (named or unsure only),
+and the page says so.
 
-Only the device client imports this module (the counter page); the pipeline does not.
+The device client (the counter page) uses this module; the pipeline imports only TIERS_FILE.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from edge_runtime import gallery, storage
 from edge_runtime.identification import Result, combine_views
 from edge_runtime.preprocessing import Box, touches_edge
 
-TIERS_FILE = "tiers.json"  # in the bundle directory, written by benchmarks/confidence_tiers.py
+TIERS_FILE = "tiers.json"  # in the bundle directory, written by the enroll stage (tf_pilltrack/scoring/tiers.py)
 MAX_TIERS_BYTES = 1 << 20
 WORDS = {"named": "named", "likely": "likely — check it", "unsure": "not one of your pills / unsure",
          "none": "no pill"}
@@ -80,7 +81,8 @@ def load_tiers(bundle_dir: str, model_sha256: str) -> tuple[Tiers | None, str]:
         return None, f"{path}: thresholds must be finite numbers; named or unsure only"
     if tiers.model_sha256 != model_sha256:
         return None, (f"{path}: measured for another model ({tiers.model_sha256[:16]}, this bundle's is "
-                      f"{model_sha256[:16]}); named or unsure only: run benchmarks/confidence_tiers.py")
+                      f"{model_sha256[:16]}); named or unsure only: the enroll stage (dvc repro) or "
+                      "benchmarks/confidence_tiers.py measures them")
     if tiers.likely_distance < 0:
         return tiers, "measured: no threshold reached the targets on held-out photos, so no answer is \"likely\""
     return tiers, "measured on held-out real photos"

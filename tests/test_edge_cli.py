@@ -74,7 +74,7 @@ def test_headless_prints_one_json_record_per_image(edge_bundle, photos):
 
 def test_headless_gives_the_counter_pages_tier_from_the_bundles_measured_tiers(edge_bundle, photos):
     """The tiers through --headless JSON, as the page shows them: "likely" once tiers.json
-    (benchmarks/confidence_tiers.py) is measured for this bundle's model, and not for another's."""
+    (the enroll stage's, tf_pilltrack/scoring/tiers.py) is measured for this bundle's model, and not for another's."""
     from edge_runtime.bundle import load_bundle
 
     sha = load_bundle(edge_bundle).model_sha256

@@ -362,7 +362,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_the_real_pill_clip_meets_the_counter_targets_in_the_browser(browser, tmp_path):
     """The shipped demo clip (seven real pushin_pill pills, data/demo) served as a user serves it, with
-    the pipeline's bundle (`dvc repro`) and its measured tiers (benchmarks/confidence_tiers.py); five
+    the pipeline's bundle (`dvc repro`) and its measured tiers (its enroll stage's tiers.json); five
     pills enrolled through the page's form from other source photos than the clip's, starting a new
     gallery; the answers the page streams to the browser over one whole loop of the clip, scored
     (benchmarks/counter_clip.score). The targets: enrolled pills named or "likely" first on
