@@ -58,43 +58,62 @@ def demo_clip():
     return module
 
 
-def embed_photos(identifier, source: str, cropped: bool, seed: int = SEED) -> dict:
+def embed_photos(identifier, source: str, cropped: bool, seed: int = SEED, render=None,
+                 keep_missed: bool = False) -> dict:
     """Every crop of the set: pill, source photo and embedding (photos where no pill is found are
-    counted and left out)."""
+    counted and left out, or with `keep_missed` kept with a zero embedding and `found` False).
+    `render(clip, crop, generator)` makes the frame each crop is shown in (default: the demo clip's
+    tray at its scale, placed and turned at random)."""
     clip = demo_clip()
     archive = zipfile.ZipFile(source)
     with archive.open("pushin_pill/manifest.csv") as handle:
         rows = list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
     generator = np.random.default_rng(seed)
-    pills, sources, embeddings, missed = [], [], [], 0
+    pills, sources, embeddings, hits, missed = [], [], [], [], 0
     for row in sorted(rows, key=lambda r: r["crop"]):
         crop = clip.crop_rgb(archive, row)
         if cropped:
             image = crop
+        elif render is not None:
+            image = render(clip, crop, generator)
         else:
             centre = (clip.WIDTH / 2 + generator.uniform(-80, 80), clip.HEIGHT / 2 + generator.uniform(-60, 60))
             image = clip.place(clip.tray(generator), crop, centre, generator.uniform(-45, 45))
         found = identifier.embed_image(image)
         if found is None:
             missed += 1
-            continue
+            if not keep_missed:
+                continue
+            embedding = np.zeros(identifier.bundle.embeddings.shape[1], np.float32)
+        else:
+            embedding = found[0] / max(float(np.linalg.norm(found[0])), 1e-12)
         pills.append(row["class_folder"])
         sources.append(row["source_photo"])
-        embeddings.append(found[0] / max(float(np.linalg.norm(found[0])), 1e-12))
+        embeddings.append(embedding)
+        hits.append(found is not None)
     return {"pills": np.array(pills), "sources": np.array(sources), "embeddings": np.stack(embeddings),
-            "missed": missed}
+            "found": np.array(hits), "missed": missed}
 
 
-def episode_answers(data: dict, pills: list, generator: np.random.Generator, threshold: float, margin: float) -> dict:
-    """One episode over `pills`: GALLERY_PILLS enrolled, the rest absent. Per query: d1, d2, whether
-    the nearest pill is right, whether the bundle's rule names it, and whether the pill is enrolled."""
+def episode_answers(data: dict, pills: list, generator: np.random.Generator, threshold: float, margin: float,
+                    gallery_pills: int = GALLERY_PILLS, gallery_data: dict | None = None) -> dict:
+    """One episode over `pills`: `gallery_pills` enrolled, the rest absent. Per query: d1, d2, whether
+    the nearest pill is right, whether the bundle's rule names it, and whether the pill is enrolled.
+    `gallery_data`: the same photos (row for row) embedded another way, to enrol from (default:
+    `data`). A photo whose pill was not found (`found` False) is never enrolled, and as a query it
+    is answered wrong and never named (the live path answers "no pill")."""
+    gallery_data = data if gallery_data is None else gallery_data
+    if not np.array_equal(gallery_data["pills"], data["pills"]):
+        raise ValueError("gallery_data must hold the same photos as data, row for row")
+    found = data.get("found", np.ones(len(data["pills"]), bool))
+    enrollable = gallery_data.get("found", np.ones(len(data["pills"]), bool))
     order = list(generator.permutation(pills))
-    enrolled, absent = order[:GALLERY_PILLS], order[GALLERY_PILLS:]
+    enrolled, absent = order[:gallery_pills], order[gallery_pills:]
     gallery_rows, gallery_labels, query_rows = [], [], []
     for pill in enrolled:
         rows = np.flatnonzero(data["pills"] == pill)
         by_source = collections.OrderedDict()
-        for row in generator.permutation(rows):
+        for row in generator.permutation(rows[enrollable[rows]]):
             by_source.setdefault(data["sources"][row], row)
         chosen_sources = list(by_source)[:SHOTS]
         gallery_rows += [by_source[s] for s in chosen_sources]
@@ -102,7 +121,7 @@ def episode_answers(data: dict, pills: list, generator: np.random.Generator, thr
         query_rows += [row for row in rows if data["sources"][row] not in chosen_sources]
     for pill in absent:
         query_rows += list(np.flatnonzero(data["pills"] == pill))
-    gallery = data["embeddings"][gallery_rows]
+    gallery = gallery_data["embeddings"][gallery_rows]
     labels = np.array(gallery_labels)
     queries = data["embeddings"][query_rows]
     distances = 1.0 - queries @ gallery.T
@@ -113,13 +132,15 @@ def episode_answers(data: dict, pills: list, generator: np.random.Generator, thr
     d1, d2 = per_pill[rows, ranked[:, 0]], per_pill[rows, ranked[:, 1]]
     truth = data["pills"][query_rows]
     nearest = np.array(names)[ranked[:, 0]]
-    return {"d1": d1, "d2": d2, "right": nearest == truth, "named": (d1 <= threshold) & (d2 - d1 > margin),
-            "enrolled": np.isin(truth, enrolled)}
+    seen = found[query_rows]
+    return {"d1": d1, "d2": d2, "right": (nearest == truth) & seen,
+            "named": (d1 <= threshold) & (d2 - d1 > margin) & seen, "enrolled": np.isin(truth, enrolled)}
 
 
-def pooled(data: dict, pills: list, episodes: int, seed: int, threshold: float, margin: float) -> dict:
+def pooled(data: dict, pills: list, episodes: int, seed: int, threshold: float, margin: float, **options) -> dict:
+    """`episodes` seeded episodes' answers, pooled; `options` go to `episode_answers`."""
     generator = np.random.default_rng(seed)
-    parts = [episode_answers(data, pills, generator, threshold, margin) for _ in range(episodes)]
+    parts = [episode_answers(data, pills, generator, threshold, margin, **options) for _ in range(episodes)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
