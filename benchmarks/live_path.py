@@ -17,6 +17,11 @@ margin):
 
 Every condition draws the same places and turns (one seeded generator), and its own tray noise.
 
+Beside the score, the capture guidance the page shows for each frame (`evidence.frame_guidance`,
+the counter's own call): the share of frames told to bring the camera nearer (the pill small in the
+view, or no pill found but one too far away), and the same on EMPTY_FRAMES empty frames of each
+tray (a false alarm).
+
 The score: real 5-shot Recall@1. In each seeded episode every pill is enrolled from 5 photos, each
 from another source photo (benchmarks.confidence_tiers.episode_answers), and every photo of the
 pills from the other source photos is a query; right when the nearest enrolled pill (by its nearest
@@ -49,6 +54,7 @@ SIDES = (60, 80, 100, 150, 250)  # the crop's longer side in the 640x480 frame, 
 BLURS = (0, 5, 11, 21)  # motion blur length, px
 MARGINS = (0.0, 0.05, 0.15, 0.3)  # the localiser's crop margin (the bundle's: 0.15)
 EPISODES = 20
+EMPTY_FRAMES = 100  # empty frames of each tray, for the guidance's false alarms
 SHOTS_NOTE = "5-shot, every pill enrolled"
 
 
@@ -122,11 +128,48 @@ def identifier_for(identifier, condition: Condition):
     return Identifier(identifier.interpreter, bundle, cropped=condition.cropped)
 
 
+class Observed:
+    """An Identifier whose `embed_image` also notes the capture guidance the page shows for the frame."""
+
+    def __init__(self, identifier):
+        self.identifier, self.bundle, self.tips = identifier, identifier.bundle, []
+
+    def embed_image(self, rgb):
+        from edge_runtime import evidence
+
+        found = self.identifier.embed_image(rgb)
+        self.tips.append(evidence.frame_guidance(rgb, None if found is None else found[1].box,
+                                                 self.identifier.preprocess, moving=False))
+        return found
+
+
+def told_nearer(tips: list) -> float:
+    """The share of frames whose guidance asks for the camera nearer."""
+    from edge_runtime import evidence
+
+    nearer = [any(tip == evidence.FAR_PILL_TIP or "bring the camera nearer" in tip for tip in frame) for frame in tips]
+    return float(np.mean(nearer)) if nearer else float("nan")
+
+
 def recall_at_1(answers: dict) -> tuple[float, int]:
     """Recall@1 of the enrolled pills' queries in pooled episode answers, and their number."""
     enrolled = answers["enrolled"]
     count = int(enrolled.sum())
     return (float(answers["right"][enrolled].mean()) if count else float("nan")), count
+
+
+def empty_trays(identifier, seed: int) -> dict:
+    """For each tray, the share of EMPTY_FRAMES empty frames told to bring the camera nearer."""
+    from benchmarks.confidence_tiers import demo_clip
+
+    clip, shares = demo_clip(), {}
+    for tray in TRAYS:
+        noise, observed = np.random.default_rng(seed), Observed(identifier)
+        colour = np.full((8, 8, 3), (200, 190, 170), np.uint8)  # "the pill's own colour": a pale pill's
+        for _ in range(EMPTY_FRAMES):
+            observed.embed_image(tray_image(tray, noise, clip, colour))
+        shares[tray] = told_nearer(observed.tips)
+    return shares
 
 
 def main() -> None:
@@ -146,19 +189,21 @@ def main() -> None:
     if args.only:
         groups = {"today", *args.only.split(",")}
         chosen = [condition for condition in chosen if condition.group in groups]
-    embedded = {}
+    embedded, nearer = {}, {}
     for condition in chosen:
-        identifier = identifier_for(base, condition)
+        identifier = Observed(identifier_for(base, condition))
         embedded[condition.name] = embed_photos(identifier, args.source, condition.cropped, SEED,
                                                 None if condition.cropped else renderer(condition, SEED),
                                                 keep_missed=True)
+        nearer[condition.name] = None if condition.cropped else told_nearer(identifier.tips)
         print(f"embedded: {condition.name}", file=sys.stderr, flush=True)
     today = next(condition.name for condition in chosen if condition.group == "today")
     pills = sorted(set(embedded[today]["pills"].tolist()))
     rows, ceiling = [], None
     for condition in chosen:
         data = embedded[condition.name]
-        figures = {"condition": condition.name, "group": condition.group, "no_pill_found": data["missed"]}
+        figures = {"condition": condition.name, "group": condition.group, "no_pill_found": data["missed"],
+                   "photos": len(data["pills"]), "told_nearer": nearer[condition.name]}
         for key, gallery in (("same_gallery", data), ("today_gallery", embedded[today])):
             answers = pooled(data, pills, args.episodes, SEED, 0.0, 0.0, gallery_pills=len(pills),
                              gallery_data=gallery)
@@ -168,18 +213,23 @@ def main() -> None:
         rows.append(figures)
     print(f"real {SHOTS_NOTE} ({len(pills)} pills), {args.episodes} seeded episodes; Recall@1, "
           f"with the gallery enrolled in the same condition / as on the page today; Δ against the crops' ceiling")
-    print(f"{'condition':<48} {'same':>6} {'Δ':>7} {'today':>6} {'Δ':>7} {'queries':>8} {'no pill':>8}")
+    print(f"{'condition':<48} {'same':>6} {'Δ':>7} {'today':>6} {'Δ':>7} {'queries':>8} {'no pill':>8} {'nearer':>7}")
     for figures in rows:
         if ceiling is not None:
             figures["delta_same"] = figures["same_gallery"] - ceiling
             figures["delta_today"] = figures["today_gallery"] - ceiling
+        shown = "" if figures["told_nearer"] is None else f"{figures['told_nearer']:7.1%}"
         print(f"{figures['condition']:<48} {figures['same_gallery']:6.3f} {figures.get('delta_same', math.nan):+7.3f} "
               f"{figures['today_gallery']:6.3f} {figures.get('delta_today', math.nan):+7.3f} "
-              f"{figures['queries']:8d} {figures['no_pill_found']:8d}")
+              f"{figures['queries']:8d} {figures['no_pill_found'] / figures['photos']:8.1%} {shown:>7}")
+    empty = empty_trays(base, SEED)
+    print(f"empty trays ({EMPTY_FRAMES} frames each), told to bring the camera nearer: "
+          + ", ".join(f"{tray} {share:.1%}" for tray, share in empty.items()))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"made_by": "python -m benchmarks.live_path " + " ".join(sys.argv[1:]),
-                       "episodes": args.episodes, "pills": len(pills), "shots": 5, "rows": rows}, handle, indent=1)
+                       "episodes": args.episodes, "pills": len(pills), "shots": 5, "rows": rows,
+                       "empty_trays_told_nearer": empty}, handle, indent=1)
 
 
 if __name__ == "__main__":
