@@ -30,7 +30,7 @@ enrolled in the same condition as the queries (a counter that enrols through the
 one enrolled as on the page today (grey tray, 150 px, still): the queries' condition against a
 gallery made the usual way.
 
-    .venv-edge/bin/python -m benchmarks.live_path                       # project root, a few minutes
+    .venv-edge/bin/python -m benchmarks.live_path                       # project root; 10 minutes on 2 busy cores
     .venv-edge/bin/python -m benchmarks.live_path --bundle bundle --episodes 20 --out /tmp/live_path.json
 """
 
