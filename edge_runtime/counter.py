@@ -242,9 +242,9 @@ class Counter:
         announced = self.smoother.update(result.label)
         self.steps.append(step)
         answer = self.describe(result, announced, self.tiers, self._thumbnails)
-        height, width = frame.rgb.shape[:2]
         answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3), views=views, track=self.track.started,
-                      guidance=evidence.guidance(result.box, width, height, moving=why == "moved"))
+                      guidance=evidence.frame_guidance(frame.rgb, result.box, identifier.preprocess,
+                                                       moving=why == "moved"))
         jpeg = None
         if self.viewers:
             bgr = draw_box(np.ascontiguousarray(frame.rgb[:, :, ::-1]), result, announced)

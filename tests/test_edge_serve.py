@@ -874,3 +874,19 @@ def test_a_still_pill_is_answered_from_all_its_frames(identifier, edge_bundle):
         assert "no measured tiers" in single.request("GET", "/api/bundle")[1]["tiers_note"]
     finally:
         single.close()
+
+
+def test_a_pill_too_far_from_the_camera_is_told_to_come_nearer(identifier):
+    """A frame whose pill is under the bundle's smallest (so no pill is found, as in training) says
+    so in the answer's guidance; an empty tray says nothing (issue 36, benchmarks/live_path.py)."""
+    tray = np.random.default_rng(0).normal(182.0, 2.0, (480, 640, 3)).clip(0, 255).astype(np.uint8)
+    far = tray.copy()
+    cv2.ellipse(far, (300, 260), (20, 13), 20, 0, 360, (236, 150, 170), -1)
+    page = Page(identifier, looping([far] * 10 + [tray] * 10))
+    try:
+        answer = page.answer_becomes(lambda a: a.get("frame", -1) in range(10), "a frame of the far pill")
+        assert answer["tier"] == "none" and answer["guidance"] == [evidence.FAR_PILL_TIP]
+        answer = page.answer_becomes(lambda a: a.get("frame", -1) in range(10, 20), "a frame of the empty tray")
+        assert answer["tier"] == "none" and answer["guidance"] == []
+    finally:
+        page.close()

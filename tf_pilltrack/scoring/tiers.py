@@ -48,41 +48,61 @@ SHARES = ("named_share", "named_right", "likely_share", "likely_right", "absent_
           "offered_right", "first_right")
 
 
-def embed_photos(identifier: Identifier, source: str | os.PathLike, seed: int, cropped: bool = False) -> dict:
+def embed_photos(identifier: Identifier, source: str | os.PathLike, seed: int, cropped: bool = False,
+                 render=None, keep_missed: bool = False) -> dict:
     """Every crop of the real photo set `source` (`tray.read_set`): its pill, source photo and
-    unit embedding, placed on the tray (a generator seeded `seed` draws where) unless `cropped`;
-    "missed" counts the photos where no pill was found (left out)."""
+    unit embedding, placed on the tray (a generator seeded `seed` draws where) unless `cropped`, or
+    shown in the frame `render(crop, generator)` makes; "missed" counts the photos where no pill
+    was found, left out, or with `keep_missed` kept with a zero embedding and `found` False."""
     archive, rows = tray.read_set(source)
     generator = np.random.default_rng(seed)
-    pills, sources, embeddings, missed = [], [], [], 0
+    pills, sources, embeddings, hits, missed = [], [], [], [], 0
     for row in sorted(rows, key=lambda r: r["crop"]):
         crop = tray.crop_rgb(archive, row)
-        found = identifier.embed_image(crop if cropped else tray.on_tray(crop, generator))
+        if cropped:
+            image = crop
+        elif render is not None:
+            image = render(crop, generator)
+        else:
+            image = tray.on_tray(crop, generator)
+        found = identifier.embed_image(image)
         if found is None:
             missed += 1
-            continue
+            if not keep_missed:
+                continue
+            embedding = np.zeros(identifier.bundle.embeddings.shape[1], np.float32)
+        else:
+            embedding = found[0] / max(float(np.linalg.norm(found[0])), 1e-12)
         pills.append(row["class_folder"])
         sources.append(row["source_photo"])
-        embeddings.append(found[0] / max(float(np.linalg.norm(found[0])), 1e-12))
-    if not embeddings:
+        embeddings.append(embedding)
+        hits.append(found is not None)
+    if not any(hits):
         raise ValueError(f"{source}: no pill found in any of its {len(rows)} photos")
     return {"pills": np.array(pills), "sources": np.array(sources), "embeddings": np.stack(embeddings),
-            "missed": missed}
+            "found": np.array(hits), "missed": missed}
 
 
 def episode_answers(data: dict, pills: list, generator: np.random.Generator, gallery_pills: int, shots: int,
-                    threshold: float, margin: float) -> dict:
+                    threshold: float, margin: float, gallery_data: dict | None = None) -> dict:
     """One episode over `pills`: `gallery_pills` of them enrolled from `shots` photos each, the
     rest absent. Per query: d1 and d2 (the nearest and the runner-up pill's distances), whether the
     nearest pill is right, whether the bundle's rule (`threshold`, `margin`) names it, and whether
-    the query's pill is enrolled."""
+    the query's pill is enrolled. `gallery_data`: the same photos (row for row) embedded another
+    way, to enrol from (default: `data`). A photo whose pill was not found (`found` False) is never
+    enrolled, and as a query it is answered wrong and never named (the live path answers "no pill")."""
+    gallery_data = data if gallery_data is None else gallery_data
+    if not np.array_equal(gallery_data["pills"], data["pills"]):
+        raise ValueError("gallery_data must hold the same photos as data, row for row")
+    found = data.get("found", np.ones(len(data["pills"]), bool))
+    enrollable = gallery_data.get("found", np.ones(len(data["pills"]), bool))
     order = list(generator.permutation(pills))
     enrolled, absent = order[:gallery_pills], order[gallery_pills:]
     gallery_rows, gallery_labels, query_rows = [], [], []
     for pill in enrolled:
         rows = np.flatnonzero(data["pills"] == pill)
         by_source = collections.OrderedDict()
-        for row in generator.permutation(rows):
+        for row in generator.permutation(rows[enrollable[rows]]):
             by_source.setdefault(data["sources"][row], row)
         chosen_sources = list(by_source)[:shots]
         gallery_rows += [by_source[s] for s in chosen_sources]
@@ -90,7 +110,7 @@ def episode_answers(data: dict, pills: list, generator: np.random.Generator, gal
         query_rows += [row for row in rows if data["sources"][row] not in chosen_sources]
     for pill in absent:
         query_rows += list(np.flatnonzero(data["pills"] == pill))
-    gallery = data["embeddings"][gallery_rows]
+    gallery = gallery_data["embeddings"][gallery_rows]
     labels = np.array(gallery_labels)
     queries = data["embeddings"][query_rows]
     distances = 1.0 - queries @ gallery.T
@@ -101,15 +121,18 @@ def episode_answers(data: dict, pills: list, generator: np.random.Generator, gal
     d1, d2 = per_pill[rows, ranked[:, 0]], per_pill[rows, ranked[:, 1]]
     truth = data["pills"][query_rows]
     nearest = np.array(names)[ranked[:, 0]]
-    return {"d1": d1, "d2": d2, "right": nearest == truth, "named": (d1 <= threshold) & (d2 - d1 > margin),
-            "enrolled": np.isin(truth, enrolled)}
+    seen = found[query_rows]
+    return {"d1": d1, "d2": d2, "right": (nearest == truth) & seen,
+            "named": (d1 <= threshold) & (d2 - d1 > margin) & seen, "enrolled": np.isin(truth, enrolled)}
 
 
-def pooled(data: dict, pills: list, settings: dict, seed: int, threshold: float, margin: float) -> dict:
-    """`settings["episodes"]` episodes over `pills` (a generator seeded `seed`), their answers pooled."""
+def pooled(data: dict, pills: list, settings: dict, seed: int, threshold: float, margin: float,
+           gallery_data: dict | None = None) -> dict:
+    """`settings["episodes"]` episodes over `pills` (a generator seeded `seed`), their answers pooled;
+    `gallery_data` as in `episode_answers`."""
     generator = np.random.default_rng(seed)
-    parts = [episode_answers(data, pills, generator, settings["gallery_pills"], settings["shots"], threshold, margin)
-             for _ in range(settings["episodes"])]
+    parts = [episode_answers(data, pills, generator, settings["gallery_pills"], settings["shots"], threshold, margin,
+                             gallery_data) for _ in range(settings["episodes"])]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 

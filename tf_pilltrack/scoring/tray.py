@@ -61,23 +61,24 @@ def tray(generator: np.random.Generator) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def place(frame: np.ndarray, pill: np.ndarray, centre: tuple[float, float], angle: float) -> np.ndarray:
-    """The pill crop scaled to PILL_SIDE, turned by `angle` degrees about its centre and pasted at
-    `centre` (its corners outside the turned crop stay tray)."""
-    scale = PILL_SIDE / max(pill.shape[:2])
+def place(frame: np.ndarray, pill: np.ndarray, centre: tuple[float, float], angle: float,
+          side: int = PILL_SIDE) -> np.ndarray:
+    """The pill crop scaled to `side` (its longer side, pixels), turned by `angle` degrees about its
+    centre and pasted at `centre` (its corners outside the turned crop stay tray)."""
+    scale = side / max(pill.shape[:2])
     height, width = max(1, round(pill.shape[0] * scale)), max(1, round(pill.shape[1] * scale))
     pill = cv2.resize(pill, (width, height), interpolation=cv2.INTER_AREA)
-    side = int(math.ceil(math.hypot(width, height))) + 2
-    canvas = np.zeros((side, side, 3), np.uint8)
-    mask = np.zeros((side, side), np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
+    square = int(math.ceil(math.hypot(width, height))) + 2
+    canvas = np.zeros((square, square, 3), np.uint8)
+    mask = np.zeros((square, square), np.uint8)
+    top, left = (square - height) // 2, (square - width) // 2
     canvas[top:top + height, left:left + width] = pill
     mask[top:top + height, left:left + width] = 255
-    turn = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
-    canvas = cv2.warpAffine(canvas, turn, (side, side), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(mask, turn, (side, side), flags=cv2.INTER_LINEAR)
-    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-    region = frame[y0:y0 + side, x0:x0 + side]
+    turn = cv2.getRotationMatrix2D((square / 2, square / 2), angle, 1.0)
+    canvas = cv2.warpAffine(canvas, turn, (square, square), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(mask, turn, (square, square), flags=cv2.INTER_LINEAR)
+    x0, y0 = int(round(centre[0] - square / 2)), int(round(centre[1] - square / 2))
+    region = frame[y0:y0 + square, x0:x0 + square]
     alpha = (mask[:region.shape[0], :region.shape[1], None] / 255.0)
     region[:] = (alpha * canvas[:region.shape[0], :region.shape[1]] + (1 - alpha) * region).astype(np.uint8)
     return frame
