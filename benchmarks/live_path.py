@@ -13,7 +13,10 @@ margin):
 - motion blur: a straight blur BLURS px long, in a random direction;
 - crop margin: the localiser's margin around the pill (the bundle's `preprocess.crop_margin`,
   changed here only: a margin that training used too cannot be changed without retraining);
-- the trays of benchmarks/live_localisation.py.
+- the trays of benchmarks/live_localisation.py;
+- symmetric views: the crops whole embedded in VIEWS quarter turns averaged instead of the bundle's
+  `preprocess.symmetry_views` (gallery and queries alike, as a device with that setting would):
+  per identification a microcontroller runs one inference per view.
 
 Every condition draws the same places and turns (one seeded generator), and its own tray noise.
 
@@ -56,6 +59,7 @@ TRAYS = (GREY, "white paper", "blue tray", "green mat", "wood texture", "the pil
 SIDES = (60, 80, 100, 150, 250)  # the crop's longer side in the 640x480 frame, px (the clip's: 150)
 BLURS = (0, 5, 11, 21)  # motion blur length, px
 MARGINS = (0.0, 0.05, 0.15, 0.3)  # the localiser's crop margin (the bundle's: 0.15)
+VIEWS = (1, 2, 4)  # symmetric views averaged per photo (the bundle's: preprocess.symmetry_views)
 EPISODES = 20
 EMPTY_FRAMES = 100  # empty frames of each tray, for the guidance's false alarms
 
@@ -70,9 +74,10 @@ class Condition:
     turned: bool = True
     blur: int = 0
     margin: float | None = None  # None: the bundle's
+    views: int | None = None  # symmetric views; None: the bundle's
 
 
-def conditions(bundle_margin: float) -> list[Condition]:
+def conditions(bundle_margin: float, bundle_views: int) -> list[Condition]:
     """The conditions measured, the live path today second (the reference of every group)."""
     found = [Condition("crops whole (--cropped): the ceiling", "ceiling", cropped=True),
              Condition("grey tray, 150 px, still: the live path today", "today"),
@@ -82,6 +87,8 @@ def conditions(bundle_margin: float) -> list[Condition]:
     found += [Condition(f"crop margin {margin:g}", "margin", margin=margin) for margin in MARGINS
               if not math.isclose(margin, bundle_margin)]
     found += [Condition(f"tray: {tray}", "tray", tray=tray) for tray in TRAYS if tray != GREY]
+    found += [Condition(f"crops whole, {views} views", "views", cropped=True, views=views) for views in VIEWS
+              if views != bundle_views]
     return found
 
 
@@ -128,6 +135,9 @@ def identifier_for(identifier, condition: Condition):
     if condition.margin is not None:
         bundle = dataclasses.replace(bundle, preprocess=dataclasses.replace(bundle.preprocess,
                                                                             crop_margin=condition.margin))
+    if condition.views is not None:
+        bundle = dataclasses.replace(bundle, preprocess=dataclasses.replace(bundle.preprocess,
+                                                                            symmetry_views=condition.views))
     return Identifier(identifier.interpreter, bundle, cropped=condition.cropped)
 
 
@@ -179,7 +189,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="settings: episodes.real_source, enroll.tiers")
     parser.add_argument("--episodes", type=int, default=EPISODES, help=f"seeded episodes (default {EPISODES})")
     parser.add_argument("--only", help="measure only the conditions of these groups (comma-separated: "
-                                       "ceiling, today, turn, scale, blur, margin, tray)")
+                                       "ceiling, today, turn, scale, blur, margin, tray, views)")
     parser.add_argument("--out", help="also write the figures here (JSON)")
     args = parser.parse_args()
     params = params_module.load(args.params)
@@ -188,7 +198,7 @@ def main() -> None:
     from edge_runtime.identification import Identifier
 
     base = Identifier.open(args.bundle, threads=1)
-    chosen = conditions(base.bundle.preprocess.crop_margin)
+    chosen = conditions(base.bundle.preprocess.crop_margin, base.bundle.preprocess.symmetry_views)
     if args.only:
         groups = {"today", *args.only.split(",")}
         chosen = [condition for condition in chosen if condition.group in groups]
@@ -211,7 +221,7 @@ def main() -> None:
             settings = {"episodes": args.episodes, "gallery_pills": len(pills), "shots": shots}
             answers = pooled(data, pills, settings, seed, 0.0, 0.0, gallery_data=gallery)
             figures[key], figures["queries"] = recall_at_1(answers)
-        if condition.cropped:
+        if condition.group == "ceiling":
             ceiling = figures["same_gallery"]
         rows.append(figures)
     print(f"real {shots}-shot, every pill enrolled ({len(pills)} pills), {args.episodes} seeded episodes; Recall@1, "
