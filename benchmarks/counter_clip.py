@@ -1,4 +1,4 @@
-"""The counter page on the shipped real-pill clip, scored frame by frame (issue 36).
+"""The counter page on the shipped real-pill clip, scored frame by frame.
 
 The clip is `data/demo/counter_demo.mp4` (seven real pushin_pill pills on a tray, one after another,
 `scripts/demo_clip.py`); `counter_demo.json` says which pill each frame shows. On a copy of the
@@ -9,19 +9,20 @@ the page's stream of answers, in order (not paced: the answers are the same at a
 
 - for the enrolled pills' frames: the share answered right, i.e. named right or "likely — check it"
   with the right pill first; the same share leaving out each pill's first second in view (the
-  issue's target: >= 90%); and the seconds until the first right answer, per pill;
+  target: >= 90%); and the seconds until the first right answer, per pill;
 - wrong names: frames where a pill is named and it is not the pill in view (the tray included);
 - for the absent pills' frames: the share that reached "likely", and how many were named;
-- the right pill ranked first at all (whatever the tier): what the model knows.
+- the right pill ranked first at all (whatever the tier): what the model knows;
+- how often the page asks for the pill turned over (`close_call`), for enrolled and absent pills.
 
 Each run is made twice or more: `--track-frames 1` answers frame by frame, as the page did before
-issue 36; 30 answers from all the frames of a still pill together (`evidence.Track`). "before" is
-frame by frame, without tiers, with the page's smoothed announcement (what issue 36 reported).
+its tiers; 30 answers from all the frames of a still pill together (`evidence.Track`). "before" is
+frame by frame, without tiers, with the page's smoothed announcement (what the page showed before its tiers).
 
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle              # project root
     .venv-edge/bin/python -m benchmarks.counter_clip --bundle bundle --out /tmp/counter_clip.json
 
-The bundle's tiers.json (benchmarks/confidence_tiers.py) decides "likely"; without one for its
+The bundle's tiers.json (the enroll stage's, tf_pilltrack/scoring/tiers.py) decides "likely"; without one for its
 model, the page answers named or unsure only, and so does this.
 """
 
@@ -65,7 +66,7 @@ def play(counter, clip: str) -> list[dict]:
 
 def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announced: bool = False) -> dict:
     """The figures of the module docstring. `announced`: judge the page's smoothed announcement
-    (state "pill", `announced`) as the page before issue 36 showed it, instead of the tiers."""
+    (state "pill", `announced`) as the page before its tiers showed it, instead of the tiers."""
     def offered(answer):
         if announced:
             return answer.get("announced") if answer.get("state") == "pill" else None
@@ -82,6 +83,7 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
 
     frames_right, settled_right, settled, first_right = [], [], 0, {}
     wrong_names, absent_likely, absent_named, absent_frames, ranked_first = 0, 0, 0, 0, []
+    close_calls = {"enrolled": [], "absent": []}
     appeared = {}
     for index, (answer, pill) in enumerate(zip(answers, truth)):
         name = named(answer)
@@ -90,6 +92,8 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
         if pill is None:
             continue
         appeared.setdefault(pill, index)
+        if pill in enrolled or pill in absent:
+            close_calls["enrolled" if pill in enrolled else "absent"].append(bool(answer.get("close_call")))
         if pill in enrolled:
             right = offered(answer) == pill
             frames_right.append(right)
@@ -114,6 +118,7 @@ def score(answers: list[dict], truth: list, enrolled, absent, fps: float, announ
         "absent_likely": round(absent_likely / absent_frames, 4) if absent_frames else None,
         "absent_named": absent_named,
         "ranked_first": round(float(np.mean(ranked_first)), 4) if ranked_first else None,
+        "close_call": {kind: round(float(np.mean(shown)), 4) if shown else None for kind, shown in close_calls.items()},
         "step_ms_median": round(float(np.median([a["step_ms"] for a in answers if "step_ms" in a])), 3),
     }
 

@@ -1,4 +1,4 @@
-"""The device step with and without the counter page, at the same frame rate (issue 21).
+"""The device step with and without the counter page, at the same frame rate.
 
 The clip: real phone photos (data/real/pushin_pill.zip by default), each centred on a 640x480
 grey frame (a camera's size) and held for a few frames, written as an MJPEG .avi. Both runs read it

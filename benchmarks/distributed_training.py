@@ -1,4 +1,4 @@
-"""Training throughput and memory of the teacher's inputs and distribution (issue 22), on the
+"""Training throughput and memory of the teacher's inputs and distribution, on the
 pipeline's prepared data (run `dvc repro` first):
 
     python -m benchmarks.distributed_training [--steps 40] [--epochs 2] [--scales 1 4]

@@ -1,8 +1,8 @@
-"""What the live view's localiser finds on trays of different colours and textures (issue 36).
+"""What the live view's localiser finds on trays of different colours and textures.
 
-The issue's user saw the box cover only the red half of two-colour capsules on a blue tray. This
+A user saw the box cover only the red half of two-colour capsules on a blue tray. This
 measures it without any model: every shipped real pill crop (data/real/pushin_pill.zip, 557) is
-placed on a tray at the demo clip's scale (`scripts/demo_clip.py`'s `place`: 150 px, turned), and
+placed on a tray at the demo clip's scale (`tf_pilltrack/scoring/tray.py`'s `place`, as the demo clip: 150 px, turned), and
 the device's localiser (`preprocessing.choose_box`, the bundle's constants) is scored against the
 pasted crop's own box: intersection over union (IoU), the share of pills it finds with IoU >= 0.5
 (the crop would show the pill), the share where it finds only part of the pill (the box inside the
@@ -18,15 +18,15 @@ and the pill's own colour (a tray that merges with the pill: the median colour o
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
-import zipfile
+import pathlib
 
 import numpy as np
 
-from benchmarks.confidence_tiers import SOURCE, demo_clip
+from tf_pilltrack.scoring import tray as demo_tray  # the demo clip's tray and placing
+
+SOURCE = pathlib.Path(__file__).resolve().parents[1] / "data" / "real" / "pushin_pill.zip"
 
 TRAYS = {"grey (the clip's)": (178, 182, 186), "white paper": (236, 236, 232), "blue tray": (70, 120, 200),
          "green mat": (60, 130, 80)}
@@ -80,10 +80,9 @@ def main() -> None:
         config = load_bundle(args.bundle, verify_model=False).preprocess
     else:
         config = PreprocessConfig(64, "auto", 0.005, 0.9, 0.15, 50_000_000, 2)  # params.yaml's preprocess
-    clip = demo_clip()
-    archive = zipfile.ZipFile(SOURCE)
-    with archive.open("pushin_pill/manifest.csv") as handle:
-        rows = sorted(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")), key=lambda r: r["crop"])
+    clip = demo_tray
+    archive, rows = demo_tray.read_set(SOURCE)
+    rows = sorted(rows, key=lambda r: r["crop"])
     crops = [clip.crop_rgb(archive, row) for row in rows]
     figures = {}
     for kind in [*TRAYS, "wood texture", "the pill's own colour"]:

@@ -143,7 +143,7 @@ def main() -> None:
     views = loaded.preprocess.symmetry_views
 
     references, queries = (dataset.load_split(name) for name in ("calibration_references", "calibration_queries"))
-    if args.calibration_gallery_pills is not None:  # 0: every calibration pill in one gallery (before issue 18)
+    if args.calibration_gallery_pills is not None:  # 0: every calibration pill in one gallery (as before the per-gallery rule)
         calibration_settings = {**calibration_settings, "calibration_gallery_pills": args.calibration_gallery_pills
                                 or 10 * len(references)}
     galleries = calibration.draw_calibration_galleries(sorted(set(references.labels.tolist())), calibration_settings,

@@ -11,7 +11,7 @@ Run from the project root after `dvc repro teacher`, in the training environment
 
 A type that is the same product as an evaluation pill must not train; the evaluation's real
 figures would otherwise measure recognition of a trained pill. This finds candidates; a person
-decides (the closing note of the issue records what was found).
+decides (docs/results.md records what was found).
 """
 
 from __future__ import annotations

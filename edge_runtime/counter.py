@@ -40,7 +40,7 @@ from edge_runtime import capture, enrollment, evidence, gallery, limits, storage
 from edge_runtime.bundle import SIDECAR, update_gallery
 from edge_runtime.capture import CaptureError, Frame
 from edge_runtime.display import draw_box
-from edge_runtime.identification import Identifier, Result, Smoother, combine_views, is_close_call
+from edge_runtime.identification import Identifier, Result, Smoother, combine_views
 from edge_runtime.interpreter import l2_normalise, runtime_name
 from edge_runtime.preprocessing import IMAGE_SUFFIXES, ImageError, decode_image
 from edge_runtime.quiet import native_stderr_silenced
@@ -241,10 +241,10 @@ class Counter:
             step = time.perf_counter() - start
         announced = self.smoother.update(result.label)
         self.steps.append(step)
-        answer = self.describe(result, announced, identifier, self.tiers, self._thumbnails)
-        height, width = frame.rgb.shape[:2]
+        answer = self.describe(result, announced, self.tiers, self._thumbnails)
         answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3), views=views, track=self.track.started,
-                      guidance=evidence.guidance(result.box, width, height, moving=why == "moved"))
+                      guidance=evidence.frame_guidance(frame.rgb, result.box, identifier.preprocess,
+                                                       moving=why == "moved"))
         jpeg = None
         if self.viewers:
             bgr = draw_box(np.ascontiguousarray(frame.rgb[:, :, ::-1]), result, announced)
@@ -260,15 +260,14 @@ class Counter:
         return self.live
 
     @staticmethod
-    def describe(result: Result, announced: str | None, identifier: Identifier,
-                 tiers: evidence.Tiers | None = None, thumbnails: set = frozenset()) -> dict:
+    def describe(result: Result, announced: str | None, tiers: evidence.Tiers | None = None,
+                 thumbnails: set = frozenset()) -> dict:
         """An answer as the page shows it: `state` "pill" (announced names one), "unknown" or
         "none" (no pill), the frame's own label, distance, closest pills, look-alike and box,
-        and whether it is a close call worth turning the pill over for; `tier` (evidence.tier)
+        and whether it is worth turning the pill over for (evidence.worth_turning_over); `tier` (evidence.tier)
         in words, and `candidates`: the closest pills (at most 3), each with its thumbnail's
         name when it has one, for staff to compare with the pill by eye."""
         state = "none" if announced is None else "unknown" if announced == gallery.UNKNOWN else "pill"
-        bundle = identifier.bundle
         level = evidence.tier(result, tiers)
         candidates = []
         for rank, match in enumerate(result.top_k[:3]):
@@ -285,7 +284,7 @@ class Counter:
             "distance": None if result.distance is None else round(result.distance, 6),
             "top_k": [{"label": m.label, "distance": round(m.distance, 6)} for m in result.top_k],
             "lookalike": result.lookalike,
-            "close_call": state == "unknown" and is_close_call(result, identifier.threshold, bundle.lookalike_margin),
+            "close_call": state == "unknown" and evidence.worth_turning_over(result, level),
             "box": None if result.box is None else [int(v) for v in result.box],
         }
 
@@ -386,7 +385,7 @@ class Counter:
         with self._model:
             identifier = self.identifier
             result = identifier.identify_embedding(combine_views(np.stack(self.faces)))
-        answer = self.describe(result, result.label, identifier, self.tiers, self._thumbnails)
+        answer = self.describe(result, result.label, self.tiers, self._thumbnails)
         answer["views"] = len(self.faces)
         return answer
 

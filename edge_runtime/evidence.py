@@ -1,4 +1,4 @@
-"""What the counter page answers from (issue 36): a pill's frames gathered while it stays still,
+"""What the counter page answers from: a pill's frames gathered while it stays still,
 and a confidence level in words whose thresholds were measured on real photos.
 
 `Track` follows one pill from frame to frame: as long as its box stays where it was (it has not
@@ -12,15 +12,17 @@ frame. A pill that moves, leaves or changes starts a new track.
 - "likely — check it": not named, but the nearest pill is near enough, and far enough ahead of the
   runner-up, that answers like it were right at a measured rate on real held-out photos;
 - "not one of your pills / unsure": anything else.
-Their thresholds come from `benchmarks/confidence_tiers.py`, which writes them, with what it
-measured, to TIERS_FILE in the bundle directory, for one model (its sha256): a bundle whose model
-has no measured tiers has no "likely" tier (named or unsure only), and the page says so.
+Their thresholds are chosen by the pipeline's `enroll` stage (`tf_pilltrack/scoring/tiers.py`), which
+writes them, with what it measured, to TIERS_FILE in the bundle directory, for one model (its
+sha256): a bundle whose model has no measured tiers has no "likely" tier (named or unsure only),
+and the page says so.
 
-Only the device client imports this module (the counter page); the pipeline does not.
+The device client (the counter page) uses this module; the pipeline imports only TIERS_FILE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,9 +32,9 @@ import numpy as np
 
 from edge_runtime import gallery, storage
 from edge_runtime.identification import Result, combine_views
-from edge_runtime.preprocessing import Box, touches_edge
+from edge_runtime.preprocessing import Box, PreprocessConfig, localise, touches_edge
 
-TIERS_FILE = "tiers.json"  # in the bundle directory, written by benchmarks/confidence_tiers.py
+TIERS_FILE = "tiers.json"  # in the bundle directory, written by the enroll stage (tf_pilltrack/scoring/tiers.py)
 MAX_TIERS_BYTES = 1 << 20
 WORDS = {"named": "named", "likely": "likely — check it", "unsure": "not one of your pills / unsure",
          "none": "no pill"}
@@ -40,7 +42,15 @@ WORDS = {"named": "named", "likely": "likely — check it", "unsure": "not one o
 TRACK_FRAMES = 30  # at most this many recent frames of a still pill are combined
 MOVE_FRACTION = 0.25  # the box's centre moving more than this share of its size: the pill moved
 RESIZE_FRACTION = 0.3  # the box's side changing by more than this share: another pill, or moved nearer
-SMALL_FRACTION = 0.004  # a box under this share of the frame: the pill is too small to see well
+# A box under this share of the frame: the pill is too small to see well. benchmarks/live_path.py,
+# real 5-shot Recall@1 on a 640x480 frame: the crop's longer side 60 px (boxes 1.1% of the frame,
+# median) loses 0.21 against 150 px (6.9%), 100 px (2.9%) 0.02; the localiser's own smallest pill
+# (the bundle's min_pill_fraction, 0.5%) is under it, so a tip below that could never be shown.
+SMALL_FRACTION = 0.015
+# Where no pill is found: a blob that stands out as a pill does, under the bundle's smallest pill
+# (min_pill_fraction) but at least this share of it, is a pill too far away (60 px: 26% of the frames
+# find no pill, every one such a blob; empty trays: none).
+FAR_PILL_SHARE = 0.2
 LARGE_FRACTION = 0.6  # a box over this share of the frame: too close
 
 
@@ -49,6 +59,14 @@ class Tiers(NamedTuple):
     likely_gap: float  # ...and the runner-up at least this much farther
     model_sha256: str  # the model they were measured with
     measured: dict  # what the benchmark measured on held-out photos (shown on the page)
+
+
+def worth_turning_over(result: Result, level: str) -> bool:
+    """Whether the page asks for the pill turned over (its close-call panel): not named, and either
+    two enrolled pills about as near (a look-alike), or a "likely" answer that the other face can
+    confirm. An unsure answer is not: it is most often a pill that is not enrolled, and another
+    face seldom changes that."""
+    return level != "named" and (result.lookalike is not None or level == "likely")
 
 
 def load_tiers(bundle_dir: str, model_sha256: str) -> tuple[Tiers | None, str]:
@@ -72,7 +90,8 @@ def load_tiers(bundle_dir: str, model_sha256: str) -> tuple[Tiers | None, str]:
         return None, f"{path}: thresholds must be finite numbers; named or unsure only"
     if tiers.model_sha256 != model_sha256:
         return None, (f"{path}: measured for another model ({tiers.model_sha256[:16]}, this bundle's is "
-                      f"{model_sha256[:16]}); named or unsure only: run benchmarks/confidence_tiers.py")
+                      f"{model_sha256[:16]}); named or unsure only: the enroll stage (dvc repro) or "
+                      "benchmarks/confidence_tiers.py measures them")
     if tiers.likely_distance < 0:
         return tiers, "measured: no threshold reached the targets on held-out photos, so no answer is \"likely\""
     return tiers, "measured on held-out real photos"
@@ -147,10 +166,32 @@ def moved(before: Box, after: Box) -> str | None:
     return None
 
 
-def guidance(box: Box | None, width: int, height: int, moving: bool) -> list[str]:
-    """What the frame says about how the pill is shown, in words staff can act on."""
+FAR_PILL_TIP = "no pill found, but something small is in view: if it is a pill, bring the camera nearer"
+
+
+def far_pill_in_view(rgb, config: PreprocessConfig) -> bool:
+    """Whether a frame in which the localiser found no pill shows a blob that stands out as a pill
+    does but is smaller than the bundle's smallest pill, down to FAR_PILL_SHARE of it: a pill too
+    far from the camera. Only the guidance uses it: what is cropped and answered is unchanged (the
+    device localises with the bundle's constants, as training did)."""
+    if not config.localise:
+        return False
+    smaller = dataclasses.replace(config, min_pill_fraction=config.min_pill_fraction * FAR_PILL_SHARE)
+    return localise(rgb, smaller) is not None
+
+
+def frame_guidance(rgb, box: Box | None, config: PreprocessConfig, moving: bool) -> list[str]:
+    """`guidance` for a frame and the box found in it (None: no pill found, when it looks for a pill
+    too far away with the preprocessing constants `config`)."""
+    height, width = rgb.shape[:2]
+    return guidance(box, width, height, moving, far_pill=box is None and far_pill_in_view(rgb, config))
+
+
+def guidance(box: Box | None, width: int, height: int, moving: bool, far_pill: bool = False) -> list[str]:
+    """What the frame says about how the pill is shown, in words staff can act on. `far_pill`: no
+    pill was found (`box` None) but `far_pill_in_view` saw a small one."""
     if box is None:
-        return []
+        return [FAR_PILL_TIP] if far_pill else []
     tips = []
     share = (box.right - box.left) * (box.bottom - box.top) / float(max(width * height, 1))
     if touches_edge(box, width, height):

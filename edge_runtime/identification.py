@@ -5,7 +5,7 @@ crops it, embeds it and searches the gallery, timing each stage. "No pill found"
 (label None), not an exception. `identify_embedding` answers for an embedding made elsewhere:
 `combine_views` of several photos of one pill (its two faces), the rule of the evaluation's
 multi-photo queries. `Smoother` votes over recent frames so a live view announces a new pill
-only once it has been seen steadily; `is_close_call` says when to ask for the pill turned over.
+only once it has been seen steadily.
 """
 
 from __future__ import annotations
@@ -140,22 +140,12 @@ class Identifier:
 def combine_views(embeddings: np.ndarray) -> np.ndarray:
     """One embedding (E,) for several views (N, E) of one pill, such as its two faces: the mean
     of the views' L2-normalised embeddings, L2-normalised. The evaluation scores its two-photo
-    queries by this rule (tf_pilltrack.scoring.episodes.combine_views: real 5-shot int8 Recall@1 0.733
-    with one photo, 0.777 with two, docs/results.md); a test checks that the two agree."""
+    queries by this rule (tf_pilltrack.scoring.episodes.combine_views; one photo against two in
+    docs/results.md); a test checks that the two agree."""
     views = gallery.check_embeddings(embeddings)
     views = views / np.maximum(np.linalg.norm(views, axis=1, keepdims=True), 1e-12)
     mean = views.mean(axis=0)
     return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
-
-
-def is_close_call(result: Result, threshold: float, margin: float) -> bool:
-    """Whether an answer is worth a second look at the pill's other face: answered unknown, and
-    either a look-alike (two enrolled pills about as near) or a best match just beyond the
-    threshold, within the look-alike margin of it. A named answer, no pill found, or a best
-    match farther than threshold + margin (a pill not enrolled) is not."""
-    if result.label != gallery.UNKNOWN or result.distance is None:
-        return False
-    return result.lookalike is not None or result.distance <= threshold + margin
 
 
 class Smoother:

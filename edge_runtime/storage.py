@@ -4,6 +4,9 @@ A file is written under a temporary name in its own directory, flushed and fsync
 renamed over the target (`os.replace` is atomic on POSIX), and the directory is fsynced so the
 rename itself survives a power cut. Readers see either the old file or the new one, never half.
 
+A folder is replaced the same way (`atomic_folder`): written in full beside it, then renamed
+into place; readers see the old folder or the new one.
+
 Files are read through `open_regular` / `read_regular`: only regular files, opened without
 blocking (a FIFO or a device in place of a photo, a video or a bundle file would otherwise
 block forever or read until memory runs out), and no more than a stated number of bytes.
@@ -15,7 +18,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import pathlib
 import secrets
+import shutil
 import stat
 import sys
 import time
@@ -147,6 +152,42 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Replace the file at `path` by `data`, atomically and durably."""
     with atomic_writer(path) as handle:
         handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yield a new, empty folder beside the folder `path`; what the block writes there replaces
+    `path` (or becomes it, when absent) once the block ends without an exception. On an exception
+    `path` is left as it was, and the new folder is deleted.
+
+    The swap is two renames, the previous folder aside and the new one in its place, and then the
+    previous folder is deleted; should the second rename fail, the previous folder goes back. A
+    process killed meanwhile leaves its folders under TEMP_PREFIX names, which the next
+    replacement of `path` clears (putting the previous folder back first, if `path` is missing)."""
+    target = pathlib.Path(os.path.abspath(os.fspath(path)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    retired = target.parent / f"{TEMP_PREFIX}old-{target.name}"
+    for leftover in target.parent.glob(f"{TEMP_PREFIX}new-{target.name}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if retired.exists() and not target.exists():
+        os.replace(retired, target)
+    shutil.rmtree(retired, ignore_errors=True)
+    staging = target.parent / f"{TEMP_PREFIX}new-{target.name}-{secrets.token_hex(6)}"
+    staging.mkdir()  # like any new folder (0777 less the umask), not private as tempfile.mkdtemp makes it
+    try:
+        yield staging
+        if target.exists():
+            os.replace(target, retired)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if retired.exists():
+                os.replace(retired, target)
+            raise
+        fsync_directory(target.parent)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 _LOCK_POLL_S = 0.1  # seconds between attempts to take a lock another process holds

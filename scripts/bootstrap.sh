@@ -22,7 +22,7 @@
 # The edge environments hold only the client's dependencies, its counter page's (`serve`: the page's
 # tests run there too) and the test tools: no TensorFlow, which this script checks. Direct pins live in pyproject.toml; constraints/<environment>.txt
 # fixes every transitive version too (pip freeze of a tested environment), so pip installs
-# without a resolver search (an unconstrained install backtracked for 15 minutes). An environment is complete when its
+# without a resolver search (an unconstrained install backtracked at length). An environment is complete when its
 # stamp file (.pilltrack-bootstrap inside it) holds the hash of pyproject.toml, this script, the
 # extras and the Python version; anything else is installed again with pip (which keeps what is
 # already there at the right version). pip prints errors only.

@@ -15,82 +15,34 @@ ENROLL_PHOTOS photos from *other* source photos than the clip's, rendered on the
     .venv-edge/bin/python scripts/demo_clip.py                        # rewrites data/demo/ (deterministic)
     .venv-edge/bin/python scripts/demo_clip.py --enroll-photos /tmp/demo_enroll --no-clip
 
-Needs numpy and OpenCV only (the edge client's own dependencies).
+Needs numpy and OpenCV only (the edge client's own dependencies); the tray and the placing are
+`tf_pilltrack/scoring/tray.py`'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import math
 import os
 import pathlib
-import zipfile
 
 import cv2
 import numpy as np
 
+# the tray and the placing, shared with the enroll stage's confidence tiers
+from tf_pilltrack.scoring.tray import HEIGHT, PILL_SIDE, TRAY, WIDTH, crop_rgb, on_tray, place, read_set, tray  # noqa: F401
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "real" / "pushin_pill.zip"
 OUT = ROOT / "data" / "demo"
-WIDTH, HEIGHT = 640, 480
 FPS = 10
 HOLD_S = 3.0  # each pill in view, still but for a slight drift
 GAP_S = 0.6  # the empty tray between pills
-PILL_SIDE = 150  # the pill crop's longer side in the frame, pixels (a pill under a counter camera)
-TRAY = (178, 182, 186)  # RGB of the plain tray
 ENROLLED = ("advil", "altoid", "midol", "pepto-bismol", "tylenol-er")
 ABSENT = ("tylenol", "vitamin")
 ORDER = ("advil", "tylenol", "altoid", "midol", "vitamin", "pepto-bismol", "tylenol-er")
 ENROLL_PHOTOS = 5
 SEED = 36
-
-
-def read_set(path: pathlib.Path) -> tuple[zipfile.ZipFile, list[dict]]:
-    archive = zipfile.ZipFile(path)
-    with archive.open("pushin_pill/manifest.csv") as handle:
-        rows = list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8")))
-    return archive, rows
-
-
-def crop_rgb(archive: zipfile.ZipFile, row: dict) -> np.ndarray:
-    data = np.frombuffer(archive.read("pushin_pill/" + row["crop"]), np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{row['crop']}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def tray(generator: np.random.Generator) -> np.ndarray:
-    """A plain tray with a little sensor noise, as a camera sees one."""
-    frame = np.empty((HEIGHT, WIDTH, 3), np.float32)
-    frame[:] = TRAY
-    frame += generator.normal(0.0, 2.0, frame.shape)
-    return np.clip(frame, 0, 255).astype(np.uint8)
-
-
-def place(frame: np.ndarray, pill: np.ndarray, centre: tuple[float, float], angle: float) -> np.ndarray:
-    """The pill crop scaled to PILL_SIDE, turned by `angle` degrees about its centre and pasted at
-    `centre` (its corners outside the turned crop stay tray)."""
-    scale = PILL_SIDE / max(pill.shape[:2])
-    height, width = max(1, round(pill.shape[0] * scale)), max(1, round(pill.shape[1] * scale))
-    pill = cv2.resize(pill, (width, height), interpolation=cv2.INTER_AREA)
-    side = int(math.ceil(math.hypot(width, height))) + 2
-    canvas = np.zeros((side, side, 3), np.uint8)
-    mask = np.zeros((side, side), np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas[top:top + height, left:left + width] = pill
-    mask[top:top + height, left:left + width] = 255
-    turn = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
-    canvas = cv2.warpAffine(canvas, turn, (side, side), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(mask, turn, (side, side), flags=cv2.INTER_LINEAR)
-    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-    region = frame[y0:y0 + side, x0:x0 + side]
-    alpha = (mask[:region.shape[0], :region.shape[1], None] / 255.0)
-    region[:] = (alpha * canvas[:region.shape[0], :region.shape[1]] + (1 - alpha) * region).astype(np.uint8)
-    return frame
 
 
 def choose(rows: list[dict], generator: np.random.Generator) -> dict:
@@ -139,8 +91,7 @@ def write_enroll_photos(archive, chosen: dict, folder: pathlib.Path, generator: 
     for pill in ENROLLED:
         (folder / pill).mkdir(parents=True, exist_ok=True)
         for number, row in enumerate(chosen[pill]["enroll"]):
-            centre = (WIDTH / 2 + generator.uniform(-80, 80), HEIGHT / 2 + generator.uniform(-60, 60))
-            frame = place(tray(generator), crop_rgb(archive, row), centre, generator.uniform(-45, 45))
+            frame = on_tray(crop_rgb(archive, row), generator)
             cv2.imwrite(str(folder / pill / f"{number}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_JPEG_QUALITY, 90])
 

@@ -1,4 +1,4 @@
-"""How benchmarks/counter_clip.py scores the page's answers on the real-pill clip (issue 36): named
+"""How benchmarks/counter_clip.py scores the page's answers on the real-pill clip: named
 right or "likely" with the right pill first counts; a wrong name anywhere counts against; absent
 pills reaching "likely" or named are counted. Hand-made answers, so each rule is seen to bite."""
 

@@ -1,4 +1,4 @@
-"""The shipped demo clip (issue 36): the README's `pilltrack-edge serve --video
+"""The shipped demo clip: the README's `pilltrack-edge serve --video
 data/demo/counter_demo.mp4` has a clip to play, made by scripts/demo_clip.py from the shipped real
 photos, small, and honest about what it shows. Nothing here imports TensorFlow."""
 

@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 import tf_keras  # noqa: E402
 
 from tf_pilltrack.training import distiller, models  # noqa: E402
+from tf_pilltrack.training.distiller import batch_mean  # noqa: E402
 
 SIZE = 32
 EMBEDDING = 8
@@ -66,6 +67,30 @@ def test_each_loss_term_decreases_when_trained_alone(term):
         distiller.train_on_batch(images, labels)
     after = float(distiller.compute_terms(images, labels, training=True)[f"{term}_loss"])
     assert after < 0.8 * before, (term, before, after)
+
+
+@pytest.mark.parametrize("triplet", [0.0, 0.5])
+def test_triplet_term_is_computed_only_when_its_weight_is_above_zero(monkeypatch, triplet):
+    teacher, student = _models()
+    images, labels = _problem()
+    distiller = _distiller(teacher, student, embedding=1.0, relation=2.0, triplet=triplet)
+    triplet_loss, calls = distiller.triplet, []
+
+    def spy(*args):
+        calls.append(args)
+        return triplet_loss(*args)
+
+    monkeypatch.setattr(distiller, "triplet", spy)
+    terms = distiller.compute_terms(images, labels, training=False)
+    # the total is the weighted sum it always was; a triplet term of weight 0 added nothing to it
+    student_embeddings = models.l2_normalise(student(images, training=False))
+    expected = 1.0 * terms["embedding_loss"] + 2.0 * terms["relation_loss"]
+    if triplet > 0:
+        expected += triplet * batch_mean(triplet_loss(labels, student_embeddings))
+    assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    logs = distiller.train_on_batch(images, labels, return_dict=True)
+    assert bool(calls) == (triplet > 0)
+    assert ("triplet_loss" in terms) == ("triplet_loss" in logs) == (triplet > 0)
 
 
 def test_loss_terms_are_zero_for_identical_embeddings():

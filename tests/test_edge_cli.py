@@ -73,8 +73,8 @@ def test_headless_prints_one_json_record_per_image(edge_bundle, photos):
 
 
 def test_headless_gives_the_counter_pages_tier_from_the_bundles_measured_tiers(edge_bundle, photos):
-    """Issue 36: the tiers through --headless JSON, as the page shows them: "likely" once tiers.json
-    (benchmarks/confidence_tiers.py) is measured for this bundle's model, and not for another's."""
+    """The tiers through --headless JSON, as the page shows them: "likely" once tiers.json
+    (the enroll stage's, tf_pilltrack/scoring/tiers.py) is measured for this bundle's model, and not for another's."""
     from edge_runtime.bundle import load_bundle
 
     sha = load_bundle(edge_bundle).model_sha256
@@ -323,7 +323,7 @@ def test_the_live_view_names_a_close_call():
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
 def test_every_float_option_refuses_nan_and_infinity(edge_bundle, tmp_path, value):
-    """Issue 37: `serve --countdown nan` and `--interval nan` were taken (NaN compares false with
+    """`serve --countdown nan` and `--interval nan` were taken (NaN compares false with
     both bounds of click's FloatRange), and then every /api/bundle answered 400. Each float option
     now refuses NaN and infinity as a usage error (exit 2) naming it, before anything runs."""
     photo = write_photo(tmp_path / "green.png", pill_photos("green", 1, seed=4)[0])

@@ -1,4 +1,4 @@
-"""The counter page's evidence over frames and confidence tiers (issue 36, edge_runtime/evidence.py).
+"""The counter page's evidence over frames and confidence tiers (edge_runtime/evidence.py).
 Nothing here imports TensorFlow."""
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ def test_the_tiers_of_an_answer():
     assert evidence.WORDS["unsure"] == "not one of your pills / unsure"
 
 
+def test_the_pill_is_worth_turning_over_for_a_lookalike_or_a_likely_answer_only():
+    def result(label, lookalike=None):
+        return Result(label, 0.2, [Match("a", 0.2), Match("b", 0.3)], Box(0, 0, 1, 1), {}, lookalike)
+
+    assert evidence.worth_turning_over(result(gallery.UNKNOWN, lookalike="b"), "unsure")  # a look-alike
+    assert evidence.worth_turning_over(result(gallery.UNKNOWN), "likely")  # the other face can confirm it
+    assert not evidence.worth_turning_over(result(gallery.UNKNOWN), "unsure")  # most often not enrolled
+    assert not evidence.worth_turning_over(result("a"), "named")
+    assert not evidence.worth_turning_over(result("a", lookalike="b"), "named")
+
+
 def test_tiers_are_read_only_for_the_model_they_were_measured_with(tmp_path):
     directory = str(tmp_path)
     tiers, note = evidence.load_tiers(directory, SHA)
@@ -96,5 +107,36 @@ def test_capture_guidance_from_the_box():
     assert evidence.guidance(Box(200, 150, 360, 300), 640, 480, moving=False) == []
     assert "partly out of view" in evidence.guidance(Box(0, 150, 160, 300), 640, 480, moving=False)[0]
     assert "small" in evidence.guidance(Box(300, 200, 310, 210), 640, 480, moving=False)[0]
+    # a pill 60 px across on a 640x480 frame (1.2% of it) is small (benchmarks/live_path.py), 100 px is not
+    assert "small" in evidence.guidance(Box(300, 200, 360, 260), 640, 480, moving=False)[0]
+    assert evidence.guidance(Box(300, 200, 400, 300), 640, 480, moving=False) == []
+    assert evidence.guidance(None, 640, 480, moving=False, far_pill=True) == [evidence.FAR_PILL_TIP]
     assert "too close" in evidence.guidance(Box(10, 10, 630, 470), 640, 480, moving=False)[0]
     assert "hold the pill still" in evidence.guidance(Box(200, 150, 360, 300), 640, 480, moving=True)[0]
+
+
+def tray_with_a_pill(diameter: int | None):
+    """A 640x480 grey tray with a little noise, and a pale pink pill `diameter` px across (None: none)."""
+    import cv2
+
+    frame = np.random.default_rng(0).normal(182.0, 2.0, (480, 640, 3)).clip(0, 255).astype(np.uint8)
+    if diameter:
+        cv2.ellipse(frame, (300, 260), (diameter // 2, diameter // 3), 20, 0, 360, (236, 150, 170), -1)
+    return frame
+
+
+def test_a_pill_too_far_away_is_told_to_come_nearer_and_nothing_else_is():
+    """A pill under the bundle's smallest (min_pill_fraction) is no pill to the localiser, as in
+    training; the guidance alone sees it and asks for the camera nearer. An empty tray, a pill of
+    the usual size, and a device that does not localise never get that tip."""
+    from edge_runtime.preprocessing import PreprocessConfig, localise
+
+    config = PreprocessConfig(image_size=64, localise="auto", min_pill_fraction=0.005, max_pill_fraction=0.9,
+                              crop_margin=0.15, max_image_pixels=10**7, symmetry_views=4)
+    far = tray_with_a_pill(40)  # about 0.3% of the frame: under the smallest pill
+    assert localise(far, config) is None and evidence.far_pill_in_view(far, config)
+    assert not evidence.far_pill_in_view(tray_with_a_pill(None), config)
+    assert not evidence.far_pill_in_view(tray_with_a_pill(8), config)  # a crumb: under a fifth of the smallest
+    assert localise(tray_with_a_pill(150), config) is not None  # the usual size is found, and answered
+    whole = PreprocessConfig(**{**config.to_dict(), "localise": False})
+    assert not evidence.far_pill_in_view(far, whole)

@@ -1,4 +1,4 @@
-"""Fuzzing the bundle's Annoy index (issue 37): a crafted index whose checksums in bundle.json
+"""Fuzzing the bundle's Annoy index: a crafted index whose checksums in bundle.json
 are recomputed passes every checksum, and Annoy's native code trusts its counts and references,
 so before the fix three of 30 random corruptions crashed `identify` with SIGSEGV. Here bytes of
 the tree nodes are overwritten and the file cut short or extended, the sidecar rewritten to

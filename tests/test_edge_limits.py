@@ -1,4 +1,4 @@
-"""Hostile inputs to the device client's gallery (issue 20): an enroll that would make the bundle
+"""Hostile inputs to the device client's gallery: an enroll that would make the bundle
 unreadable, limits shared by writer, reader and CLI, labels that differ only in case or Unicode
 form, and a bundle lock held by another command. Nothing here imports TensorFlow."""
 

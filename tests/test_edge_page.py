@@ -1,4 +1,4 @@
-"""The counter page end to end in a real browser (issue 21): `pilltrack-edge serve --video` run as
+"""The counter page end to end in a real browser: `pilltrack-edge serve --video` run as
 a user runs it, and Debian's headless Chromium, driven through its chromedriver by Selenium,
 reading the answer, enrolling the pill through the form, and removing it.
 
@@ -153,7 +153,7 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
         return browser.execute_script(f"return document.getElementById('{element_id}').getBoundingClientRect().top")
 
     assert top("answer-section") == top("view-section")  # desktop: the answer beside the live view
-    browser.set_window_size(390, 844)  # phone first (issue 36): the answer and its candidates on top
+    browser.set_window_size(390, 844)  # phone first: the answer and its candidates on top
     WebDriverWait(browser, WAIT_S).until(lambda driver: top("answer-section") < top("view-section"))
     assert top("view-section") < top("enroll-section") < top("gallery-section") < top("bundle-section")
     browser.execute_script("document.getElementById('bundle-panel').open = false; window.scrollTo(0, 0)")
@@ -169,7 +169,7 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
     assert gallery() == ["blue", "green", "red"]
 
 
-# --- issue 37: another site's page, on this machine, tries to change the gallery ----------------------
+# --- another site's page, on this machine, tries to change the gallery --------------------------------
 
 ATTACK = """
 async function attack(target, photos, where) {
@@ -245,7 +245,7 @@ def bundle_files(directory) -> dict:
 
 
 def test_another_sites_page_cannot_change_the_gallery(browser, served, other_site, edge_bundle):
-    """Issue 37: a sandboxed iframe (its requests' Origin is `null`) on any page replaced the whole
+    """A sandboxed iframe (its requests' Origin is `null`) on any page replaced the whole
     gallery of the default `serve`. A page of another origin on this machine (another port), plain
     and in a sandboxed iframe, tries every way to enroll, replace the gallery and remove pills; the
     gallery is unchanged, and the browser did send the requests (the no-CORS fetches were answered)."""
@@ -286,7 +286,7 @@ def test_another_sites_page_cannot_change_the_gallery(browser, served, other_sit
 
 
 def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, served, tmp_path):
-    """Issue 36: "start a new gallery" and a label differing from an enrolled one only in case or
+    """On the page, "start a new gallery" and a label differing from an enrolled one only in case or
     spacing ask first, saying what they do; rename, a photo's delete and undo work from the page."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -354,7 +354,7 @@ def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, serve
     text_becomes("answer", "Cyan 25 mg")
 
 
-# --- issue 36: the real-pill clip, in the browser, scored ---------------------------------------------
+# --- the real-pill clip, in the browser, scored -------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -362,10 +362,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_the_real_pill_clip_meets_the_counter_targets_in_the_browser(browser, tmp_path):
     """The shipped demo clip (seven real pushin_pill pills, data/demo) served as a user serves it, with
-    the pipeline's bundle (`dvc repro`) and its measured tiers (benchmarks/confidence_tiers.py); five
+    the pipeline's bundle (`dvc repro`) and its measured tiers (its enroll stage's tiers.json); five
     pills enrolled through the page's form from other source photos than the clip's, starting a new
     gallery; the answers the page streams to the browser over one whole loop of the clip, scored
-    (benchmarks/counter_clip.score). Targets of issue 36: enrolled pills named or "likely" first on
+    (benchmarks/counter_clip.score). The targets: enrolled pills named or "likely" first on
     >= 90% of their frames after their first second in view, no wrong name, absent pills "likely" on
     <= 5% of their frames and never named. The figures are printed (pytest -s)."""
     from selenium.webdriver.common.by import By
@@ -437,6 +437,6 @@ def test_the_real_pill_clip_meets_the_counter_targets_in_the_browser(browser, tm
     assert figures["wrong_names"] == 0, figures
     assert figures["absent_named"] == 0, figures
     assert figures["absent_likely"] <= 0.05, figures
-    if figures["right_after_1s"] < 0.90:  # today's mcu model: 53.0% (docs/results.md); the safety targets above hold
-        pytest.xfail(f"issue 36's target not met by this model: the right pill offered on "
+    if figures["right_after_1s"] < 0.90:  # today's mcu model: docs/results.md; the safety targets above hold
+        pytest.xfail(f"the counter's target not met by this model: the right pill offered on "
                      f"{figures['right_after_1s']:.1%} of the enrolled pills' frames after their first second, not 90%")

@@ -452,7 +452,7 @@ def descriptors(pid) -> dict[str, str]:
 # FD_SAMPLES times at each (once per frame). One reading is not enough: `quiet.native_stderr_silenced`,
 # around every frame's `cv2.VideoCapture.read()`, holds a copy of stderr (and, for an instant,
 # /dev/null) while the frame decodes, so a reading that lands there counts 7 descriptors for the 6
-# the client keeps open (issue 37: `assert 7 <= 6` under load). The fewest at a checkpoint is its
+# the client keeps open (once: `assert 7 <= 6` under load). The fewest at a checkpoint is its
 # steady count: a descriptor open only during a read is not in every reading, a leaked one is.
 FD_CHECKPOINTS = 6
 FD_SAMPLES = 12
@@ -556,7 +556,7 @@ def soak_cli_video(tmp_path, bundle_dir, frames_total: int, max_bytes_per_frame=
 
 
 def test_descriptor_check_fails_on_growth_not_on_a_read_in_progress():
-    """check_descriptors on readings like those of issue 37's failure: one reading (of twelve, near
+    """check_descriptors on readings like those of a failure once seen: one reading (of twelve, near
     the end) taken while a frame was read, with the copy of stderr and /dev/null open. The old check
     (one reading after the warm-up, one near the end) failed on them; a steady leak still fails."""
     kept = {"0": "/dev/null", "1": "pipe:[1]", "2": "pipe:[2]", "4": "index.ann", "5": "model.tflite",

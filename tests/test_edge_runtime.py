@@ -6,6 +6,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -290,6 +291,58 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["data.bin"]  # no temporary file left behind
+
+
+def _folder(path) -> dict:
+    return {item.name: item.read_bytes() for item in path.iterdir()}
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "set"
+    with storage.atomic_folder(target) as staging:  # made when absent
+        (staging / "a.bin").write_bytes(b"old a")
+        (staging / "b.bin").write_bytes(b"old b")
+    assert _folder(target) == {"a.bin": b"old a", "b.bin": b"old b"}
+
+    with pytest.raises(RuntimeError, match="crash while writing"):
+        with storage.atomic_folder(target) as staging:
+            (staging / "a.bin").write_bytes(b"half of the new")
+            raise RuntimeError("crash while writing")
+    assert _folder(target) == {"a.bin": b"old a", "b.bin": b"old b"}  # the previous folder intact
+    assert sorted(os.listdir(tmp_path)) == ["set"]  # no temporary folder left behind
+
+    real_replace = os.replace
+
+    def failing_rename(source, destination):  # the new folder's rename into place, after the old one moved aside
+        if pathlib.Path(destination) == target and "old" not in pathlib.Path(source).name:
+            raise OSError("rename failed")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(storage.os, "replace", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with storage.atomic_folder(target) as staging:
+            (staging / "c.bin").write_bytes(b"new c")
+    monkeypatch.undo()
+    assert _folder(target) == {"a.bin": b"old a", "b.bin": b"old b"}  # moved back in place
+    assert sorted(os.listdir(tmp_path)) == ["set"]
+
+    with storage.atomic_folder(target) as staging:
+        (staging / "c.bin").write_bytes(b"new c")
+    assert _folder(target) == {"c.bin": b"new c"}  # replaced, not merged
+    assert sorted(os.listdir(tmp_path)) == ["set"]
+
+
+def test_atomic_folder_clears_what_a_killed_replacement_left(tmp_path):
+    target = tmp_path / "set"
+    retired = tmp_path / f"{storage.TEMP_PREFIX}old-set"  # killed between its two renames: no `set`
+    retired.mkdir()
+    (retired / "a.bin").write_bytes(b"old a")
+    (tmp_path / f"{storage.TEMP_PREFIX}new-set-0123456789ab").mkdir()  # and its half-written new folder
+    with pytest.raises(RuntimeError):
+        with storage.atomic_folder(target):
+            raise RuntimeError("crash while writing")
+    assert _folder(target) == {"a.bin": b"old a"}  # the previous folder back in place
+    assert sorted(os.listdir(tmp_path)) == ["set"]
 
 
 def test_file_lock_is_exclusive(tmp_path):

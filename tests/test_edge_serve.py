@@ -1,4 +1,4 @@
-"""The counter page's server (`pilltrack-edge serve`, issue 21) over HTTP: every route, served by
+"""The counter page's server (`pilltrack-edge serve`) over HTTP: every route, served by
 uvicorn on loopback from a thread, fed by in-memory frames of the tiny fixtures' pills or a fake
 camera. Nothing here imports TensorFlow (the edge environments run this file too)."""
 
@@ -227,7 +227,7 @@ def test_enroll_from_shots_with_a_retake(page):
 
 
 def test_a_new_gallery_keeps_only_the_new_pill(page, edge_bundle):
-    """Issue 36: a new gallery is refused (409, nothing changed) until the request says how many
+    """A new gallery is refused (409, nothing changed) until the request says how many
     pills it removes, the number the page shows and asks about."""
     before = snapshot(edge_bundle)
     for fields in ({}, {"replaces": "2"}):
@@ -480,7 +480,7 @@ def test_serve_refuses_bad_arguments_before_serving(edge_bundle, tmp_path):
         assert result.exit_code == 1 and f"127.0.0.1:{sock.getsockname()[1]}: cannot listen there" in result.stderr
     finally:
         sock.close()
-    # issue 36: an option of pilltrack-edge itself after the command says where it goes
+    # an option of pilltrack-edge itself after the command says where it goes
     for option in ("--bundle", "--threads"):
         result = CliRunner().invoke(main, ["serve", option, edge_bundle, "--folder", str(tmp_path)])
         assert result.exit_code == 2 and (f"{option} is an option of pilltrack-edge itself: it goes before the "
@@ -490,7 +490,7 @@ def test_serve_refuses_bad_arguments_before_serving(edge_bundle, tmp_path):
 
 
 def test_a_video_plays_at_its_own_rate_unless_fps_is_given(tmp_path, capsys):
-    """Issue 36: --fps paced every decoded frame at 10 fps, so a 30 fps file played at a third of its speed."""
+    """--fps once paced every decoded frame at 10 fps, so a 30 fps file played at a third of its speed."""
     from edge_runtime.counter import DEFAULT_VIDEO_FPS, video_rate
 
     for rate, expected in ((30, 30.0), (12.5, 12.5), (120, limits.MAX_FPS)):
@@ -511,7 +511,7 @@ def test_loopback_addresses():
     assert not any(map(server.is_loopback, ["0.0.0.0", "192.168.1.20", "::", "counter.local"]))
 
 
-# --- issue 37: hostile requests -------------------------------------------------------------------
+# --- hostile requests -----------------------------------------------------------------------------
 
 CHANGES = [  # every route that changes something, with a form that would do so
     ("/api/enroll", {"label": "cyan", "new_gallery": "1"}, "upload"),  # the whole gallery replaced
@@ -523,7 +523,7 @@ CHANGES = [  # every route that changes something, with a form that would do so
 
 
 def test_a_change_needs_proof_that_it_comes_from_the_page(page, edge_bundle):
-    """Issue 37: on the default `serve` (loopback, no token) `Origin: null`, a sandboxed frame's on
+    """On the default `serve` (loopback, no token) `Origin: null`, a sandboxed frame's on
     any site, removed a pill and replaced the gallery. Now no Origin, `null`, another site's (another
     port of this host too) or a wrong page key are all refused, for every change, and nothing changes."""
     before = snapshot(edge_bundle)
@@ -653,7 +653,7 @@ def test_serve_on_another_loopback_address_answers_its_own_host(identifier):
 
 @pytest.mark.parametrize("inside", [False, True], ids=["thumbnails-folder-a-link", "a-thumbnail-a-link"])
 def test_the_page_writes_and_deletes_thumbnails_only_inside_the_bundle(page, edge_bundle, tmp_path, inside):
-    """Issue 37: with `thumbnails` a symbolic link to another folder, enrolling wrote a thumbnail
+    """With `thumbnails` a symbolic link to another folder, enrolling wrote a thumbnail
     there and removing deleted every *.jpg there. A linked folder, or a linked thumbnail in it, is
     now refused, naming it, before the gallery changes; nothing outside the bundle is touched."""
     outside = tmp_path / "Pictures"
@@ -703,7 +703,7 @@ def test_a_thumbnail_link_is_never_read_or_followed(page, edge_bundle, tmp_path)
     assert secret.read_bytes() == b"\xff\xd8 not the bundle's" and os.path.islink(thumbnail)
 
 
-# --- issue 36: safe gallery edits ------------------------------------------------------------------
+# --- safe gallery edits ---------------------------------------------------------------------------
 
 
 def test_a_label_differing_only_in_case_or_spacing_asks_before_merging(page, edge_bundle):
@@ -804,7 +804,7 @@ def test_each_photo_can_be_seen_and_removed(page, edge_bundle):
     assert snapshot(edge_bundle) == before
 
 
-# --- issue 36: candidates to check, tiers, evidence over frames -----------------------------------
+# --- candidates to check, tiers, evidence over frames --------------------------------------------
 
 
 def test_the_answer_ranks_candidates_and_one_tap_confirms_and_can_add_the_frame(page, edge_bundle):
@@ -874,3 +874,19 @@ def test_a_still_pill_is_answered_from_all_its_frames(identifier, edge_bundle):
         assert "no measured tiers" in single.request("GET", "/api/bundle")[1]["tiers_note"]
     finally:
         single.close()
+
+
+def test_a_pill_too_far_from_the_camera_is_told_to_come_nearer(identifier):
+    """A frame whose pill is under the bundle's smallest (so no pill is found, as in training) says
+    so in the answer's guidance; an empty tray says nothing (issue 36, benchmarks/live_path.py)."""
+    tray = np.random.default_rng(0).normal(182.0, 2.0, (480, 640, 3)).clip(0, 255).astype(np.uint8)
+    far = tray.copy()
+    cv2.ellipse(far, (300, 260), (20, 13), 20, 0, 360, (236, 150, 170), -1)
+    page = Page(identifier, looping([far] * 10 + [tray] * 10))
+    try:
+        answer = page.answer_becomes(lambda a: a.get("frame", -1) in range(10), "a frame of the far pill")
+        assert answer["tier"] == "none" and answer["guidance"] == [evidence.FAR_PILL_TIP]
+        answer = page.answer_becomes(lambda a: a.get("frame", -1) in range(10, 20), "a frame of the empty tray")
+        assert answer["tier"] == "none" and answer["guidance"] == []
+    finally:
+        page.close()

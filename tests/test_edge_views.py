@@ -1,4 +1,4 @@
-"""Several photos of one pill answered together (issue 21): the device's `combine_views` is the
+"""Several photos of one pill answered together: the device's `combine_views` is the
 evaluation's multi-photo rule (tf_pilltrack.scoring.episodes, so this file runs in the training
 environment only), and `pilltrack-edge --one-pill` gives one answer from them."""
 

@@ -107,6 +107,14 @@ def test_micro_arena_and_c_array(tiny, tmp_path):
     assert "resolver.AddDepthwiseConv2D()" in (tmp_path / "main.cc").read_text()
 
 
+def test_c_bytes_lays_out_the_rows_both_c_arrays_use():
+    """model_data.cc (12 bytes a row) and the firmware's crops.cc (16) share this layout."""
+    assert micro.c_bytes(bytes([0, 1, 171, 255, 16]), per_line=2) == "    0x00, 0x01,\n    0xab, 0xff,\n    0x10,"
+    assert micro.c_bytes(bytes(range(13))).splitlines() == [
+        "    " + ", ".join(f"0x{value:02x}" for value in range(12)) + ",", "    0x0c,"]
+    assert micro.c_bytes(b"") == ""
+
+
 def test_resolver_calls_follow_tflm_names():
     assert micro.resolver_calls(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "QUANTIZE"]) == [
         "AddConv2D", "AddDepthwiseConv2D", "AddFullyConnected", "AddMean", "AddQuantize"]

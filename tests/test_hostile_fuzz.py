@@ -1,4 +1,4 @@
-"""Fuzzing the two image loaders (issue 20): mutated photos and files of foreign formats, whatever
+"""Fuzzing the two image loaders: mutated photos and files of foreign formats, whatever
 their names say, through the device's loader (`capture.image_frames`, what `pilltrack-edge
 --image` and `enroll` read with) and through `pilltrack prepare`'s (`list_source` + `ingest` of a
 zip). No exception may escape, every file is either used or reported, and the batch goes on: a

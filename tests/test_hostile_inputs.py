@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 20): decoder exceptions, special files, native libraries' stderr,
+"""Hostile inputs: decoder exceptions, special files, native libraries' stderr,
 unreadable videos, training ingestion (zip members, special files) and params.yaml values too
 large to print. Each case ends in a one-line error naming the file, or in that file being
 reported and skipped while the rest of the batch goes on."""
@@ -25,7 +25,7 @@ from edge_runtime.preprocessing import ImageError, PreprocessConfig, read_image
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# What the image library raised on files of formats it half-supports (the issue's list).
+# What the image library raised on files of formats it half-supports.
 DECODER_EXCEPTIONS = [IndexError, ZeroDivisionError, NotImplementedError, KeyError, TypeError, AttributeError,
                       MemoryError, RuntimeError]
 
@@ -287,7 +287,7 @@ def test_a_special_file_as_the_data_source_is_refused(tmp_path, source, kind):
 
 def test_a_params_value_too_large_to_print_is_cut_short(tmp_path):
     """A YAML alias bomb where a string belongs: the message showed the whole expanded value
-    (the issue's took 44 s and then ran out of memory)."""
+    (one took long enough to run out of memory)."""
     from tf_pilltrack import params as params_module
 
     levels = ["&l0 [x, x, x, x, x, x, x, x, x]"]

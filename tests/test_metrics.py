@@ -263,18 +263,6 @@ def test_label_margins_compare_the_two_nearest_pills():
     np.testing.assert_array_equal(metrics.label_margins(queries, gallery[:2], labels[:2]), [2.0, 2.0])
 
 
-def test_margin_for_errors_flags_the_share_of_wrong_answers_asked():
-    margins = np.array([0.01, 0.02, 0.03, 0.04, 0.5, 0.6])
-    wrong = np.array([True, False, True, True, True, False])  # wrong answers' margins .01 .03 .04 .5
-    assert metrics.margin_for_errors(margins, wrong, 0.5) == pytest.approx(0.03)  # flags .01, .03: 2 of 4
-    assert metrics.margin_for_errors(margins, wrong, 0.6) == pytest.approx(0.04)  # 3 of 4, not fewer
-    assert metrics.margin_for_errors(margins, wrong, 1.0) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="no wrong answers"):
-        metrics.margin_for_errors(margins, np.zeros(6, bool), 0.5)
-    with pytest.raises(ValueError, match="share"):
-        metrics.margin_for_errors(margins, wrong, 0.0)
-
-
 def test_lookalike_rates_by_hand():
     margins = np.array([0.01, 0.02, 0.03, 0.04, 0.5, 0.6])
     correct = np.array([False, True, False, False, False, True])

@@ -439,3 +439,39 @@ def test_a_null_firmware_budget_means_no_limit(params):
     params_module.validate(params)
     _delete(params, "budgets.mcu.max_firmware_ram_bytes")
     assert "missing key" in _rejects(params, "budgets.mcu.max_firmware_ram_bytes")
+
+
+# --- enroll.tiers: the counter page's "likely" tier (tf_pilltrack/scoring/tiers.py) --------------------
+
+
+@pytest.mark.parametrize("dotted", ["enroll.tiers", "enroll.tiers.gaps", "enroll.tiers.seed",
+                                    "enroll.tiers.likely_right", "enroll.tiers.distance_steps"])
+def test_missing_tiers_key_is_named(params, dotted):
+    _delete(params, dotted)
+    assert "missing key" in _rejects(params, dotted)
+
+
+@pytest.mark.parametrize("dotted, value, named, expected", [
+    ("enroll.tiers", 5, "enroll.tiers", "expected a mapping"),
+    ("enroll.tiers.gap", 0.1, "enroll.tiers.gap", "unknown key"),
+    ("enroll.tiers.gallery_pills", 1, "enroll.tiers.gallery_pills", "below the minimum 2"),
+    ("enroll.tiers.shots", 0, "enroll.tiers.shots", "below the minimum 1"),
+    ("enroll.tiers.episodes", 2.5, "enroll.tiers.episodes", "expected an integer"),
+    ("enroll.tiers.likely_right", 1.5, "enroll.tiers.likely_right", "above the maximum 1.0"),
+    ("enroll.tiers.absent_likely", -0.1, "enroll.tiers.absent_likely", "below the minimum 0.0"),
+    ("enroll.tiers.distance_steps", 1, "enroll.tiers.distance_steps", "below the minimum 2"),
+    ("enroll.tiers.gaps", [], "enroll.tiers.gaps", "non-empty list"),
+    ("enroll.tiers.gaps", [0.0, 0.1, 0.1], "enroll.tiers.gaps", "repeated values"),
+    ("enroll.tiers.gaps", [0.0, "wide"], "enroll.tiers.gaps[1]", "expected a finite number"),
+    ("enroll.tiers.seed", "36", "enroll.tiers.seed", "expected an integer"),
+])
+def test_bad_tiers_settings_are_named(params, dotted, value, named, expected):
+    _set(params, dotted, value)
+    assert expected in _rejects(params, named)
+
+
+def test_the_small_profile_has_the_same_tiers_keys(repo_params):
+    with open(REPO / "tests" / "params_small.yaml", encoding="utf-8") as handle:
+        small = yaml.safe_load(handle)
+    assert set(small["enroll"]["tiers"]) == set(repo_params["enroll"]["tiers"]) == set(params_module._TIERS)
+    params_module.validate(small)

@@ -31,6 +31,29 @@ def test_repro_writes_every_artefact(pipeline):
     assert (work / "dvc.lock").is_file()
 
 
+def test_enroll_chooses_the_counter_pages_tiers_for_its_bundle(pipeline):
+    """Issue 36: the enroll stage writes bundle/tiers.json for the bundle's own model (what the
+    counter page reads) and reports the held-out figures in reports/enroll.json."""
+    from edge_runtime import evidence
+    from edge_runtime.bundle import load_bundle
+
+    work = pipeline["dir"]
+    bundle = load_bundle(work / "bundle", verify_model=False)
+    written = json.loads((work / "bundle" / evidence.TIERS_FILE).read_text())
+    report = json.loads((work / "reports/enroll.json").read_text())["tiers"]
+    assert written["model_sha256"] == bundle.model_sha256 and written["made_by"].startswith("pilltrack enroll")
+    assert (written["likely_distance"], written["likely_gap"]) == (report["likely_distance"], report["likely_gap"])
+    assert (report["likely"] == "on") if report["likely_distance"] >= 0 else report["likely"].startswith("off")
+    settings = yaml.safe_load((work / "params.yaml").read_text())["enroll"]["tiers"]
+    held = report["held_out"]
+    assert written["measured"] == held and held["episodes_per_fold"] == settings["episodes"]
+    assert held["targets"] == {"likely_right": settings["likely_right"], "absent_likely": settings["absent_likely"]}
+    assert held["enrolled_queries"] > 0 and held["absent_queries"] > 0
+    assert report["bundle_threshold"] == bundle.unknown_threshold
+    tiers, note = evidence.load_tiers(str(work / "bundle"), bundle.model_sha256)
+    assert tiers is not None and note.startswith("measured")
+
+
 def test_evaluation_reports_every_model(pipeline):
     results = json.loads((pipeline["dir"] / "metrics/evaluation.json").read_text())
     for model in ("teacher", "student_float", "student_qat_keras", "student_ptq_int8", "student_int8"):

@@ -126,6 +126,17 @@ _BENCH_TARGETS = {
     "max_annoy_lookup_us": _number(0.0),
 }
 
+_TIERS = {  # enroll.tiers: the counter page's "likely" tier (tf_pilltrack/scoring/tiers.py)
+    "gallery_pills": _integer(2, 1000),
+    "shots": _integer(1, 1000),
+    "episodes": _integer(1, 10_000),
+    "likely_right": _number(0.0, 1.0),
+    "absent_likely": _number(0.0, 1.0),
+    "distance_steps": _integer(2, 10_001),
+    "gaps": _list_of(_number(0.0, 2.0)),
+    "seed": _integer(0, 2**31 - 1),
+}
+
 _PROFILE = {
     "image_size": _integer(16, 512),
     "student_alpha": _number(0.1, 1.4),
@@ -230,6 +241,7 @@ SCHEMA: dict[str, dict[str, Callable[[str, Any], None]]] = {
         "min_named_correct": _number(0.0, 1.0),
         "max_absent_named": _number(0.0, 1.0),
         "rule_steps": _integer(2, 1000),
+        "tiers": _mapping(_TIERS),
     },
     "augment": {
         "brightness": _number(0.0, 1.0),

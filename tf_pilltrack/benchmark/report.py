@@ -1,6 +1,6 @@
 """The report a person reads: `reports/benchmark.md` from the report's figures (`to_markdown`),
 its cell and table helpers, the Cortex-M (emulated) row from stage `firmware`'s figures, and the
-issue's targets judged against the measured figures (`evaluate_targets`)."""
+targets (params.yaml's bench.targets) judged against the measured figures (`evaluate_targets`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tf_pilltrack.tflite.parity import PARITY_BUILTIN, PARITY_LABEL
 
 
 def evaluate_targets(report: dict, targets: dict) -> list[dict]:
-    """The issue's targets for `targets.profile`: one row each, measured value or None."""
+    """The targets (bench.targets) for `targets.profile`: one row each, measured value or None."""
     profile = targets["profile"]
     by_id = {entry["id"]: entry for entry in report["models"]}
     shipped = by_id.get(f"{profile}/student_qat_int8")

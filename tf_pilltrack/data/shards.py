@@ -7,8 +7,8 @@ The `prepare` stage writes the shard folder (paths.SHARDS, inside data/prepared)
 Layout: `index.json` (the image side and, per pill, its class name, file and photo count) and
 `pill-00000.tfrecord`...: each record one photo, its uint8 pixels and its class id. Only the
 `train` and `mix` splits are written: no calibration, novel or absent pill can reach a batch.
-A folder is written in a staging folder and renamed into place, so a crash leaves the previous
-folder (or none), never a half-made one.
+A folder is written in a staging folder and renamed into place (edge_runtime.storage.atomic_folder),
+so a crash leaves the previous folder (or none), never a half-made one.
 
 Batches are drawn as `sampling.make_sampler`'s are: `classes_per_batch` pills, `examples_per_class`
 photos of each (without repeats while the pill has enough photos), the mix set's and the reference
@@ -21,16 +21,14 @@ single-process batch. Reading a batch opens its pills' files only: a file holds 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from edge_runtime.preprocessing import normalise
+from edge_runtime.storage import atomic_folder
 from tf_pilltrack.data import dataset, sampling
 from tf_pilltrack.data.augmentation import augment
 
@@ -52,10 +50,7 @@ def write_shards(train: dataset.Split, mix: dataset.Split, folder: pathlib.Path)
     pixels = [train.pixels, mix.pixels]
     offsets = len(train)
     targets, names = dataset.label_indices(labels)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    retired = folder.parent / f".{folder.name}.old"
-    try:
+    with atomic_folder(folder) as staging:
         pills = []
         for class_id, name in enumerate(names):
             rows = np.flatnonzero(targets == class_id)
@@ -67,19 +62,6 @@ def write_shards(train: dataset.Split, mix: dataset.Split, folder: pathlib.Path)
             pills.append({"name": str(name), "file": file, "photos": int(len(rows))})
         index = {"image_size": int(train.pixels.shape[1]), "pills": pills}
         (staging / INDEX).write_text(json.dumps(index, indent=1))
-        os.chmod(staging, 0o755)
-        shutil.rmtree(retired, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, retired)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if retired.exists():
-                os.replace(retired, folder)  # the previous folder back in place
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
     return folder
 
 

@@ -21,6 +21,7 @@ pill named counts as wrong) and at most `enroll.max_absent_named` of absent pill
 named. Annoy's search_k follows the gallery's size (`gallery.search_k_for_size`, as on
 the device after enrolling); its top-1 agreement with exact search on the calibration photos,
 and the smallest search_k reaching `enroll.search_k_agreement` there, are reported beside it.
+
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Few-shot episodes on novel classes (issue #3's protocol), as pure numpy functions.
+"""Few-shot episodes on novel classes (the protocol of docs/results.md), as pure numpy functions.
 
 The pool is a set of crops of classes no model trained on, each with its class and its source
 photo (several crops can come from one photo). An episode, drawn with its own seeded generator:

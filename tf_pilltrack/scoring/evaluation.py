@@ -9,7 +9,7 @@ Open set: photos of novel classes kept out of the gallery must come back "unknow
 bundle's threshold we report the false-accept rate, the correct-accept rate of known pills and
 the AUROC of known vs absent.
 
-Few-shot episodes (issue #3's protocol, `tf_pilltrack/scoring/episodes.py`, settings `episodes` in
+Few-shot episodes (`tf_pilltrack/scoring/episodes.py`, settings `episodes` in
 params.yaml), in the same run: on the synthetic novel classes (their reference, query and
 absent photos pooled and re-drawn in every episode) and on the embedded real photo set
 (`episodes.real_source`: 17 real pill types, all novel to a model trained on synthetic pills),

@@ -81,17 +81,6 @@ def label_margins(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
     return nearest[:, 1] - nearest[:, 0]
 
 
-def margin_for_errors(margins: np.ndarray, wrong: np.ndarray, share: float) -> float:
-    """The smallest margin (`label_margins`) that flags, as margin <= it, at least `share` of the
-    wrong top-1 answers: the look-alike margin."""
-    wrong = np.asarray(wrong, bool)
-    if not wrong.any():
-        raise ValueError("no wrong answers to set the look-alike margin on")
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"share must be within (0, 1], got {share}")
-    return threshold_for_recall(np.asarray(margins)[wrong], share)
-
-
 def lookalike_rates(margins: np.ndarray, correct: np.ndarray, margin: float) -> dict[str, float]:
     """At a look-alike `margin`: the share of answers flagged as close calls, the share of wrong
     answers among them (caught), and Recall@1 of the answers left unflagged (1 when none is)."""

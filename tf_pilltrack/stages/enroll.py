@@ -1,5 +1,7 @@
 """`pilltrack enroll`: embed the novel classes' reference shots with the int8 model, calibrate the naming
-rule (tf_pilltrack.scoring.calibration) and write the device bundle, `bundle/`."""
+rule (tf_pilltrack.scoring.calibration) and write the device bundle, `bundle/`; then choose the counter
+page's confidence tiers for its model on real held-out photos (tf_pilltrack.scoring.tiers) and write
+them into the bundle as `tiers.json`, their held-out figures to `reports/enroll.json` under `tiers`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from edge_runtime.storage import write_atomically
 from tf_pilltrack import params as params_module
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset
+from tf_pilltrack.scoring import tiers
 from tf_pilltrack.scoring.calibration import calibrate, embed_split
 
 
@@ -51,6 +54,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         search_k=search_k, seed=seed,
         extra={"profile": params["base"]["profile"], "calibration": calibration, "search_k_check": search},
     )
+    # the counter page's "likely" tier for this bundle's model, measured on real photos: bundle/tiers.json
+    tier_report = tiers.choose_for_bundle(paths.BUNDLE, settings["tiers"], params["episodes"]["real_source"],
+                                          made_by="pilltrack enroll (params.yaml enroll.tiers)")
     summary = {
         "gallery_items": int(len(references)),
         "gallery_pills": int(len(set(references.labels.tolist()))),
@@ -65,6 +71,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         "calibration_absent_named": calibration["absent_named"],
         "calibration_targets_met": calibration["targets_met"],
         "runtime": interpreter.runtime_name(),
+        "tiers": tier_report,
         "seconds": round(time.time() - started, 1),
     }
     paths.REPORTS.mkdir(parents=True, exist_ok=True)
@@ -81,4 +88,5 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"(top-1 agreement with exact search {search['top1_agreement']:.3f} on {search['queries']} calibration "
          f"photos; the smallest reaching {search['target_agreement']} there: "
          f"{search['smallest_search_k_for_target']})")
+    echo(tiers.describe(tier_report))
     return summary

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Callable
 
@@ -13,7 +14,7 @@ from edge_runtime import storage
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import paths
 from tf_pilltrack.firmware.build import (CORES, ELF_NAME, FIRMWARE, METRICS_FILE, TFLM_BUILD_TYPE, TFLM_KERNEL_FLAGS,
-                                         TFLM_KERNELS, TFLM_TARGET, FirmwareError, ToolsMissing, replace_folder,
+                                         TFLM_KERNELS, TFLM_TARGET, FirmwareError, ToolsMissing,
                                          agree, build_and_run, cache_path, compare_outputs, find_missing,
                                          gallery_answers, kit_digest, kit_path, prepare_library, select_crops,
                                          summarise, tool_versions, write_not_built)
@@ -46,7 +47,9 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         for log in ("build.log", "emulator.log"):  # name the files where they end up, not the scratch folder
             text = (work / log).read_text().replace(str(work), str(FIRMWARE))
             write_atomically(work / log, text.encode())
-        replace_folder(FIRMWARE, source=work)
+        with storage.atomic_folder(FIRMWARE) as staging:
+            for path in work.iterdir():
+                shutil.copy2(path, staging / path.name)
     figures = summarise(result, settings)
     emulated, host = result["run"]["outputs"], result["host"]
     versus = {name: compare_outputs(emulated, values) for name, values in host.items()}

@@ -8,14 +8,13 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Callable
 
 import cv2
 import numpy as np
 
+from edge_runtime.storage import atomic_folder
 from tf_pilltrack.synthesis import composition
 from tf_pilltrack.synthesis.limits import (
     MAX_CLASSES,
@@ -49,9 +48,10 @@ def generate(
     """Write the synthetic data set to `out_dir`; return {"classes", "families", "images",
     "seconds"}.
 
-    The set is built in a temporary sibling folder and renamed into place at the end, so a crash
-    leaves no half data set; an existing `out_dir` is replaced, but only when it is empty or a
-    previous synthetic data set (it holds pill_types.json). `progress(done, total)` is called
+    The set is built in a temporary sibling folder and renamed into place at the end
+    (edge_runtime.storage.atomic_folder), so a crash leaves no half data set; an existing
+    `out_dir` is replaced, but only when it is empty or a previous synthetic data set (it holds
+    pill_types.json). `progress(done, total)` is called
     with counts of photos. `workers` processes render classes in parallel (default: one per CPU);
     the output does not depend on it.
     `references` (composition.ReferenceType) are real pills composited into the same scenes,
@@ -86,13 +86,7 @@ def generate(
         check_count("reference_photos", reference_photos, 1, MAX_IMAGES_PER_CLASS)
     pill_types = describe_pill_types(classes, seed)
     total = classes * images_per_class + len(references) * reference_photos
-    out_dir = out_dir.absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
-    try:
+    with atomic_folder(out_dir) as staging:
         jobs = [
             ("synthetic", (str(staging), pill_type, index, images_per_class, photo_size, seed))
             for index, pill_type in enumerate(pill_types)
@@ -149,10 +143,6 @@ def generate(
         box_lines = ",\n".join(
             f' "{name}": {json.dumps(box)}' for name, box in sorted(boxes.items()))
         (staging / BOXES_FILE).write_text("{\n" + box_lines + "\n}\n", encoding="utf-8")
-        _replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {
         "classes": classes,
         "families": len(families),
@@ -179,13 +169,3 @@ def _render_class_job(job) -> dict[str, list[int]]:
                         lambda image: np.random.default_rng([seed, class_index, image]))
 
 
-def _replace_folder(staging: pathlib.Path, out_dir: pathlib.Path) -> None:
-    """Rename the finished `staging` folder to `out_dir`, replacing an old one."""
-    old = None
-    if out_dir.exists():
-        old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -135,11 +135,11 @@ def measure_arena(model: bytes) -> int:
     return int(match.group(1))
 
 
-def _c_bytes(model: bytes) -> str:
-    lines = []
-    for start in range(0, len(model), 12):
-        lines.append("    " + ", ".join(f"0x{byte:02x}" for byte in model[start:start + 12]) + ",")
-    return "\n".join(lines)
+def c_bytes(data: bytes, per_line: int = 12) -> str:
+    """`data` as the body of a C array initialiser: `per_line` bytes (0x..) a line, each line
+    indented by four spaces and ending in a comma; the lines joined by newlines, no final one."""
+    return "\n".join("    " + ", ".join(f"0x{byte:02x}" for byte in data[start:start + per_line]) + ","
+                     for start in range(0, len(data), per_line))
 
 
 def write_c_array(directory: pathlib.Path, model: bytes, arena_bytes: int, details: dict, op_names: list[str]) -> None:
@@ -181,7 +181,7 @@ constexpr int kPilltrackOpCount = {len(calls)};
 #include "model_data.h"
 
 alignas(16) const unsigned char g_pilltrack_model[] = {{
-{_c_bytes(model)}
+{c_bytes(model)}
 }};
 const unsigned int g_pilltrack_model_len = {len(model)};
 """

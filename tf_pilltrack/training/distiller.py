@@ -8,7 +8,8 @@ loss is a weighted sum of
 - relation: relational knowledge distillation (Park et al. 2019, distance-wise): the
   student's pairwise cosine distances within the batch, each divided by their mean, match the
   teacher's under a Huber loss, so the geometry between pills carries over, not only points;
-- triplet: the student's own TF-Similarity triplet loss on the labels (optional).
+- triplet: the student's own TF-Similarity triplet loss on the labels (optional: computed, and
+  recorded in the history, only when `distill.triplet_weight` is above 0).
 Training runs `distill.float_epochs` in float, then wraps the student with
 tensorflow-model-optimization's `quantize_model` and continues for `distill.qat_epochs` with
 fake quantisation, so the int8 export keeps what was learned.
@@ -70,8 +71,8 @@ class Distiller(tf_keras.Model):
         self.weights_by_term = {"embedding": embedding_weight, "relation": relation_weight,
                                 "triplet": triplet_weight}
         self.triplet = tfsim.losses.TripletLoss(distance="cosine", margin=triplet_margin, reduction="none")
-        self.trackers = {name: tf_keras.metrics.Mean(name=name)
-                         for name in ("loss", "embedding_loss", "relation_loss", "triplet_loss")}
+        names = ("loss", "embedding_loss", "relation_loss") + (("triplet_loss",) if triplet_weight > 0 else ())
+        self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in names}
 
     @property
     def metrics(self):
@@ -86,11 +87,13 @@ class Distiller(tf_keras.Model):
         terms = {
             "embedding_loss": embedding_loss(teacher_embeddings, student_embeddings),
             "relation_loss": relation_loss(teacher_embeddings, student_embeddings),
-            "triplet_loss": batch_mean(self.triplet(labels, student_embeddings)),
         }
-        terms["loss"] = (self.weights_by_term["embedding"] * terms["embedding_loss"]
-                         + self.weights_by_term["relation"] * terms["relation_loss"]
-                         + self.weights_by_term["triplet"] * terms["triplet_loss"])
+        loss = (self.weights_by_term["embedding"] * terms["embedding_loss"]
+                + self.weights_by_term["relation"] * terms["relation_loss"])
+        if self.weights_by_term["triplet"] > 0:
+            terms["triplet_loss"] = batch_mean(self.triplet(labels, student_embeddings))
+            loss = loss + self.weights_by_term["triplet"] * terms["triplet_loss"]
+        terms["loss"] = loss
         return terms
 
     def _record(self, terms: dict) -> dict:
