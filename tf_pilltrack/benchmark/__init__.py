@@ -19,7 +19,7 @@ throughput micro-benchmark (one large 3x3 convolution converted the same way) th
 runtime's compute floor: a model's MACs divided by that throughput, the least time its
 convolutions can take under that runtime here.
 
-Runtime parity (`tf_pilltrack.parity`): the shipped int8 model embeds the evaluation gallery and
+Runtime parity (`tf_pilltrack.tflite.parity`): the shipped int8 model embeds the evaluation gallery and
 queries under LiteRT (as the device runs it, and with its builtin kernels), tflite-runtime and
 TFLite Micro; each runtime's raw int8 outputs are compared with the device's (int8 steps,
 bit-identical fractions) and so are its top-1 answers; every op alone is compared under every pair

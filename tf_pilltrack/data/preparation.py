@@ -2,7 +2,7 @@
 one), crop each pill with the shared preprocessing, and split by class into training, calibration
 and novel classes.
 
-Sources are read by `tf_pilltrack.ingestion` (folder or zip, manifest, bad files reported and
+Sources are read by `tf_pilltrack.data.ingestion` (folder or zip, manifest, bad files reported and
 skipped, the shared preprocessing's crops).
 
 Splits (all deterministic from base.seed):

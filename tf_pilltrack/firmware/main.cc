@@ -101,7 +101,7 @@ uint32_t StackPointer() {
   return sp;
 }
 
-// One view of a crop, by the index arithmetic of tf_pilltrack/firmware.py's apply_view.
+// One view of a crop, by the index arithmetic of tf_pilltrack/firmware/build.py's apply_view.
 void MakeView(const uint8_t* crop, uint8_t* view, int turns, bool mirrored) {
   for (int i = 0; i < kSide; ++i) {
     for (int j = 0; j < kSide; ++j) {

@@ -7,7 +7,7 @@ one host, or across hosts, with TensorFlow's own engine (`tf.distribute`), and w
   with its TF_CONFIG (the cluster's workers, this process's index). Variables are mirrored and
   gradients all-reduced every step, so every worker holds the same weights.
 
-Distributed runs need `training.input: stream` (tf_pilltrack.shards: each worker reads its share of
+Distributed runs need `training.input: stream` (tf_pilltrack.data.shards: each worker reads its share of
 every global batch from the shard files; TF-Similarity's memory samplers cannot be split) and keep
 their training state each epoch in `training.backup`/<stage> (Keras' BackupAndRestore): a worker
 started again after a crash resumes from the last finished epoch. Only the chief (TF_CONFIG's
@@ -45,7 +45,7 @@ def make_strategy(settings: dict) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if not config:
         raise ValueError("training.distribution is multi_worker and TF_CONFIG is not set: give each process "
-                         "the cluster and its task (see docs/device.md, Training on several machines)")
+                         "the cluster and its task (see docs/pipeline.md, Training on several GPUs or machines)")
     _configure_coordination()
     return tf.distribute.MultiWorkerMirroredStrategy()
 

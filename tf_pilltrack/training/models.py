@@ -74,7 +74,7 @@ def build_teacher(input_size: int, embedding_size: int, widths: list[int], block
     by L2 normalisation), on crops of `input_size` (the profile's, what the student sees).
 
     backbone `resnet`: `_resnet` of `widths` and `blocks`, from random weights. `efficientnet_lite0`:
-    tf_pilltrack.efficientnet's network (its layers nested as the model's `backbone` layer, so
+    tf_pilltrack.training.efficientnet's network (its layers nested as the model's `backbone` layer, so
     training can freeze it whole), with the registry package's ImageNet weights when `imagenet`.
     `image_size`: the side the backbone sees; crops are resized to it (bilinear) inside the model
     when it differs from `input_size`. The teacher runs only while training, so it may be larger."""

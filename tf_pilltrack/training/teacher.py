@@ -35,7 +35,7 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
           mix: dataset.Split | None = None):
     """Train the teacher on the training split (and the mix split, data.mix_ratio of each
     batch's classes), as params' `training` section says (one process or distributed, memory or
-    streaming input: tf_pilltrack.distribution; the stream input reads prepare's shard files and
+    streaming input: tf_pilltrack.training.distribution; the stream input reads prepare's shard files and
     takes no split); returns (model, history dict)."""
     settings = params["teacher"]
     seed = params["base"]["seed"]
