@@ -27,6 +27,7 @@ from edge_runtime.preprocessing import preprocess, symmetric_views
 from tf_pilltrack import params as params_module
 from tf_pilltrack.benchmark.report import to_markdown
 from tf_pilltrack.firmware import build
+from tf_pilltrack.settings import Budget
 from tf_pilltrack.stages import firmware as firmware_stage
 from tf_pilltrack.tflite import budget, micro
 
@@ -248,14 +249,14 @@ def _measured(flash, ram) -> dict:
 
 
 def test_firmware_budgets_judge_the_measured_image(small_params):
-    limits = small_params["budgets"]["tiny"]
-    rows = {row["budget"]: row for row in budget.compare(_measured(limits["max_firmware_flash_bytes"] + 1, 1000), limits)}
+    limits = Budget(**small_params["budgets"]["tiny"])
+    rows = {row["budget"]: row for row in budget.compare(_measured(limits.max_firmware_flash_bytes + 1, 1000), limits)}
     assert rows["Cortex-M firmware flash (bytes)"]["passed"] is False
     assert rows["Cortex-M firmware RAM (bytes)"]["passed"] is True
 
 
 def test_firmware_not_built_or_without_limit_is_not_judged(small_params):
-    limits = dict(small_params["budgets"]["tiny"], max_firmware_ram_bytes=None)
+    limits = Budget(**dict(small_params["budgets"]["tiny"], max_firmware_ram_bytes=None))
     rows = budget.compare(_measured(None, None), limits)
     assert not any(row["budget"].startswith("Cortex-M") for row in rows)
     reasons = {row["budget"]: row["reason"] for row in budget.not_judged(_measured(None, None), limits)}

@@ -31,6 +31,7 @@ from PIL import Image, ImageFile
 
 from edge_runtime.preprocessing import ImageError, decode_image
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings as pilltrack_settings
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset, ingestion, preparation
 from tf_pilltrack.stages import prepare
@@ -436,6 +437,11 @@ def _params(repo_params: dict, source: str = "unused", seed: int = 42) -> dict:
     return params_module.validate(params)
 
 
+def _make_splits(crops: dict, params: dict) -> tuple[dict, dict]:
+    every = pilltrack_settings.from_params(params)
+    return preparation.make_splits(crops, every.prepare, every.profile.image_size, every.base.seed)
+
+
 def _synthetic_crops(shots_per_photo: int = 2, photos: int = 5, classes: int = 9) -> dict:
     """label -> [(pixels, source, group)]: `photos` photos per class, each cut into
     `shots_per_photo` crops (as a manifest would group them). The last class has 3 crops only."""
@@ -456,7 +462,7 @@ def _pairs(split: dataset.Split, field: str = "groups") -> set:
 
 
 def test_make_splits_keeps_photo_groups_on_one_side(repo_params):
-    splits, partition = preparation.make_splits(_synthetic_crops(), _params(repo_params))
+    splits, partition = _make_splits(_synthetic_crops(), _params(repo_params))
     assert partition["too_few_images"] == ["pill_8"]  # 3 crops, not more than 3 shots
     assert not _pairs(splits["references"]) & _pairs(splits["queries"])
     assert not _pairs(splits["calibration_references"]) & _pairs(splits["calibration_queries"])
@@ -471,13 +477,13 @@ def test_make_splits_keeps_photo_groups_on_one_side(repo_params):
 
 def test_make_splits_trains_on_every_photo_of_a_training_class(repo_params):
     crops = _synthetic_crops()
-    splits, partition = preparation.make_splits(crops, _params(repo_params))
+    splits, partition = _make_splits(crops, _params(repo_params))
     for label in partition["train"]:
         assert splits["train"].labels.tolist().count(label) == len(crops[label]) == 10
 
 
 def test_make_splits_class_sets_are_disjoint(repo_params):
-    splits, partition = preparation.make_splits(_synthetic_crops(), _params(repo_params))
+    splits, partition = _make_splits(_synthetic_crops(), _params(repo_params))
     classes = {name: set(split.labels.tolist()) for name, split in splits.items()}
     kinds = [set(partition[kind]) for kind in ("train", "calibration", "novel", "absent")]
     assert [len(kind) for kind in kinds] == [5, 1, 1, 1]
@@ -491,13 +497,13 @@ def test_make_splits_class_sets_are_disjoint(repo_params):
 
 def test_make_splits_is_deterministic_for_a_seed(repo_params):
     crops = _synthetic_crops()
-    first, first_partition = preparation.make_splits(crops, _params(repo_params, seed=3))
-    again, again_partition = preparation.make_splits(crops, _params(repo_params, seed=3))
+    first, first_partition = _make_splits(crops, _params(repo_params, seed=3))
+    again, again_partition = _make_splits(crops, _params(repo_params, seed=3))
     assert first_partition == again_partition
     for name in paths.SPLITS:
         for field in dataset.Split._fields:
             np.testing.assert_array_equal(getattr(first[name], field), getattr(again[name], field))
-    others = [preparation.make_splits(crops, _params(repo_params, seed=seed)) for seed in range(4, 9)]
+    others = [_make_splits(crops, _params(repo_params, seed=seed)) for seed in range(4, 9)]
     assert any(partition != first_partition
                or first["train"].sources.tolist() != splits["train"].sources.tolist()
                for splits, partition in others)
@@ -505,7 +511,7 @@ def test_make_splits_is_deterministic_for_a_seed(repo_params):
 
 def test_make_splits_on_the_photo_folder(repo_params, folder_result):
     _, _, ingested = folder_result
-    splits, partition = preparation.make_splits(ingested.crops, _params(repo_params))
+    splits, partition = _make_splits(ingested.crops, _params(repo_params))
     sources = [source for split in splits.values() for source in split.sources.tolist()]
     assert len(sources) == len(set(sources)) == sum(len(items) for items in ingested.crops.values())
     assert set(partition["train"] + partition["calibration"] + partition["novel"]

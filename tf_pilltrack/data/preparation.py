@@ -21,10 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from tf_pilltrack import params as params_module
+from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset
 from tf_pilltrack.data.ingestion import ingest, list_source
+from tf_pilltrack.settings import Data, Prepare
 
 
 def _shuffled(items: list, rng: np.random.Generator) -> list:
@@ -83,15 +84,15 @@ def _to_split(items: list[tuple[np.ndarray, str, str]], labels: list[str], image
     )
 
 
-def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset.Split], dict]:
-    """Split the cropped images; returns the splits and the class partition."""
-    settings = params["prepare"]
-    image_size = params_module.profile(params)["image_size"]
-    shots = settings["reference_shots"]
-    rng = np.random.default_rng(params["base"]["seed"])
+def make_splits(crops: dict[str, list], prepare: Prepare, image_size: int,
+                seed: int) -> tuple[dict[str, dataset.Split], dict]:
+    """Split the cropped images by the `prepare` section, a choice seeded with base.seed; returns
+    the splits (of `image_size` crops) and the class partition."""
+    shots = prepare.reference_shots
+    rng = np.random.default_rng(seed)
     usable = [label for label, items in crops.items() if len(items) > shots]
-    partition = split_classes(usable, settings["novel_classes"], settings["calibration_classes"],
-                              settings["absent_classes"], rng)
+    partition = split_classes(usable, prepare.novel_classes, prepare.calibration_classes,
+                              prepare.absent_classes, rng)
     parts: dict[str, tuple[list, list]] = {name: ([], []) for name in paths.SPLITS}
 
     def add(split: str, label: str, items: list) -> None:
@@ -113,35 +114,34 @@ def make_splits(crops: dict[str, list], params: dict) -> tuple[dict[str, dataset
     return splits, partition
 
 
-def prepare_mix(params: dict, source: pathlib.Path, echo: Callable[[str], None]) -> dict:
+def prepare_mix(data: Data, config: PreprocessConfig, seed: int, source: pathlib.Path,
+                echo: Callable[[str], None]) -> dict:
     """The `mix` split: the usable crops of data.mix_source's training pills, when
     data.mix_ratio is above zero (else empty); {"split", "report"}. data.mix_train_classes of
     its pills train, a seeded choice (at least one); the others are left out of every split, so
     that a real set that is also `episodes.real_source` keeps novel pills to evaluate. The same
-    preprocessing as data.source."""
-    settings = params["data"]
-    image_size = params_module.profile(params)["image_size"]
-    if settings["mix_ratio"] <= 0:
+    preprocessing as data.source (`config`); the seed is base.seed."""
+    image_size = config.image_size
+    if data.mix_ratio <= 0:
         return {"split": dataset.empty_split(image_size), "report": None}
-    mix_source = pathlib.Path(settings["mix_source"])
+    mix_source = pathlib.Path(data.mix_source)
     if mix_source.resolve() == source.resolve():
         raise ValueError(f"{mix_source}: data.mix_source is data.source itself; its novel classes would be "
                          "trained on (set mix_ratio: 0, or another set)")
     if not mix_source.exists():
-        raise FileNotFoundError(f"{mix_source}: data.mix_source not found (mix_ratio is {settings['mix_ratio']})")
-    config = params_module.preprocess_config(params)
+        raise FileNotFoundError(f"{mix_source}: data.mix_source not found (mix_ratio is {data.mix_ratio})")
     images, groups, skipped = list_source(mix_source)
     ingested = ingest(images, groups, config)
     skipped.extend(ingested.skipped)
     if not ingested.crops:
         raise ValueError(f"{mix_source}: no usable image in data.mix_source")
-    trained = choose_mix_classes(sorted(ingested.crops), settings["mix_train_classes"], params["base"]["seed"])
+    trained = choose_mix_classes(sorted(ingested.crops), data.mix_train_classes, seed)
     items = [(label, item) for label in trained for item in ingested.crops[label]]
     split = _to_split([item for _, item in items], [label for label, _ in items], image_size)
     held_out = sorted(set(ingested.crops) - set(trained))
     echo(f"prepare: mix set {mix_source}: {len(split)} crops of {len(trained)} training classes"
          + (f" ({len(held_out)} more left out for evaluation)" if held_out else "")
-         + f", {len(skipped)} files skipped; {settings['mix_ratio']:.0%} of each batch's classes")
+         + f", {len(skipped)} files skipped; {data.mix_ratio:.0%} of each batch's classes")
     return {"split": split, "report": {
         "source": str(mix_source), "images_found": len(images), "crops_used": len(split),
         "classes": {label: len(ingested.crops[label]) for label in trained},

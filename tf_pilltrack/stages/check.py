@@ -7,16 +7,16 @@ import json
 from typing import Callable
 
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import params as params_module
-from tf_pilltrack import paths
+from tf_pilltrack import paths, settings
 from tf_pilltrack.tflite.budget import BudgetExceeded, compare, measure, not_judged
 
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    profile = params["base"]["profile"]
-    measured = measure(params)
-    rows = compare(measured, params_module.budget(params))
-    skipped = not_judged(measured, params_module.budget(params))
+    every = settings.from_params(params)
+    profile = every.base.profile
+    measured = measure()
+    rows = compare(measured, every.budget)
+    skipped = not_judged(measured, every.budget)
     report = {"profile": profile, "measured": measured, "budgets": rows, "not_judged": skipped,
               "passed": all(row["passed"] for row in rows)}
     paths.REPORTS.mkdir(exist_ok=True)

@@ -13,8 +13,7 @@ from typing import Callable
 import numpy as np
 
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import params as params_module
-from tf_pilltrack import paths
+from tf_pilltrack import paths, settings
 from tf_pilltrack.data import dataset
 from tf_pilltrack.data.ingestion import empty_class_folders, ingest, list_source
 from tf_pilltrack.data.preparation import make_splits, prepare_mix
@@ -23,8 +22,9 @@ from tf_pilltrack.data.preparation import make_splits, prepare_mix
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     """Ingest data.source, write the splits and reports/data_report.json; return the report."""
     started = time.time()
-    config = params_module.preprocess_config(params)
-    source = pathlib.Path(params["data"]["source"])
+    every = settings.from_params(params)
+    config = every.preprocess_config
+    source = pathlib.Path(every.data.source)
     images, groups, skipped = list_source(source)
     echo(f"prepare: {len(images)} images in {len({image.label for image in images})} class folders of {source}")
 
@@ -35,13 +35,13 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     ingested = ingest(images, groups, config, progress)
     skipped.extend(ingested.skipped)
     empty = sorted({image.label for image in images} - set(ingested.crops))
-    splits, partition = make_splits(ingested.crops, params)
-    mix = prepare_mix(params, source, echo)
+    splits, partition = make_splits(ingested.crops, every.prepare, every.profile.image_size, every.base.seed)
+    mix = prepare_mix(every.data, config, every.base.seed, source, echo)
     splits["mix"] = mix["split"]
     paths.PREPARED.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         dataset.save_split(paths.split_file(name), split)
-    if params["training"]["input"] == "stream":  # the training stages then read these, not the splits
+    if every.training.input == "stream":  # the training stages then read these, not the splits
         from tf_pilltrack.data import shards  # TensorFlow, for its TFRecord writer: only when it is needed
 
         shards.write_shards(splits["train"], splits["mix"], paths.SHARDS)

@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from tf_pilltrack import paths
+from tf_pilltrack.settings import Budget
 from tf_pilltrack.tflite import micro
 from tf_pilltrack.tflite.timing import REPEATS, time_invocations
 
@@ -47,7 +48,7 @@ def micro_latency(model: bytes) -> dict:
     return time_invocations(invoke, repeats=max(20, REPEATS // 10))
 
 
-def measure(params: dict) -> dict:
+def measure() -> dict:
     model = paths.STUDENT_QAT_TFLITE.read_bytes()
     export = json.loads((paths.REPORTS / "export.json").read_text())
     evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
@@ -82,13 +83,13 @@ _BUDGET_ROWS = (
 )
 
 
-def compare(measured: dict, budget: dict) -> list[dict]:
+def compare(measured: dict, budget: Budget) -> list[dict]:
     """One row per budget with a limit and a measured figure: name, measured, limit, passed. A
     null limit (no limit for this profile) or a figure not measured (None: the firmware was not
     built) gives no row; `not_judged` lists those."""
     rows = []
     for name, key, budget_key in _BUDGET_ROWS:
-        value, limit = measured[key], budget[budget_key]
+        value, limit = measured[key], getattr(budget, budget_key)
         if value is None or limit is None:
             continue
         passed = value <= limit if budget_key.startswith("max_") else value >= limit
@@ -96,11 +97,11 @@ def compare(measured: dict, budget: dict) -> list[dict]:
     return rows
 
 
-def not_judged(measured: dict, budget: dict) -> list[dict]:
+def not_judged(measured: dict, budget: Budget) -> list[dict]:
     """The budgets `compare` leaves out, each with why."""
     rows = []
     for name, key, budget_key in _BUDGET_ROWS:
-        if budget[budget_key] is None:
+        if getattr(budget, budget_key) is None:
             rows.append({"budget": name, "reason": f"no limit: {budget_key} is null for this profile"})
         elif measured[key] is None:
             rows.append({"budget": name, "reason": "not measured: the firmware was not built (missing: "
