@@ -17,6 +17,7 @@ import json
 import sys
 
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings
 from tf_pilltrack.scoring import tiers
 
 
@@ -28,8 +29,8 @@ def main() -> None:
     parser.add_argument("--report", help="also write the full report here (JSON)")
     parser.add_argument("--dry-run", action="store_true", help="print, but do not write tiers.json")
     args = parser.parse_args()
-    params = params_module.load(args.params)
-    report = tiers.choose_for_bundle(args.bundle, params["enroll"]["tiers"], params["episodes"]["real_source"],
+    every = settings.from_params(params_module.load(args.params))
+    report = tiers.choose_for_bundle(args.bundle, every.enroll.tiers, every.episodes.real_source,
                                      made_by="python -m benchmarks.confidence_tiers " + " ".join(sys.argv[1:]),
                                      cropped=args.cropped, write=not args.dry_run)
     print(json.dumps({key: value for key, value in report.items() if key != "folds"}, indent=1))

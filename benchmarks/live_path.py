@@ -218,8 +218,7 @@ def main() -> None:
         figures = {"condition": condition.name, "group": condition.group, "no_pill_found": data["missed"],
                    "photos": len(data["pills"]), "told_nearer": nearer[condition.name]}
         for key, gallery in (("same_gallery", data), ("today_gallery", embedded[today])):
-            settings = {"episodes": args.episodes, "gallery_pills": len(pills), "shots": shots}
-            answers = pooled(data, pills, settings, seed, 0.0, 0.0, gallery_data=gallery)
+            answers = pooled(data, pills, args.episodes, len(pills), shots, seed, 0.0, 0.0, gallery_data=gallery)
             figures[key], figures["queries"] = recall_at_1(answers)
         if condition.group == "ceiling":
             ceiling = figures["same_gallery"]

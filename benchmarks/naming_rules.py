@@ -146,8 +146,9 @@ def main() -> None:
     if args.calibration_gallery_pills is not None:  # 0: every calibration pill in one gallery (as before the per-gallery rule)
         calibration_settings = {**calibration_settings, "calibration_gallery_pills": args.calibration_gallery_pills
                                 or 10 * len(references)}
-    galleries = calibration.draw_calibration_galleries(sorted(set(references.labels.tolist())), calibration_settings,
-                                                      params["base"]["seed"])
+    galleries = calibration.draw_calibration_galleries(
+        sorted(set(references.labels.tolist())), calibration_settings["calibration_gallery_pills"],
+        calibration_settings["calibration_galleries"], calibration_settings["calibration_absent"], params["base"]["seed"])
     embedded_references = interpreter.embed(lite, references.pixels, views)
     asked = interpreter.embed(lite, queries.pixels, views)
     known_parts, absent_parts = [], []

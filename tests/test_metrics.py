@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tf_pilltrack.scoring import metrics
+from tf_pilltrack.settings import Enroll
 
 
 def _unit(*degrees: float) -> np.ndarray:
@@ -303,9 +304,9 @@ def test_enroll_calibrates_the_naming_rule_by_hand():
     # a's queries at -10 and 5 deg, b's at 30 (right) and 9 (taken for a, a close call), c's at 170
     queries, query_split = _unit(-10, 5, 30, 9, 170), split(["a", "a", "b", "b", "c"])
     distance = lambda degrees: 1 - np.cos(np.radians(degrees))  # noqa: E731
-    settings = {"calibration_gallery_pills": 20, "calibration_galleries": 5, "calibration_absent": 0.3,
-                "min_named_correct": 0.95, "max_absent_named": 0.05, "rule_steps": 4}
-    rule = calibration.calibrate(gallery, references, queries, query_split, settings, 0)
+    enroll = Enroll(annoy_trees=16, search_k_agreement=0.99, calibration_gallery_pills=20, calibration_galleries=5,
+                    calibration_absent=0.3, min_named_correct=0.95, max_absent_named=0.05, rule_steps=4, tiers=None)
+    rule = calibration.calibrate(gallery, references, queries, query_split, enroll, 0)
     # three pills are fewer than one draw of 20 enrolled: one gallery of them all
     assert rule["calibration_galleries"] == 1
     assert rule["calibration_absent_classes"] == 1 and rule["calibration_absent_queries"] == 1
@@ -374,21 +375,21 @@ def test_calibration_galleries_are_counter_sized_seeded_draws():
     from tf_pilltrack.scoring import calibration
 
     labels = [f"pill_{number:03d}" for number in range(100)]
-    settings = {"calibration_gallery_pills": 14, "calibration_galleries": 30, "calibration_absent": 0.3}
-    galleries = calibration.draw_calibration_galleries(labels, settings, 42)
+    settings = {"gallery_pills": 14, "gallery_count": 30, "fraction": 0.3}
+    galleries = calibration.draw_calibration_galleries(labels, **settings, seed=42)
     assert len(galleries) == 30
     for enrolled, absent in galleries:
         # 14 / (1 - 0.3) = 20 pills drawn, 6 of them kept out of the gallery
         assert len(enrolled) == 14 and len(absent) == 6
         assert not set(enrolled) & set(absent) and set(enrolled) | set(absent) <= set(labels)
     assert len({tuple(enrolled) for enrolled, _ in galleries}) > 1  # every draw its own
-    assert galleries == calibration.draw_calibration_galleries(labels, settings, 42)
-    assert galleries != calibration.draw_calibration_galleries(labels, settings, 43)
+    assert galleries == calibration.draw_calibration_galleries(labels, **settings, seed=42)
+    assert galleries != calibration.draw_calibration_galleries(labels, **settings, seed=43)
     # a calibration set no larger than one draw is one gallery of every pill
-    whole = calibration.draw_calibration_galleries(labels[:15], settings, 42)
+    whole = calibration.draw_calibration_galleries(labels[:15], **settings, seed=42)
     assert len(whole) == 1 and sorted(whole[0][0] + whole[0][1]) == labels[:15] and len(whole[0][1]) == 4
     with pytest.raises(ValueError, match="at least 3"):
-        calibration.draw_calibration_galleries(labels[:2], settings, 42)
+        calibration.draw_calibration_galleries(labels[:2], **settings, seed=42)
 
 
 def test_choose_rule_never_returns_a_negative_distance():

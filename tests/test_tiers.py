@@ -6,6 +6,7 @@ read back by the counter page's loader). TensorFlow-free."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -18,9 +19,10 @@ import pytest
 from edge_runtime import evidence
 from edge_runtime.bundle import load_bundle
 from tf_pilltrack.scoring import tiers, tray
+from tf_pilltrack.settings import Tiers
 
-SETTINGS = {"gallery_pills": 3, "shots": 2, "episodes": 4, "likely_right": 0.9, "absent_likely": 0.05,
-            "distance_steps": 101, "gaps": [0.0, 0.02, 0.1], "seed": 36}
+SETTINGS = Tiers(gallery_pills=3, shots=2, episodes=4, likely_right=0.9, absent_likely=0.05,
+                 distance_steps=101, gaps=(0.0, 0.02, 0.1), seed=36)
 
 
 def answers(*groups) -> dict:
@@ -49,7 +51,7 @@ def test_choose_takes_the_rule_that_offers_the_most_right_answers_within_the_tar
     assert figures["likely_right"] == 1.0 and figures["absent_likely"] == 0.0
     assert figures["offered_right"] == pytest.approx(15 / 23)
     # only gaps that are searched: without 0.1, the best is the near clear answers alone
-    assert tiers.choose(pooled, {**SETTINGS, "gaps": [0.0, 0.02]}) == (0.1, 0.0)
+    assert tiers.choose(pooled, dataclasses.replace(SETTINGS, gaps=(0.0, 0.02))) == (0.1, 0.0)
 
 
 def test_choose_turns_likely_off_when_no_rule_meets_the_targets():
@@ -61,7 +63,7 @@ def test_choose_turns_likely_off_when_no_rule_meets_the_targets():
     assert tiers.choose(pooled, SETTINGS) == tiers.OFF
     assert tiers.score(pooled, *tiers.OFF)["likely_share"] == 0.0
     # the same answers meet targets loose enough
-    assert tiers.choose(pooled, {**SETTINGS, "likely_right": 0.3, "absent_likely": 1.0}) != tiers.OFF
+    assert tiers.choose(pooled, dataclasses.replace(SETTINGS, likely_right=0.3, absent_likely=1.0)) != tiers.OFF
 
 
 def photo_set(pills: int, sources: int, embedding) -> dict:
@@ -84,8 +86,8 @@ def test_measure_offers_separable_pills_and_scores_them_on_pills_it_never_saw():
     # two pill-disjoint folds of 5, each with 3 enrolled (3 queries each) and 2 absent (5 each) an episode
     first, second = chosen["folds"]
     assert set(first["chosen_on"]) == set(second["scored_on"]) and not set(first["chosen_on"]) & set(first["scored_on"])
-    assert held["enrolled_queries"] == 2 * SETTINGS["episodes"] * 3 * (5 - SETTINGS["shots"])
-    assert held["absent_queries"] == 2 * SETTINGS["episodes"] * 2 * 5
+    assert held["enrolled_queries"] == 2 * SETTINGS.episodes * 3 * (5 - SETTINGS.shots)
+    assert held["absent_queries"] == 2 * SETTINGS.episodes * 2 * 5
     again = tiers.measure(data, SETTINGS, threshold=-1.0, margin=0.0)
     assert again["likely_distance"] == chosen["likely_distance"] and again["folds"] == chosen["folds"]  # seeded
 

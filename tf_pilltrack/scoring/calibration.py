@@ -31,23 +31,25 @@ import numpy as np
 from edge_runtime import interpreter
 from tf_pilltrack.data import dataset
 from tf_pilltrack.scoring import metrics
+from tf_pilltrack.settings import Enroll
 
 
 def embed_split(model_interpreter, split: dataset.Split, views: int) -> np.ndarray:
     return interpreter.embed(model_interpreter, split.pixels, views)
 
 
-def draw_calibration_galleries(labels: list[str], settings: dict, seed: int) -> list[tuple[list[str], list[str]]]:
-    """(enrolled, absent) calibration pills of each calibration gallery (module docstring): a
-    draw of gallery_pills / (1 - calibration_absent) pills, at least one of them absent and two
-    enrolled; all the pills in one draw when there are no more than that."""
+def draw_calibration_galleries(labels: list[str], gallery_pills: int, gallery_count: int, fraction: float,
+                               seed: int) -> list[tuple[list[str], list[str]]]:
+    """(enrolled, absent) calibration pills of each of `gallery_count` calibration galleries (module
+    docstring; enroll.calibration_galleries): a draw of gallery_pills / (1 - fraction) pills
+    (enroll.calibration_gallery_pills, enroll.calibration_absent), at least one of them absent and
+    two enrolled; all the pills in one draw when there are no more than that."""
     if len(labels) < 3:
         raise ValueError(f"{len(labels)} calibration classes: the naming rule needs at least 3")
-    fraction = settings["calibration_absent"]
-    drawn = int(round(settings["calibration_gallery_pills"] / (1.0 - fraction))) if fraction < 1.0 else len(labels)
+    drawn = int(round(gallery_pills / (1.0 - fraction))) if fraction < 1.0 else len(labels)
     whole = drawn >= len(labels)
     galleries = []
-    for number in range(1 if whole else settings["calibration_galleries"]):
+    for number in range(1 if whole else gallery_count):
         rng = np.random.default_rng(seed if whole else [seed, number])
         chosen = [labels[index] for index in rng.permutation(len(labels))[:min(drawn, len(labels))]]
         count = min(len(chosen) - 2, max(1, int(round(fraction * len(chosen)))))
@@ -56,11 +58,12 @@ def draw_calibration_galleries(labels: list[str], settings: dict, seed: int) -> 
 
 
 def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_embeddings: np.ndarray,
-              queries: dataset.Split, settings: dict, seed: int) -> dict:
-    """The naming rule (unknown threshold and look-alike margin) of `settings` (params.yaml's
+              queries: dataset.Split, enroll: Enroll, seed: int) -> dict:
+    """The naming rule (unknown threshold and look-alike margin) of `enroll` (params.yaml's
     `enroll`) on the calibration classes' galleries (`draw_calibration_galleries`), with the
     figures it was set from."""
-    galleries = draw_calibration_galleries(sorted(set(references.labels.tolist())), settings, seed)
+    galleries = draw_calibration_galleries(sorted(set(references.labels.tolist())), enroll.calibration_gallery_pills,
+                                           enroll.calibration_galleries, enroll.calibration_absent, seed)
     best, margins, correct, absent_best, absent_margins = [], [], [], [], []
     for enrolled, absent in galleries:
         in_gallery = np.isin(references.labels, enrolled)
@@ -75,7 +78,7 @@ def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_e
     best, margins, correct, absent_best, absent_margins = (
         np.concatenate(values) for values in (best, margins, correct, absent_best, absent_margins))
     rule = metrics.choose_rule(best, margins, correct, absent_best, absent_margins,
-                               settings["min_named_correct"], settings["max_absent_named"], settings["rule_steps"])
+                               enroll.min_named_correct, enroll.max_absent_named, enroll.rule_steps)
     return {
         "threshold": rule["threshold"],
         "lookalike_margin": rule["margin"],
@@ -89,7 +92,7 @@ def calibrate(gallery_embeddings: np.ndarray, references: dataset.Split, query_e
         "calibration_absent_classes": len(galleries[0][1]),
         "calibration_queries": int(len(correct)),
         "calibration_absent_queries": int(len(absent_best)),
-        "min_named_correct": settings["min_named_correct"],
-        "max_absent_named": settings["max_absent_named"],
+        "min_named_correct": enroll.min_named_correct,
+        "max_absent_named": enroll.max_absent_named,
         **metrics.lookalike_rates(margins, correct, rule["margin"]),
     }

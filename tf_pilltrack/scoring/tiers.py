@@ -42,6 +42,7 @@ from edge_runtime.evidence import TIERS_FILE
 from edge_runtime.identification import Identifier
 from edge_runtime.storage import write_atomically
 from tf_pilltrack.scoring import tray
+from tf_pilltrack.settings import Tiers
 
 OFF = (-1.0, 0.0)  # (likely_distance, likely_gap) when no rule meets the targets: no answer is "likely"
 SHARES = ("named_share", "named_right", "likely_share", "likely_right", "absent_likely", "absent_named",
@@ -126,13 +127,13 @@ def episode_answers(data: dict, pills: list, generator: np.random.Generator, gal
             "named": (d1 <= threshold) & (d2 - d1 > margin) & seen, "enrolled": np.isin(truth, enrolled)}
 
 
-def pooled(data: dict, pills: list, settings: dict, seed: int, threshold: float, margin: float,
-           gallery_data: dict | None = None) -> dict:
-    """`settings["episodes"]` episodes over `pills` (a generator seeded `seed`), their answers pooled;
-    `gallery_data` as in `episode_answers`."""
+def pooled(data: dict, pills: list, episodes: int, gallery_pills: int, shots: int, seed: int, threshold: float,
+           margin: float, gallery_data: dict | None = None) -> dict:
+    """`episodes` episodes over `pills` (a generator seeded `seed`) of `gallery_pills` pills enrolled
+    with `shots` photos each, their answers pooled; `gallery_data` as in `episode_answers`."""
     generator = np.random.default_rng(seed)
-    parts = [episode_answers(data, pills, generator, settings["gallery_pills"], settings["shots"], threshold, margin,
-                             gallery_data) for _ in range(settings["episodes"])]
+    parts = [episode_answers(data, pills, generator, gallery_pills, shots, threshold, margin,
+                             gallery_data) for _ in range(episodes)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -159,32 +160,33 @@ def score(answers: dict, distance: float, gap: float) -> dict:
     }
 
 
-def choose(answers: dict, settings: dict) -> tuple[float, float]:
+def choose(answers: dict, settings: Tiers) -> tuple[float, float]:
     """The (distance, gap) that offers the most right answers within `settings`' targets
     (likely_right, absent_likely); OFF if none does."""
-    candidates = np.unique(np.quantile(answers["d1"], np.linspace(0.0, 1.0, settings["distance_steps"])))
+    candidates = np.unique(np.quantile(answers["d1"], np.linspace(0.0, 1.0, settings.distance_steps)))
     best, best_rule = -1.0, OFF
     for distance in candidates:
-        for gap in settings["gaps"]:
+        for gap in settings.gaps:
             figures = score(answers, float(distance), gap)
             if figures["likely_right"] is None or figures["likely_share"] == 0:
                 continue
-            if figures["likely_right"] >= settings["likely_right"] and figures["absent_likely"] <= settings["absent_likely"]:
+            if figures["likely_right"] >= settings.likely_right and figures["absent_likely"] <= settings.absent_likely:
                 if figures["offered_right"] > best:
                     best, best_rule = figures["offered_right"], (float(distance), float(gap))
     return best_rule
 
 
-def measure(data: dict, settings: dict, threshold: float, margin: float) -> dict:
+def measure(data: dict, settings: Tiers, threshold: float, margin: float) -> dict:
     """The tiers chosen on `data` (`embed_photos`) for a bundle naming by (`threshold`, `margin`):
     the rule chosen on both folds, the held-out figures (mean of the two folds) and each fold's."""
-    seed = settings["seed"]
+    seed = settings.seed
     pills = sorted(set(data["pills"].tolist()))
-    if len(pills) < 2 * (settings["gallery_pills"] + 1):
+    if len(pills) < 2 * (settings.gallery_pills + 1):
         raise ValueError(f"{len(pills)} pills in the real photos: two folds of enrolled and absent pills need at least "
-                         f"{2 * (settings['gallery_pills'] + 1)} (enroll.tiers.gallery_pills {settings['gallery_pills']})")
+                         f"{2 * (settings.gallery_pills + 1)} (enroll.tiers.gallery_pills {settings.gallery_pills})")
     halves = [sorted(half) for half in np.array_split(np.random.default_rng(seed).permutation(pills), 2)]
-    folds = [pooled(data, half, settings, seed + i, threshold, margin) for i, half in enumerate(halves)]
+    folds = [pooled(data, half, settings.episodes, settings.gallery_pills, settings.shots, seed + i, threshold, margin)
+             for i, half in enumerate(halves)]
     held_out = []
     for chosen_on, scored_on in ((0, 1), (1, 0)):
         rule = choose(folds[chosen_on], settings)
@@ -200,14 +202,14 @@ def measure(data: dict, settings: dict, threshold: float, margin: float) -> dict
     measured = {key: mean(key) for key in SHARES}
     measured.update(enrolled_queries=sum(fold["enrolled_queries"] for fold in held_out),
                     absent_queries=sum(fold["absent_queries"] for fold in held_out),
-                    episodes_per_fold=settings["episodes"], gallery_pills=settings["gallery_pills"],
-                    shots=settings["shots"], no_pill_found=data["missed"],
-                    targets={"likely_right": settings["likely_right"], "absent_likely": settings["absent_likely"]})
+                    episodes_per_fold=settings.episodes, gallery_pills=settings.gallery_pills,
+                    shots=settings.shots, no_pill_found=data["missed"],
+                    targets={"likely_right": settings.likely_right, "absent_likely": settings.absent_likely})
     return {"likely_distance": distance, "likely_gap": gap, "likely_on": distance >= 0,
             "measured": measured, "folds": held_out}
 
 
-def choose_for_bundle(bundle_dir: str | os.PathLike, settings: dict, source: str | os.PathLike,
+def choose_for_bundle(bundle_dir: str | os.PathLike, settings: Tiers, source: str | os.PathLike,
                       made_by: str, cropped: bool = False, write: bool = True) -> dict:
     """Measure the tiers of the bundle in `bundle_dir` on the real photos `source` with
     `settings` (params.yaml's enroll.tiers) and, with `write`, write them to its TIERS_FILE
@@ -216,7 +218,7 @@ def choose_for_bundle(bundle_dir: str | os.PathLike, settings: dict, source: str
     started = time.time()
     identifier = Identifier.open(bundle_dir, threads=1)
     bundle = identifier.bundle
-    data = embed_photos(identifier, source, settings["seed"], cropped)
+    data = embed_photos(identifier, source, settings.seed, cropped)
     threshold, margin = identifier.threshold, bundle.lookalike_margin
     chosen = measure(data, settings, threshold, margin)
     chosen["measured"]["photos"] = "cropped" if cropped else "on the tray, localised"

@@ -12,8 +12,7 @@ from typing import Callable
 from edge_runtime import bundle as bundle_module
 from edge_runtime import gallery, interpreter
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import params as params_module
-from tf_pilltrack import paths
+from tf_pilltrack import paths, settings
 from tf_pilltrack.data import dataset
 from tf_pilltrack.scoring import tiers
 from tf_pilltrack.scoring.calibration import calibrate, embed_split
@@ -21,41 +20,42 @@ from tf_pilltrack.scoring.calibration import calibrate, embed_split
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
-    settings = params["enroll"]
-    seed = params["base"]["seed"]
-    views = params_module.preprocess_config(params).symmetry_views
+    every = settings.from_params(params)
+    enroll = every.enroll
+    seed = every.base.seed
+    views = every.preprocess_config.symmetry_views
     model_interpreter = interpreter.make_interpreter(paths.STUDENT_QAT_TFLITE, threads=1)
     calibration_references = dataset.load_split("calibration_references")
     calibration_queries = dataset.load_split("calibration_queries")
     calibration_query_embeddings = embed_split(model_interpreter, calibration_queries, views)
     calibration = calibrate(
         embed_split(model_interpreter, calibration_references, views), calibration_references,
-        calibration_query_embeddings, calibration_queries, settings, seed)
+        calibration_query_embeddings, calibration_queries, enroll, seed)
     references = dataset.load_split("references")
     embeddings = embed_split(model_interpreter, references, views)
     # search_k follows the gallery's size, as it does when the device enrolls more pills; it is
     # checked here on real photos of pills outside the gallery (the calibration classes').
-    search_k = gallery.search_k_for_size(len(embeddings), settings["annoy_trees"])
-    index = gallery.build_index(embeddings, settings["annoy_trees"], seed)
+    search_k = gallery.search_k_for_size(len(embeddings), enroll.annoy_trees)
+    index = gallery.build_index(embeddings, enroll.annoy_trees, seed)
     search = {
         "search_k": search_k,
         "top1_agreement": gallery.top1_agreement(index, embeddings, calibration_query_embeddings, search_k),
         "smallest_search_k_for_target": gallery.choose_search_k(
-            embeddings, settings["annoy_trees"], settings["search_k_agreement"], seed,
+            embeddings, enroll.annoy_trees, enroll.search_k_agreement, seed,
             queries=calibration_query_embeddings),
-        "target_agreement": settings["search_k_agreement"],
+        "target_agreement": enroll.search_k_agreement,
         "queries": int(len(calibration_query_embeddings)),
     }
     index.unload()
     bundle_module.write_bundle(
         paths.BUNDLE, paths.STUDENT_QAT_TFLITE, embeddings, [str(label) for label in references.labels],
         threshold=calibration["threshold"], lookalike_margin=calibration["lookalike_margin"],
-        preprocess=params_module.preprocess_config(params), annoy_trees=settings["annoy_trees"],
+        preprocess=every.preprocess_config, annoy_trees=enroll.annoy_trees,
         search_k=search_k, seed=seed,
-        extra={"profile": params["base"]["profile"], "calibration": calibration, "search_k_check": search},
+        extra={"profile": every.base.profile, "calibration": calibration, "search_k_check": search},
     )
     # the counter page's "likely" tier for this bundle's model, measured on real photos: bundle/tiers.json
-    tier_report = tiers.choose_for_bundle(paths.BUNDLE, settings["tiers"], params["episodes"]["real_source"],
+    tier_report = tiers.choose_for_bundle(paths.BUNDLE, enroll.tiers, every.episodes.real_source,
                                           made_by="pilltrack enroll (params.yaml enroll.tiers)")
     summary = {
         "gallery_items": int(len(references)),
@@ -83,7 +83,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"{calibration['calibration_absent_classes']} absent) "
          f"it names {calibration['named_share']:.1%} of enrolled pills' photos, {calibration['named_correct']:.1%} "
          f"of named answers right, {calibration['absent_named']:.1%} of absent pills' photos named (targets "
-         f">= {settings['min_named_correct']:.0%} right, <= {settings['max_absent_named']:.0%} absent named: "
+         f">= {enroll.min_named_correct:.0%} right, <= {enroll.max_absent_named:.0%} absent named: "
          f"{'met' if calibration['targets_met'] else 'NOT met, the most precise rule taken'}); search_k {search_k} "
          f"(top-1 agreement with exact search {search['top1_agreement']:.3f} on {search['queries']} calibration "
          f"photos; the smallest reaching {search['target_agreement']} there: "
