@@ -27,6 +27,7 @@ from edge_runtime.preprocessing import preprocess, symmetric_views
 from tf_pilltrack import params as params_module
 from tf_pilltrack.benchmark.report import to_markdown
 from tf_pilltrack.firmware import build
+from tf_pilltrack import settings
 from tf_pilltrack.settings import Budget
 from tf_pilltrack.stages import firmware as firmware_stage
 from tf_pilltrack.tflite import budget, micro
@@ -136,12 +137,15 @@ def test_every_core_in_params_can_be_built(small_params):
 
 
 def test_crops_are_real_pills_through_the_device_preprocessing(small_params):
-    crops, labels, sources = build.select_crops(small_params)
+    every = settings.from_params(small_params)
+    crops, labels, sources = build.select_crops(every.firmware.crops, every.episodes.real_source,
+                                                every.preprocess_config, every.base.seed)
     size = small_params["profiles"]["tiny"]["image_size"]
     assert crops.dtype == np.uint8 and crops.shape == (small_params["firmware"]["crops"], size, size, 3)
     assert len(set(labels)) == len(labels)
     assert all(source.startswith(f"{label}/") for label, source in zip(labels, sources))
-    again, _, _ = build.select_crops(small_params)
+    again, _, _ = build.select_crops(every.firmware.crops, every.episodes.real_source,
+                                     every.preprocess_config, every.base.seed)
     np.testing.assert_array_equal(crops, again)
 
 
@@ -270,12 +274,13 @@ def test_firmware_not_built_or_without_limit_is_not_judged(small_params):
 def _built_library(params: dict) -> pathlib.Path:
     """The TFLM source root with its library built (into the cache, when it has none), or skip
     saying what is missing."""
-    kit = build.kit_path(params)
+    firmware = settings.from_params(params).firmware
+    kit = build.kit_path(firmware)
     kit = kit if kit.is_absolute() else ROOT / kit
     missing = build.find_missing(kit)
     if missing:
         pytest.skip("the firmware build needs " + "; ".join(missing))
-    return build.prepare_library(kit, build.cache_path(params), params["firmware"]["core"],
+    return build.prepare_library(kit, build.cache_path(firmware), firmware.core,
                                     os.cpu_count() or 1, echo=print)
 
 
@@ -284,19 +289,19 @@ def _built_library(params: dict) -> pathlib.Path:
 def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_path, tiny_model, tiny_crops,
                                                              edge_config, edge_bundle):
     root = _built_library(small_params)
-    settings = small_params["firmware"]
-    core, views = settings["core"], edge_config.symmetry_views
+    firmware = settings.from_params(small_params).firmware
+    core, views = firmware.core, edge_config.symmetry_views
     micro_dir = tmp_path / "micro"
     micro.write_c_array(micro_dir, tiny_model["bytes"], micro.measure_arena(tiny_model["bytes"]),
                         tiny_model["details"], tiny_model["ops"])
     work = tmp_path / "work"
     work.mkdir()
     result = build.build_and_run(root, core, micro_dir, tiny_model["path"], tiny_crops, views, work,
-                                    settings["emulator_timeout_s"])
+                                    firmware.emulator_timeout_s)
     emulated = result["run"]["outputs"]
     assert emulated.shape == (len(tiny_crops), views, tiny_model["details"]["output"]["shape"][-1])
     versus = build.compare_outputs(emulated, result["host"]["tflite_micro"])
-    assert versus["max_step_difference"] <= settings["tolerance_steps"], versus
+    assert versus["max_step_difference"] <= firmware.tolerance_steps, versus
     assert len({tuple(row) for row in emulated.reshape(-1, emulated.shape[-1])}) > 1  # not one constant output
 
     answers = build.gallery_answers(pathlib.Path(edge_bundle), tiny_model["bytes"],
@@ -306,7 +311,7 @@ def test_tiny_model_runs_on_the_emulated_core_as_on_the_host(small_params, tmp_p
     assert build.agree(answers, "emulated", "tflite_micro", "named")
     assert [row["emulated"]["top1"] for row in answers] == list(GALLERY_PILLS)  # each crop finds its own pill
 
-    figures = build.summarise(result, settings)
+    figures = build.summarise(result, firmware)
     assert figures["flash"]["model_bytes"] == len(tiny_model["bytes"])
     assert figures["flash"]["test_crops_bytes"] == tiny_crops.size
     assert figures["ram"]["arena_used_bytes"] <= figures["ram"]["arena_bytes"]

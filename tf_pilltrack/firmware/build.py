@@ -51,9 +51,10 @@ from typing import Callable
 import numpy as np
 
 from edge_runtime import storage
+from edge_runtime.preprocessing import PreprocessConfig
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import params as params_module
 from tf_pilltrack import paths
+from tf_pilltrack.settings import Firmware
 from tf_pilltrack.tflite import micro
 
 FIRMWARE = paths.MODELS / "firmware"
@@ -123,12 +124,12 @@ class ToolsMissing(FileNotFoundError):
 # --- what is there -------------------------------------------------------------------------------
 
 
-def kit_path(params: dict) -> pathlib.Path:
-    return pathlib.Path(os.path.expanduser(params["firmware"]["tflm_kit"]))
+def kit_path(firmware: Firmware) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(firmware.tflm_kit))
 
 
-def cache_path(params: dict) -> pathlib.Path:
-    return pathlib.Path(os.path.expanduser(params["firmware"]["build_cache"]))
+def cache_path(firmware: Firmware) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(firmware.build_cache))
 
 
 def find_missing(kit: pathlib.Path) -> list[str]:
@@ -238,18 +239,19 @@ def prepare_library(kit: pathlib.Path, cache: pathlib.Path, core: str, jobs: int
 # --- the crops ------------------------------------------------------------------------------------
 
 
-def select_crops(params: dict) -> tuple[np.ndarray, list[str], list[str]]:
-    """`firmware.crops` real crops (uint8, the device's preprocessing) of as many different pills
-    of episodes.real_source, a seeded choice (base.seed); with their labels and source files."""
+def select_crops(count: int, real_source: str, config: PreprocessConfig,
+                 seed: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """`count` (firmware.crops) real crops (uint8, the device's preprocessing `config`) of as many
+    different pills of `real_source` (episodes.real_source), a choice seeded with `seed` (base.seed);
+    with their labels and source files."""
     from tf_pilltrack.scoring import episodes
 
-    count = params["firmware"]["crops"]
-    pool, _, _ = episodes.load_real(params["episodes"]["real_source"], params_module.preprocess_config(params))
+    pool, _, _ = episodes.load_real(real_source, config)
     labels = sorted(set(pool.labels.tolist()))
     if count > len(labels):
         raise ValueError(f"firmware.crops: {count} crops of different pills asked, "
-                         f"{params['episodes']['real_source']} has {len(labels)} pills")
-    rng = np.random.default_rng(params["base"]["seed"])
+                         f"{real_source} has {len(labels)} pills")
+    rng = np.random.default_rng(seed)
     chosen = []
     for label in sorted(rng.choice(labels, size=count, replace=False).tolist()):
         rows = np.flatnonzero(pool.labels == label)
@@ -655,8 +657,8 @@ def agree(answers: list[dict], first: str, second: str, key: str) -> bool:
 # --- the stage ------------------------------------------------------------------------------------
 
 
-def estimate_latency_ms(instructions: float, settings: dict) -> float:
-    return instructions * settings["cycles_per_instruction"] / (settings["clock_mhz"] * 1e3)
+def estimate_latency_ms(instructions: float, firmware: Firmware) -> float:
+    return instructions * firmware.cycles_per_instruction / (firmware.clock_mhz * 1e3)
 
 
 def write_not_built(out_dir: pathlib.Path, metrics_file: pathlib.Path, profile: str, missing: list[str]) -> dict:
@@ -686,7 +688,7 @@ def build_and_run(root: pathlib.Path, core: str, micro_dir: pathlib.Path, model_
             "per_op": per_op_table(run, work_per_op)}
 
 
-def summarise(result: dict, settings: dict) -> dict:
+def summarise(result: dict, firmware: Firmware) -> dict:
     """The figures of metrics/firmware.json from `build_and_run`'s result."""
     run, image = result["run"], result["image"]
     instructions = sorted(float(v) for v in run["instructions"].reshape(-1))
@@ -708,8 +710,8 @@ def summarise(result: dict, settings: dict) -> dict:
                                        "invokes": len(instructions),
                                        "resolution": run["instructions_per_tick"]},
         "instructions_per_identification": {"views": views, "median": median * views},
-        "estimated_latency_ms": estimate_latency_ms(median, settings),
-        "estimated_identification_ms": estimate_latency_ms(median * views, settings),
+        "estimated_latency_ms": estimate_latency_ms(median, firmware),
+        "estimated_identification_ms": estimate_latency_ms(median * views, firmware),
         "macs_per_inference": summary["macs"],
         "instructions_per_mac": median / summary["macs"] if summary["macs"] else None,
         "per_op_summary": summary,

@@ -12,7 +12,7 @@ from typing import Callable
 
 from edge_runtime import storage
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import paths
+from tf_pilltrack import paths, settings
 from tf_pilltrack.firmware.build import (CORES, ELF_NAME, FIRMWARE, METRICS_FILE, TFLM_BUILD_TYPE, TFLM_KERNEL_FLAGS,
                                          TFLM_KERNELS, TFLM_TARGET, FirmwareError, ToolsMissing,
                                          agree, build_and_run, cache_path, compare_outputs, find_missing,
@@ -21,13 +21,14 @@ from tf_pilltrack.firmware.build import (CORES, ELF_NAME, FIRMWARE, METRICS_FILE
 
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
-    settings = params["firmware"]
-    profile = params["base"]["profile"]
-    core = settings["core"]
-    kit = kit_path(params)
+    every = settings.from_params(params)
+    firmware = every.firmware
+    profile = every.base.profile
+    core = firmware.core
+    kit = kit_path(firmware)
     missing = find_missing(kit)
     if missing:
-        if settings["required"]:
+        if firmware.required:
             raise ToolsMissing("the firmware cannot be built; missing: " + "; ".join(missing)
                                + ". Install them, or set firmware.required: false in params.yaml to skip the firmware")
         echo("firmware: NOT BUILT (firmware.required is false); missing:")
@@ -35,13 +36,14 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
             echo(f"  - {line}")
         return write_not_built(FIRMWARE, METRICS_FILE, profile, missing)
     model = paths.STUDENT_QAT_TFLITE.read_bytes()
-    crops, labels, sources = select_crops(params)
-    views = params["preprocess"]["symmetry_views"]
-    root = prepare_library(kit, cache_path(params), core, os.cpu_count() or 1, echo)
+    crops, labels, sources = select_crops(firmware.crops, every.episodes.real_source, every.preprocess_config,
+                                          every.base.seed)
+    views = every.preprocess.symmetry_views
+    root = prepare_library(kit, cache_path(firmware), core, os.cpu_count() or 1, echo)
     with tempfile.TemporaryDirectory(prefix=storage.TEMP_PREFIX, dir=paths.MODELS) as scratch:
         work = pathlib.Path(scratch)
         result = build_and_run(root, core, paths.MICRO, paths.STUDENT_QAT_TFLITE, crops, views, work,
-                               settings["emulator_timeout_s"])
+                               firmware.emulator_timeout_s)
         for path in work.glob("*.o"):
             path.unlink()
         for log in ("build.log", "emulator.log"):  # name the files where they end up, not the scratch folder
@@ -50,10 +52,10 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
         with storage.atomic_folder(FIRMWARE) as staging:
             for path in work.iterdir():
                 shutil.copy2(path, staging / path.name)
-    figures = summarise(result, settings)
+    figures = summarise(result, firmware)
     emulated, host = result["run"]["outputs"], result["host"]
     versus = {name: compare_outputs(emulated, values) for name, values in host.items()}
-    tolerance = settings["tolerance_steps"]
+    tolerance = firmware.tolerance_steps
     versus["tflite_micro"]["within_tolerance"] = versus["tflite_micro"]["max_step_difference"] <= tolerance
     answers = gallery_answers(paths.BUNDLE, model, {"emulated": emulated, "tflite_micro": host["tflite_micro"],
                                                     "litert": host["litert"]}, result["details"]["output"], views)
@@ -64,8 +66,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     report = {
         "built": True, "profile": profile, "core": core, "machine": CORES[core]["machine"],
         **figures,
-        "latency_assumption": {"board": settings["board"], "clock_mhz": settings["clock_mhz"],
-                               "cycles_per_instruction": settings["cycles_per_instruction"]},
+        "latency_assumption": {"board": firmware.board, "clock_mhz": firmware.clock_mhz,
+                               "cycles_per_instruction": firmware.cycles_per_instruction},
         "agreement": {"crops": len(crops), "views": views, "tolerance_steps": tolerance,
                       "judged": "emulated vs host TFLite Micro: outputs within tolerance_steps, gallery top-1 and "
                                 "named answers equal; LiteRT (the device client's runtime, other kernels) reported",
@@ -89,8 +91,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"stack {ram['stack_bytes']:,})")
     echo(f"  {instructions['median']:,.0f} instructions per inference (median of {instructions['invokes']}), "
          f"{report['instructions_per_mac']:.2f} per MAC; estimated {report['estimated_latency_ms']:.0f} ms at "
-         f"{settings['clock_mhz']:g} MHz and {settings['cycles_per_instruction']:g} cycles per instruction "
-         f"({settings['board']}); an identification ({views} views) "
+         f"{firmware.clock_mhz:g} MHz and {firmware.cycles_per_instruction:g} cycles per instruction "
+         f"({firmware.board}); an identification ({views} views) "
          f"{report['instructions_per_identification']['median']:,.0f}, {report['estimated_identification_ms']:.0f} ms")
     for name, group in sorted(report["per_op_summary"]["by_op"].items(), key=lambda item: -item[1]["instructions"]):
         per_mac = f", {group['instructions_per_mac']:.2f} per MAC" if group["instructions_per_mac"] else ""
