@@ -473,14 +473,14 @@ class Counter:
         count = enrollment.enroll(self.bundle_dir, label, embeddings, new_gallery)
         if not new_gallery:  # a pill enrolled before under another case keeps its first spelling
             label = gallery.find_label(dict.fromkeys(self.identifier.bundle.labels), label) or label
-        self.reload()
-        if new_gallery:
-            self._drop_thumbnails(keep=set())
         stored = l2_normalise(gallery.check_embeddings(embeddings))  # the rows as enrollment.enroll stored them
         if previous is None:
             self._write_picture(thumbnail_name(label), pictures[0], f"{label!r}'s thumbnail")
         for row, picture in zip(stored, pictures):
             self._write_picture(photo_name(row), picture, f"a photo of {label!r}")
+        self.reload()  # after the pictures: the first answer from the new gallery has its thumbnail
+        if new_gallery:
+            self._drop_thumbnails(keep={label})
         # what `undo` takes back: these rows (a new gallery: nothing)
         self.last_enroll = None if new_gallery else {
             "label": label, "embeddings": stored, "new_pill": label not in labels_before, "thumbnail": previous}
