@@ -69,9 +69,11 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
     started = time.time()
     from tf_pilltrack.training import distribution, models
     from tf_pilltrack import params as params_module
+    from tf_pilltrack import settings as settings_module
     from tf_pilltrack.training import teacher as teacher_module
 
     params = params_module.load(folder / "params.yaml")
+    profile_settings = settings_module.from_params(params)
     import tf_pilltrack
 
     tf_pilltrack.pin_threads(params["base"]["threads"])
@@ -82,7 +84,7 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
     train, mix, _, _ = distribution.load_training_set(params)  # the splits for memory, nothing for stream
     data = distribution.training_input(params, "teacher", train, mix)
     options = {"steps_per_epoch": settings["steps_per_epoch"]} if data_input == "stream" else {}
-    model = models.make_teacher(params)
+    model = models.make_teacher(profile_settings.profile, profile_settings.teacher)
     model.compile(optimizer=tf_keras.optimizers.Adam(settings["learning_rate"]), loss=teacher_module.make_loss(settings))
     model.fit(data, epochs=settings["epochs"], verbose=0, **options)
     print(json.dumps({"seconds": time.time() - started, "peak_rss_mb": _peak_rss_mb()}))

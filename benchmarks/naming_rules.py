@@ -33,6 +33,7 @@ from tf_pilltrack.scoring import calibration, episodes, evaluation, metrics
 from tf_pilltrack.data import dataset
 from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings as pilltrack_settings
 
 
 def spreads(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -137,7 +138,7 @@ def main() -> None:
                              "(0: every calibration pill in one gallery)")
     args = parser.parse_args()
     params = params_module.load(args.params)
-    settings, calibration_settings = params["episodes"], params["enroll"]
+    settings, calibration_settings = pilltrack_settings.from_params(params).episodes, params["enroll"]
     loaded = load_bundle(paths.BUNDLE)
     lite = interpreter.make_interpreter(loaded.model_path, threads=1)
     views = loaded.preprocess.symmetry_views
@@ -163,10 +164,10 @@ def main() -> None:
     print(f"calibration: {len(galleries)} galleries of {len(galleries[0][0])} pills enrolled, "
           f"{len(galleries[0][1])} absent")
 
-    real_pool, _, _ = evaluation.load_novel_real(settings, loaded.preprocess)
+    real_pool, _, _ = evaluation.load_novel_real(settings.real_source, loaded.preprocess)
     real_embeddings = interpreter.embed(lite, real_pool.pixels, views)
     report = {"shots": {}, "targets": {key: calibration_settings[key] for key in ("min_named_correct", "max_absent_named")}}
-    for shots in settings["shots"]:
+    for shots in settings.shots:
         drawn = evaluation.draw("real", real_pool, shots, settings)
         real_known, real_absent = pooled(real_embeddings, real_pool.labels.astype(str), drawn)
         rows = {}
@@ -186,7 +187,7 @@ def main() -> None:
                                      calibration_settings["max_absent_named"], calibration_settings["rule_steps"])
         rows["oracle (distance + margin chosen on the real answers)"] = {"real": oracle}
         report["shots"][str(shots)] = rows
-        print(f"\nreal {shots}-shot episodes ({settings['count']}, answers pooled), rules calibrated on the "
+        print(f"\nreal {shots}-shot episodes ({settings.count}, answers pooled), rules calibrated on the "
               f"calibration classes for >= {calibration_settings['min_named_correct']:.0%} named right, <= "
               f"{calibration_settings['max_absent_named']:.0%} absent named:")
         print(f"{'rule':<56}{'named':>8}{'right':>8}{'absent':>8}   calibration: named / right / absent")

@@ -30,6 +30,7 @@ from tf_pilltrack.scoring import episodes, evaluation
 from tf_pilltrack.training import models
 from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings
 
 THUMB = 64
 
@@ -48,7 +49,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(paths.REPORTS / "reference_overlap"))
     args = parser.parse_args()
     params = params_module.load(args.params)
-    model = models.make_teacher(params)
+    every = settings.from_params(params)
+    model = models.make_teacher(every.profile, every.teacher)
     model.load_weights(args.teacher)
     views = params["preprocess"]["symmetry_views"]
     config = params_module.preprocess_config(params)

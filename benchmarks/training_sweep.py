@@ -38,6 +38,7 @@ from tf_pilltrack.training import distiller, models
 from tf_pilltrack.scoring import evaluation, metrics
 from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings
 from tf_pilltrack.training import teacher as teacher_stage
 
 
@@ -76,15 +77,15 @@ def novel_scores_by_kind(embed) -> dict:
 def real_pool(params: dict) -> dataset.Split:
     """The real photo set (episodes.real_source) less the pills the models trained on, as the
     evaluate stage reads it (`evaluation.load_novel_real`)."""
-    return evaluation.load_novel_real(params["episodes"], params_module.preprocess_config(params))[0]
+    return evaluation.load_novel_real(params["episodes"]["real_source"], params_module.preprocess_config(params))[0]
 
 
 def real_scores(embed, params: dict, pool: dataset.Split) -> dict:
     """Mean Recall@1 over the evaluate stage's seeded real-photo episodes, per K and view count."""
-    settings = params["episodes"]
-    result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, settings, {}, {})
+    episodes = settings.from_params(params).episodes
+    result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, episodes, {}, {})
     return {f"k{shots}_{views}": round(result[f"shots_{shots}"]["model"][views]["recall_at_1"], 4)
-            for shots in settings["shots"] for views in ("single", "multi")}
+            for shots in episodes.shots for views in ("single", "multi")}
 
 
 def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.ndarray:
@@ -107,7 +108,8 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
         dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
     if weights:  # evaluate a teacher trained before
-        model, history = models.make_teacher(params, start=False), {"calibration_recall_at_1": []}
+        every = settings.from_params(params)
+        model, history = models.make_teacher(every.profile, every.teacher, start=False), {"calibration_recall_at_1": []}
         model.load_weights(weights)
     else:
         model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
@@ -123,7 +125,8 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
 
 def sweep_distill(params: dict, teacher_weights: str) -> dict:
     views = params["preprocess"]["symmetry_views"]
-    teacher = models.make_teacher(params, start=False)
+    every = settings.from_params(params)
+    teacher = models.make_teacher(every.profile, every.teacher, start=False)
     teacher.load_weights(teacher_weights)
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]

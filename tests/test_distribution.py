@@ -233,10 +233,12 @@ def _embed(weights: pathlib.Path, stage: str) -> np.ndarray:
 
     from tf_pilltrack.training import models
     from tf_pilltrack import params as params_module
+    from tf_pilltrack import settings
 
-    params = params_module.validate(_params(pathlib.Path("unused"), "none"))
+    every = settings.from_params(params_module.validate(_params(pathlib.Path("unused"), "none")))
     tf_keras.utils.set_random_seed(0)
-    model = models.make_teacher(params) if stage == "teacher" else models.quantize(models.make_student(params))
+    model = (models.make_teacher(every.profile, every.teacher) if stage == "teacher"
+             else models.quantize(models.make_student(every.profile, every.teacher.embedding_size)))
     model.load_weights(weights)
     return models.embed(model, _split(["cal0", "cal1", "cal2"], 2, 4).pixels)
 

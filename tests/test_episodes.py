@@ -411,17 +411,17 @@ def test_load_novel_real_leaves_out_the_pills_a_model_trained_on(tmp_path, monke
                 np.zeros((len(labels), 32, 32, 3), np.uint8), np.array(labels, str),
                 np.array(labels, str), np.array(labels, str)))
 
-    settings = {"real_source": str(archive)}
+    real_source = str(archive)
     trained_on(["red", "other"], ["blue"])  # a training pill and a mix pill share names with the real set
-    pool, report, _ = evaluation.load_novel_real(settings, _config(localise=False))
+    pool, report, _ = evaluation.load_novel_real(real_source, _config(localise=False))
     assert sorted(set(pool.labels.tolist())) == ["green"] and len(pool) == 2
     assert report["trained_classes_left_out"] == 2 and report["classes"] == 3
     trained_on(["other"], [])
-    pool, report, _ = evaluation.load_novel_real(settings, _config(localise=False))
+    pool, report, _ = evaluation.load_novel_real(real_source, _config(localise=False))
     assert len(pool) == 6 and report["trained_classes_left_out"] == 0
     trained_on(["red", "green"], ["blue"])
     with pytest.raises(ValueError, match=r"real\.zip: every pill of episodes.real_source was trained on"):
-        evaluation.load_novel_real(settings, _config(localise=False))
+        evaluation.load_novel_real(real_source, _config(localise=False))
 
 
 def test_load_real_names_a_missing_or_empty_source(tmp_path):

@@ -16,6 +16,7 @@ from loopback import ROOT  # noqa: E402
 from tf_pilltrack.data import dataset  # noqa: E402
 from tf_pilltrack.training import efficientnet, models
 from tf_pilltrack import params as params_module  # noqa: E402
+from tf_pilltrack import settings  # noqa: E402
 from tf_pilltrack.training import teacher as teacher_stage  # noqa: E402
 
 
@@ -53,7 +54,8 @@ def test_frozen_epochs_then_the_whole_teacher_trains():
         np.testing.assert_array_equal(start, frozen)
     assert any(not np.array_equal(a, b) for a, b in zip(watcher.backbone[0], watcher.backbone[1]))
     assert all(not np.array_equal(a, b) for a, b in zip(watcher.head[0], watcher.head[1]))
-    reloaded = models.make_teacher(params, start=False)  # the layout loads the trained weights
+    every = settings.from_params(params)
+    reloaded = models.make_teacher(every.profile, every.teacher, start=False)  # the layout loads the trained weights
     reloaded.set_weights(model.get_weights())
     pixels = toy_split(size, 2, 2, 3).pixels
     np.testing.assert_allclose(models.embed(reloaded, pixels), models.embed(model, pixels), atol=1e-6)

@@ -142,12 +142,14 @@ def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, s
 
     `artefacts` is the project directory of a pipeline run with this profile (its models/ and
     metrics/), or None: then the architectures are built untrained and exported to int8 here."""
+    from tf_pilltrack import settings as settings_module
     from tf_pilltrack.tflite import conversion
     from tf_pilltrack.training import models
 
-    profile_params = _profile_params(params, profile)
+    every = settings_module.from_params(params)
     shots = params["prepare"]["reference_shots"]
-    keras_models = {"teacher": models.make_teacher(profile_params), "student_float": models.make_student(profile_params)}
+    keras_models = {"teacher": models.make_teacher(every.profiles[profile], every.teacher),
+                    "student_float": models.make_student(every.profiles[profile], every.teacher.embedding_size)}
     files: dict[str, pathlib.Path] = {}
     if artefacts is not None:
         evaluation_path = artefacts / paths.METRICS / "evaluation.json"

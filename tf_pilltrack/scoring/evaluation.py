@@ -40,6 +40,7 @@ from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset
 from tf_pilltrack.scoring import baseline, episodes, metrics
+from tf_pilltrack.settings import Episodes, Profile, Teacher
 from tf_pilltrack.training import efficientnet, models
 
 RECALL_CURVE_DEPTH = 10
@@ -117,29 +118,29 @@ def concatenate(*splits: dataset.Split) -> dataset.Split:
     return dataset.Split(*(np.concatenate([getattr(split, field) for split in splits]) for field in dataset.Split._fields))
 
 
-def draw(name: str, pool: dataset.Split, shots: int, settings: dict) -> list[episodes.Episode]:
+def draw(name: str, pool: dataset.Split, shots: int, settings: Episodes) -> list[episodes.Episode]:
     """The seeded K-shot episodes of `settings` over `pool`; an error names the data set."""
     try:
-        return episodes.draw_episodes(pool.labels, pool.groups, shots, settings["absent_classes"],
-                                      settings["views"], settings["count"], settings["seed"])
+        return episodes.draw_episodes(pool.labels, pool.groups, shots, settings.absent_classes,
+                                      settings.views, settings.count, settings.seed)
     except ValueError as error:
         raise ValueError(f"{name} episodes: {error}") from None
 
 
-def tally_episodes(name: str, pool: dataset.Split, embeddings: np.ndarray, settings: dict) -> dict:
+def tally_episodes(name: str, pool: dataset.Split, embeddings: np.ndarray, settings: Episodes) -> dict:
     """`episodes.tally_answers` of one model over the same episodes as `run_episodes`, per K."""
     return {f"shots_{shots}": episodes.tally_answers(embeddings, pool.labels, draw(name, pool, shots, settings),
-                                                     settings["keep_correct"])
-            for shots in settings["shots"]}
+                                                     settings.keep_correct)
+            for shots in settings.shots}
 
 
-def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarray], settings: dict,
+def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarray], settings: Episodes,
                  thresholds: dict[str, dict[str, float]], lookalike_margins: dict[str, float]) -> dict:
-    """Every model's figures over `settings["count"]` seeded episodes per K (shots_<K>), each
+    """Every model's figures over `settings.count` seeded episodes per K (shots_<K>), each
     as {"single": summary, "multi": summary} (episodes.summarise, plus the episode count), with
     the classes and the mean query counts of the episodes."""
     result = {"classes": len(set(pool.labels.tolist())), "crops": len(pool), "photos": len(set(pool.groups.tolist()))}
-    for shots in settings["shots"]:
+    for shots in settings.shots:
         drawn = draw(name, pool, shots, settings)
         entry = {"known_classes": len(drawn[0].known_classes), "absent_classes": len(drawn[0].absent_classes),
                  "classes_with_too_few_photos": result["classes"] - len(drawn[0].known_classes) - len(drawn[0].absent_classes),
@@ -148,7 +149,7 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
                  "multi_view_queries": float(np.mean([len(episode.query_views) for episode in drawn])),
                  "absent_multi_view_queries": float(np.mean([len(episode.absent_views) for episode in drawn]))}
         for model, model_embeddings in embeddings.items():
-            scored = [episodes.score_episode(model_embeddings, pool.labels, episode, settings["keep_correct"],
+            scored = [episodes.score_episode(model_embeddings, pool.labels, episode, settings.keep_correct,
                                              thresholds.get(model), lookalike_margins.get(model)) for episode in drawn]
             entry[model] = {}
             for views in ("single", "multi"):
@@ -177,7 +178,7 @@ def split_novel_pool(pool: dataset.Split, embeddings: dict[str, dict[str, np.nda
     return pools, split
 
 
-def episode_table(results: dict, settings: dict) -> list[str]:
+def episode_table(results: dict, settings: Episodes) -> list[str]:
     """The episode figures as text rows, mean ± std."""
     def cell(summary: dict, key: str) -> str:
         return f"{summary[key]:.3f}±{summary[key + '_std']:.3f}" if key in summary else "-"
@@ -185,14 +186,14 @@ def episode_table(results: dict, settings: dict) -> list[str]:
     rows = [f"{'data':<10}{'K':>3} {'query':<9}{'model':<22}{'Recall@1':>13}{'Recall@5':>13}{'mAP@R':>13}"
             f"{'AUROC':>13}{'FAR@episode':>13}{'FAR@bundle':>13}"]
     for data in (data for data in EPISODE_DATA if data in results):
-        for shots in settings["shots"]:
+        for shots in settings.shots:
             entry = results[data][f"shots_{shots}"]
             for views in ("single", "multi"):
                 for model in EPISODE_MODELS:
                     summary = entry.get(model, {}).get(views)
                     if summary is None:
                         continue
-                    label = "1 view" if views == "single" else f"{settings['views']} views"
+                    label = "1 view" if views == "single" else f"{settings.views} views"
                     rows.append(f"{data:<10}{shots:>3} {label:<9}{model:<22}" + "".join(
                         f"{cell(summary, key):>13}" for key in ("recall_at_1", "recall_at_5", "map_at_r",
                                                                 "auroc_known_vs_absent", "false_accept_rate_episode",
@@ -203,7 +204,7 @@ def episode_table(results: dict, settings: dict) -> list[str]:
 RISK_COVERAGE_POINTS = 20
 
 
-def risk_coverage_curve(pool: dataset.Split, embeddings: np.ndarray, shots: int, settings: dict,
+def risk_coverage_curve(pool: dataset.Split, embeddings: np.ndarray, shots: int, settings: Episodes,
                         margin: float) -> dict:
     """The naming rule's risk-coverage curve over the single-view answers of the K = `shots`
     episodes (pooled): at the bundle's look-alike `margin`, RISK_COVERAGE_POINTS thresholds."""
@@ -213,17 +214,17 @@ def risk_coverage_curve(pool: dataset.Split, embeddings: np.ndarray, shots: int,
         answers["absent_margins"], margin, RISK_COVERAGE_POINTS)}
 
 
-def load_novel_real(settings: dict, config: PreprocessConfig) -> tuple[dataset.Split, dict, list[dict]]:
-    """The real photo set of params.yaml's `episodes` section (`episodes.load_real` with
+def load_novel_real(real_source: str, config: PreprocessConfig) -> tuple[dataset.Split, dict, list[dict]]:
+    """The real photo set `real_source` (params.yaml's episodes.real_source; `episodes.load_real` with
     `config`), less every pill a model trained on: when the real set is also the training source
     (data.source) or the mix set (data.mix_source), its episodes keep only the pills that no
     model trained on (by class name, training and mix splits). The report counts the pills left
     out as `trained_classes_left_out`."""
-    pool, report, skipped = episodes.load_real(settings["real_source"], config)
+    pool, report, skipped = episodes.load_real(real_source, config)
     trained_labels = np.concatenate([dataset.load_split(name).labels for name in ("train", "mix")])
     trained = np.isin(pool.labels, trained_labels)
     if trained.all():
-        raise ValueError(f"{settings['real_source']}: every pill of episodes.real_source was trained on "
+        raise ValueError(f"{real_source}: every pill of episodes.real_source was trained on "
                          "(data.source or data.mix_source): no novel real pill is left to evaluate")
     report["trained_classes_left_out"] = len(set(pool.labels[trained].tolist()))
     return dataset.Split(*(field[~trained] for field in pool)), report, skipped
@@ -242,28 +243,29 @@ class Inputs(NamedTuple):
     real_skipped: list[dict]
 
 
-def load_inputs(settings: dict) -> Inputs:
+def load_inputs(real_source: str) -> Inputs:
     references = dataset.load_split("references")
     queries = dataset.load_split("queries")
     absent = dataset.load_split("absent_queries")
     loaded = bundle_module.load_bundle(paths.BUNDLE)
-    real_pool, real_report, real_skipped = load_novel_real(settings, loaded.preprocess)
+    real_pool, real_report, real_skipped = load_novel_real(real_source, loaded.preprocess)
     return Inputs(references, queries, absent, concatenate(references, queries, absent), loaded,
                   real_pool, real_report, real_skipped)
 
 
-def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
+def embed_all(profile: Profile, teacher: Teacher, inputs: Inputs) -> tuple[dict, dict]:
     """Every model's embeddings, each crop over the bundle's symmetry views as the device embeds:
     (`fixed`: model -> (query, reference) embeddings of the fixed splits, `pools`: "novel" and
     "real" -> model -> embeddings of the synthetic pool and of the real photos). The teacher,
     baseline and int8 models embed the pools and their fixed splits are slices of them; the
-    float and QAT Keras students embed the fixed splits only."""
+    float and QAT Keras students embed the fixed splits only. The Keras models are those of
+    `profile` and the `teacher` section."""
     views = inputs.loaded.preprocess.symmetry_views
     cut, end = len(inputs.references), len(inputs.references) + len(inputs.queries)
     embedders = {
-        "teacher": lambda pixels, model=models.load_teacher(params): embed_keras(model, pixels, views),
-        "student_float": lambda pixels, model=models.load_float_student(params): embed_keras(model, pixels, views),
-        "student_qat_keras": lambda pixels, model=models.load_qat_student(params): embed_keras(model, pixels, views),
+        "teacher": lambda pixels, model=models.load_teacher(profile, teacher): embed_keras(model, pixels, views),
+        "student_float": lambda pixels, model=models.load_float_student(profile, teacher.embedding_size): embed_keras(model, pixels, views),
+        "student_qat_keras": lambda pixels, model=models.load_qat_student(profile, teacher.embedding_size): embed_keras(model, pixels, views),
         "baseline_colour_shape": baseline.embed,
         "imagenet_frozen": lambda pixels, model=efficientnet.load_pretrained(inputs.references.pixels.shape[1]):
             embed_keras(model, pixels, views),
@@ -284,10 +286,11 @@ def embed_all(params: dict, inputs: Inputs) -> tuple[dict, dict]:
     return fixed, pools
 
 
-def score_all(params: dict, inputs: Inputs, fixed: dict, pools: dict) -> tuple[dict, dict, dict]:
+def score_all(settings: Episodes, inputs: Inputs, fixed: dict, pools: dict) -> tuple[dict, dict, dict]:
     """The figures of evaluation.json (fixed-split retrieval per model, parity, sizes, episodes),
-    the Recall@k curves and the int8 model's answers per pill (episode_answers.json)."""
-    settings, loaded, queries, references = params["episodes"], inputs.loaded, inputs.queries, inputs.references
+    the Recall@k curves and the int8 model's answers per pill (episode_answers.json); `settings`
+    is the `episodes` section."""
+    loaded, queries, references = inputs.loaded, inputs.queries, inputs.references
     results, curves, top1 = {}, {}, {}
     for name in ("teacher", "student_float", "student_qat_keras", "baseline_colour_shape", "imagenet_frozen",
                  "student_ptq_int8"):
@@ -317,17 +320,17 @@ def score_all(params: dict, inputs: Inputs, fixed: dict, pools: dict) -> tuple[d
     pools_by_data, embeddings = split_novel_pool(inputs.synthetic_pool, pools)
     real_pool = inputs.real_pool
     results["episodes"] = {
-        "count": settings["count"],
-        "views": settings["views"],
-        "keep_correct": settings["keep_correct"],
+        "count": settings.count,
+        "views": settings.views,
+        "keep_correct": settings.keep_correct,
         "bundle_unknown_threshold": loaded.unknown_threshold,
         "bundle_lookalike_margin": loaded.lookalike_margin,
         **{data: run_episodes(data, pool, embeddings[data], settings, thresholds, lookalike_margins)
            for data, pool in pools_by_data.items()},
-        "real": {**inputs.real_report, **run_episodes(f"real ({settings['real_source']})", real_pool,
+        "real": {**inputs.real_report, **run_episodes(f"real ({settings.real_source})", real_pool,
                                                       embeddings["real"], settings, thresholds, lookalike_margins)},
     }
-    shots = max(settings["shots"])
+    shots = max(settings.shots)
     real_best = results["episodes"]["real"][f"shots_{shots}"]
     results["parity"]["real_int8_vs_teacher_recall_at_1"] = (
         real_best["student_int8"]["single"]["recall_at_1"] / max(real_best["teacher"]["single"]["recall_at_1"], 1e-9))

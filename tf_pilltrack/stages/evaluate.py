@@ -9,8 +9,10 @@ from typing import Callable
 
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import paths
+from tf_pilltrack import settings as settings_module
 from tf_pilltrack.scoring.evaluation import (EPISODE_DATA, EPISODE_MODELS, RECALL_CURVE_DEPTH, Inputs, embed_all,
                                              episode_table, load_inputs, score_all)
+from tf_pilltrack.settings import Episodes, Settings
 from tf_pilltrack.training import tracking
 
 
@@ -44,13 +46,13 @@ def write_results(params: dict, results: dict, curves: dict, answers: dict) -> N
     write_atomically(paths.REPORTS / "recall_at_k.csv", ("\n".join(rows) + "\n").encode())
 
 
-def print_tables(params: dict, inputs: Inputs, results: dict, answers: dict, seconds: float,
+def print_tables(every: Settings, inputs: Inputs, results: dict, answers: dict, seconds: float,
                  echo: Callable[[str], None]) -> None:
     """The stage's figures as text: fixed-split retrieval, the bundle's open-set rates and parity,
     the episode table, the naming rule, close calls and the hardest pills."""
-    settings, loaded = params["episodes"], inputs.loaded
-    shots = max(settings["shots"])
-    echo(f"\nNovel-class retrieval ({len(inputs.queries)} queries, {params['prepare']['reference_shots']}-shot gallery):")
+    settings, loaded = every.episodes, inputs.loaded
+    shots = max(settings.shots)
+    echo(f"\nNovel-class retrieval ({len(inputs.queries)} queries, {every.prepare.reference_shots}-shot gallery):")
     echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
     for name in ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_float", "student_qat_keras",
                  "student_ptq_int8", "student_int8"):
@@ -65,11 +67,11 @@ def print_tables(params: dict, inputs: Inputs, results: dict, answers: dict, sec
          f"model's top two pills within {parity['qat_keras_vs_int8_largest_disagreeing_margin']:.4f} "
          f"cosine distance, as on {parity['qat_keras_vs_int8_near_tie_share']:.1%} of queries); int8 size "
          f"{results['sizes']['student_int8_bytes'] / 1024:.1f} KiB ({seconds:.0f} s)")
-    echo(f"\nFew-shot episodes on novel classes ({settings['count']} per row, mean ± sample std; K shots per known "
-         f"pill, by source photo; Recall@k over distinct pills; {settings['absent_classes']:.0%} of the classes "
+    echo(f"\nFew-shot episodes on novel classes ({settings.count} per row, mean ± sample std; K shots per known "
+         f"pill, by source photo; Recall@k over distinct pills; {settings.absent_classes:.0%} of the classes "
          f"absent from the gallery; FAR = gallery-absent queries accepted; FAR@bundle at the int8 bundle's "
          f"calibrated threshold {loaded.unknown_threshold:.3f}, FAR@episode at the threshold keeping "
-         f"{settings['keep_correct']:.0%} of the episode's correct answers):")
+         f"{settings.keep_correct:.0%} of the episode's correct answers):")
     for row in episode_table(results["episodes"], settings):
         echo(row)
     echo(f"\nNaming rule of the bundle (name the nearest pill within {loaded.unknown_threshold:.3f} when no other pill "
@@ -98,12 +100,12 @@ def print_tables(params: dict, inputs: Inputs, results: dict, answers: dict, sec
                  f"{pill} as {other} ({share:.0%} of its queries)" for pill, other, _, share in tally["false_accepts"][:3]))
 
 
-def announce(settings: dict, inputs: Inputs, echo: Callable[[str], None]) -> None:
+def announce(settings: Episodes, inputs: Inputs, echo: Callable[[str], None]) -> None:
     """What the stage evaluates on, and the real photos it skipped."""
     references, absent, report = inputs.references, inputs.absent, inputs.real_report
     echo(f"evaluate: {len(set(references.labels.tolist()))} novel pills, {len(references)} gallery photos, "
          f"{len(inputs.queries)} queries, {len(absent)} photos of {len(set(absent.labels.tolist()))} gallery-absent pills")
-    echo(f"evaluate: real set {settings['real_source']}: {report['crops_used']} crops of "
+    echo(f"evaluate: real set {settings.real_source}: {report['crops_used']} crops of "
          f"{report['classes']} pills from {report['photos']} photos; localisation finds no pill in "
          f"{report['localisation_no_pill_found']} of {report['images']} images"
          + (f"; {report['trained_classes_left_out']} pills left out, the models trained on them"
@@ -118,10 +120,11 @@ def announce(settings: dict, inputs: Inputs, echo: Callable[[str], None]) -> Non
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     """The stage: embed every model's crops, score them, write the figures, print them."""
     started = time.time()
-    inputs = load_inputs(params["episodes"])
-    announce(params["episodes"], inputs, echo)
-    fixed, pools = embed_all(params, inputs)
-    results, curves, answers = score_all(params, inputs, fixed, pools)
+    every = settings_module.from_params(params)
+    inputs = load_inputs(every.episodes.real_source)
+    announce(every.episodes, inputs, echo)
+    fixed, pools = embed_all(every.profile, every.teacher, inputs)
+    results, curves, answers = score_all(every.episodes, inputs, fixed, pools)
     write_results(params, results, curves, answers)
-    print_tables(params, inputs, results, answers, time.time() - started, echo)
+    print_tables(every, inputs, results, answers, time.time() - started, echo)
     return results

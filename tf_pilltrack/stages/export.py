@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from edge_runtime.storage import write_atomically
-from tf_pilltrack import paths
+from tf_pilltrack import paths, settings
 from tf_pilltrack.data import dataset
 from tf_pilltrack.tflite import conversion, micro
 from tf_pilltrack.training import models
@@ -22,10 +22,12 @@ from tf_pilltrack.training import models
 
 def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     started = time.time()
+    every = settings.from_params(params)
+    embedding_size = every.teacher.embedding_size
     train_split = dataset.load_split("train")
-    calibration = conversion.calibration_sample(train_split, params["export"]["calibration_images"], params["base"]["seed"])
-    qat_model = conversion.convert_qat(models.load_qat_student(params), calibration)
-    ptq_model = conversion.convert_ptq(models.load_float_student(params), calibration)
+    calibration = conversion.calibration_sample(train_split, every.export.calibration_images, every.base.seed)
+    qat_model = conversion.convert_qat(models.load_qat_student(every.profile, embedding_size), calibration)
+    ptq_model = conversion.convert_ptq(models.load_float_student(every.profile, embedding_size), calibration)
     write_atomically(paths.STUDENT_QAT_TFLITE, qat_model)
     write_atomically(paths.STUDENT_PTQ_TFLITE, ptq_model)
     report = {"qat": conversion.describe(qat_model), "ptq": conversion.describe(ptq_model)}

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
+from tf_pilltrack import settings as settings_module
 from tf_pilltrack.data import dataset
 from tf_pilltrack.training import distribution, models, monitor
 
@@ -143,15 +144,16 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
     strategy) unless `teacher` is given (one process only)."""
     settings = params["distill"]
     seed = params["base"]["seed"]
+    every = settings_module.from_params(params)
     strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
     with strategy.scope():  # built before the seeds are set, so that the student's draws do not depend on it
-        teacher = teacher if teacher is not None else models.load_teacher(params)
+        teacher = teacher if teacher is not None else models.load_teacher(every.profile, every.teacher)
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
     data = distribution.training_input(params, "distill", train_split, mix)
     open_set = monitor.OpenSetMonitor(references, queries)
     with strategy.scope():
-        student = models.make_student(params)
+        student = models.make_student(every.profile, every.teacher.embedding_size)
     history: dict[str, list] = {}
     if settings["float_epochs"]:
         history = _fit_phase(student, teacher, params, data, settings["float_epochs"],

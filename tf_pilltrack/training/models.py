@@ -1,5 +1,5 @@
 """The two networks: a teacher (TF-Similarity SimilarityModel; a ResNet, or EfficientNet-Lite0 from ImageNet weights) and a MobileNetV2 student,
-built from their dimensions (`build_*`) or from params (`make_*`), loaded with their trained
+built from their dimensions (`build_*`) or from the settings (`make_*`), loaded with their trained
 weights (`load_*`), and embedding crops (`embed`): what the stages share.
 
 Both are flat functional Keras 2 models that take normalised pixels (see
@@ -19,8 +19,8 @@ from tf_keras import layers
 import tf_keras
 
 from edge_runtime.preprocessing import normalise
-from tf_pilltrack import params as params_module
 from tf_pilltrack import paths
+from tf_pilltrack.settings import Profile, Teacher
 from tf_pilltrack.training import efficientnet
 
 
@@ -177,30 +177,26 @@ def l2_normalise(embeddings):
     return tf.math.l2_normalize(embeddings, axis=-1)
 
 
-def make_teacher(params: dict, start: bool = True):
-    """The teacher of params' profile and teacher section, untrained: with the ImageNet weights
+def make_teacher(profile: Profile, teacher: Teacher, start: bool = True):
+    """The teacher of `profile` and the `teacher` section, untrained: with the ImageNet weights
     when teacher.pretrained says so and `start` (False: the layout only, for loading trained weights)."""
-    settings = params["teacher"]
     return build_teacher(
-        params_module.profile(params)["image_size"], settings["embedding_size"],
-        settings["widths"], settings["blocks"], settings["backbone"], settings["image_size"],
-        start and settings["pretrained"] == "imagenet",
+        profile.image_size, teacher.embedding_size, teacher.widths, teacher.blocks, teacher.backbone,
+        teacher.image_size, start and teacher.pretrained == "imagenet",
     )
 
 
-def load_teacher(params: dict):
-    """The trained teacher, rebuilt from params and its saved weights."""
-    model = make_teacher(params, start=False)
+def load_teacher(profile: Profile, teacher: Teacher):
+    """The trained teacher, rebuilt from `profile`, the `teacher` section and its saved weights."""
+    model = make_teacher(profile, teacher, start=False)
     model.load_weights(paths.TEACHER_WEIGHTS)
     return model
 
 
-def make_student(params: dict):
-    """The float student of params' profile, untrained."""
-    profile = params_module.profile(params)
-    return build_student(profile["image_size"], profile["student_alpha"],
-                         profile["student_last_channels"], params["teacher"]["embedding_size"],
-                         [tuple(stage) for stage in profile["student_stages"]])
+def make_student(profile: Profile, embedding_size: int):
+    """The float student of `profile`, untrained, with the teacher's embedding size."""
+    return build_student(profile.image_size, profile.student_alpha, profile.student_last_channels,
+                         embedding_size, list(profile.student_stages))
 
 
 def quantize(student):
@@ -208,15 +204,15 @@ def quantize(student):
     return tfmot.quantization.keras.quantize_model(student)
 
 
-def load_float_student(params: dict):
-    student = make_student(params)
+def load_float_student(profile: Profile, embedding_size: int):
+    student = make_student(profile, embedding_size)
     student.load_weights(paths.STUDENT_FLOAT_WEIGHTS)
     return student
 
 
-def load_qat_student(params: dict):
+def load_qat_student(profile: Profile, embedding_size: int):
     with tfmot.quantization.keras.quantize_scope():
-        student = quantize(make_student(params))
+        student = quantize(make_student(profile, embedding_size))
     student.load_weights(paths.STUDENT_QAT_WEIGHTS)
     return student
 

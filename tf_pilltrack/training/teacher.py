@@ -15,6 +15,7 @@ import random
 import tensorflow_similarity as tfsim
 import tf_keras
 
+from tf_pilltrack import settings as settings_module
 from tf_pilltrack.data import dataset
 from tf_pilltrack.training import distribution, models, monitor
 
@@ -44,7 +45,8 @@ def train(params: dict, train_split: dataset.Split | None, references: dataset.S
     tf_keras.utils.set_random_seed(seed)
     data = distribution.training_input(params, "teacher", train_split, mix)
     with strategy.scope():
-        model = models.make_teacher(params)
+        every = settings_module.from_params(params)
+        model = models.make_teacher(every.profile, every.teacher)
     watchers = [monitor.OpenSetMonitor(references, queries)] + list(callbacks or [])
     frozen, epochs, steps = settings["frozen_epochs"], settings["epochs"], settings["steps_per_epoch"]
     history: dict[str, list] = {}
