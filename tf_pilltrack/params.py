@@ -1,4 +1,5 @@
-"""params.yaml: loaded once, validated, and handed to each stage as plain dictionaries.
+"""params.yaml: loaded once, validated, and handed to each stage as plain dictionaries (which the
+stage turns into typed settings once, tf_pilltrack.settings).
 
 The schema below lists every key with its type and allowed range and nothing else: the values
 (and their meanings, in comments) live only in params.yaml. A missing key, an unknown key, a
