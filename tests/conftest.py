@@ -45,7 +45,7 @@ def pytest_runtest_makereport(item, call):
 
 
 # ---------------------------------------------------------------------------------------------
-# Edge runtime fixtures (tests/test_edge_*.py): a tiny int8 TFLite model, preprocessing
+# Edge runtime fixtures (tests/edge_runtime/): a tiny int8 TFLite model, preprocessing
 # constants for it, and a bundle of three pills (red, green, blue) made with it.
 # ---------------------------------------------------------------------------------------------
 

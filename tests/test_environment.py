@@ -19,8 +19,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EDGE_TESTS = ["tests/test_edge_runtime.py", "tests/test_edge_cli.py", "tests/test_edge_reliability.py",
-              "tests/test_edge_limits.py", "tests/test_edge_serve.py"]
+EDGE_TESTS = ["tests/edge_runtime/test_edge_runtime.py", "tests/edge_runtime/test_cli.py",
+              "tests/edge_runtime/test_reliability.py", "tests/edge_runtime/test_limits.py",
+              "tests/edge_runtime/test_serve.py"]
 
 # environment -> (folder, extras, interpreter library the client must pick, NumPy major version)
 EDGE_ENVIRONMENTS = {

@@ -1,4 +1,4 @@
-"""Hostile inputs of a probe of the device client, beyond the Annoy index (tests/test_edge_index_fuzz.py):
+"""Hostile inputs of a probe of the device client, beyond the Annoy index (tests/edge_runtime/test_index_fuzz.py):
 manifest.csv fields over csv's limit and manifests that are not UTF-8 are one error naming the
 file and line; a zip member whose headers understate its size is read in bounded memory and
 reported; bundle.json with a key twice is refused; a fullwidth "ｕｎｋｎｏｗｎ" is reserved; a

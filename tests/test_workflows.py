@@ -223,11 +223,11 @@ def test_a_required_test_skips_outside_ci(tmp_path):
 
 def test_the_emulated_firmware_test_is_required_in_ci():
     """The one check that the model runs on a microcontroller: CI runs it or fails."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tests", "tf_pilltrack", "firmware"))
     try:
         import test_firmware
     finally:
-        sys.path.remove(os.path.join(ROOT, "tests"))
+        sys.path.remove(os.path.join(ROOT, "tests", "tf_pilltrack", "firmware"))
     marks = [mark.name for mark in getattr(test_firmware.test_tiny_model_runs_on_the_emulated_core_as_on_the_host,
                                            "pytestmark", [])]
     assert "required_in_ci" in marks
@@ -236,10 +236,10 @@ def test_the_emulated_firmware_test_is_required_in_ci():
 def test_the_browser_tests_are_required_in_ci():
     """The page's promises (answer, enroll, no other site changing the gallery) are checked in a
     real browser: CI runs those tests or fails."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tests", "edge_runtime"))
     try:
-        import test_edge_page
+        import test_page
     finally:
-        sys.path.remove(os.path.join(ROOT, "tests"))
-    marks = test_edge_page.pytestmark if isinstance(test_edge_page.pytestmark, list) else [test_edge_page.pytestmark]
+        sys.path.remove(os.path.join(ROOT, "tests", "edge_runtime"))
+    marks = test_page.pytestmark if isinstance(test_page.pytestmark, list) else [test_page.pytestmark]
     assert "required_in_ci" in [mark.name for mark in marks]

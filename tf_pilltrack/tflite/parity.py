@@ -7,8 +7,8 @@ not bit-identical. The stated tolerance:
 
 - Per op: given identical input tensors, any two of these runtimes give the same int8 output
   within 1 step (one step: that op's output scale). `measure_op_divergence` checks it on every op
-  of a model, each alone (tests/test_parity.py on a tiny model, `pilltrack bench` on the shipped
-  one). Where runtimes differ, they round a requantisation differently: XNNPACK and LiteRT's
+  of a model, each alone (tests/tf_pilltrack/tflite/test_parity.py on a tiny model, `pilltrack bench`
+  on the shipped one). Where runtimes differ, they round a requantisation differently: XNNPACK and LiteRT's
   builtin kernels in CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and MEAN (in MEAN, XNNPACK's is
   the correctly rounded result); TFLite Micro and the builtin kernels in the linear (no ReLU6)
   CONV_2D and in FULLY_CONNECTED, where one rounds exact halves of negative values away from zero
@@ -26,7 +26,8 @@ in the tflite-runtime environment (NumPy 1, no TensorFlow) too, through `run_in_
 
 Why one module of about 480 lines: one measurement in three sections (running a model under each
 runtime; isolating each op of a graph; the whole-model figures and the judgement), whose parts
-only `pilltrack bench` and tests/test_parity.py use, and the tolerance above that ties them together.
+only `pilltrack bench` and tests/tf_pilltrack/tflite/test_parity.py use, and the tolerance above that ties
+them together.
 """
 
 from __future__ import annotations
@@ -471,7 +472,8 @@ def runtime_parity(model_path: pathlib.Path, tflite_python: pathlib.Path, max_qu
         "input": f"the crops' uint8 pixels in {views} symmetric views, the same tensors for every runtime",
         "symmetry_views": views,
         "tolerance": f"per op, between any two runtimes given identical inputs: <= {PER_OP_TOLERANCE_STEPS} int8 "
-                     "step (tf_pilltrack/tflite/parity.py, tests/test_parity.py); a runtime is within tolerance when its "
+                     "step (tf_pilltrack/tflite/parity.py, tests/tf_pilltrack/tflite/test_parity.py); a runtime is "
+                     "within tolerance when its "
                      "kernels' largest isolated difference from the device's (XNNPACK) is <= tolerance_steps and "
                      "from LiteRT's builtin kernels' <= tolerance_steps_builtin, and a runtime on the device's or "
                      "the builtin kernels (tflite-runtime) gives their outputs bit for bit; whole-model steps and "

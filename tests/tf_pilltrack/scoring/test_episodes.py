@@ -342,7 +342,7 @@ def test_summarise_mean_and_sample_std():
 
 # --- the real photo set -------------------------------------------------------------------------
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 SHIPPED_REAL = REPO / "data" / "real" / "pushin_pill.zip"
 SHARED_REAL = REPO.parent / "shared" / "data" / "pills_real" / "pushin_pill"
 

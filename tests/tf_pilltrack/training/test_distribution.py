@@ -23,7 +23,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tf_pilltrack.data import dataset, sampling, shards  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 BIN = pathlib.Path(sys.executable).parent
 SIZE = 32
 NO_AUGMENT = {"brightness": 0.0, "contrast": 0.0, "colour_cast": 0.0, "saturation": 0.0, "rotate": False,

@@ -225,7 +225,7 @@ def test_a_lock_file_that_is_a_fifo_is_refused_not_waited_on(edge_bundle):
 
 
 def test_the_readme_limits_table_states_the_limits_in_force():
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme[readme.index("| limit | value |"):]
     table = table[:table.index("\n\n")]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table.splitlines()[2:]}

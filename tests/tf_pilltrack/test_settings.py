@@ -10,7 +10,7 @@ import pytest
 from tf_pilltrack import params as params_module
 from tf_pilltrack import settings
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("path", [ROOT / "params.yaml", ROOT / "tests" / "params_small.yaml"])

@@ -32,7 +32,7 @@ from tf_pilltrack.settings import Budget
 from tf_pilltrack.stages import firmware as firmware_stage
 from tf_pilltrack.tflite import budget, micro
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 SMALL_PARAMS = ROOT / "tests" / "params_small.yaml"
 
 

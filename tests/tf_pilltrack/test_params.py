@@ -22,7 +22,7 @@ from tf_pilltrack import params as params_module
 from tf_pilltrack.cli import main
 from tf_pilltrack.params import ParamsError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
 STAGE_COMMANDS = tuple(sorted(main.commands))  # every command reads params.yaml first
 

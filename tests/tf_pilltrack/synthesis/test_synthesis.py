@@ -350,5 +350,5 @@ def test_bad_arguments_to_the_helpers():
 def test_does_not_import_tensorflow():
     code = ("import sys, tf_pilltrack.synthesis; "
             "sys.exit(1 if any(m.split('.')[0] == 'tensorflow' for m in sys.modules) else 0)")
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parents[3]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

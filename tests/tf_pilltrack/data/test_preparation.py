@@ -36,7 +36,7 @@ from tf_pilltrack import paths
 from tf_pilltrack.data import dataset, ingestion, preparation
 from tf_pilltrack.stages import prepare
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 UNICODE_CLASS = "Ibuprofen 200 mg – Ärger ß 錠"
 GOOD_CLASSES = [f"class_{index}" for index in range(7)] + [UNICODE_CLASS]

@@ -218,7 +218,7 @@ def test_runtime_parity_is_reported(bench):
     """The shipped model's raw int8 outputs and top-1 answers under every runtime against the
     device's (LiteRT, XNNPACK): a row per runtime, well formed, judged by the per-op tolerance (not
     by its whole-model steps); every op alone under every pair of kernels. No assertion on how
-    close they are beyond the device agreeing with itself (tests/test_parity.py states the rest)."""
+    close they are beyond the device agreeing with itself (tests/tf_pilltrack/tflite/test_parity.py states the rest)."""
     parity = bench["report"]["parity"]
     queries = np.load(bench["work"] / "data/prepared/queries.npz")["labels"]
     gallery = np.load(bench["work"] / "data/prepared/references.npz")["labels"]

@@ -12,7 +12,7 @@ import pathlib
 import cv2
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO = ROOT / "data" / "demo"
 
 

@@ -18,7 +18,7 @@ kubeflow_models = pytest.importorskip("kubeflow.training.models", reason="kubefl
 kubeflow_constants = pytest.importorskip("kubeflow.training.constants.constants")
 kubernetes_models = pytest.importorskip("kubernetes.client.models", reason="kubernetes (extra `cluster`) missing")
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubeflow"
 PRIMITIVES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "object": (object,),
               "datetime": (str, datetime.datetime), "date": (str, datetime.date)}

@@ -105,7 +105,7 @@ def test_crafted_index_never_crashes(which, request, tmp_path):
     directories = [_with_index(template, str(tmp_path / f"case{number}"), corrupted)
                    for number, corrupted in enumerate(_corruptions(data, rows, dimensions, seed=len(which)))]
     result = subprocess.run([sys.executable, "-c", PROBE], input="\n".join(directories), text=True,
-                            capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+                            capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     done = len(lines)
     assert result.returncode == 0, (

@@ -5,7 +5,7 @@ file descriptors), and hostile sidecars.
 Subprocesses run the client as the device does: the `pilltrack-edge` command, or a driver that
 calls `enrollment.enroll`. Nothing here imports TensorFlow, so the file runs in the edge-only
 environments too. Figures (run times, memory, frame rates) are printed: `pytest -s` shows them.
-The long versions are marked slow: `pytest -s -m slow tests/test_edge_reliability.py`.
+The long versions are marked slow: `pytest -s -m slow tests/edge_runtime/test_reliability.py`.
 """
 
 from __future__ import annotations

@@ -356,7 +356,7 @@ def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, serve
 
 # --- the real-pill clip, in the browser, scored -------------------------------------------------------
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow

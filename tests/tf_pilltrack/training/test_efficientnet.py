@@ -12,7 +12,7 @@ import pytest
 
 from tf_pilltrack.training import efficientnet
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "efficientnet_lite0_reference.npz")
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "efficientnet_lite0_reference.npz")
 
 # Largest difference allowed from the reference, relative to the largest magnitude of the output:
 # float32 sums in another order (TensorFlow vs PyTorch kernels) differ by about 1e-6 of it.
