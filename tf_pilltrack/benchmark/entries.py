@@ -63,20 +63,14 @@ def calibration_pixels(profile: Profile, calibration: Calibration) -> np.ndarray
     return np.stack(crops).astype(np.uint8)
 
 
-SHIPPED_MODEL = "student_qat_int8"  # the int8 student the device runs
+SHIPPED_MODEL = "student_int8"  # the QAT int8 student the device runs, as metrics/evaluation.json names it
 
-# Which model of metrics/evaluation.json each model's accuracy is.
-EVALUATION_KEYS = {
-    "teacher": "teacher",
-    "student_float": "student_float",
-    "student_qat_int8": "student_int8",  # the shipped model, through the device bundle
-    "student_ptq_int8": "student_ptq_int8",
-    "baseline": "baseline_colour_shape",
-}
+# The model of metrics/evaluation.json whose figures are a model's accuracy, where the names differ.
+EVALUATION_NAMES = {"baseline": "baseline_colour_shape"}
 MODEL_LABELS = {
     "teacher": "teacher (ResNet, Keras)",
     "student_float": "student, float (Keras)",
-    "student_qat_int8": "student, QAT int8",
+    "student_int8": "student, QAT int8",
     "student_ptq_int8": "student, PTQ int8",
     "reference": "reference MobileNetV2 1.0 224 px",
     "baseline": "colour/shape baseline",
@@ -95,7 +89,7 @@ def accuracy_of(evaluation: dict | None, model: str, note: str | None = None, sh
     K is not), single-view queries; None for each with the reason in `note`."""
     if evaluation is None:
         return {"synthetic": None, "real": None, "note": note or NOT_TRAINED}
-    key = EVALUATION_KEYS[model]
+    key = EVALUATION_NAMES.get(model, model)
     synthetic = results.model_figures(evaluation, key)
     evaluated = results.shots_evaluated(results.episode_run(evaluation, "real"))
     chosen = shots if shots in evaluated else (evaluated[-1] if evaluated else None)
@@ -157,7 +151,7 @@ def profile_models(profile: str, architecture: Profile, teacher: Teacher, shots:
         evaluation_path = artefacts / paths.METRICS / "evaluation.json"
         evaluation = results.read_evaluation(evaluation_path)
         note = None if evaluation else f"{evaluation_path} missing"
-        for model, path in (("student_qat_int8", paths.STUDENT_QAT_TFLITE), ("student_ptq_int8", paths.STUDENT_PTQ_TFLITE)):
+        for model, path in (("student_int8", paths.STUDENT_QAT_TFLITE), ("student_ptq_int8", paths.STUDENT_PTQ_TFLITE)):
             if not (artefacts / path).is_file():
                 raise FileNotFoundError(f"{artefacts / path}: missing; run `dvc repro` with base.profile: {profile}")
             files[model] = artefacts / path
@@ -166,7 +160,7 @@ def profile_models(profile: str, architecture: Profile, teacher: Teacher, shots:
         echo(f"bench: profile {profile!r}: no artefacts, building its student untrained and exporting it to int8")
         pixels = calibration_pixels(architecture, calibration)
         float_student = keras_models["student_float"]
-        for model, convert, keras_model in (("student_qat_int8", conversion.convert_qat, models.quantize(float_student)),
+        for model, convert, keras_model in (("student_int8", conversion.convert_qat, models.quantize(float_student)),
                                             ("student_ptq_int8", conversion.convert_ptq, float_student)):
             files[model] = workdir / f"{profile}_{model}.tflite"
             files[model].write_bytes(convert(keras_model, pixels))
@@ -178,7 +172,7 @@ def profile_models(profile: str, architecture: Profile, teacher: Teacher, shots:
     ] + [
         int8_entry(profile, name, files[name].read_bytes(), str(files[name]) if trained else source, trained,
                     accuracy_of(evaluation, name, note, shots))
-        for name in ("student_qat_int8", "student_ptq_int8")
+        for name in ("student_int8", "student_ptq_int8")
     ]
     return (entries, {entry_id(profile, name): path for name, path in files.items()},
             {entry_id(profile, name): model for name, model in keras_models.items()})
