@@ -35,7 +35,7 @@ from edge_runtime import interpreter
 from tf_pilltrack.tflite import conversion
 from tf_pilltrack.data import dataset
 from tf_pilltrack.training import distiller, models
-from tf_pilltrack.scoring import evaluation, metrics
+from tf_pilltrack.scoring import evaluation, metrics, results
 from tf_pilltrack import paths
 from tf_pilltrack import params as params_module
 from tf_pilltrack import settings
@@ -84,8 +84,8 @@ def real_scores(embed, params: dict, pool: dataset.Split) -> dict:
     """Mean Recall@1 over the evaluate stage's seeded real-photo episodes, per K and view count."""
     episodes = settings.from_params(params).episodes
     result = evaluation.run_episodes("real", pool, {"model": embed(pool.pixels)}, episodes, {}, {})
-    return {f"k{shots}_{views}": round(result[f"shots_{shots}"]["model"][views]["recall_at_1"], 4)
-            for shots in episodes.shots for views in ("single", "multi")}
+    return {f"k{shots}_{views}": round(results.run_figures(result, shots, "model", views)["recall_at_1"], 4)
+            for shots in episodes.shots for views in results.VIEWS}
 
 
 def top1(query_embeddings: np.ndarray, gallery_embeddings: np.ndarray) -> np.ndarray:

@@ -6,16 +6,18 @@ reference, compute floor, device step)."""
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import pathlib
 import tempfile
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import paths
 from tf_pilltrack.benchmark.measurement import graph_macs, keras_macs
+from tf_pilltrack.scoring import results
+from tf_pilltrack.settings import Profile, Teacher
 
 NOT_TRAINED = "not trained in this run"
 NOT_MEASURED = "not measured"
@@ -26,29 +28,33 @@ NOT_MEASURED = "not measured"
 # ---------------------------------------------------------------------------------------------
 
 
-def _profile_params(params: dict, profile: str) -> dict:
-    changed = copy.deepcopy(params)
-    changed["base"]["profile"] = profile
-    return changed
+class Calibration(NamedTuple):
+    """How a profile built untrained here is calibrated for int8: `images` training photos drawn
+    with `seed` from the photos of `source` (data.source), preprocessed with `preprocess` (the
+    pipeline's preprocessing; the image size is the profile's)."""
+    preprocess: PreprocessConfig
+    source: str
+    images: int
+    seed: int
 
 
-def calibration_pixels(params: dict, profile: str, count: int, seed: int) -> np.ndarray:
-    """`count` training photos (the crops `pilltrack export` would calibrate on) preprocessed
-    again at `profile`'s image size, as `pilltrack prepare` does for that profile; where a source
-    photo is not a readable file (a zip source) or no pill is found, the prepared crop resized."""
+def calibration_pixels(profile: Profile, calibration: Calibration) -> np.ndarray:
+    """`calibration.images` training photos (the crops `pilltrack export` would calibrate on)
+    preprocessed again at `profile`'s image size, as `pilltrack prepare` does for that profile;
+    where a source photo is not a readable file (a zip source) or no pill is found, the prepared
+    crop resized."""
     import cv2
 
     from edge_runtime import preprocessing
     from tf_pilltrack.data import dataset
-    from tf_pilltrack import params as params_module
 
     train = dataset.load_split("train")
-    rng = np.random.default_rng(seed)  # the same draw as conversion.calibration_sample
-    indices = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
-    config = params_module.preprocess_config(_profile_params(params, profile))
+    rng = np.random.default_rng(calibration.seed)  # the same draw as conversion.calibration_sample
+    indices = np.sort(rng.choice(len(train), size=min(calibration.images, len(train)), replace=False))
+    config = dataclasses.replace(calibration.preprocess, image_size=profile.image_size)
     crops = []
     for index in indices:
-        photo_path = pathlib.Path(params["data"]["source"]) / str(train.sources[index])
+        photo_path = pathlib.Path(calibration.source) / str(train.sources[index])
         crop = None
         if photo_path.is_file():
             crop = preprocessing.preprocess(preprocessing.read_image(photo_path, config.max_image_pixels), config)
@@ -57,18 +63,14 @@ def calibration_pixels(params: dict, profile: str, count: int, seed: int) -> np.
     return np.stack(crops).astype(np.uint8)
 
 
-# Which figure of metrics/evaluation.json each model's accuracy is.
-EVALUATION_KEYS = {
-    "teacher": "teacher",
-    "student_float": "student_float",
-    "student_qat_int8": "student_int8",  # the shipped model, through the device bundle
-    "student_ptq_int8": "student_ptq_int8",
-    "baseline": "baseline_colour_shape",
-}
+SHIPPED_MODEL = "student_int8"  # the QAT int8 student the device runs, as metrics/evaluation.json names it
+
+# The model of metrics/evaluation.json whose figures are a model's accuracy, where the names differ.
+EVALUATION_NAMES = {"baseline": "baseline_colour_shape"}
 MODEL_LABELS = {
     "teacher": "teacher (ResNet, Keras)",
     "student_float": "student, float (Keras)",
-    "student_qat_int8": "student, QAT int8",
+    "student_int8": "student, QAT int8",
     "student_ptq_int8": "student, PTQ int8",
     "reference": "reference MobileNetV2 1.0 224 px",
     "baseline": "colour/shape baseline",
@@ -76,31 +78,24 @@ MODEL_LABELS = {
 }
 
 
-def _real_episodes(evaluation: dict, shots: int) -> tuple[dict, str] | tuple[None, None]:
-    """The real-photo few-shot episode figures of the evaluation (`episodes.real`), per model,
-    for `shots` reference shots (the largest K evaluated where that K is not), single-view
-    queries; and what they are, in words."""
-    real = (evaluation.get("episodes") or {}).get("real")
-    if not isinstance(real, dict):
-        return None, None
-    evaluated = sorted(int(key.split("_", 1)[1]) for key in real if key.startswith("shots_"))
-    if not evaluated:
-        return None, None
-    chosen = shots if shots in evaluated else evaluated[-1]
-    per_model = {model: views["single"] for model, views in real[f"shots_{chosen}"].items()
-                 if isinstance(views, dict) and isinstance(views.get("single"), dict)}
-    return per_model, f"real photos (episodes.real_source), {chosen}-shot few-shot episodes, single-view queries, mean over episodes"
+def entry_id(profile: str | None, model: str) -> str:
+    """A report entry's id: "<profile>/<model>", or the model alone where it has no profile."""
+    return f"{profile}/{model}" if profile else model
 
 
 def accuracy_of(evaluation: dict | None, model: str, note: str | None = None, shots: int = 5) -> dict:
     """Synthetic novel-class accuracy of `model` from an evaluation.json and its real-photo
-    episode accuracy where evaluated; None for each with the reason in `note`."""
+    episode accuracy where evaluated: `shots` reference shots (the largest K evaluated where that
+    K is not), single-view queries; None for each with the reason in `note`."""
     if evaluation is None:
         return {"synthetic": None, "real": None, "note": note or NOT_TRAINED}
-    key = EVALUATION_KEYS[model]
-    synthetic = evaluation.get(key)
-    real_models, real_what = _real_episodes(evaluation, shots)
-    real = (real_models or {}).get(key)
+    key = EVALUATION_NAMES.get(model, model)
+    synthetic = results.model_figures(evaluation, key)
+    evaluated = results.shots_evaluated(results.episode_run(evaluation, "real"))
+    chosen = shots if shots in evaluated else (evaluated[-1] if evaluated else None)
+    real = results.episode_figures(evaluation, "real", chosen, key, "single") if chosen is not None else None
+    real_what = (f"real photos (episodes.real_source), {chosen}-shot few-shot episodes, single-view queries, "
+                 "mean over episodes")
     pick = ("recall_at_1", "recall_at_5", "map_at_r", "recall_at_1_std", "map_at_r_std")
     return {
         "synthetic": {name: float(synthetic[name]) for name in pick if name in synthetic} if synthetic else None,
@@ -111,7 +106,7 @@ def accuracy_of(evaluation: dict | None, model: str, note: str | None = None, sh
 
 
 def make_entry(profile: str | None, model: str, **fields) -> dict:
-    entry = {"id": f"{profile}/{model}" if profile else model, "profile": profile, "model": model,
+    entry = {"id": entry_id(profile, model), "profile": profile, "model": model,
              "label": MODEL_LABELS[model], "format": None, "trained": None, "source": None, "bytes": None,
              "size_kind": None, "arena_bytes": None, "macs": None, "ops": None, "edgetpu": None,
              "accuracy": {"synthetic": None, "real": None, "note": None}, "latency": {}}
@@ -136,53 +131,56 @@ def keras_entry(profile: str | None, model: str, keras_model, source: str, train
                   macs=keras_macs(keras_model), accuracy=accuracy)
 
 
-def profile_models(params: dict, profile: str, artefacts: pathlib.Path | None, settings: dict,
-                   workdir: pathlib.Path, echo: Callable[[str], None]) -> tuple[list[dict], dict, dict]:
-    """A profile's four models: entries, their int8 files {id: path} and Keras models {id: model}.
+def profile_models(profile: str, architecture: Profile, teacher: Teacher, shots: int, artefacts: pathlib.Path | None,
+                   calibration: Calibration, workdir: pathlib.Path,
+                   echo: Callable[[str], None]) -> tuple[list[dict], dict, dict]:
+    """Profile `profile`'s four models: entries, their int8 files {id: path} and Keras models {id: model}.
+    `architecture` is its params.yaml profile, `teacher` the teacher section; the accuracy
+    figures are those of `shots` reference shots (prepare.reference_shots).
 
     `artefacts` is the project directory of a pipeline run with this profile (its models/ and
-    metrics/), or None: then the architectures are built untrained and exported to int8 here."""
-    from tf_pilltrack import settings as settings_module
+    metrics/), or None: then the architectures are built untrained and exported to int8 here,
+    calibrated as `calibration` says."""
     from tf_pilltrack.tflite import conversion
     from tf_pilltrack.training import models
 
-    every = settings_module.from_params(params)
-    shots = params["prepare"]["reference_shots"]
-    keras_models = {"teacher": models.make_teacher(every.profiles[profile], every.teacher),
-                    "student_float": models.make_student(every.profiles[profile], every.teacher.embedding_size)}
+    keras_models = {"teacher": models.make_teacher(architecture, teacher),
+                    "student_float": models.make_student(architecture, teacher.embedding_size)}
     files: dict[str, pathlib.Path] = {}
     if artefacts is not None:
         evaluation_path = artefacts / paths.METRICS / "evaluation.json"
-        evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
+        evaluation = results.read_evaluation(evaluation_path)
         note = None if evaluation else f"{evaluation_path} missing"
-        for model, path in (("student_qat_int8", paths.STUDENT_QAT_TFLITE), ("student_ptq_int8", paths.STUDENT_PTQ_TFLITE)):
+        for model, path in (("student_int8", paths.STUDENT_QAT_TFLITE), ("student_ptq_int8", paths.STUDENT_PTQ_TFLITE)):
             if not (artefacts / path).is_file():
                 raise FileNotFoundError(f"{artefacts / path}: missing; run `dvc repro` with base.profile: {profile}")
             files[model] = artefacts / path
         source, trained = f"pipeline artefacts in {artefacts}", True
     else:
         echo(f"bench: profile {profile!r}: no artefacts, building its student untrained and exporting it to int8")
-        calibration = calibration_pixels(params, profile, settings["calibration_images"], params["base"]["seed"])
+        pixels = calibration_pixels(architecture, calibration)
         float_student = keras_models["student_float"]
-        for model, convert, keras_model in (("student_qat_int8", conversion.convert_qat, models.quantize(float_student)),
+        for model, convert, keras_model in (("student_int8", conversion.convert_qat, models.quantize(float_student)),
                                             ("student_ptq_int8", conversion.convert_ptq, float_student)):
             files[model] = workdir / f"{profile}_{model}.tflite"
-            files[model].write_bytes(convert(keras_model, calibration))
+            files[model].write_bytes(convert(keras_model, pixels))
         evaluation, note = None, NOT_TRAINED
-        source, trained = f"built from params.yaml profiles.{profile}, untrained; int8 calibrated on {len(calibration)} photos", False
+        source, trained = f"built from params.yaml profiles.{profile}, untrained; int8 calibrated on {len(pixels)} photos", False
     entries = [
         keras_entry(profile, name, keras_models[name], source, trained, accuracy_of(evaluation, name, note, shots))
         for name in ("teacher", "student_float")
     ] + [
         int8_entry(profile, name, files[name].read_bytes(), str(files[name]) if trained else source, trained,
                     accuracy_of(evaluation, name, note, shots))
-        for name in ("student_qat_int8", "student_ptq_int8")
+        for name in ("student_int8", "student_ptq_int8")
     ]
-    return entries, {f"{profile}/{name}": path for name, path in files.items()}, {f"{profile}/{name}": model for name, model in keras_models.items()}
+    return (entries, {entry_id(profile, name): path for name, path in files.items()},
+            {entry_id(profile, name): model for name, model in keras_models.items()})
 
 
-def reference_model(params: dict, seed: int) -> tuple[pathlib.Path, object]:
-    """The reference int8 file (stage `reference`; converted here if absent) and the same
+def reference_model(calibration_images: int, seed: int) -> tuple[pathlib.Path, object]:
+    """The reference int8 file (stage `reference`; converted here if absent, calibrated on an eighth
+    of `calibration_images`, export.calibration_images, as that stage does) and the same
     architecture in Keras (float32, for the TensorFlow ratio)."""
     import tf_keras
 
@@ -191,7 +189,7 @@ def reference_model(params: dict, seed: int) -> tuple[pathlib.Path, object]:
     path = paths.REFERENCE_TFLITE
     if not path.is_file():
         path = pathlib.Path(tempfile.mkdtemp()) / paths.REFERENCE_TFLITE.name
-        path.write_bytes(conversion.build_reference(max(params["export"]["calibration_images"] // 8, 1), seed))
+        path.write_bytes(conversion.build_reference(max(calibration_images // 8, 1), seed))
     keras_model = tf_keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False,
                                                     weights=None, pooling="avg")
     return path, keras_model

@@ -4,7 +4,8 @@ targets (params.yaml's bench.targets) judged against the measured figures (`eval
 
 from __future__ import annotations
 
-from tf_pilltrack.benchmark.entries import MODEL_LABELS, NOT_MEASURED, NOT_TRAINED
+from tf_pilltrack.benchmark.entries import MODEL_LABELS, NOT_MEASURED, NOT_TRAINED, SHIPPED_MODEL, entry_id
+from tf_pilltrack.settings import BenchTargets
 from tf_pilltrack.tflite.parity import PARITY_BUILTIN, PARITY_LABEL
 
 
@@ -13,11 +14,11 @@ from tf_pilltrack.tflite.parity import PARITY_BUILTIN, PARITY_LABEL
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_targets(report: dict, targets: dict) -> list[dict]:
+def evaluate_targets(report: dict, targets: BenchTargets) -> list[dict]:
     """The targets (bench.targets) for `targets.profile`: one row each, measured value or None."""
-    profile = targets["profile"]
+    profile = targets.profile
     by_id = {entry["id"]: entry for entry in report["models"]}
-    shipped = by_id.get(f"{profile}/student_qat_int8")
+    shipped = by_id.get(entry_id(profile, SHIPPED_MODEL))
     reference = by_id["reference"]
     rows = []
 
@@ -26,27 +27,27 @@ def evaluate_targets(report: dict, targets: dict) -> list[dict]:
         rows.append({"target": name, "measured": measured, "limit": limit, "at_least": at_least, "unit": unit,
                      "met": met, "note": note})
 
-    gallery = targets["gallery_size"]
+    gallery = targets.gallery_size
     step = (shipped or {}).get("device_step")
     measured_step = step["median_ms"] if step and step["measured"] and step.get("gallery_size") == gallery else None
     note = "" if measured_step is not None else f"device step not measured with a {gallery} gallery for {profile}"
     if step and measured_step is not None and step.get("with_localise_median_ms") is not None:
         note = f"{step['with_localise_median_ms']:.3f} ms with localisation on a full photo"
     add(f"{profile}: device step (preprocess + invoke + search), median, {gallery} gallery", measured_step,
-        targets["max_device_step_ms"], False, "ms", note)
+        targets.max_device_step_ms, False, "ms", note)
     speed = None
     if shipped and "median_ms" in shipped["latency"].get("litert_1", {}):
         speed = reference["latency"]["litert_1"]["median_ms"] / shipped["latency"]["litert_1"]["median_ms"]
-    add(f"{profile}: times faster than the reference (LiteRT, 1 thread)", speed, targets["min_speedup"], True, "x")
+    add(f"{profile}: times faster than the reference (LiteRT, 1 thread)", speed, targets.min_speedup, True, "x")
     size = reference["bytes"] / shipped["bytes"] if shipped else None
-    add(f"{profile}: times smaller than the reference (int8 file)", size, targets["min_size_ratio"], True, "x")
+    add(f"{profile}: times smaller than the reference (int8 file)", size, targets.min_size_ratio, True, "x")
     annoy = {row["gallery_size"]: row for row in report["search"] if row.get("library") == "annoy"}
     for size_key in sorted(key for key in annoy if key >= gallery) or [gallery]:
         row = annoy.get(size_key)
         add(f"Annoy top-1 agreement with exact search, {size_key} gallery", row["top1_agreement"] if row else None,
-            targets["min_annoy_agreement"], True, "", "" if row else NOT_MEASURED)
+            targets.min_annoy_agreement, True, "", "" if row else NOT_MEASURED)
     row = annoy.get(gallery)
-    add(f"Annoy lookup, median, {gallery} gallery", row["median_us"] if row else None, targets["max_annoy_lookup_us"],
+    add(f"Annoy lookup, median, {gallery} gallery", row["median_us"] if row else None, targets.max_annoy_lookup_us,
         False, "µs", "" if row else NOT_MEASURED)
     return rows
 
@@ -160,9 +161,9 @@ def cortex_m_row(report: dict) -> tuple[list[list[str]], list[str]]:
     if not firmware or not firmware.get("built"):
         return [], []
     shipped = next((entry for entry in report["models"]
-                    if entry["id"] == f"{firmware['profile']}/student_qat_int8"), None)
+                    if entry["id"] == entry_id(firmware["profile"], SHIPPED_MODEL)), None)
     assumption = firmware["latency_assumption"]
-    row = [firmware["profile"], MODEL_LABELS["student_qat_int8"], f"Cortex-M (emulated, {firmware['core']})",
+    row = [firmware["profile"], MODEL_LABELS[SHIPPED_MODEL], f"Cortex-M (emulated, {firmware['core']})",
            *[NOT_MEASURED] * 4, f"{_bytes(firmware['flash_bytes'])} flash", _bytes(firmware["ram"]["arena_used_bytes"]),
            _macs(shipped["macs"]) if shipped else "", f"≈{firmware['estimated_latency_ms']:.0f}", "", "", "", "", ""]
     note = (f"Cortex-M (emulated): `pilltrack firmware` (metrics/firmware.json), TFLite Micro with CMSIS-NN on "

@@ -26,23 +26,25 @@ import time
 from typing import Callable
 
 from tf_pilltrack import paths
+from tf_pilltrack.settings import Bench
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]  # where the code (and its environments) live
 EDGE_SPEED = pathlib.Path("tf_pilltrack") / "benchmark" / "edge_speed.py"
 
 
-def search_benchmark(settings: dict, workdir: pathlib.Path, echo: Callable[[str], None]) -> dict:
+def search_benchmark(settings: Bench, workdir: pathlib.Path, echo: Callable[[str], None]) -> dict:
     """Run tf_pilltrack/benchmark/edge_speed.py with the same interpreter on the project's bundle and
-    data (the current directory), the device step at the targets' gallery size; its JSON report, or
+    data (the current directory), at `settings`' (bench's) gallery sizes and frames, the device step at the
+    targets' gallery size; its JSON report, or
     {"error": ...}. It runs as `python -m tf_pilltrack.benchmark.edge_speed` from the code's root (the project
     may be a clone elsewhere), so every path it is given is absolute."""
     script = REPOSITORY / EDGE_SPEED
     module = ".".join(EDGE_SPEED.with_suffix("").parts)
     out = workdir.resolve() / "edge_benchmark.json"
-    command = [sys.executable, "-m", module, "--sizes", *map(str, settings["gallery_sizes"]),
-               "--frames", str(settings["frames"]), "--bundle", str(paths.BUNDLE.resolve()),
+    command = [sys.executable, "-m", module, "--sizes", *map(str, settings.gallery_sizes),
+               "--frames", str(settings.frames), "--bundle", str(paths.BUNDLE.resolve()),
                "--data-root", str(pathlib.Path.cwd()),
-               "--device-gallery", str(settings["targets"]["gallery_size"]), "--out", str(out)]
+               "--device-gallery", str(settings.targets.gallery_size), "--out", str(out)]
     echo(f"  {' '.join(command[1:])}")
     started = time.time()
     finished = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)

@@ -40,6 +40,7 @@ from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset
 from tf_pilltrack.scoring import baseline, episodes, metrics
+from tf_pilltrack.scoring.results import VIEWS, episode_figures, episode_runs, shots_key
 from tf_pilltrack.settings import Episodes, Profile, Teacher
 from tf_pilltrack.training import efficientnet, models
 
@@ -129,7 +130,7 @@ def draw(name: str, pool: dataset.Split, shots: int, settings: Episodes) -> list
 
 def tally_episodes(name: str, pool: dataset.Split, embeddings: np.ndarray, settings: Episodes) -> dict:
     """`episodes.tally_answers` of one model over the same episodes as `run_episodes`, per K."""
-    return {f"shots_{shots}": episodes.tally_answers(embeddings, pool.labels, draw(name, pool, shots, settings),
+    return {shots_key(shots): episodes.tally_answers(embeddings, pool.labels, draw(name, pool, shots, settings),
                                                      settings.keep_correct)
             for shots in settings.shots}
 
@@ -152,16 +153,15 @@ def run_episodes(name: str, pool: dataset.Split, embeddings: dict[str, np.ndarra
             scored = [episodes.score_episode(model_embeddings, pool.labels, episode, settings.keep_correct,
                                              thresholds.get(model), lookalike_margins.get(model)) for episode in drawn]
             entry[model] = {}
-            for views in ("single", "multi"):
+            for views in VIEWS:
                 present = [figures[views] for figures in scored if views in figures]
                 if present:
                     entry[model][views] = {"episodes": len(present), **episodes.summarise(present)}
-        result[f"shots_{shots}"] = entry
+        result[shots_key(shots)] = entry
     return result
 
 
 EPISODE_MODELS = ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_ptq_int8", "student_int8")
-EPISODE_DATA = ("synthetic", "reference", "real")  # synthetic pills, composited reference pills, real photos
 
 
 def split_novel_pool(pool: dataset.Split, embeddings: dict[str, dict[str, np.ndarray]]
@@ -178,19 +178,18 @@ def split_novel_pool(pool: dataset.Split, embeddings: dict[str, dict[str, np.nda
     return pools, split
 
 
-def episode_table(results: dict, settings: Episodes) -> list[str]:
-    """The episode figures as text rows, mean ± std."""
+def episode_table(evaluation: dict, settings: Episodes) -> list[str]:
+    """The episode figures of an evaluation (`score_all`'s results) as text rows, mean ± std."""
     def cell(summary: dict, key: str) -> str:
         return f"{summary[key]:.3f}±{summary[key + '_std']:.3f}" if key in summary else "-"
 
     rows = [f"{'data':<10}{'K':>3} {'query':<9}{'model':<22}{'Recall@1':>13}{'Recall@5':>13}{'mAP@R':>13}"
             f"{'AUROC':>13}{'FAR@episode':>13}{'FAR@bundle':>13}"]
-    for data in (data for data in EPISODE_DATA if data in results):
+    for data in episode_runs(evaluation):
         for shots in settings.shots:
-            entry = results[data][f"shots_{shots}"]
-            for views in ("single", "multi"):
+            for views in VIEWS:
                 for model in EPISODE_MODELS:
-                    summary = entry.get(model, {}).get(views)
+                    summary = episode_figures(evaluation, data, shots, model, views)
                     if summary is None:
                         continue
                     label = "1 view" if views == "single" else f"{settings.views} views"
@@ -331,9 +330,9 @@ def score_all(settings: Episodes, inputs: Inputs, fixed: dict, pools: dict) -> t
                                                       embeddings["real"], settings, thresholds, lookalike_margins)},
     }
     shots = max(settings.shots)
-    real_best = results["episodes"]["real"][f"shots_{shots}"]
-    results["parity"]["real_int8_vs_teacher_recall_at_1"] = (
-        real_best["student_int8"]["single"]["recall_at_1"] / max(real_best["teacher"]["single"]["recall_at_1"], 1e-9))
+    real_int8, real_teacher = (episode_figures(results, "real", shots, model, "single")["recall_at_1"]
+                               for model in ("student_int8", "teacher"))
+    results["parity"]["real_int8_vs_teacher_recall_at_1"] = real_int8 / max(real_teacher, 1e-9)
     results["episodes"]["real"]["risk_coverage"] = risk_coverage_curve(
         real_pool, embeddings["real"]["student_int8"], shots, settings, loaded.lookalike_margin)
     answers = {data: tally_episodes(data, pool, embeddings[data]["student_int8"], settings)

@@ -10,8 +10,10 @@ from typing import Callable
 from edge_runtime.storage import write_atomically
 from tf_pilltrack import paths
 from tf_pilltrack import settings as settings_module
-from tf_pilltrack.scoring.evaluation import (EPISODE_DATA, EPISODE_MODELS, RECALL_CURVE_DEPTH, Inputs, embed_all,
-                                             episode_table, load_inputs, score_all)
+from tf_pilltrack.scoring.evaluation import (EPISODE_MODELS, RECALL_CURVE_DEPTH, Inputs, embed_all, episode_table,
+                                             load_inputs, score_all)
+from tf_pilltrack.scoring.results import (VIEWS, episode_figures, episode_run, episode_runs, model_figures, shots_key,
+                                          views_scored)
 from tf_pilltrack.settings import Episodes, Settings
 from tf_pilltrack.training import tracking
 
@@ -25,17 +27,17 @@ def write_results(params: dict, results: dict, curves: dict, answers: dict) -> N
     paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "episode_answers.json", json.dumps(answers, indent=1).encode())
     settings = params["episodes"]
-    shipped_metrics = {f"novel_{key}": float(value) for key, value in results["student_int8"].items()}
+    shipped_metrics = {f"novel_{key}": float(value) for key, value in model_figures(results, "student_int8").items()}
     episode_metrics = {
-        f"episodes_{data}_k{shots}_{views}_{model}_{key}": results["episodes"][data][f"shots_{shots}"][model][views][key]
-        for data in EPISODE_DATA if data in results["episodes"] for shots in settings["shots"] for model in EPISODE_MODELS
-        for views in results["episodes"][data][f"shots_{shots}"][model]
-        for key in ("recall_at_1", "false_accept_rate_episode", "false_accept_rate_bundle")
-        if key in results["episodes"][data][f"shots_{shots}"][model][views]}
+        f"episodes_{data}_k{shots}_{views}_{model}_{key}": figures[key]
+        for data in episode_runs(results) for shots in settings["shots"] for model in EPISODE_MODELS
+        for views in views_scored(episode_run(results, data), shots, model)
+        for figures in [episode_figures(results, data, shots, model, views)]
+        for key in ("recall_at_1", "false_accept_rate_episode", "false_accept_rate_bundle") if key in figures}
     with tracking.stage_run("evaluate", params, ("profiles", "prepare", "episodes")) as mlflow:
         mlflow.log_metrics(shipped_metrics)
         mlflow.log_metrics(episode_metrics)
-        mlflow.log_metrics({f"{name}_recall_at_1": results[name]["recall_at_1"] for name in curves})
+        mlflow.log_metrics({f"{name}_recall_at_1": model_figures(results, name)["recall_at_1"] for name in curves})
         mlflow.log_artifact(str(paths.METRICS / "evaluation.json"))
         mlflow.log_artifact(str(paths.REPORTS / "episode_answers.json"))
         tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{params['base']['profile']}",
@@ -56,9 +58,9 @@ def print_tables(every: Settings, inputs: Inputs, results: dict, answers: dict, 
     echo(f"{'model':<20} {'Recall@1':>9} {'Recall@5':>9} {'mAP@R':>7}")
     for name in ("baseline_colour_shape", "imagenet_frozen", "teacher", "student_float", "student_qat_keras",
                  "student_ptq_int8", "student_int8"):
-        row = results[name]
+        row = model_figures(results, name)
         echo(f"{name:<20} {row['recall_at_1']:>9.3f} {row['recall_at_5']:>9.3f} {row['map_at_r']:>7.3f}")
-    shipped_row, parity = results["student_int8"], results["parity"]
+    shipped_row, parity = model_figures(results, "student_int8"), results["parity"]
     echo(f"int8 via bundle: false accepts of gallery-absent pills {shipped_row['false_accept_rate']:.3f}, "
          f"correct accepts {shipped_row['correct_accept_rate']:.3f} at threshold {shipped_row['unknown_threshold']:.3f}, "
          f"AUROC {shipped_row.get('auroc_known_vs_absent', float('nan')):.3f}; float/int8 top-1 agreement "
@@ -72,28 +74,28 @@ def print_tables(every: Settings, inputs: Inputs, results: dict, answers: dict, 
          f"absent from the gallery; FAR = gallery-absent queries accepted; FAR@bundle at the int8 bundle's "
          f"calibrated threshold {loaded.unknown_threshold:.3f}, FAR@episode at the threshold keeping "
          f"{settings.keep_correct:.0%} of the episode's correct answers):")
-    for row in episode_table(results["episodes"], settings):
+    for row in episode_table(results, settings):
         echo(row)
     echo(f"\nNaming rule of the bundle (name the nearest pill within {loaded.unknown_threshold:.3f} when no other pill "
          f"is within {loaded.lookalike_margin:.4f} of it; else unknown), int8, {shots}-shot episodes:")
-    for data in (data for data in EPISODE_DATA if data in results["episodes"]):
-        for views in ("single", "multi"):
-            row = results["episodes"][data][f"shots_{shots}"]["student_int8"].get(views, {})
+    for data in episode_runs(results):
+        for views in VIEWS:
+            row = episode_figures(results, data, shots, "student_int8", views) or {}
             if "named_share_bundle" in row:
                 echo(f"  {data:<10} {views:<7} names {row['named_share_bundle']:.1%} of enrolled pills' photos, "
                      f"{row['named_correct_bundle']:.1%} of named answers right, {row['absent_named_bundle']:.1%} of "
                      f"absent pills' photos named")
     echo(f"\nClose calls (runner-up pill within the bundle's look-alike margin {loaded.lookalike_margin:.4f}), int8:")
     rows = [("synthetic novel, bundle (Annoy)", shipped_row)] + [
-        (f"{data} episodes, {shots}-shot, {views}", results["episodes"][data][f"shots_{shots}"]["student_int8"][views])
-        for data in EPISODE_DATA if data in results["episodes"] for views in ("single", "multi")]
+        (f"{data} episodes, {shots}-shot, {views}", episode_figures(results, data, shots, "student_int8", views))
+        for data in episode_runs(results) for views in VIEWS]
     for name, row in rows:
         echo(f"  {name:<36} flagged {row['lookalike_flagged']:.1%} of answers, catching "
              f"{row['lookalike_errors_caught']:.1%} of the wrong ones; Recall@1 of the rest "
              f"{row['recall_at_1_unflagged']:.3f} (all: {row['recall_at_1']:.3f})")
     echo(f"\nLook-alikes of the int8 model, {shots}-shot single view (all pairs: {paths.REPORTS / 'episode_answers.json'}):")
     for data, tally in answers.items():
-        tally = tally[f"shots_{shots}"]
+        tally = tally[shots_key(shots)]
         hardest = sorted(tally["recall_at_1_by_pill"].items(), key=lambda item: (item[1], item[0]))[:3]
         echo(f"  {data}: lowest Recall@1 " + ", ".join(f"{pill} {value:.2f}" for pill, value in hardest)
              + "; most frequent false accepts " + ", ".join(

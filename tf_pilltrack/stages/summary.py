@@ -15,27 +15,19 @@ import pathlib
 from typing import Callable
 
 from tf_pilltrack import paths
+from tf_pilltrack.scoring.results import episode_figure
 
 EVALUATION = paths.METRICS / "evaluation.json"
 BUDGET = paths.REPORTS / "budget.json"
-
-
-def lookup(figures: dict | None, dotted: str) -> float | None:
-    """The number at `dotted` ("a.b.c") in nested dicts, or None where any step is missing."""
-    value = figures
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _fraction(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.3f}"
 
 
-def _spread(figures: dict | None, dotted: str) -> str:
-    mean, std = lookup(figures, dotted), lookup(figures, f"{dotted}_std")
+def _spread(evaluation: dict | None, data: str, shots: int, model: str, views: str, figure: str) -> str:
+    """An episode figure as "mean ± std" (the mean alone where no std is written)."""
+    mean, std = (episode_figure(evaluation, data, shots, model, views, name) for name in (figure, f"{figure}_std"))
     if mean is None:
         return "not measured"
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
@@ -54,24 +46,25 @@ def headline_rows(evaluation: dict | None, budget: dict | None, shots: list[int]
     are those of the most reference shots in `shots` (params' episodes.shots), and Recall@1 of the
     fewest too."""
     most, fewest = max(shots), min(shots)
-    real = f"episodes.real.shots_{most}.student_int8.single"
+
+    def real(figure: str) -> float | None:  # the int8 model's, most shots, single view
+        return episode_figure(evaluation, "real", most, "student_int8", "single", figure)
+
     rows = [
-        (f"real {most}-shot Recall@1 (int8)", _spread(evaluation, f"{real}.recall_at_1")),
+        (f"real {most}-shot Recall@1 (int8)", _spread(evaluation, "real", most, "student_int8", "single", "recall_at_1")),
         (f"real {most}-shot, two photos per query",
-         _spread(evaluation, f"episodes.real.shots_{most}.student_int8.multi.recall_at_1")),
+         _spread(evaluation, "real", most, "student_int8", "multi", "recall_at_1")),
         (f"real {fewest}-shot Recall@1 (int8)",
-         _spread(evaluation, f"episodes.real.shots_{fewest}.student_int8.single.recall_at_1")),
-        ("named answers right (device rule)", _share(lookup(evaluation, f"{real}.named_correct_bundle"))),
-        ("absent pills' photos named", _share(lookup(evaluation, f"{real}.absent_named_bundle"))),
-        ("enrolled pills' photos named", _share(lookup(evaluation, f"{real}.named_share_bundle"))),
-        ("real FAR at 90% of correct kept", _fraction(lookup(evaluation, f"{real}.false_accept_rate_episode"))),
-        ("real AUROC known vs absent", _fraction(lookup(evaluation, f"{real}.auroc_known_vs_absent"))),
+         _spread(evaluation, "real", fewest, "student_int8", "single", "recall_at_1")),
+        ("named answers right (device rule)", _share(real("named_correct_bundle"))),
+        ("absent pills' photos named", _share(real("absent_named_bundle"))),
+        ("enrolled pills' photos named", _share(real("named_share_bundle"))),
+        ("real FAR at 90% of correct kept", _fraction(real("false_accept_rate_episode"))),
+        ("real AUROC known vs absent", _fraction(real("auroc_known_vs_absent"))),
     ]
     for name, data in (("novel reference types", "reference"), ("novel synthetic pills", "synthetic")):
-        prefix = f"episodes.{data}.shots_{most}"
-        int8 = lookup(evaluation, f"{prefix}.student_int8.single.recall_at_1")
-        teacher = lookup(evaluation, f"{prefix}.teacher.single.recall_at_1")
-        baseline = lookup(evaluation, f"{prefix}.baseline_colour_shape.single.recall_at_1")
+        int8, teacher, baseline = (episode_figure(evaluation, data, most, model, "single", "recall_at_1")
+                                   for model in ("student_int8", "teacher", "baseline_colour_shape"))
         value = _fraction(int8)
         if int8 is not None:
             value += f" (teacher {_fraction(teacher)}, colour/shape baseline {_fraction(baseline)})"

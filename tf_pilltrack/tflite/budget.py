@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from tf_pilltrack import paths
+from tf_pilltrack.scoring.results import model_figures
 from tf_pilltrack.settings import Budget
 from tf_pilltrack.tflite import micro
 from tf_pilltrack.tflite.timing import REPEATS, time_invocations
@@ -64,7 +65,7 @@ def measure() -> dict:
         "arena_bytes": export["qat"]["micro_arena_bytes"],
         "invoke_ms": student["median_ms"],
         "reference_ratio": student["median_ms"] / reference["median_ms"],
-        "recall_at_1": evaluation["student_int8"]["recall_at_1"],
+        "recall_at_1": model_figures(evaluation, "student_int8")["recall_at_1"],
         "latency": {"student_litert_1_thread": student, "reference_litert_1_thread": reference,
                     "student_tflite_micro": micro_latency(model)},
         "reference_bytes": paths.REFERENCE_TFLITE.stat().st_size,

@@ -20,7 +20,7 @@ from tf_pilltrack import params as params_module
 from tf_pilltrack.cli import main
 from tf_pilltrack.tflite.parity import RUNTIMES
 
-PROFILE_MODELS = ("teacher", "student_float", "student_qat_int8", "student_ptq_int8")
+PROFILE_MODELS = ("teacher", "student_float", "student_int8", "student_ptq_int8")
 KERAS_RUNTIMES = {"tensorflow"}
 INT8_RUNTIMES = {"litert_1", "litert_2", "tflite_runtime_1", "tflm"}
 MAIN_COLUMNS = ("profile", "model", "runtime", "Recall@1 synth", "mAP@R synth", "Recall@1 real", "mAP@R real",
@@ -121,7 +121,7 @@ def test_macs_of_keras_and_tflite_graph_agree(bench):
     for profile in ("tiny", "untrained", "given"):
         float_macs = by_id[f"{profile}/student_float"]["macs"]
         assert isinstance(float_macs, int) and float_macs > 0
-        assert by_id[f"{profile}/student_qat_int8"]["macs"] == float_macs
+        assert by_id[f"{profile}/student_int8"]["macs"] == float_macs
         assert by_id[f"{profile}/student_ptq_int8"]["macs"] == float_macs
         assert by_id[f"{profile}/teacher"]["macs"] > 0
     assert by_id["untrained/student_float"]["macs"] < by_id["tiny/student_float"]["macs"]
@@ -133,7 +133,7 @@ def test_accuracy_comes_from_the_evaluation_and_untrained_is_marked(bench):
     evaluation = json.loads((bench["work"] / "metrics/evaluation.json").read_text())
     by_id = {entry["id"]: entry for entry in bench["report"]["models"]}
     for model, key in (("teacher", "teacher"), ("student_float", "student_float"),
-                       ("student_qat_int8", "student_int8"), ("student_ptq_int8", "student_ptq_int8")):
+                       ("student_int8", "student_int8"), ("student_ptq_int8", "student_ptq_int8")):
         for profile in ("tiny", "given"):
             synthetic = by_id[f"{profile}/{model}"]["accuracy"]["synthetic"]
             assert synthetic["recall_at_1"] == pytest.approx(evaluation[key]["recall_at_1"])
@@ -147,7 +147,7 @@ def test_accuracy_comes_from_the_evaluation_and_untrained_is_marked(bench):
         evaluated = sorted(int(key.split("_", 1)[1]) for key in real if key.startswith("shots_"))
         shots = bench["params"]["prepare"]["reference_shots"]
         episodes = real[f"shots_{shots if shots in evaluated else evaluated[-1]}"]
-        for model, key in (("teacher", "teacher"), ("student_qat_int8", "student_int8"), ("baseline", "baseline_colour_shape")):
+        for model, key in (("teacher", "teacher"), ("student_int8", "student_int8"), ("baseline", "baseline_colour_shape")):
             measured = by_id[f"tiny/{model}"]["accuracy"]["real"]
             assert measured["recall_at_1"] == pytest.approx(episodes[key]["single"]["recall_at_1"])
             assert measured["map_at_r"] == pytest.approx(episodes[key]["single"]["map_at_r"])
@@ -175,9 +175,9 @@ def test_search_rows_and_device_step_are_merged(bench):
     assert step["gallery_size"] == bench["params"]["bench"]["targets"]["gallery_size"]
     assert {"preprocess", "invoke", "search"} <= set(step["stages"])
     by_id = {entry["id"]: entry for entry in report["models"]}
-    assert by_id["tiny/student_qat_int8"]["device_step"]["measured"] is True
-    assert by_id["tiny/student_qat_int8"]["device_step"]["median_ms"] == step["total_without_localise"]["median_ms"]
-    assert by_id["untrained/student_qat_int8"]["device_step"]["measured"] is False
+    assert by_id["tiny/student_int8"]["device_step"]["measured"] is True
+    assert by_id["tiny/student_int8"]["device_step"]["median_ms"] == step["total_without_localise"]["median_ms"]
+    assert by_id["untrained/student_int8"]["device_step"]["measured"] is False
     assert by_id["tiny/teacher"]["device_step"] is None
 
 
@@ -194,7 +194,7 @@ def test_targets_training_and_repro_time_are_reported(bench):
         assert (row["met"] is None) == (row["measured"] is None)
     by_id = {entry["id"]: entry for entry in report["models"]}
     size_row = next(row for row in targets if "smaller" in row["target"])
-    assert size_row["measured"] == pytest.approx(by_id["reference"]["bytes"] / by_id["tiny/student_qat_int8"]["bytes"])
+    assert size_row["measured"] == pytest.approx(by_id["reference"]["bytes"] / by_id["tiny/student_int8"]["bytes"])
     assert report["repro_seconds"] == 1234.5 and "1234" in bench["markdown"]
     for stage in ("teacher", "distill"):
         assert report["training"][stage]["images_per_second"] > 0
