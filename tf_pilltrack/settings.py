@@ -20,7 +20,8 @@ from tf_pilltrack.checks import (Check, boolean, choice, integer, integers, list
 
 _CHECK, _NESTED, _SECTION = "check", "nested", "section"  # the keys of a field's metadata
 
-FIRMWARE_CORES = ("cortex-m4",)  # tf_pilltrack/firmware/build.py's CORES, checked against it by tests/test_firmware.py
+# tf_pilltrack/firmware/build.py's CORES, checked against it by tests/tf_pilltrack/firmware/test_firmware.py
+FIRMWARE_CORES = ("cortex-m4",)
 
 
 def setting(check: Check) -> Any:

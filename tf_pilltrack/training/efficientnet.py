@@ -8,8 +8,8 @@ only (no torch in the pipeline): a restricted unpickler that knows the few globa
 uses and refuses any other. `build` makes the network with the reference's layout (ReLU6, no
 squeeze-excitation, stem and head not scaled, batch-norm epsilon 1e-3, TensorFlow "same" padding)
 and `load_imagenet_weights` copies every tensor into it, failing when a tensor or a layer is left
-over or a shape differs. tests/test_efficientnet.py checks the result against the reference
-network's outputs on fixed inputs.
+over or a shape differs. tests/tf_pilltrack/training/test_efficientnet.py checks the result against
+the reference network's outputs on fixed inputs.
 
 The reference was trained on pixels mapped by (p - 127) / 128, which is, within 0.4%, the
 project's one `normalise` (p / 127.5 - 1): the teacher takes the same inputs as every other model.
