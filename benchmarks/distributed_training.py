@@ -72,21 +72,21 @@ def _child(folder: pathlib.Path, data_input: str) -> None:
     from tf_pilltrack import settings as settings_module
     from tf_pilltrack.training import teacher as teacher_module
 
-    params = params_module.load(folder / "params.yaml")
-    profile_settings = settings_module.from_params(params)
+    every = settings_module.from_params(params_module.load(folder / "params.yaml"))
     import tf_pilltrack
 
-    tf_pilltrack.pin_threads(params["base"]["threads"])
+    tf_pilltrack.pin_threads(every.base.threads)
     import tf_keras
 
-    settings = params["teacher"]
-    tf_keras.utils.set_random_seed(params["base"]["seed"])
-    train, mix, _, _ = distribution.load_training_set(params)  # the splits for memory, nothing for stream
-    data = distribution.training_input(params, "teacher", train, mix)
-    options = {"steps_per_epoch": settings["steps_per_epoch"]} if data_input == "stream" else {}
-    model = models.make_teacher(profile_settings.profile, profile_settings.teacher)
-    model.compile(optimizer=tf_keras.optimizers.Adam(settings["learning_rate"]), loss=teacher_module.make_loss(settings))
-    model.fit(data, epochs=settings["epochs"], verbose=0, **options)
+    settings = every.teacher
+    tf_keras.utils.set_random_seed(every.base.seed)
+    loaded = distribution.load_training_set(every.training.input)  # the splits for memory, their labels for stream
+    data = distribution.training_input(every.training, settings, every.augment, every.data, every.base.seed,
+                                       loaded.train, loaded.mix)
+    options = {"steps_per_epoch": settings.steps_per_epoch} if data_input == "stream" else {}
+    model = models.make_teacher(every.profile, settings)
+    model.compile(optimizer=tf_keras.optimizers.Adam(settings.learning_rate), loss=teacher_module.make_loss(settings))
+    model.fit(data, epochs=settings.epochs, verbose=0, **options)
     print(json.dumps({"seconds": time.time() - started, "peak_rss_mb": _peak_rss_mb()}))
 
 

@@ -106,13 +106,14 @@ def sweep_teacher(params: dict, save: str | None, train_classes: str, weights: s
     views = params["preprocess"]["symmetry_views"]
     splits = [training_classes(dataset.load_split("train"), train_classes)] + [
         dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
+    every = settings.from_params(params)
     started = time.time()
     if weights:  # evaluate a teacher trained before
-        every = settings.from_params(params)
         model, history = models.make_teacher(every.profile, every.teacher, start=False), {"calibration_recall_at_1": []}
         model.load_weights(weights)
     else:
-        model, history = teacher_stage.train(params, *splits, verbose=0, mix=dataset.load_split("mix"))
+        model, history = teacher_stage.train(every.profile, every.teacher, every.training, every.augment, every.data,
+                                             every.base.seed, *splits, verbose=0, mix=dataset.load_split("mix"))
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "novel": novel_scores(lambda pixels: evaluation.embed_keras(model, pixels, views))[0],
@@ -131,8 +132,10 @@ def sweep_distill(params: dict, teacher_weights: str) -> dict:
     train_split = dataset.load_split("train")
     splits = [dataset.load_split(name) for name in ("calibration_references", "calibration_queries")]
     started = time.time()
-    student, qat_student, history = distiller.train(params, train_split, *splits, verbose=0,
-                                                       mix=dataset.load_split("mix"), teacher=teacher)
+    student, qat_student, history = distiller.train(every.profile, every.teacher, every.distill, every.training,
+                                                       every.augment, every.data, every.base.seed, train_split,
+                                                       *splits, verbose=0, mix=dataset.load_split("mix"),
+                                                       teacher=teacher)
     result = {"seconds": round(time.time() - started, 1),
               "calibration_recall_at_1": [round(value, 3) for value in history["calibration_recall_at_1"]],
               "teacher": novel_scores(lambda pixels: evaluation.embed_keras(teacher, pixels, views))[0]}

@@ -184,18 +184,22 @@ def test_register_model_makes_a_version_with_metrics_as_tags(mlflow_server, monk
     name = "pilltrack-test-student-int8"
 
     # outside a stage: a `register` run of its own
-    first = tracking.register_model(model, name, {"recall_at_1": 0.875, "model_bytes": 1028}, params=params)
+    run_params = tracking.RunParams(params["tracking"]["experiment"], params["base"]["profile"],
+                                    params_module.digest(params), params_module.sections(params, ("base",)))
+    first = tracking.register_model(model, name, {"recall_at_1": 0.875, "model_bytes": 1028}, run_params=run_params)
     version = client.get_model_version(name, first.version)
     assert version.status == "READY"
     assert version.tags == {"recall_at_1": "0.875", "model_bytes": "1028"}
     registered_run = client.get_run(version.run_id)
     assert registered_run.data.tags["stage"] == "register"
-    assert registered_run.data.tags["pipeline_id"].endswith(tracking.params_digest(params))
+    assert registered_run.data.tags["pipeline_id"].endswith(params_module.digest(params))
     downloaded = pathlib.Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "a")))
     assert (downloaded / model.name).read_bytes() == model.read_bytes()
 
     # inside a stage's run: into that run, as the next version
-    with tracking.stage_run("check", params, ("budgets",)) as active:
+    check_params = tracking.RunParams(params["tracking"]["experiment"], params["base"]["profile"],
+                                      params_module.digest(params), params_module.sections(params, ("base", "budgets")))
+    with tracking.stage_run("check", check_params) as active:
         second = tracking.register_model(model, name, {"recall_at_1": 0.9})
         stage_run_id = active.active_run().info.run_id
     assert int(second.version) == int(first.version) + 1
@@ -204,6 +208,6 @@ def test_register_model_makes_a_version_with_metrics_as_tags(mlflow_server, monk
     assert not (tmp_path / "mlruns").exists()
 
     with pytest.raises(ValueError):
-        tracking.register_model(model, name, {}, params=None)  # outside a run, without params
+        tracking.register_model(model, name, {}, run_params=None)  # outside a run, without run params
     with pytest.raises(FileNotFoundError):
-        tracking.register_model(tmp_path / "absent.tflite", name, {}, params=params)
+        tracking.register_model(tmp_path / "absent.tflite", name, {}, run_params=run_params)

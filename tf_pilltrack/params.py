@@ -12,6 +12,8 @@ line. The file is read only if it is a regular file of at most MAX_PARAMS_BYTES.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 from typing import Any
 
@@ -125,4 +127,16 @@ def _one_line(text: str) -> str:
     """`text` with its lines joined by spaces, cut to MAX_SHOWN_CHARS: a message is one line."""
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
+
+
+def digest(params: dict) -> str:
+    """SHA-256 of the params as canonical JSON (sorted keys), 12 hex digits: the end of the pipeline
+    id of the stages' MLflow runs (tf_pilltrack.training.tracking)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sections(params: dict, names: tuple[str, ...]) -> dict[str, Any]:
+    """The sections `names` of the params, by name, as validated: what a stage's MLflow run logs."""
+    return {name: params[name] for name in names}
 

@@ -131,5 +131,5 @@ def test_the_tf_config_of_each_pod_makes_only_the_chief_write(manifest, monkeypa
             if distribution.is_chief():
                 writers.append((kind, index))
             with pytest.raises(ValueError, match="set it to multi_worker"):  # params left at one process
-                distribution.make_strategy({"distribution": "none"})
+                distribution.make_strategy("none")
     assert writers == [("chief", 0)]

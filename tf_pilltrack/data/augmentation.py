@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_pilltrack.settings import Augment
+
 
 def _uniform(batch: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return tf.random.uniform([batch, 1, 1, 1], low, high)
@@ -29,25 +31,25 @@ def reframe(x: tf.Tensor, zoom: float) -> tf.Tensor:
     return tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.stack([size, size]))
 
 
-def augment(pixels: tf.Tensor, settings: dict) -> tf.Tensor:
+def augment(pixels: tf.Tensor, settings: Augment) -> tf.Tensor:
     """Randomly perturb a (B, S, S, 3) batch of float pixels (0..255), each image on its own.
 
     `settings` is the `augment` section of params.yaml."""
     x = tf.cast(pixels, tf.float32) / 255.0
     batch = tf.shape(x)[0]
-    if settings["zoom"] > 0:
-        x = _where_random(x, reframe(x, settings["zoom"]))
-    if settings["rotate"]:  # the 8 symmetries of the square: pills lie any way up
+    if settings.zoom > 0:
+        x = _where_random(x, reframe(x, settings.zoom))
+    if settings.rotate:  # the 8 symmetries of the square: pills lie any way up
         x = _where_random(x, tf.transpose(x, [0, 2, 1, 3]))
         x = _where_random(x, tf.reverse(x, axis=[2]))
         x = _where_random(x, tf.reverse(x, axis=[1]))
     gray = tf.reduce_mean(x, axis=3, keepdims=True)
-    saturation = settings["saturation"]
+    saturation = settings.saturation
     x = gray + (x - gray) * _uniform(batch, 1.0 - saturation, 1.0 + saturation)
-    cast = settings["colour_cast"]
+    cast = settings.colour_cast
     x = x * tf.random.uniform([batch, 1, 1, 3], 1.0 - cast, 1.0 + cast)
-    contrast = settings["contrast"]
+    contrast = settings.contrast
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     x = mean + (x - mean) * _uniform(batch, 1.0 - contrast, 1.0 + contrast)
-    x = x + _uniform(batch, -settings["brightness"], settings["brightness"])
+    x = x + _uniform(batch, -settings.brightness, settings.brightness)
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0

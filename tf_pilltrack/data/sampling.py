@@ -17,6 +17,7 @@ import tensorflow_similarity as tfsim
 from edge_runtime.preprocessing import normalise
 from tf_pilltrack.data import dataset
 from tf_pilltrack.data.augmentation import augment
+from tf_pilltrack.settings import Augment
 
 MIX_PREFIX = "mix:"  # mix-set classes are their own classes, even where a folder name repeats
 
@@ -68,24 +69,25 @@ def class_quotas(names: list[str], classes: int, mix_ratio: float,
     return [(ids, count) for ids, count in quotas if count > 0]
 
 
-def make_sampler(settings: dict, augment_settings: dict, train: dataset.Split, mix: dataset.Split,
-                 mix_ratio: float, reference_share: float):
-    """The sampler of a training section of params.yaml (`teacher` or `distill`: classes_per_batch,
-    examples_per_class, steps_per_epoch) over the training split plus the mix split. The mix set
+def make_sampler(classes_per_batch: int, examples_per_class: int, steps_per_epoch: int, augment_settings: Augment,
+                 train: dataset.Split, mix: dataset.Split, mix_ratio: float, reference_share: float):
+    """The sampler of a training section of params.yaml (`teacher` or `distill`: its classes_per_batch,
+    examples_per_class and steps_per_epoch) over the training split plus the mix split, its photos
+    augmented as `augment_settings` (the `augment` section) says. The mix set
     takes `mix_ratio` of each batch's classes; of the rest, `reference_share` are composited
     reference pills (class names dataset.REFERENCE_PREFIX...) when the training split has both kinds.
     Its draws use Python's `random` module (TF-Similarity's): seed it first."""
     labels = np.concatenate([train.labels.astype(str), np.char.add(MIX_PREFIX, mix.labels.astype(str))])
     pixels = np.concatenate([train.pixels, mix.pixels]) if len(mix) else train.pixels
     targets, names = dataset.label_indices(labels)
-    classes = dataset.batch_classes(settings["classes_per_batch"], labels)
+    classes = dataset.batch_classes(classes_per_batch, labels)
     quotas = class_quotas(names, classes, mix_ratio, reference_share)
 
     def augmenter(x, y, examples_per_class, is_warmup):
         return normalise(augment(x, augment_settings)), y
 
-    common = dict(classes_per_batch=classes, examples_per_class_per_batch=settings["examples_per_class"],
-                  steps_per_epoch=settings["steps_per_epoch"], augmenter=augmenter)
+    common = dict(classes_per_batch=classes, examples_per_class_per_batch=examples_per_class,
+                  steps_per_epoch=steps_per_epoch, augmenter=augmenter)
     if len(quotas) == 1 and len(quotas[0][0]) == len(names):  # every class alike: TF-Similarity's own draw
         return tfsim.samplers.MultiShotMemorySampler(pixels, targets, **common)
     return MixedSampler(pixels, targets, quotas, **common)

@@ -31,6 +31,7 @@ from edge_runtime.preprocessing import normalise
 from edge_runtime.storage import atomic_folder
 from tf_pilltrack.data import dataset, sampling
 from tf_pilltrack.data.augmentation import augment
+from tf_pilltrack.settings import Augment
 
 INDEX = "index.json"
 STREAM = 0x5354_524D  # "STRM": the batch draws use default_rng([seed, STREAM])
@@ -73,20 +74,21 @@ def read_index(folder: pathlib.Path) -> dict:
     return json.loads((folder / INDEX).read_text())
 
 
-def batch_quotas(index: dict, settings: dict, mix_ratio: float, reference_share: float) -> list[tuple[list[int], int]]:
+def batch_quotas(index: dict, classes_per_batch: int, mix_ratio: float,
+                 reference_share: float) -> list[tuple[list[int], int]]:
     """`sampling.class_quotas` of the shard folder's pills."""
     names = [pill["name"] for pill in index["pills"]]
-    classes = dataset.batch_classes(settings["classes_per_batch"], np.array(names))
+    classes = dataset.batch_classes(classes_per_batch, np.array(names))
     return sampling.class_quotas(names, classes, mix_ratio, reference_share)
 
 
-def draw_batches(index: dict, settings: dict, mix_ratio: float, reference_share: float,
-                 seed: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+def draw_batches(index: dict, classes_per_batch: int, examples_per_class: int, mix_ratio: float,
+                 reference_share: float, seed: int) -> Iterator[list[tuple[int, np.ndarray]]]:
     """Endless global batches: [(class id, photo indices within its file)] per batch, with the
     memory sampler's class count and shares; photos without repeats where the pill has enough."""
     pills = index["pills"]
-    quotas = batch_quotas(index, settings, mix_ratio, reference_share)
-    shots = settings["examples_per_class"]
+    quotas = batch_quotas(index, classes_per_batch, mix_ratio, reference_share)
+    shots = examples_per_class
     rng = np.random.default_rng([seed, STREAM])
     while True:
         batch = []
@@ -97,21 +99,22 @@ def draw_batches(index: dict, settings: dict, mix_ratio: float, reference_share:
         yield batch
 
 
-def make_dataset(folder: pathlib.Path, settings: dict, augment_settings: dict, mix_ratio: float,
-                 reference_share: float, seed: int, pipelines: int = 1, pipeline: int = 0) -> tf.data.Dataset:
-    """Endless (pixels, class ids) batches from a shard folder, augmented and normalised as the
-    memory sampler's; pipeline `pipeline` of `pipelines` yields its share of each global batch."""
+def make_dataset(folder: pathlib.Path, classes_per_batch: int, examples_per_class: int, augment_settings: Augment,
+                 mix_ratio: float, reference_share: float, seed: int, pipelines: int = 1,
+                 pipeline: int = 0) -> tf.data.Dataset:
+    """Endless (pixels, class ids) batches from a shard folder, augmented (`augment_settings`, the
+    `augment` section) and normalised as the memory sampler's; pipeline `pipeline` of `pipelines` yields its share of each global batch."""
     index = read_index(folder)
     size, files = index["image_size"], tf.constant([str(folder / pill["file"]) for pill in index["pills"]])
     counts = tf.constant([pill["photos"] for pill in index["pills"]], tf.int64)
-    shots = settings["examples_per_class"]
-    classes = sum(count for _, count in batch_quotas(index, settings, mix_ratio, reference_share))
+    shots = examples_per_class
+    classes = sum(count for _, count in batch_quotas(index, classes_per_batch, mix_ratio, reference_share))
     if not 1 <= pipelines <= classes or not 0 <= pipeline < pipelines:
         raise ValueError(f"{pipelines} input pipelines for batches of {classes} pills: each needs one pill at least")
     local = len(range(pipeline, classes, pipelines))
 
     def choices():
-        for batch in draw_batches(index, settings, mix_ratio, reference_share, seed):
+        for batch in draw_batches(index, classes_per_batch, examples_per_class, mix_ratio, reference_share, seed):
             for class_id, photos in batch[pipeline::pipelines]:
                 yield class_id, photos.astype(np.int64)
 

@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from edge_runtime.storage import write_atomically
+from tf_pilltrack import params as params_module
 from tf_pilltrack import paths
 from tf_pilltrack import settings as settings_module
 from tf_pilltrack.scoring.evaluation import (EPISODE_MODELS, RECALL_CURVE_DEPTH, Inputs, embed_all, episode_table,
@@ -17,30 +18,32 @@ from tf_pilltrack.scoring.results import (VIEWS, episode_figures, episode_run, e
 from tf_pilltrack.settings import Episodes, Settings
 from tf_pilltrack.training import tracking
 
+LOGGED = ("base", "profiles", "prepare", "episodes")  # the params sections its MLflow run logs
 
-def write_results(params: dict, results: dict, curves: dict, answers: dict) -> None:
+
+def write_results(run_params: tracking.RunParams, settings: Episodes, results: dict, curves: dict,
+                  answers: dict) -> None:
     """metrics/evaluation.json, reports/episode_answers.json and reports/recall_at_k.csv, each
-    written atomically, and the stage's MLflow run (headline metrics, both JSON files, the
-    shipped model registered with its figures)."""
+    written atomically, and the stage's MLflow run of `run_params` (headline metrics, both JSON
+    files, the shipped model registered with its figures); `settings` is the `episodes` section."""
     paths.METRICS.mkdir(exist_ok=True)
     write_atomically(paths.METRICS / "evaluation.json", json.dumps(results, indent=2).encode())
     paths.REPORTS.mkdir(exist_ok=True)
     write_atomically(paths.REPORTS / "episode_answers.json", json.dumps(answers, indent=1).encode())
-    settings = params["episodes"]
     shipped_metrics = {f"novel_{key}": float(value) for key, value in model_figures(results, "student_int8").items()}
     episode_metrics = {
         f"episodes_{data}_k{shots}_{views}_{model}_{key}": figures[key]
-        for data in episode_runs(results) for shots in settings["shots"] for model in EPISODE_MODELS
+        for data in episode_runs(results) for shots in settings.shots for model in EPISODE_MODELS
         for views in views_scored(episode_run(results, data), shots, model)
         for figures in [episode_figures(results, data, shots, model, views)]
         for key in ("recall_at_1", "false_accept_rate_episode", "false_accept_rate_bundle") if key in figures}
-    with tracking.stage_run("evaluate", params, ("profiles", "prepare", "episodes")) as mlflow:
+    with tracking.stage_run("evaluate", run_params) as mlflow:
         mlflow.log_metrics(shipped_metrics)
         mlflow.log_metrics(episode_metrics)
         mlflow.log_metrics({f"{name}_recall_at_1": model_figures(results, name)["recall_at_1"] for name in curves})
         mlflow.log_artifact(str(paths.METRICS / "evaluation.json"))
         mlflow.log_artifact(str(paths.REPORTS / "episode_answers.json"))
-        tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{params['base']['profile']}",
+        tracking.register_model(paths.STUDENT_QAT_TFLITE, f"pilltrack-student-{run_params.profile}",
                                 shipped_metrics)
     names = list(curves)
     rows = ["k," + ",".join(names)] + [
@@ -127,6 +130,8 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     announce(every.episodes, inputs, echo)
     fixed, pools = embed_all(every.profile, every.teacher, inputs)
     results, curves, answers = score_all(every.episodes, inputs, fixed, pools)
-    write_results(params, results, curves, answers)
+    run_params = tracking.RunParams(every.tracking.experiment, every.base.profile, params_module.digest(params),
+                                    params_module.sections(params, LOGGED))
+    write_results(run_params, every.episodes, results, curves, answers)
     print_tables(every, inputs, results, answers, time.time() - started, echo)
     return results

@@ -23,8 +23,8 @@ import tensorflow as tf
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from tf_pilltrack import settings as settings_module
 from tf_pilltrack.data import dataset
+from tf_pilltrack.settings import Augment, Data, Distill, Profile, Teacher, Training
 from tf_pilltrack.training import distribution, models, monitor
 
 
@@ -119,53 +119,52 @@ class Distiller(tf_keras.Model):
         return self._record(self.compute_terms(pixels, labels, training=False))
 
 
-def _fit_phase(student, teacher, params: dict, data, epochs: int, learning_rate: float,
+def _fit_phase(student, teacher, settings: Distill, training: Training, batches, epochs: int, learning_rate: float,
                open_set, callbacks: list, verbose: int, strategy, phase: str) -> dict:
-    settings = params["distill"]
     with strategy.scope():
-        distiller = Distiller(student, teacher, settings["embedding_weight"], settings["relation_weight"],
-                              settings["triplet_weight"], settings["triplet_margin"])
+        distiller = Distiller(student, teacher, settings.embedding_weight, settings.relation_weight,
+                              settings.triplet_weight, settings.triplet_margin)
         schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                             max(1, epochs * settings["steps_per_epoch"]))
+                                                             max(1, epochs * settings.steps_per_epoch))
         distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))
     open_set.model_to_embed = student
-    backup, options = distribution.fit_options(params, "distill", f"distill_{phase}")
-    history = distiller.fit(data, epochs=epochs, verbose=verbose, callbacks=[open_set] + callbacks + backup, **options)
+    backup, options = distribution.fit_options(training, settings.steps_per_epoch, f"distill_{phase}")
+    history = distiller.fit(batches, epochs=epochs, verbose=verbose, callbacks=[open_set] + callbacks + backup,
+                            **options)
     return history.history
 
 
-def train(params: dict, train_split: dataset.Split | None, references: dataset.Split,
+def train(profile: Profile, teacher_settings: Teacher, settings: Distill, training: Training, augment: Augment,
+          data: Data, seed: int, train_split: dataset.Split | None, references: dataset.Split,
           queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
           mix: dataset.Split | None = None, teacher=None):
-    """Float then quantization-aware distillation on the training split (and the mix split), as
-    params' `training` section says (tf_pilltrack.training.distribution; the stream input reads prepare's
-    shard files and takes no split); returns (float student, QAT
-    student, history). The teacher is the trained one (models.load_teacher, built under the
-    strategy) unless `teacher` is given (one process only)."""
-    settings = params["distill"]
-    seed = params["base"]["seed"]
-    every = settings_module.from_params(params)
-    strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
+    """Float then quantization-aware distillation, as the `distill` section (`settings`) says, of a
+    student of `profile` on the training split (and the mix split), augmented as `augment` says and
+    seeded with `seed` (base.seed), as the `training` section says (tf_pilltrack.training.distribution;
+    the stream input reads prepare's shard files and takes no split); returns (float student, QAT
+    student, history). The teacher is the trained one of `teacher_settings` (models.load_teacher,
+    built under the strategy) unless `teacher` is given (one process only)."""
+    strategy = distribution.make_strategy(training.distribution)  # before any other TensorFlow op
     with strategy.scope():  # built before the seeds are set, so that the student's draws do not depend on it
-        teacher = teacher if teacher is not None else models.load_teacher(every.profile, every.teacher)
+        teacher = teacher if teacher is not None else models.load_teacher(profile, teacher_settings)
     random.seed(seed)
     tf_keras.utils.set_random_seed(seed)
-    data = distribution.training_input(params, "distill", train_split, mix)
+    batches = distribution.training_input(training, settings, augment, data, seed, train_split, mix)
     open_set = monitor.OpenSetMonitor(references, queries)
     with strategy.scope():
-        student = models.make_student(every.profile, every.teacher.embedding_size)
+        student = models.make_student(profile, teacher_settings.embedding_size)
     history: dict[str, list] = {}
-    if settings["float_epochs"]:
-        history = _fit_phase(student, teacher, params, data, settings["float_epochs"],
-                             settings["learning_rate"], open_set, list(callbacks or []), verbose, strategy, "float")
-        history["quantization_aware"] = [0.0] * settings["float_epochs"]
+    if settings.float_epochs:
+        history = _fit_phase(student, teacher, settings, training, batches, settings.float_epochs,
+                             settings.learning_rate, open_set, list(callbacks or []), verbose, strategy, "float")
+        history["quantization_aware"] = [0.0] * settings.float_epochs
     with strategy.scope():
         qat_student = models.quantize(student)
-    if settings["qat_epochs"]:
-        qat_history = _fit_phase(qat_student, teacher, params, data, settings["qat_epochs"],
-                                 settings["qat_learning_rate"], open_set, list(callbacks or []), verbose, strategy,
+    if settings.qat_epochs:
+        qat_history = _fit_phase(qat_student, teacher, settings, training, batches, settings.qat_epochs,
+                                 settings.qat_learning_rate, open_set, list(callbacks or []), verbose, strategy,
                                  "qat")
-        qat_history["quantization_aware"] = [1.0] * settings["qat_epochs"]
+        qat_history["quantization_aware"] = [1.0] * settings.qat_epochs
         for key, values in qat_history.items():
             history[key] = history.get(key, []) + list(values)
     return student, qat_student, history

@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import tempfile
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -29,11 +30,11 @@ import tf_keras
 from edge_runtime.storage import atomic_path
 from tf_pilltrack import paths
 from tf_pilltrack.data import dataset, sampling, shards
+from tf_pilltrack.settings import Augment, Data, Distill, Teacher, Training
 
 
-def make_strategy(settings: dict) -> tf.distribute.Strategy:
-    """The strategy of `training.distribution`; multi_worker reads TF_CONFIG (an error names it)."""
-    name = settings["distribution"]
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy named by `training.distribution` (`name`); multi_worker reads TF_CONFIG (an error names it)."""
     config = _tf_config()
     tasks = sum(len(addresses) for addresses in config.get("cluster", {}).values())
     if name != "multi_worker" and tasks > 1:  # each process would train alone, the chief's model the only one kept
@@ -94,46 +95,63 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
 
 
-def training_input(params: dict, section: str, train: dataset.Split | None = None,
-                   mix: dataset.Split | None = None):
-    """What `fit` trains on for the `teacher` or `distill` section: the memory sampler of the
-    `train` and `mix` splits, or for `training.input: stream` the shard files `prepare` wrote
-    (paths.SHARDS; the splits are not needed) read by tf.data (a DatasetCreator under a
-    distribution strategy, so that each worker builds its own share of each batch)."""
-    settings, training = params[section], params["training"]
-    mix_ratio, reference_share = params["data"]["mix_ratio"], params["data"]["reference_share"]
-    if training["input"] == "memory":
+def training_input(training: Training, batches: Teacher | Distill, augment: Augment, data: Data, seed: int,
+                   train: dataset.Split | None = None, mix: dataset.Split | None = None):
+    """What `fit` trains on with the batches of the `teacher` or `distill` section (`batches`:
+    classes_per_batch, examples_per_class, steps_per_epoch): the memory sampler of the `train` and
+    `mix` splits, or for `training.input: stream` the shard files `prepare` wrote (paths.SHARDS; the
+    splits are not needed) read by tf.data (a DatasetCreator under a distribution strategy, so that
+    each worker builds its own share of each batch), both augmented as `augment` says and mixed as
+    `data` says (mix_ratio, reference_share); `seed` is base.seed."""
+    if training.input == "memory":
         mix = mix if mix is not None else dataset.empty_split(train.pixels.shape[1])
-        return sampling.make_sampler(settings, params["augment"], train, mix, mix_ratio, reference_share)
+        return sampling.make_sampler(batches.classes_per_batch, batches.examples_per_class, batches.steps_per_epoch,
+                                     augment, train, mix, data.mix_ratio, data.reference_share)
     shards.read_index(paths.SHARDS)  # there, or an error saying how it is made
 
     def make(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         pipelines, pipeline = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
-        return shards.make_dataset(paths.SHARDS, settings, params["augment"], mix_ratio, reference_share,
-                                   params["base"]["seed"], pipelines, pipeline)
+        return shards.make_dataset(paths.SHARDS, batches.classes_per_batch, batches.examples_per_class, augment,
+                                   data.mix_ratio, data.reference_share, seed, pipelines, pipeline)
 
-    if training["distribution"] == "none":
+    if training.distribution == "none":
         return make()
     return tf_keras.utils.experimental.DatasetCreator(make)
 
 
-def load_training_set(params: dict) -> tuple[dataset.Split | None, dataset.Split | None, np.ndarray, np.ndarray]:
-    """Load what a training stage needs of the `train` and `mix` splits: both in RAM for the memory
-    input; for the stream input none (the shard files hold the photos), only their labels.
-    Returns (train, mix, train labels, mix labels)."""
-    if params["training"]["input"] == "memory":
+@dataclass(frozen=True)
+class TrainingSet:
+    """What a training stage trains and monitors on: the `train` and `mix` splits (both None for the
+    stream input, whose shard files hold the photos), their labels, and the calibration splits
+    (calibration_references, calibration_queries) of the open-set monitor."""
+    train: dataset.Split | None
+    mix: dataset.Split | None
+    train_labels: np.ndarray
+    mix_labels: np.ndarray
+    references: dataset.Split
+    queries: dataset.Split
+
+
+def load_training_set(data_input: str) -> TrainingSet:
+    """Load what a training stage needs for `training.input` (`data_input`): the `train` and `mix`
+    splits in RAM for the memory input, only their labels for the stream input; and the
+    calibration splits."""
+    if data_input == "memory":
         train, mix = dataset.load_split("train"), dataset.load_split("mix")
-        return train, mix, train.labels, mix.labels
-    return None, None, dataset.load_labels("train"), dataset.load_labels("mix")
+        train_labels, mix_labels = train.labels, mix.labels
+    else:
+        train, mix, train_labels, mix_labels = None, None, dataset.load_labels("train"), dataset.load_labels("mix")
+    return TrainingSet(train, mix, train_labels, mix_labels, dataset.load_split("calibration_references"),
+                       dataset.load_split("calibration_queries"))
 
 
-def fit_options(params: dict, section: str, stage: str) -> tuple[list, dict]:
+def fit_options(training: Training, steps_per_epoch: int, stage: str) -> tuple[list, dict]:
     """`fit`'s extra callbacks and arguments: under distribution the BackupAndRestore callback of
-    this stage (`training.backup`/<stage>); for a tf.data input the steps of an epoch (it never ends)."""
-    training = params["training"]
-    callbacks = ([tf_keras.callbacks.BackupAndRestore(str(pathlib.Path(training["backup"]) / stage))]
-                 if training["distribution"] != "none" else [])
-    return callbacks, ({"steps_per_epoch": params[section]["steps_per_epoch"]} if training["input"] == "stream" else {})
+    this stage (`training.backup`/<stage>); for a tf.data input the steps of an epoch
+    (`steps_per_epoch`; the input never ends)."""
+    callbacks = ([tf_keras.callbacks.BackupAndRestore(str(pathlib.Path(training.backup) / stage))]
+                 if training.distribution != "none" else [])
+    return callbacks, ({"steps_per_epoch": steps_per_epoch} if training.input == "stream" else {})
 
 
 def save_weights(model, path: pathlib.Path, optimizer_state: bool = True) -> None:

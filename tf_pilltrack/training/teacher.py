@@ -15,56 +15,55 @@ import random
 import tensorflow_similarity as tfsim
 import tf_keras
 
-from tf_pilltrack import settings as settings_module
 from tf_pilltrack.data import dataset
+from tf_pilltrack.settings import Augment, Data, Profile, Teacher, Training
 from tf_pilltrack.training import distribution, models, monitor
 
 
-def make_loss(settings: dict):
-    if settings["loss"] == "multisimilarity":
+def make_loss(settings: Teacher):
+    """The loss of the `teacher` section (`settings`): multi-similarity, or triplet with its mining and margin."""
+    if settings.loss == "multisimilarity":
         return tfsim.losses.MultiSimilarityLoss(distance="cosine")
     return tfsim.losses.TripletLoss(
         distance="cosine",
-        positive_mining_strategy=settings["positive_mining"],
-        negative_mining_strategy=settings["negative_mining"],
-        margin=settings["triplet_margin"],
+        positive_mining_strategy=settings.positive_mining,
+        negative_mining_strategy=settings.negative_mining,
+        margin=settings.triplet_margin,
     )
 
 
-def train(params: dict, train_split: dataset.Split | None, references: dataset.Split,
-          queries: dataset.Split, callbacks: list | None = None, verbose: int = 2,
-          mix: dataset.Split | None = None):
-    """Train the teacher on the training split (and the mix split, data.mix_ratio of each
-    batch's classes), as params' `training` section says (one process or distributed, memory or
-    streaming input: tf_pilltrack.training.distribution; the stream input reads prepare's shard files and
-    takes no split); returns (model, history dict)."""
-    settings = params["teacher"]
-    seed = params["base"]["seed"]
-    strategy = distribution.make_strategy(params["training"])  # before any other TensorFlow op
+def train(profile: Profile, settings: Teacher, training: Training, augment: Augment, data: Data, seed: int,
+          train_split: dataset.Split | None, references: dataset.Split, queries: dataset.Split,
+          callbacks: list | None = None, verbose: int = 2, mix: dataset.Split | None = None):
+    """Train the teacher of `profile` and the `teacher` section (`settings`) on the training split
+    (and the mix split, data.mix_ratio of each batch's classes), augmented as `augment` says, seeded
+    with `seed` (base.seed), as the `training` section says (one process or distributed, memory or
+    streaming input: tf_pilltrack.training.distribution; the stream input reads prepare's shard files
+    and takes no split); returns (model, history dict)."""
+    strategy = distribution.make_strategy(training.distribution)  # before any other TensorFlow op
     random.seed(seed)  # TF-Similarity's samplers draw classes with the `random` module
     tf_keras.utils.set_random_seed(seed)
-    data = distribution.training_input(params, "teacher", train_split, mix)
+    batches = distribution.training_input(training, settings, augment, data, seed, train_split, mix)
     with strategy.scope():
-        every = settings_module.from_params(params)
-        model = models.make_teacher(every.profile, every.teacher)
+        model = models.make_teacher(profile, settings)
     watchers = [monitor.OpenSetMonitor(references, queries)] + list(callbacks or [])
-    frozen, epochs, steps = settings["frozen_epochs"], settings["epochs"], settings["steps_per_epoch"]
+    frozen, epochs, steps = settings.frozen_epochs, settings.epochs, settings.steps_per_epoch
     history: dict[str, list] = {}
     if frozen:  # the embedding head learns on the backbone's ImageNet features before the backbone moves
         model.get_layer(models.BACKBONE).trainable = False
-        _compile(model, strategy, settings, settings["learning_rate"])
-        backup, options = distribution.fit_options(params, "teacher", "teacher_frozen")
-        _extend(history, model.fit(data, epochs=frozen, verbose=verbose, callbacks=watchers + backup, **options))
+        _compile(model, strategy, settings, settings.learning_rate)
+        backup, options = distribution.fit_options(training, steps, "teacher_frozen")
+        _extend(history, model.fit(batches, epochs=frozen, verbose=verbose, callbacks=watchers + backup, **options))
         model.get_layer(models.BACKBONE).trainable = True
     _compile(model, strategy, settings,
-             tf_keras.optimizers.schedules.CosineDecay(settings["learning_rate"], (epochs - frozen) * steps))
-    backup, options = distribution.fit_options(params, "teacher", "teacher")
-    _extend(history, model.fit(data, epochs=epochs, initial_epoch=frozen, verbose=verbose,
+             tf_keras.optimizers.schedules.CosineDecay(settings.learning_rate, (epochs - frozen) * steps))
+    backup, options = distribution.fit_options(training, steps, "teacher")
+    _extend(history, model.fit(batches, epochs=epochs, initial_epoch=frozen, verbose=verbose,
                                callbacks=watchers + backup, **options))
     return model, history
 
 
-def _compile(model, strategy, settings: dict, learning_rate) -> None:
+def _compile(model, strategy, settings: Teacher, learning_rate) -> None:
     with strategy.scope():
         model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=make_loss(settings))
 

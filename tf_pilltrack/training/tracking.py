@@ -14,7 +14,8 @@ that is set (CI can pass its own run id) and otherwise
 e.g. `7092535966af-1f0c2b9d4e8a`. The stages of one `dvc repro` run from the same commit, code
 and params.yaml, so their runs share it: `tags.pipeline_id = '...'` in the MLflow UI or
 `mlflow.search_runs(filter_string=...)` lists them. The params digest is a SHA-256 of the
-validated params (comments and key order in params.yaml do not count); the code digest is one of
+validated params (tf_pilltrack.params.digest: comments and key order in params.yaml do not count),
+which the stage computes and hands over in its `RunParams`; the code digest is one of
 `git diff HEAD` over the code and dvc.yaml (dvc.lock and the metrics files, which the stages
 themselves rewrite, do not count), so two different uncommitted edits get different ids.
 """
@@ -23,15 +24,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import pathlib
 import subprocess
-from typing import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 LOCAL_STORE = pathlib.Path("mlruns")
 # What the code digest of `pipeline_id` covers: the pipeline's code and its definition.
 CODE_PATHS = ("tf_pilltrack", "edge_runtime", "dvc.yaml", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """What a stage's MLflow run is filed under, tagged with and logs, read from the params by the
+    stage: the experiment (tracking.experiment), the `profile` tag (base.profile), the digest of
+    the whole validated params (tf_pilltrack.params.digest, the end of the pipeline id) and the
+    params sections the run logs, by name, as validated (tf_pilltrack.params.sections)."""
+    experiment: str
+    profile: str
+    params_digest: str
+    sections: Mapping[str, Any]
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, str]:
@@ -58,14 +71,9 @@ def _git_commit() -> str:
     return (_git("rev-parse", "HEAD") or b"").decode(errors="replace").strip() or "unknown"
 
 
-def params_digest(params: Mapping) -> str:
-    """SHA-256 of the params as canonical JSON (sorted keys), 12 hex digits."""
-    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def pipeline_id(params: Mapping) -> str:
-    """The id that groups the runs of one `dvc repro` (see the module's docstring)."""
+def pipeline_id(params_digest: str) -> str:
+    """The id that groups the runs of one `dvc repro` (see the module's docstring), of the params
+    whose digest is `params_digest` (tf_pilltrack.params.digest)."""
     given = os.environ.get("PILLTRACK_PIPELINE_ID")
     if given:
         return given
@@ -74,7 +82,7 @@ def pipeline_id(params: Mapping) -> str:
     changes = _git("diff", "HEAD", "--no-ext-diff", "--binary", "--", *CODE_PATHS)
     if changes:
         identity += "+" + hashlib.sha256(changes).hexdigest()[:8]
-    return f"{identity}-{params_digest(params)}"
+    return f"{identity}-{params_digest}"
 
 
 def _configure(experiment: str):
@@ -93,24 +101,23 @@ def _configure(experiment: str):
     return mlflow
 
 
-def _tags(stage: str, params: dict) -> dict[str, str]:
+def _tags(stage: str, run_params: RunParams) -> dict[str, str]:
     return {
         "stage": stage,
         "git_commit": _git_commit(),
-        "pipeline_id": pipeline_id(params),
-        "profile": params["base"]["profile"],
+        "pipeline_id": pipeline_id(run_params.params_digest),
+        "profile": run_params.profile,
     }
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict, sections: tuple[str, ...]) -> Iterator[object]:
-    """An MLflow run for one pipeline stage, logging the params sections it depends on.
+def stage_run(stage: str, run_params: RunParams) -> Iterator[object]:
+    """An MLflow run for one pipeline stage in `run_params`' experiment, tagged as the module's
+    docstring says, logging `run_params`' sections (the params sections the stage depends on).
     Yields the `mlflow` module for logging metrics and artefacts inside the run."""
-    mlflow = _configure(params["tracking"]["experiment"])
-    with mlflow.start_run(run_name=stage, tags=_tags(stage, params)):
-        logged = {"base": params["base"]}
-        logged.update({section: params[section] for section in sections})
-        mlflow.log_params(_flatten(logged))
+    mlflow = _configure(run_params.experiment)
+    with mlflow.start_run(run_name=stage, tags=_tags(stage, run_params)):
+        mlflow.log_params(_flatten(dict(run_params.sections)))
         yield mlflow
 
 
@@ -136,14 +143,14 @@ def epoch_logger(prefix: str):
 
 
 def register_model(path: str | os.PathLike, name: str, metrics: Mapping[str, float],
-                   params: dict | None = None, artifact_path: str = "model"):
+                   run_params: RunParams | None = None, artifact_path: str = "model"):
     """Log the model file at `path` (the int8 TFLite model) as an artefact under `artifact_path`
     and register it as a new version of the registered model `name` (created when missing),
     with `metrics` as the version's tags. Returns the `ModelVersion`.
 
-    Inside a `stage_run` the file goes into that stage's run. Outside one, `params` (the
-    pipeline's) is needed: the file goes into a run of its own, `register`, in the params'
-    experiment, tagged like a stage's run."""
+    Inside a `stage_run` the file goes into that stage's run. Outside one, `run_params` is
+    needed: the file goes into a run of its own, `register`, in its experiment, tagged and
+    logging its sections like a stage's run."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -155,9 +162,9 @@ def register_model(path: str | os.PathLike, name: str, metrics: Mapping[str, flo
         raise ValueError("the registered model's name is empty")
     with contextlib.ExitStack() as stack:
         if mlflow.active_run() is None:
-            if params is None:
-                raise ValueError("register_model outside a stage_run needs the pipeline's params")
-            stack.enter_context(stage_run("register", params, ()))
+            if run_params is None:
+                raise ValueError("register_model outside a stage_run needs the pipeline's run params")
+            stack.enter_context(stage_run("register", run_params))
         run = mlflow.active_run()
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
         client = mlflow.MlflowClient()

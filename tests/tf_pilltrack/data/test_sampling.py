@@ -13,11 +13,11 @@ import tf_pilltrack  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
 from tf_pilltrack.data import augmentation, dataset, sampling  # noqa: E402
+from tf_pilltrack.settings import Augment  # noqa: E402
 
 SIZE = 16
-SETTINGS = {"classes_per_batch": 6, "examples_per_class": 2, "steps_per_epoch": 4}
-NO_AUGMENT = {"brightness": 0.0, "contrast": 0.0, "colour_cast": 0.0, "saturation": 0.0, "rotate": False,
-              "zoom": 0.0}
+CLASSES_PER_BATCH, EXAMPLES_PER_CLASS, STEPS_PER_EPOCH = 6, 2, 4
+NO_AUGMENT = Augment(brightness=0.0, contrast=0.0, colour_cast=0.0, saturation=0.0, rotate=False, zoom=0.0)
 
 
 def _split(names: list[str], per_class: int = 3, value: int = 0) -> dataset.Split:
@@ -33,22 +33,22 @@ def test_each_batch_takes_the_mix_share_of_its_classes(ratio, expected):
     random.seed(0)
     train = _split([f"main_{index}" for index in range(10)], value=0)
     mix = _split(["mix_a", "mix_b", "main_0"], value=255)  # a folder name may repeat: still its own class
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, mix, ratio, 0.5)
-    for step in range(SETTINGS["steps_per_epoch"]):
+    sampler = sampling.make_sampler(CLASSES_PER_BATCH, EXAMPLES_PER_CLASS, STEPS_PER_EPOCH, NO_AUGMENT, train, mix, ratio, 0.5)
+    for step in range(STEPS_PER_EPOCH):
         pixels, labels = sampler[step]
         pixels, labels = np.asarray(pixels), np.asarray(labels)
         white = pixels.reshape(len(pixels), -1).mean(axis=1) > 0  # normalised: black is -1
-        assert len(set(labels.tolist())) == SETTINGS["classes_per_batch"]
+        assert len(set(labels.tolist())) == CLASSES_PER_BATCH
         assert len(set(labels[white].tolist())) == expected
         assert set(labels[white].tolist()).isdisjoint(labels[~white].tolist())
 
 
 def test_without_a_mix_set_batches_are_plain_class_balanced_draws():
     random.seed(0)
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, _split(list("abcdefgh")), dataset.empty_split(SIZE), 0.5, 0.5)
+    sampler = sampling.make_sampler(CLASSES_PER_BATCH, EXAMPLES_PER_CLASS, STEPS_PER_EPOCH, NO_AUGMENT, _split(list("abcdefgh")), dataset.empty_split(SIZE), 0.5, 0.5)
     assert not isinstance(sampler, sampling.MixedSampler)
     _, labels = sampler[0]
-    assert len(set(np.asarray(labels).tolist())) == SETTINGS["classes_per_batch"]
+    assert len(set(np.asarray(labels).tolist())) == CLASSES_PER_BATCH
 
 
 @pytest.mark.parametrize("share, expected", [(0.5, 3), (0.34, 2), (1.0, 5), (0.0, 0)])
@@ -58,11 +58,11 @@ def test_each_batch_takes_the_reference_share_of_its_classes(share, expected):
     random.seed(0)
     train = dataset.Split(*(np.concatenate(fields) for fields in zip(
         _split([f"pill_{index}" for index in range(8)], value=0), _split([f"ref-{index}" for index in range(8)], value=255))))
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, dataset.empty_split(SIZE), 0.0, share)
-    for step in range(SETTINGS["steps_per_epoch"]):
+    sampler = sampling.make_sampler(CLASSES_PER_BATCH, EXAMPLES_PER_CLASS, STEPS_PER_EPOCH, NO_AUGMENT, train, dataset.empty_split(SIZE), 0.0, share)
+    for step in range(STEPS_PER_EPOCH):
         pixels, labels = (np.asarray(part) for part in sampler[step])
         white = pixels.reshape(len(pixels), -1).mean(axis=1) > 0
-        assert len(set(labels.tolist())) == SETTINGS["classes_per_batch"]
+        assert len(set(labels.tolist())) == CLASSES_PER_BATCH
         assert len(set(labels[white].tolist())) == expected
 
 
@@ -70,7 +70,7 @@ def test_the_mix_share_comes_first_and_references_share_the_rest():
     random.seed(0)
     train = dataset.Split(*(np.concatenate(fields) for fields in zip(
         _split([f"pill_{index}" for index in range(8)], value=0), _split([f"ref-{index}" for index in range(8)], value=255))))
-    sampler = sampling.make_sampler(SETTINGS, NO_AUGMENT, train, _split(["mix_a", "mix_b"], value=128), 0.34, 0.5)
+    sampler = sampling.make_sampler(CLASSES_PER_BATCH, EXAMPLES_PER_CLASS, STEPS_PER_EPOCH, NO_AUGMENT, train, _split(["mix_a", "mix_b"], value=128), 0.34, 0.5)
     pixels, labels = (np.asarray(part) for part in sampler[0])
     mean = pixels.reshape(len(pixels), -1).mean(axis=1)  # normalised: synthetic -1, mix about 0, references 1
     assert len(set(labels.tolist())) == 6

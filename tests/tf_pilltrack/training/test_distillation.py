@@ -132,6 +132,11 @@ def test_student_has_no_ops_microcontrollers_lack():
 def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     """A pharmacy's own photo set may hold fewer training classes than classes_per_batch (16):
     the sampler then draws every class, instead of failing."""
+    import dataclasses
+
+    from loopback import ROOT
+    from tf_pilltrack import params as params_module
+    from tf_pilltrack import settings
     from tf_pilltrack.data import dataset
     from tf_pilltrack.training import distribution
 
@@ -139,12 +144,13 @@ def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     labels = np.repeat(np.array(["a", "b", "c"]), 6)
     split = dataset.Split(rng.integers(0, 256, size=(18, SIZE, SIZE, 3), dtype=np.uint8), labels,
                           labels, labels)
-    params = {"distill": {"classes_per_batch": 16, "examples_per_class": 2, "steps_per_epoch": 1},
-              "augment": {"brightness": 0.1, "contrast": 0.1, "colour_cast": 0.1, "saturation": 0.1,
-                          "rotate": True, "zoom": 0.1},
-              "data": {"mix_ratio": 0.0, "reference_share": 0.5},
-              "training": {"distribution": "none", "input": "memory"}}
-    pixels, batch_labels = distribution.training_input(params, "distill", split, dataset.empty_split(SIZE))[0]
+    every = settings.from_params(params_module.load(ROOT / "tests" / "params_small.yaml"))
+    batches = dataclasses.replace(every.distill, classes_per_batch=16, examples_per_class=2, steps_per_epoch=1)
+    augment = settings.Augment(brightness=0.1, contrast=0.1, colour_cast=0.1, saturation=0.1, rotate=True, zoom=0.1)
+    data = dataclasses.replace(every.data, mix_ratio=0.0, reference_share=0.5)
+    training = dataclasses.replace(every.training, distribution="none", input="memory")
+    pixels, batch_labels = distribution.training_input(training, batches, augment, data, every.base.seed, split,
+                                                       dataset.empty_split(SIZE))[0]
     assert len(pixels) == 3 * 2 and len(set(np.asarray(batch_labels).tolist())) == 3
     assert dataset.batch_classes(16, labels) == 3 and dataset.batch_classes(2, labels) == 2
     with pytest.raises(ValueError, match="at least 2"):

@@ -22,12 +22,14 @@ from loopback import free_port
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tf_pilltrack.data import dataset, sampling, shards  # noqa: E402
+from tf_pilltrack.settings import Augment  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 BIN = pathlib.Path(sys.executable).parent
 SIZE = 32
 NO_AUGMENT = {"brightness": 0.0, "contrast": 0.0, "colour_cast": 0.0, "saturation": 0.0, "rotate": False,
-              "zoom": 0.0}
+              "zoom": 0.0}  # the augment section that changes nothing
+STILL = Augment(**NO_AUGMENT)
 
 
 def _split(names: list[str], photos: int, seed: int) -> dataset.Split:
@@ -56,14 +58,13 @@ def shard_folder(tmp_path_factory):
 
 def test_stream_batches_hold_pills_times_photos_of_the_training_pills(shard_folder):
     train, mix, folder = shard_folder
-    settings = {"classes_per_batch": 4, "examples_per_class": 3}
     names = [pill["name"] for pill in shards.read_index(folder)["pills"]]
     assert sorted(names) == sorted(set(train.labels.tolist()) | {sampling.MIX_PREFIX + name for name in mix.labels})
     photos = {}  # what each class's photos are, from the splits themselves
     for split, prefix in ((train, ""), (mix, sampling.MIX_PREFIX)):
         for pixels, label in zip(split.pixels, split.labels):
             photos.setdefault(prefix + label, []).append(pixels)
-    batches = list(shards.make_dataset(folder, settings, NO_AUGMENT, 0.25, 0.5, 7).take(4))
+    batches = list(shards.make_dataset(folder, 4, 3, STILL, 0.25, 0.5, 7).take(4))
     for pixels, labels in batches:
         labels = labels.numpy()
         assert pixels.shape == (12, SIZE, SIZE, 3)
@@ -74,23 +75,22 @@ def test_stream_batches_hold_pills_times_photos_of_the_training_pills(shard_fold
         for image, label in zip(pixels.numpy(), labels):  # the photo is one of its pill's (normalised)
             raw = np.round((image + 1.0) * 127.5)
             assert min(np.abs(raw - photo).max() for photo in photos[names[label]]) <= 1
-    again = [labels.numpy() for _, labels in shards.make_dataset(folder, settings, NO_AUGMENT, 0.25, 0.5, 7).take(4)]
+    again = [labels.numpy() for _, labels in shards.make_dataset(folder, 4, 3, STILL, 0.25, 0.5, 7).take(4)]
     assert all(np.array_equal(a, b.numpy()) for a, (_, b) in zip(again, batches))  # seeded
-    other = [labels.numpy() for _, labels in shards.make_dataset(folder, settings, NO_AUGMENT, 0.25, 0.5, 8).take(4)]
+    other = [labels.numpy() for _, labels in shards.make_dataset(folder, 4, 3, STILL, 0.25, 0.5, 8).take(4)]
     assert not all(np.array_equal(a, b) for a, b in zip(again, other))
 
 
 def test_two_pipelines_share_each_global_batch(shard_folder):
     _, _, folder = shard_folder
-    settings = {"classes_per_batch": 4, "examples_per_class": 2}
-    whole = [labels.numpy() for _, labels in shards.make_dataset(folder, settings, NO_AUGMENT, 0.0, 0.5, 3).take(3)]
-    halves = [[labels.numpy() for _, labels in shards.make_dataset(folder, settings, NO_AUGMENT, 0.0, 0.5, 3, 2, i)
+    whole = [labels.numpy() for _, labels in shards.make_dataset(folder, 4, 2, STILL, 0.0, 0.5, 3).take(3)]
+    halves = [[labels.numpy() for _, labels in shards.make_dataset(folder, 4, 2, STILL, 0.0, 0.5, 3, 2, i)
                .take(3)] for i in range(2)]
     for batch, first, second in zip(whole, *halves):
         assert len(first) == len(second) == 4
         assert sorted(np.concatenate([first, second]).tolist()) == sorted(batch.tolist())
     with pytest.raises(ValueError, match="5 input pipelines for batches of 4 pills"):
-        shards.make_dataset(folder, settings, NO_AUGMENT, 0.0, 0.5, 3, 5, 0)
+        shards.make_dataset(folder, 4, 2, STILL, 0.0, 0.5, 3, 5, 0)
 
 
 def test_shards_replace_the_previous_folder_and_a_failed_write_keeps_it(shard_folder, tmp_path, monkeypatch):
@@ -127,20 +127,26 @@ def test_a_missing_shard_folder_says_how_it_is_made(tmp_path):
 
 
 def test_the_stream_input_loads_no_training_photos(tmp_path, monkeypatch):
-    """A training stage with the stream input reads only the training labels, never the photos."""
+    """A training stage with the stream input reads only the training labels, never the photos
+    (the calibration splits, for the open-set monitor, it loads whole)."""
     from tf_pilltrack.training import distribution
     from tf_pilltrack import paths
 
     monkeypatch.chdir(tmp_path)
     paths.PREPARED.mkdir(parents=True)
     train, mix = _split(["a", "b"], 3, 1), _split(["c"], 2, 2)
-    dataset.save_split(paths.split_file("train"), train)
-    dataset.save_split(paths.split_file("mix"), mix)
-    monkeypatch.setattr(dataset, "load_split", lambda name: pytest.fail(f"the {name} split was loaded"))
-    loaded_train, loaded_mix, train_labels, mix_labels = distribution.load_training_set(
-        {"training": {"input": "stream"}})
-    assert loaded_train is None and loaded_mix is None
-    assert train_labels.tolist() == train.labels.tolist() and mix_labels.tolist() == mix.labels.tolist()
+    references, queries = _split(["d"], 2, 3), _split(["d"], 1, 4)
+    for name, split in (("train", train), ("mix", mix), ("calibration_references", references),
+                        ("calibration_queries", queries)):
+        dataset.save_split(paths.split_file(name), split)
+    load_split = dataset.load_split
+    monkeypatch.setattr(dataset, "load_split", lambda name: pytest.fail(f"the {name} split was loaded")
+                        if name in ("train", "mix") else load_split(name))
+    loaded = distribution.load_training_set("stream")
+    assert loaded.train is None and loaded.mix is None
+    assert loaded.train_labels.tolist() == train.labels.tolist() and loaded.mix_labels.tolist() == mix.labels.tolist()
+    assert loaded.references.labels.tolist() == references.labels.tolist()
+    assert loaded.queries.labels.tolist() == queries.labels.tolist()
 
 
 # --- two workers on loopback ---------------------------------------------------------------------
@@ -338,10 +344,10 @@ def test_multi_worker_without_tf_config_names_it(monkeypatch):
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG is not set"):
-        distribution.make_strategy({"distribution": "multi_worker"})
+        distribution.make_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
-        distribution.make_strategy({"distribution": "multi_worker"})
+        distribution.make_strategy("multi_worker")
 
 
 @pytest.mark.parametrize("name", ["none", "mirrored"])
@@ -351,9 +357,9 @@ def test_a_cluster_in_tf_config_needs_multi_worker(monkeypatch, name):
 
     monkeypatch.setenv("TF_CONFIG", json.dumps(_cluster([1, 2], 1)))
     with pytest.raises(ValueError, match=f"cluster of 2 tasks and training.distribution is {name}"):
-        distribution.make_strategy({"distribution": name})
+        distribution.make_strategy(name)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
-    assert distribution.make_strategy({"distribution": "none"}) is not None  # a cluster of one: one process
+    assert distribution.make_strategy("none") is not None  # a cluster of one: one process
 
 
 @pytest.mark.parametrize("config,chief", [

@@ -47,14 +47,15 @@ def test_frozen_epochs_then_the_whole_teacher_trains():
     size = params_module.profile(params)["image_size"]
     imagenet = efficientnet.load_pretrained(size).get_weights()
     watcher = BackboneWatcher()
-    model, history = teacher_stage.train(params, toy_split(size, 6, 6, 0), toy_split(size, 3, 2, 1),
+    every = settings.from_params(params)
+    model, history = teacher_stage.train(every.profile, every.teacher, every.training, every.augment, every.data,
+                                         every.base.seed, toy_split(size, 6, 6, 0), toy_split(size, 3, 2, 1),
                                          toy_split(size, 3, 2, 1), callbacks=[watcher], verbose=0)
     assert len(history["calibration_recall_at_1"]) == len(history["loss"]) == 2
     for start, frozen in zip(imagenet, watcher.backbone[0]):  # moving means and variances included
         np.testing.assert_array_equal(start, frozen)
     assert any(not np.array_equal(a, b) for a, b in zip(watcher.backbone[0], watcher.backbone[1]))
     assert all(not np.array_equal(a, b) for a, b in zip(watcher.head[0], watcher.head[1]))
-    every = settings.from_params(params)
     reloaded = models.make_teacher(every.profile, every.teacher, start=False)  # the layout loads the trained weights
     reloaded.set_weights(model.get_weights())
     pixels = toy_split(size, 2, 2, 3).pixels
