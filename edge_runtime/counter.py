@@ -171,7 +171,8 @@ class Counter:
         self.track = evidence.Track(track_frames)  # the pill in view, followed while still (1: frame by frame)
         self.tiers, self.tiers_note = evidence.load_tiers(self.bundle_dir, identifier.bundle.model_sha256)
         self._thumbnails: set = set()  # names present in the thumbnails folder (refreshed after each change)
-        self._model = threading.Lock()  # the interpreter, and self.identifier, one thread at a time
+        # the interpreter, and self.identifier with its tiers and thumbnails: one thread at a time
+        self._model = threading.Lock()
         self._changed = threading.Condition()  # a new frame answered, or an error
         self._stopping = threading.Event()
         self._stamp = self._bundle_stamp()
@@ -227,7 +228,7 @@ class Counter:
         if self._bundle_stamp() != self._stamp:  # another command changed the gallery
             self.reload()
         with self._model:
-            identifier = self.identifier
+            identifier, tiers, thumbnails = self.identifier, self.tiers, self._thumbnails
             start = time.perf_counter()
             found = identifier.embed_image(frame.rgb)
             if found is None:
@@ -241,7 +242,7 @@ class Counter:
             step = time.perf_counter() - start
         announced = self.smoother.update(result.label)
         self.steps.append(step)
-        answer = self.describe(result, announced, self.tiers, self._thumbnails)
+        answer = self.describe(result, announced, tiers, thumbnails)
         answer.update(frame=frame.index, step_ms=round(step * 1000.0, 3), views=views, track=self.track.started,
                       guidance=evidence.frame_guidance(frame.rgb, result.box, identifier.preprocess,
                                                        moving=why == "moved"))
@@ -328,11 +329,12 @@ class Counter:
             print(f"error: {error}; answering with the gallery loaded before", file=sys.stderr)
             self._stamp = stamp
             return
-        with self._model:
+        tiers, tiers_note = evidence.load_tiers(self.bundle_dir, identifier.bundle.model_sha256)
+        present = self._present_thumbnails()
+        with self._model:  # one swap: no answer pairs the new gallery with the old tiers or thumbnails
             self.identifier = identifier
+            self.tiers, self.tiers_note, self._thumbnails = tiers, tiers_note, present
         self._stamp = stamp
-        self.tiers, self.tiers_note = evidence.load_tiers(self.bundle_dir, identifier.bundle.model_sha256)
-        self._refresh_thumbnails()
 
     def _pill_frame(self) -> np.ndarray:
         """The next live frame in which a pill is found (waiting up to limits.SHOT_WAIT_S)."""
@@ -383,9 +385,9 @@ class Counter:
         embedding, _ = self._embed(self._pill_frame(), "the live view")
         self.faces.append(embedding)
         with self._model:
-            identifier = self.identifier
+            identifier, tiers, thumbnails = self.identifier, self.tiers, self._thumbnails
             result = identifier.identify_embedding(combine_views(np.stack(self.faces)))
-        answer = self.describe(result, result.label, self.tiers, self._thumbnails)
+        answer = self.describe(result, result.label, tiers, thumbnails)
         answer["views"] = len(self.faces)
         return answer
 
