@@ -106,7 +106,15 @@ def served(edge_bundle, tmp_path):
         process.kill()
 
 
+def gallery_labels(browser) -> list:
+    """The enrolled pills' labels as the gallery list shows them, read in one script: the page
+    redraws the list after every change, so elements found one call earlier may be gone (stale)."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#gallery li'), item => item.getAttribute('data-label'))")
+
+
 def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -115,7 +123,7 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
                                              f"#{element_id} never read {wanted!r}")
 
     def gallery():
-        return [item.get_attribute("data-label") for item in browser.find_elements(By.CSS_SELECTOR, "#gallery li")]
+        return gallery_labels(browser)
 
     browser.get(served)
     text_becomes("answer", "not one of your pills / unsure")
@@ -140,11 +148,17 @@ def test_enroll_identify_and_remove_a_pill_in_the_browser(browser, served, tmp_p
             "const img = document.querySelector('#gallery li[data-label=\"Cyan 20 mg\"] img');"
             "return img !== null && img.complete && img.naturalWidth > 0"))
     assert "4 pills, 12 photos" in browser.find_element(By.ID, "bundle").text
-    first = browser.find_element(By.CSS_SELECTOR, "#candidates li.first")  # one tap confirms the first candidate
-    assert first.get_attribute("data-label") == "Cyan 20 mg"
     WebDriverWait(browser, WAIT_S).until(  # beside the pill in view, as the model sees it
         lambda driver: driver.execute_script("return document.getElementById('live-crop').naturalWidth") == 32)
-    first.find_element(By.CSS_SELECTOR, "button.confirm-candidate").click()
+
+    def confirm_first_candidate(driver):  # one tap confirms the first candidate
+        first = driver.find_element(By.CSS_SELECTOR, "#candidates li.first")
+        assert first.get_attribute("data-label") == "Cyan 20 mg"
+        first.find_element(By.CSS_SELECTOR, "button.confirm-candidate").click()
+        return True
+
+    # the list is rebuilt when the runners-up change between frames: find the button again if it went
+    WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(confirm_first_candidate)
     text_becomes("message", "Confirmed Cyan 20 mg (logged)")
     screenshot = os.environ.get("PILLTRACK_PAGE_SCREENSHOT") or str(tmp_path / "counter_page.png")
     assert browser.save_screenshot(screenshot)
@@ -297,7 +311,7 @@ def test_gallery_edits_ask_first_and_can_be_undone_in_the_browser(browser, serve
             f"#{element_id} never read {wanted!r}")
 
     def gallery():
-        return [item.get_attribute("data-label") for item in browser.find_elements(By.CSS_SELECTOR, "#gallery li")]
+        return gallery_labels(browser)
 
     def enroll(label, photos, new_gallery=False):
         browser.find_element(By.ID, "label").send_keys(label)
