@@ -53,7 +53,7 @@ def main() -> None:
     model = models.make_teacher(every.profile, every.teacher)
     model.load_weights(args.teacher)
     views = params["preprocess"]["symmetry_views"]
-    config = params_module.preprocess_config(params)
+    config = settings.preprocess_config(params)
 
     real, _, _ = episodes.load_real(params["episodes"]["real_source"], config)
     real_names, real_means = mean_embeddings(evaluation.embed_keras(model, real.pixels, views), real.labels.astype(str))

@@ -77,7 +77,7 @@ def novel_scores_by_kind(embed) -> dict:
 def real_pool(params: dict) -> dataset.Split:
     """The real photo set (episodes.real_source) less the pills the models trained on, as the
     evaluate stage reads it (`evaluation.load_novel_real`)."""
-    return evaluation.load_novel_real(params["episodes"]["real_source"], params_module.preprocess_config(params))[0]
+    return evaluation.load_novel_real(params["episodes"]["real_source"], settings.preprocess_config(params))[0]
 
 
 def real_scores(embed, params: dict, pool: dataset.Split) -> dict:

@@ -184,8 +184,7 @@ def test_register_model_makes_a_version_with_metrics_as_tags(mlflow_server, monk
     name = "pilltrack-test-student-int8"
 
     # outside a stage: a `register` run of its own
-    run_params = tracking.RunParams(params["tracking"]["experiment"], params["base"]["profile"],
-                                    params_module.digest(params), params_module.sections(params, ("base",)))
+    run_params = params_module.run_params(params, ("base",))
     first = tracking.register_model(model, name, {"recall_at_1": 0.875, "model_bytes": 1028}, run_params=run_params)
     version = client.get_model_version(name, first.version)
     assert version.status == "READY"
@@ -197,8 +196,7 @@ def test_register_model_makes_a_version_with_metrics_as_tags(mlflow_server, monk
     assert (downloaded / model.name).read_bytes() == model.read_bytes()
 
     # inside a stage's run: into that run, as the next version
-    check_params = tracking.RunParams(params["tracking"]["experiment"], params["base"]["profile"],
-                                      params_module.digest(params), params_module.sections(params, ("base", "budgets")))
+    check_params = params_module.run_params(params, ("base", "budgets"))
     with tracking.stage_run("check", check_params) as active:
         second = tracking.register_model(model, name, {"recall_at_1": 0.9})
         stage_run_id = active.active_run().info.run_id

@@ -23,10 +23,10 @@ from edge_runtime import storage
 from edge_runtime.limits import MAX_SHOWN_CHARS, shown
 from tf_pilltrack import settings
 from tf_pilltrack.checks import Check, ParamsError, check_keys, check_section
-from tf_pilltrack.settings import FIRMWARE_CORES, budget, checks_of, preprocess_config, profile
+from tf_pilltrack.settings import checks_of
+from tf_pilltrack.training.tracking import RunParams
 
-__all__ = ["FIRMWARE_CORES", "MAX_PARAMS_BYTES", "SCHEMA", "ParamsError", "ParamsFileError", "budget", "load",
-           "preprocess_config", "profile", "validate"]
+__all__ = ["MAX_PARAMS_BYTES", "SCHEMA", "ParamsError", "ParamsFileError", "digest", "load", "run_params", "validate"]
 
 MAX_PARAMS_BYTES = 1 << 20  # params.yaml is a few kilobytes; a larger file is refused unread
 
@@ -40,7 +40,6 @@ class ParamsFileError(ParamsError):
 SCHEMA: dict[str, dict[str, Check]] = {name: checks_of(kind) for name, kind in settings.SECTIONS.items()}
 _PROFILE = checks_of(settings.TABLES["profiles"])
 _BUDGET = checks_of(settings.TABLES["budgets"])
-_TIERS = checks_of(settings.Tiers)  # enroll.tiers (tests/tf_pilltrack/test_params.py compares both files with its keys)
 
 
 def validate(params: Any) -> dict:
@@ -136,7 +135,9 @@ def digest(params: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def sections(params: dict, names: tuple[str, ...]) -> dict[str, Any]:
-    """The sections `names` of the params, by name, as validated: what a stage's MLflow run logs."""
-    return {name: params[name] for name in names}
 
+def run_params(params: dict, logged: tuple[str, ...]) -> RunParams:
+    """What a stage's MLflow run is filed under, tagged with and logs (tf_pilltrack.training.tracking):
+    the experiment, base.profile, the digest of the whole params and the sections `logged`, as validated."""
+    return RunParams(params["tracking"]["experiment"], params["base"]["profile"], digest(params),
+                     {name: params[name] for name in logged})

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from edge_runtime.preprocessing import PreprocessConfig
 from tf_pilltrack import params as params_module
+from tf_pilltrack import settings
 from tf_pilltrack.cli import main
 from tf_pilltrack.params import ParamsError
 
@@ -254,10 +255,10 @@ def test_bad_student_stages_are_named(params, stages, key, expected):
 
 
 def test_profile_and_budget_follow_base_profile(params):
-    assert params_module.profile(params)["image_size"] == params["profiles"]["mcu"]["image_size"]
+    assert settings.profile(params)["image_size"] == params["profiles"]["mcu"]["image_size"]
     params["base"]["profile"] = "pi"
-    assert params_module.profile(params) is params["profiles"]["pi"]
-    assert params_module.budget(params) is params["budgets"]["pi"]
+    assert settings.profile(params) is params["profiles"]["pi"]
+    assert settings.budget(params) is params["budgets"]["pi"]
 
 
 # --- the file ---------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_preprocess_config_uses_the_profiles_image_size(params, profile_name):
     params["base"]["profile"] = profile_name
     params["profiles"]["pi"]["image_size"] = 80  # differs from mcu's 64 whatever the file says
     params["data"]["max_image_pixels"] = 1234
-    config = params_module.preprocess_config(params)
+    config = settings.preprocess_config(params)
     assert isinstance(config, PreprocessConfig)
     assert config.image_size == params["profiles"][profile_name]["image_size"]
     assert config.to_dict() == {
@@ -330,7 +331,7 @@ def test_valid_edge_values_make_a_preprocess_config(params, dotted, value):
     # Whatever validates must be accepted by PreprocessConfig too (it runs inside the stages).
     _set(params, dotted, value)
     params_module.validate(params)
-    params_module.preprocess_config(params)
+    settings.preprocess_config(params)
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -473,5 +474,5 @@ def test_bad_tiers_settings_are_named(params, dotted, value, named, expected):
 def test_the_small_profile_has_the_same_tiers_keys(repo_params):
     with open(REPO / "tests" / "params_small.yaml", encoding="utf-8") as handle:
         small = yaml.safe_load(handle)
-    assert set(small["enroll"]["tiers"]) == set(repo_params["enroll"]["tiers"]) == set(params_module._TIERS)
+    assert set(small["enroll"]["tiers"]) == set(repo_params["enroll"]["tiers"]) == set(settings.checks_of(settings.Tiers))
     params_module.validate(small)

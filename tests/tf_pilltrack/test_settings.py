@@ -108,7 +108,7 @@ def test_every_section_and_key_is_a_field_with_its_value(path):
     assert every.profile == every.profiles[profile]
     assert every.profile.image_size == params["profiles"][profile]["image_size"]
     assert dataclasses.asdict(every.budget) == params["budgets"][profile]
-    assert every.preprocess_config == params_module.preprocess_config(params)
+    assert every.preprocess_config == settings.preprocess_config(params)
 
 
 def test_settings_are_frozen():

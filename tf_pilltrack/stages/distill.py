@@ -28,8 +28,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          f"x {settings.steps_per_epoch} steps on {len(loaded.train_labels)} crops"
          + (f" + {len(loaded.mix_labels)} mix crops" if len(loaded.mix_labels) else ""))
     chief = distribution.is_chief()
-    run_params = tracking.RunParams(every.tracking.experiment, every.base.profile, params_module.digest(params),
-                                    params_module.sections(params, LOGGED))
+    run_params = params_module.run_params(params, LOGGED)
     with tracking.stage_run("distill", run_params) if chief else contextlib.nullcontext() as mlflow:
         student, qat_student, history = train(
             every.profile, every.teacher, settings, every.training, every.augment, every.data, every.base.seed,

@@ -130,8 +130,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
     announce(every.episodes, inputs, echo)
     fixed, pools = embed_all(every.profile, every.teacher, inputs)
     results, curves, answers = score_all(every.episodes, inputs, fixed, pools)
-    run_params = tracking.RunParams(every.tracking.experiment, every.base.profile, params_module.digest(params),
-                                    params_module.sections(params, LOGGED))
+    run_params = params_module.run_params(params, LOGGED)
     write_results(run_params, every.episodes, results, curves, answers)
     print_tables(every, inputs, results, answers, time.time() - started, echo)
     return results

@@ -33,8 +33,7 @@ def run(params: dict, echo: Callable[[str], None] = print) -> dict:
          + (f" (fewer training classes than teacher.classes_per_batch {settings.classes_per_batch})"
             if classes < settings.classes_per_batch else ""))
     chief = distribution.is_chief()
-    run_params = tracking.RunParams(every.tracking.experiment, every.base.profile, params_module.digest(params),
-                                    params_module.sections(params, LOGGED))
+    run_params = params_module.run_params(params, LOGGED)
     with tracking.stage_run("teacher", run_params) if chief else contextlib.nullcontext() as mlflow:
         model, history = train(every.profile, settings, every.training, every.augment, every.data, every.base.seed,
                                loaded.train, loaded.references, loaded.queries,

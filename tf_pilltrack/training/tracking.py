@@ -15,7 +15,7 @@ e.g. `7092535966af-1f0c2b9d4e8a`. The stages of one `dvc repro` run from the sam
 and params.yaml, so their runs share it: `tags.pipeline_id = '...'` in the MLflow UI or
 `mlflow.search_runs(filter_string=...)` lists them. The params digest is a SHA-256 of the
 validated params (tf_pilltrack.params.digest: comments and key order in params.yaml do not count),
-which the stage computes and hands over in its `RunParams`; the code digest is one of
+which the stage hands over in its `RunParams` (tf_pilltrack.params.run_params); the code digest is one of
 `git diff HEAD` over the code and dvc.yaml (dvc.lock and the metrics files, which the stages
 themselves rewrite, do not count), so two different uncommitted edits get different ids.
 """
@@ -37,10 +37,10 @@ CODE_PATHS = ("tf_pilltrack", "edge_runtime", "dvc.yaml", "pyproject.toml")
 
 @dataclass(frozen=True)
 class RunParams:
-    """What a stage's MLflow run is filed under, tagged with and logs, read from the params by the
-    stage: the experiment (tracking.experiment), the `profile` tag (base.profile), the digest of
+    """What a stage's MLflow run is filed under, tagged with and logs, read from the params by
+    tf_pilltrack.params.run_params: the experiment (tracking.experiment), the `profile` tag (base.profile), the digest of
     the whole validated params (tf_pilltrack.params.digest, the end of the pipeline id) and the
-    params sections the run logs, by name, as validated (tf_pilltrack.params.sections)."""
+    params sections the run logs, by name, as validated."""
     experiment: str
     profile: str
     params_digest: str

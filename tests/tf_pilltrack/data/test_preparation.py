@@ -191,7 +191,7 @@ def repo_params() -> dict:
 @pytest.fixture(scope="module")
 def config(repo_params):
     assert repo_params["data"]["max_image_pixels"] == MAX_PIXELS, "update MAX_PIXELS"
-    return params_module.preprocess_config(repo_params)
+    return pilltrack_settings.preprocess_config(repo_params)
 
 
 @pytest.fixture(scope="module")

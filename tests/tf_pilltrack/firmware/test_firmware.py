@@ -132,7 +132,7 @@ def test_linker_script_gets_the_boards_memory_and_no_stack_or_heap(tmp_path):
 
 
 def test_every_core_in_params_can_be_built(small_params):
-    assert set(params_module.FIRMWARE_CORES) == set(build.CORES)
+    assert set(settings.FIRMWARE_CORES) == set(build.CORES)
     assert small_params["firmware"]["core"] in build.CORES
 
 

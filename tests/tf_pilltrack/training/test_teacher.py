@@ -44,7 +44,7 @@ def test_frozen_epochs_then_the_whole_teacher_trains():
     params["teacher"].update(backbone="efficientnet_lite0", pretrained="imagenet", epochs=2, frozen_epochs=1,
                              steps_per_epoch=2, learning_rate=0.001)
     params_module.validate(params)
-    size = params_module.profile(params)["image_size"]
+    size = settings.profile(params)["image_size"]
     imagenet = efficientnet.load_pretrained(size).get_weights()
     watcher = BackboneWatcher()
     every = settings.from_params(params)
