@@ -142,6 +142,7 @@ class Distill:
     relation_weight: float = setting(number(0.0))
     triplet_weight: float = setting(number(0.0))
     triplet_margin: float = setting(number(0.0, 2.0))
+    mixup: float = setting(number(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ loss is a weighted sum of
   teacher's under a Huber loss, so the geometry between pills carries over, not only points;
 - triplet: the student's own TF-Similarity triplet loss on the labels (optional: computed, and
   recorded in the history, only when `distill.triplet_weight` is above 0).
+With `distill.mixup` above 0, each training batch is first blended with itself in a shuffled order
+(`mix_images`), and teacher and student both see the blend: the student matches the teacher's
+function on images between the training photos too ("function matching", Beyer et al. 2022).
 Training runs `distill.float_epochs` in float, then wraps the student with
 tensorflow-model-optimization's `quantize_model` and continues for `distill.qat_epochs` with
 fake quantisation, so the int8 export keeps what was learned.
@@ -49,6 +52,15 @@ def relation_loss(teacher_embeddings: tf.Tensor, student_embeddings: tf.Tensor) 
     return huber(_normalised_distances(teacher_embeddings), _normalised_distances(student_embeddings))
 
 
+def mix_images(pixels: tf.Tensor, mixup: float) -> tf.Tensor:
+    """Each image blended with another image of the batch (a random pairing):
+    (1 - w) * image + w * other, with a weight w drawn uniformly from [0, mixup] per image."""
+    count = tf.shape(pixels)[0]
+    others = tf.gather(pixels, tf.random.shuffle(tf.range(count)))
+    weights = tf.random.uniform([count, 1, 1, 1], 0.0, mixup, dtype=pixels.dtype)
+    return (1.0 - weights) * pixels + weights * others
+
+
 def batch_mean(losses: tf.Tensor) -> tf.Tensor:
     """The mean of per-image losses as Keras' sum_over_batch_size computes it (sum, then divide)."""
     return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), losses.dtype))
@@ -58,7 +70,7 @@ class Distiller(tf_keras.Model):
     """Trains `student` to reproduce the embedding space of the frozen `teacher`."""
 
     def __init__(self, student, teacher, embedding_weight: float, relation_weight: float,
-                 triplet_weight: float, triplet_margin: float, **kwargs):
+                 triplet_weight: float, triplet_margin: float, mixup: float, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("embedding_weight", embedding_weight), ("relation_weight", relation_weight),
                             ("triplet_weight", triplet_weight)):
@@ -66,6 +78,9 @@ class Distiller(tf_keras.Model):
                 raise ValueError(f"{name} must not be negative, got {value}")
         if embedding_weight + relation_weight + triplet_weight <= 0:
             raise ValueError("at least one distillation loss weight must be positive")
+        if not 0.0 <= mixup <= 1.0:
+            raise ValueError(f"mixup must be within [0, 1], got {mixup}")
+        self.mixup = mixup
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
@@ -104,6 +119,8 @@ class Distiller(tf_keras.Model):
 
     def train_step(self, data):
         pixels, labels = data
+        if self.mixup > 0:
+            pixels = mix_images(pixels, self.mixup)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(pixels, labels, training=True)
             # each replica's mean over its share of the batch; the replicas' gradients are summed
@@ -123,7 +140,7 @@ def _fit_phase(student, teacher, settings: Distill, training: Training, batches,
                open_set, callbacks: list, verbose: int, strategy, phase: str) -> dict:
     with strategy.scope():
         distiller = Distiller(student, teacher, settings.embedding_weight, settings.relation_weight,
-                              settings.triplet_weight, settings.triplet_margin)
+                              settings.triplet_weight, settings.triplet_margin, settings.mixup)
         schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate,
                                                              max(1, epochs * settings.steps_per_epoch))
         distiller.compile(optimizer=tf_keras.optimizers.Adam(schedule))

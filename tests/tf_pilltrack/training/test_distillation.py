@@ -36,7 +36,7 @@ def _models():
 
 
 def _distiller(teacher, student, embedding=0.0, relation=0.0, triplet=0.0):
-    model = distiller.Distiller(student, teacher, embedding, relation, triplet, triplet_margin=0.1)
+    model = distiller.Distiller(student, teacher, embedding, relation, triplet, triplet_margin=0.1, mixup=0.0)
     model.compile(optimizer=tf_keras.optimizers.Adam(0.01))
     return model
 
@@ -115,9 +115,9 @@ def test_relation_loss_ignores_a_global_rotation():
 def test_negative_weights_are_refused():
     teacher, student = _models()
     with pytest.raises(ValueError, match="relation_weight"):
-        distiller.Distiller(student, teacher, 1.0, -1.0, 0.0, 0.1)
+        distiller.Distiller(student, teacher, 1.0, -1.0, 0.0, 0.1, 0.0)
     with pytest.raises(ValueError, match="positive"):
-        distiller.Distiller(student, teacher, 0.0, 0.0, 0.0, 0.1)
+        distiller.Distiller(student, teacher, 0.0, 0.0, 0.0, 0.1, 0.0)
 
 
 def test_student_has_no_ops_microcontrollers_lack():
@@ -155,3 +155,37 @@ def test_a_data_set_with_fewer_classes_than_a_batch_asks_for_still_trains():
     assert dataset.batch_classes(16, labels) == 3 and dataset.batch_classes(2, labels) == 2
     with pytest.raises(ValueError, match="at least 2"):
         dataset.batch_classes(16, np.array(["a", "a"]))
+
+
+def test_mix_images_blends_each_image_with_one_other_of_its_batch():
+    tf_keras.utils.set_random_seed(3)
+    images = tf.reshape(tf.eye(8), [8, 1, 1, 8])  # image i is the one-hot vector e_i
+    mixed = distiller.mix_images(images, 0.4).numpy().reshape(8, 8)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-6)  # a convex blend of two images
+    assert np.all(np.diag(mixed) >= 0.6 - 1e-6)  # its own image keeps at least 1 - mixup
+    others = mixed - np.diag(np.diag(mixed))
+    assert np.all((others > 0).sum(axis=1) <= 1)  # at most one other image in each blend
+    assert np.any(others > 0)
+
+
+def test_mix_images_at_zero_weight_changes_nothing():
+    images, _ = _problem()
+    np.testing.assert_array_equal(distiller.mix_images(images, 0.0).numpy(), images.numpy())
+
+
+def test_mixup_changes_what_the_student_learns_from_a_batch():
+    images, labels = _problem()
+    trained = []
+    for mixup in (0.0, 0.5):
+        teacher, student = _models()
+        model = distiller.Distiller(student, teacher, 1.0, 1.0, 0.0, triplet_margin=0.1, mixup=mixup)
+        model.compile(optimizer=tf_keras.optimizers.Adam(0.01))
+        model.train_on_batch(images, labels)
+        trained.append(student.get_weights())
+    assert any(not np.array_equal(a, b) for a, b in zip(*trained))
+
+
+def test_mixup_outside_zero_to_one_is_refused():
+    teacher, student = _models()
+    with pytest.raises(ValueError, match="mixup"):
+        distiller.Distiller(student, teacher, 1.0, 0.0, 0.0, 0.1, 1.5)
