@@ -135,7 +135,6 @@ def digest(params: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-
 def run_params(params: dict, logged: tuple[str, ...]) -> RunParams:
     """What a stage's MLflow run is filed under, tagged with and logs (tf_pilltrack.training.tracking):
     the experiment, base.profile, the digest of the whole params and the sections `logged`, as validated."""
