@@ -8,8 +8,8 @@
 #   train         .venv               -e '.[train,serve,test,browser,cluster]'  the pipeline (dvc repro), all tests
 #   edge          .venv-edge          -e '.[edge,serve,test]'                   the device client on LiteRT, NumPy 2
 #   edge-tflite   .venv-edge-tflite   -e '.[edge-tflite,serve,test]'            the device client on tflite-runtime, NumPy 1
-#   firmware      (system packages)   apt-get: Cortex-M gcc, newlib, QEMU,      the `firmware` stage and its emulated test
-#                                     make, git
+#   firmware      (system packages)   apt-get: Cortex-M gcc, newlib, its C++    the `firmware` stage and its emulated test
+#                                     library, QEMU, make, git
 #
 # `firmware` is not a Python environment: it installs the Debian/Ubuntu packages the `firmware`
 # stage needs (FIRMWARE_PACKAGES below; tf_pilltrack/firmware/build.py's TOOLS names the same ones)
@@ -34,9 +34,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 STAMP=.pilltrack-bootstrap
 # Debian/Ubuntu packages of the `firmware` target, and the command that shows each is installed
-# ("": newlib, found through arm-none-eabi-gcc's rdimon.specs)
-FIRMWARE_PACKAGES=(gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make git)
-FIRMWARE_COMMANDS=(arm-none-eabi-gcc arm-none-eabi-size "" qemu-system-arm make git)
+# ("": a library, found through the cross compiler: newlib's rdimon.specs, the C++ library's <cstddef>)
+FIRMWARE_PACKAGES=(gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib
+                   qemu-system-arm make git)
+FIRMWARE_COMMANDS=(arm-none-eabi-gcc arm-none-eabi-size "" "" qemu-system-arm make git)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
@@ -131,9 +132,12 @@ firmware_missing() {
         command=${FIRMWARE_COMMANDS[$index]}
         if [[ -n $command ]]; then
             command -v "$command" >/dev/null 2>&1 || echo "${FIRMWARE_PACKAGES[$index]}"
-        else  # arm-none-eabi-gcc echoes the bare name back when it has no such file
+        elif [[ ${FIRMWARE_PACKAGES[$index]} == libnewlib-* ]]; then  # gcc echoes a bare name it lacks
             specs=$(arm-none-eabi-gcc -print-file-name=rdimon.specs 2>/dev/null || true)
             [[ $specs == /* ]] || echo "${FIRMWARE_PACKAGES[$index]}"
+        else  # TFLite Micro is C++: its sources include <cstddef> and <cstdarg>
+            echo '#include <cstddef>' | arm-none-eabi-g++ -x c++ -fsyntax-only - >/dev/null 2>&1 \
+                || echo "${FIRMWARE_PACKAGES[$index]}"
         fi
     done
 }

@@ -276,7 +276,7 @@ def test_bootstrap_firmware_updates_then_installs_every_package(tmp_path):
     assert calls[0] == "update -qq", calls
     assert calls[1].startswith("install -y"), calls
     packages = set(calls[1].split()) - {"install", "-y", "-qq", "--no-install-recommends"}
-    assert set(build.TOOLS.values()) | {"libnewlib-arm-none-eabi"} == packages
+    assert set(build.TOOLS.values()) | set(build.LIBRARIES) == packages
     # the fake installs nothing, so the script must notice the tools are still missing and fail
     assert result.returncode != 0 and "still missing" in result.stderr, result.stdout + result.stderr
 

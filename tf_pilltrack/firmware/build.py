@@ -111,6 +111,10 @@ TOOLS = {  # command -> Debian package
     "git": "git",
 }
 NEWLIB_SPECS = "rdimon.specs"  # libnewlib-arm-none-eabi's semihosting C library
+LIBRARIES = {  # Debian package -> what the cross compiler lacks without it
+    "libnewlib-arm-none-eabi": f"newlib's {NEWLIB_SPECS} for arm-none-eabi-gcc",
+    "libstdc++-arm-none-eabi-newlib": "the C++ standard library's headers (<cstddef>) for arm-none-eabi-g++",
+}
 
 
 class FirmwareError(RuntimeError):
@@ -144,7 +148,13 @@ def find_missing(kit: pathlib.Path) -> list[str]:
     if gcc is not None:
         specs = subprocess.run([gcc, f"-print-file-name={NEWLIB_SPECS}"], capture_output=True, text=True).stdout.strip()
         if not os.path.isabs(specs):  # gcc echoes the bare name when it has no such file
-            missing.append(f"newlib's {NEWLIB_SPECS} for arm-none-eabi-gcc (apt-get install libnewlib-arm-none-eabi)")
+            missing.append(f"{LIBRARIES['libnewlib-arm-none-eabi']} (apt-get install libnewlib-arm-none-eabi)")
+    gxx = shutil.which("arm-none-eabi-g++")
+    if gxx is not None:  # TFLite Micro is C++
+        compiled = subprocess.run([gxx, "-x", "c++", "-fsyntax-only", "-"], input="#include <cstddef>\n",
+                                  capture_output=True, text=True)
+        if compiled.returncode != 0:
+            missing.append(f"{LIBRARIES['libstdc++-arm-none-eabi-newlib']} (apt-get install libstdc++-arm-none-eabi-newlib)")
     return missing
 
 
