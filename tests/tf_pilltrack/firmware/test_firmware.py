@@ -243,6 +243,21 @@ def test_missing_toolchain_is_named_with_its_package(tmp_path, monkeypatch):
     assert "qemu-system-arm (apt-get install qemu-system-arm)" in missing
 
 
+@pytest.mark.parametrize("has_cxx_library", [False, True])
+def test_missing_cross_libraries_are_named_with_their_package(tmp_path, monkeypatch, has_cxx_library):
+    """A cross compiler without newlib (gcc echoes the bare specs name back) and, unless
+    `has_cxx_library`, without the C++ library's headers (g++ fails to compile <cstddef>)."""
+    for name, script in (("arm-none-eabi-gcc", 'echo "$(echo "$1" | cut -d= -f2)"'),
+                         ("arm-none-eabi-g++", f"cat > /dev/null; exit {0 if has_cxx_library else 1}")):
+        (tmp_path / name).write_text(f"#!/bin/sh\n{script}\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    missing = build.find_missing(tmp_path)
+    assert f"{build.LIBRARIES['libnewlib-arm-none-eabi']} (apt-get install libnewlib-arm-none-eabi)" in missing
+    cxx = f"{build.LIBRARIES['libstdc++-arm-none-eabi-newlib']} (apt-get install libstdc++-arm-none-eabi-newlib)"
+    assert (cxx in missing) is not has_cxx_library
+
+
 # --- budgets --------------------------------------------------------------------------------------
 
 
